@@ -1,0 +1,1 @@
+"""Triton kernels, shipped as ``rlmodule_fast.kernels`` (one file per op)."""

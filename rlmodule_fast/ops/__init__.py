@@ -1,0 +1,88 @@
+"""The fused hot-path ops. Each takes ``backend=`` ("auto" | "torch" | "cpp" | "triton");
+``ops.dispatch`` is the one place that chooses (see its docstring for the rules)."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from . import dispatch
+from .dispatch import backend_info
+
+
+def fused_mlp(
+    x,
+    weights: Sequence,
+    biases: Sequence,
+    activation: Optional[str] = "tanh",
+    output_activation: Optional[str] = None,
+    *,
+    backend: str = "auto",
+):
+    """A whole MLP, bias and activation fused into each layer.
+
+    x: [B, I] float32/float64 torch tensor or numpy array; weights[l]: [H_l, H_{l-1}]
+    (``nn.Linear.weight`` layout); biases[l]: [H_l] or None. ``activation`` ("tanh", "relu",
+    "silu"/"swish", "elu", "linear") follows every layer but the last, which gets
+    ``output_activation`` (None = linear). Returns [B, H_L], same kind (tensor/numpy) as x.
+
+    >>> import torch, rlmodule_fast as rf
+    >>> lin = torch.nn.Linear(4, 8)
+    >>> rf.ops.fused_mlp(torch.randn(3, 4), [lin.weight], [lin.bias], "tanh").shape
+    torch.Size([3, 8])
+    """
+    fn = dispatch.get("fused_mlp", backend, x)
+    return fn(x, weights, biases, activation, output_activation)
+
+
+__all__ = ["fused_mlp", "backend_info", "dispatch"]
+
+
+def sample_categorical(logits, deterministic: bool = False, *, backend: str = "auto"):
+    """One action per row of logits [B, A] (float32/64 tensor or numpy).
+
+    Returns (actions [B] int64, logp [B]); logp is log softmax(logits)[action].
+    ``deterministic`` takes the argmax. NaN/inf logits raise ValueError. Stochastic draws are
+    reproducible under ``rf.manual_seed`` / ``torch.manual_seed``.
+    """
+    return dispatch.get("sample_categorical", backend, logits)(logits, deterministic)
+
+
+def sample_diag_gaussian(mean_logstd, deterministic: bool = False, *, backend: str = "auto"):
+    """Diagonal Gaussian draw; mean_logstd [B, 2A] = mean and log-std concatenated.
+
+    Returns (actions [B, A], logp [B]); ``deterministic`` returns the mean.
+    """
+    return dispatch.get("sample_diag_gaussian", backend, mean_logstd)(mean_logstd, deterministic)
+
+
+def lstm_step(x, h, c, w_ih, w_hh, b, *, backend: str = "auto"):
+    """One fused LSTM step (``nn.LSTMCell`` semantics, gates i, f, g, o).
+
+    x [B, I], h/c [B, H], w_ih [4H, I], w_hh [4H, H], b [4H] = bias_ih + bias_hh (or None).
+    Returns (h' [B, H], c' [B, H]).
+    """
+    return dispatch.get("lstm_step", backend, x)(x, h, c, w_ih, w_hh, b)
+
+
+def gru_step(x, h, w_ih, w_hh, b_ih, b_hh, *, backend: str = "auto"):
+    """One fused GRU step (``nn.GRUCell`` semantics, gates r, z, n).
+
+    x [B, I], h [B, H], w_ih [3H, I], w_hh [3H, H], b_ih/b_hh [3H] or None. Returns h' [B, H].
+    """
+    return dispatch.get("gru_step", backend, x)(x, h, w_ih, w_hh, b_ih, b_hh)
+
+
+__all__ += ["sample_categorical", "sample_diag_gaussian", "lstm_step", "gru_step"]
+
+
+def manual_seed(seed: int) -> None:
+    """Seed every sampler: torch's generators (CPU and CUDA) and the fused backends' RNGs."""
+    import torch
+
+    torch.manual_seed(seed)
+    for name in dispatch.BACKENDS:
+        mod = dispatch._loaded.get(name)
+        if mod is not None and hasattr(mod, "manual_seed"):
+            mod.manual_seed(seed)
+
+
+__all__ += ["manual_seed"]
