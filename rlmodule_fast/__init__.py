@@ -2,7 +2,19 @@
 
 Public names only; no logic here.
 """
-from . import ops
+from . import distributions, ops, ppo
+from .core.columns import DEFAULT_MODULE_ID, Columns
+from .core.multi_rl_module import MultiRLModule, MultiRLModuleSpec
+from .core.rl_module import RLModule, RLModuleConfig, RLModuleSpec
+from .core.specs import TensorSpec
+from .core.torch_rl_module import TorchRLModule
+from .models.catalog import Catalog
 from .ops import backend_info, manual_seed
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Catalog", "Columns", "DEFAULT_MODULE_ID", "MultiRLModule", "MultiRLModuleSpec", "RLModule",
+    "RLModuleConfig", "RLModuleSpec", "TensorSpec", "TorchRLModule", "backend_info", "distributions",
+    "manual_seed", "ops", "ppo",
+]

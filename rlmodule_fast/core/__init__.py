@@ -1,1 +1,1 @@
-
+"""The RLModule contract (framework-agnostic where it can be)."""

@@ -1,0 +1,232 @@
+"""MultiRLModule: a dict-like container of module_id -> RLModule, and its spec."""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Callable, Iterator, Mapping, Optional, Type, Union
+
+from . import checkpoint as ckpt
+from .columns import DEFAULT_MODULE_ID
+from .rl_module import RLModule, RLModuleSpec
+
+
+class MultiRLModule(RLModule):
+    """Holds several RLModules by id; ``forward_*`` take ``{module_id: batch}`` and return
+    ``{module_id: outputs}``. State is nested ``{module_id: state}``.
+
+    ``MultiRLModule(rl_module_specs={"a": RLModuleSpec(...), ...})`` builds the modules;
+    ``modules={"a": module}`` adopts already-built ones.
+    """
+
+    framework = "torch"
+
+    def __init__(self, config=None, *, rl_module_specs: Optional[Mapping[str, RLModuleSpec]] = None,
+                 modules: Optional[Mapping[str, RLModule]] = None, **kwargs):
+        self._rl_modules: dict[str, RLModule] = {}
+        self._pending_specs = dict(rl_module_specs or {})
+        self._pending_modules = dict(modules or {})
+        super().__init__(config, **kwargs)
+
+    def setup(self) -> None:
+        for mid, spec in self._pending_specs.items():
+            self.add_module(mid, spec.build())
+        for mid, module in self._pending_modules.items():
+            self.add_module(mid, module)
+        del self._pending_specs, self._pending_modules
+
+    # ---- dict-like access ------------------------------------------------------------------
+    def __getitem__(self, module_id: str) -> RLModule:
+        if module_id not in self._rl_modules:
+            raise KeyError(f"module {module_id!r} not found; have {sorted(self._rl_modules)}")
+        return self._rl_modules[module_id]
+
+    def __contains__(self, module_id: object) -> bool:
+        return module_id in self._rl_modules
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rl_modules)
+
+    def __len__(self) -> int:
+        return len(self._rl_modules)
+
+    def keys(self):
+        return self._rl_modules.keys()
+
+    def values(self):
+        return self._rl_modules.values()
+
+    def items(self):
+        return self._rl_modules.items()
+
+    def get(self, module_id: str, default: Any = None) -> Any:
+        return self._rl_modules.get(module_id, default)
+
+    def add_module(self, module_id: str, module: RLModule, *, override: bool = False) -> None:
+        """Add ``module`` under ``module_id``; ValueError if the id exists and not ``override``."""
+        if not isinstance(module, RLModule):
+            raise ValueError(f"module {module_id!r}: expected an RLModule, got {type(module).__name__}")
+        if module_id in self._rl_modules and not override:
+            raise ValueError(f"module {module_id!r} already exists; pass override=True to replace it")
+        self._rl_modules[module_id] = module
+
+    def remove_module(self, module_id: str, *, raise_err_if_not_found: bool = True) -> None:
+        if module_id not in self._rl_modules:
+            if raise_err_if_not_found:
+                raise ValueError(f"module {module_id!r} not found; have {sorted(self._rl_modules)}")
+            return
+        del self._rl_modules[module_id]
+
+    def foreach_module(self, func: Callable[[str, RLModule], Any], *, return_dict: bool = False):
+        results = {mid: func(mid, m) for mid, m in self._rl_modules.items()}
+        return results if return_dict else list(results.values())
+
+    def parameters(self):
+        for m in self._rl_modules.values():
+            yield from m.parameters()
+
+    # ---- forwards ----------------------------------------------------------------------------
+    def _forward_each(self, kind: str, batch: Mapping[str, Any], kwargs: dict) -> dict:
+        if not isinstance(batch, Mapping):
+            raise ValueError(f"MultiRLModule.forward_{kind}: expected {{module_id: batch}}, got {type(batch).__name__}")
+        out = {}
+        for mid, sub in batch.items():
+            if mid not in self._rl_modules:
+                raise ValueError(f"MultiRLModule.forward_{kind}: unknown module id {mid!r}; have {sorted(self._rl_modules)}")
+            out[mid] = getattr(self._rl_modules[mid], f"forward_{kind}")(sub, **kwargs)
+        return out
+
+    def forward_inference(self, batch, **kwargs) -> dict:
+        return self._forward_each("inference", batch, kwargs)
+
+    def forward_exploration(self, batch, **kwargs) -> dict:
+        return self._forward_each("exploration", batch, kwargs)
+
+    def forward_train(self, batch, **kwargs) -> dict:
+        return self._forward_each("train", batch, kwargs)
+
+    def _forward_inference(self, batch, **kwargs):
+        return self._forward_each("inference", batch, kwargs)
+
+    def _forward_exploration(self, batch, **kwargs):
+        return self._forward_each("exploration", batch, kwargs)
+
+    def _forward_train(self, batch, **kwargs):
+        return self._forward_each("train", batch, kwargs)
+
+    def is_stateful(self) -> bool:
+        return any(m.is_stateful() for m in self._rl_modules.values())
+
+    def get_initial_state(self) -> dict:
+        return {mid: m.get_initial_state() for mid, m in self._rl_modules.items()}
+
+    def as_multi_rl_module(self) -> "MultiRLModule":
+        return self
+
+    # ---- state and checkpoints -----------------------------------------------------------------
+    def get_state(self, components=None, *, not_components=None, inference_only: bool = False, **kwargs) -> dict:
+        """``{module_id: module.get_state(...)}``; ``components`` / ``not_components`` select module ids."""
+        include = [components] if isinstance(components, str) else list(components or [])
+        exclude = [not_components] if isinstance(not_components, str) else list(not_components or [])
+        return {
+            mid: m.get_state(inference_only=inference_only)
+            for mid, m in self._rl_modules.items()
+            if (not include or mid in include) and mid not in exclude
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Load ``{module_id: state}``; unknown ids raise ValueError, absent ids are left as they are."""
+        for mid, sub in state.items():
+            if mid not in self._rl_modules:
+                raise ValueError(f"state: unknown module id {mid!r}; have {sorted(self._rl_modules)}")
+            self._rl_modules[mid].set_state(sub)
+
+    def get_checkpointable_components(self) -> list:
+        return list(self._rl_modules.items())
+
+    def get_metadata(self) -> dict:
+        return ckpt.metadata(type(self), kind="multi")
+
+    def save_to_path(self, path=None, *, state: Optional[dict] = None) -> str:
+        """Write ``class_and_ctor_args.json`` + ``metadata.json`` and one sub-directory per module."""
+        path = ckpt.as_dir(path)
+        path.mkdir(parents=True, exist_ok=True)
+        for mid, m in self._rl_modules.items():
+            m.save_to_path(path / mid, state=None if state is None else state.get(mid))
+        ckpt.write_json(path / self.CLASS_AND_CTOR_ARGS_FILE_NAME,
+                        {"class": ckpt.class_path(type(self)), "module_ids": list(self._rl_modules)})
+        ckpt.write_json(path / self.METADATA_FILE_NAME, self.get_metadata())
+        return str(path)
+
+    def restore_from_path(self, path, **kwargs) -> None:
+        path = pathlib.Path(path)
+        ckpt.check_metadata(path)
+        for mid, m in self._rl_modules.items():
+            sub = path / mid
+            if not sub.is_dir():
+                raise FileNotFoundError(f"checkpoint directory missing for module {mid!r}: {sub}")
+            m.restore_from_path(sub)
+
+    @classmethod
+    def from_checkpoint(cls, path, **kwargs) -> "MultiRLModule":
+        path = pathlib.Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint directory missing: {path}")
+        ckpt.check_metadata(path)
+        ctor_file = path / cls.CLASS_AND_CTOR_ARGS_FILE_NAME
+        data = ckpt.read_json(ctor_file)
+        klass = ckpt.resolve_class(data.get("class"), MultiRLModule, source=str(ctor_file))
+        ids = data.get("module_ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"{ctor_file}: 'module_ids' must be a list of strings")
+        modules = {mid: RLModule.from_checkpoint(path / mid) for mid in ids}
+        return klass(modules=modules)
+
+
+@dataclasses.dataclass
+class MultiRLModuleSpec:
+    """How to build a MultiRLModule: ``rl_module_specs`` is {module_id: RLModuleSpec} (or one
+    RLModuleSpec, used for ``DEFAULT_MODULE_ID``). Fields set here (spaces, model config,
+    inference_only) fill the sub-specs where those leave them unset."""
+
+    multi_rl_module_class: Type[MultiRLModule] = MultiRLModule
+    observation_space: Any = None
+    action_space: Any = None
+    inference_only: bool = False
+    model_config: Optional[dict] = None
+    rl_module_specs: Union[None, RLModuleSpec, Mapping[str, RLModuleSpec]] = None
+    load_state_path: Optional[str] = None
+
+    @property
+    def module_specs(self) -> dict:
+        if isinstance(self.rl_module_specs, RLModuleSpec):
+            return {DEFAULT_MODULE_ID: self.rl_module_specs}
+        return dict(self.rl_module_specs or {})
+
+    def build(self, module_id: Optional[str] = None) -> Union[MultiRLModule, RLModule]:
+        """Build all modules (or only ``module_id``'s RLModule)."""
+        specs = {}
+        for mid, spec in self.module_specs.items():
+            spec = dataclasses.replace(spec)
+            if spec.observation_space is None:
+                spec.observation_space = self.observation_space
+            if spec.action_space is None:
+                spec.action_space = self.action_space
+            if not spec.model_config_dict and self.model_config:
+                spec.model_config_dict = spec.model_config = dict(self.model_config)
+            spec.inference_only = spec.inference_only or self.inference_only
+            specs[mid] = spec
+        if module_id is not None:
+            if module_id not in specs:
+                raise ValueError(f"MultiRLModuleSpec.build: unknown module id {module_id!r}; have {sorted(specs)}")
+            return specs[module_id].build()
+        module = self.multi_rl_module_class(rl_module_specs=specs)
+        if self.load_state_path is not None:
+            module.restore_from_path(self.load_state_path)
+        return module
+
+    def add_modules(self, module_specs: Mapping[str, RLModuleSpec], override: bool = True) -> None:
+        specs = self.module_specs
+        for mid, spec in module_specs.items():
+            if override or mid not in specs:
+                specs[mid] = spec
+        self.rl_module_specs = specs

@@ -1,0 +1,383 @@
+"""RLModule, RLModuleConfig and RLModuleSpec: the framework-agnostic RLModule contract.
+
+Semantics follow RLlib's new API stack (2.10-2.38), with newer RLlib's keyword constructor
+accepted as well (see API.md). Subclasses implement ``_forward_inference``,
+``_forward_exploration`` and ``_forward_train``; the public ``forward_*`` wrappers convert
+numpy inputs to tensors, check the batch against ``input_specs_*()`` and the result against
+``output_specs_*()``.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import inspect
+import pathlib
+from typing import Any, Mapping, Optional, Type
+
+from . import checkpoint as ckpt
+from .columns import DEFAULT_MODULE_ID, Columns
+from .spaces import space_from_json, space_to_json
+from .specs import SpecChecker, SpecType, to_torch
+
+
+@dataclasses.dataclass
+class RLModuleConfig:
+    """Everything needed to build a module: spaces, model config, catalog class, inference_only."""
+
+    observation_space: Any = None
+    action_space: Any = None
+    model_config_dict: dict = dataclasses.field(default_factory=dict)
+    catalog_class: Optional[type] = None
+    inference_only: bool = False
+
+    def get_catalog(self):
+        """A catalog instance for these spaces and model config (None without catalog_class)."""
+        if self.catalog_class is None:
+            return None
+        return self.catalog_class(
+            observation_space=self.observation_space,
+            action_space=self.action_space,
+            model_config_dict=self.model_config_dict,
+        )
+
+    def to_dict(self) -> dict:
+        """Plain-data form (spaces as JSON, classes as import paths)."""
+        return {
+            "observation_space": space_to_json(self.observation_space),
+            "action_space": space_to_json(self.action_space),
+            "model_config_dict": dict(self.model_config_dict or {}),
+            "catalog_class": ckpt.class_path(self.catalog_class) if self.catalog_class else None,
+            "inference_only": bool(self.inference_only),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RLModuleConfig":
+        from ..models.catalog import Catalog
+
+        catalog = d.get("catalog_class")
+        return cls(
+            observation_space=space_from_json(d.get("observation_space")),
+            action_space=space_from_json(d.get("action_space")),
+            model_config_dict=dict(d.get("model_config_dict") or {}),
+            catalog_class=ckpt.resolve_class(catalog, Catalog, source="RLModuleConfig") if catalog else None,
+            inference_only=bool(d.get("inference_only", False)),
+        )
+
+
+def _merge_model_config(model_config_dict: Optional[dict], model_config: Optional[dict]) -> dict:
+    if model_config_dict is not None and model_config is not None and model_config_dict != model_config:
+        raise ValueError("give either model_config_dict or model_config (its alias), not both")
+    cfg = model_config if model_config is not None else model_config_dict
+    if cfg is not None and not isinstance(cfg, Mapping):
+        raise ValueError(f"model_config_dict: expected a dict, got {type(cfg).__name__}")
+    return dict(cfg or {})
+
+
+class RLModule(abc.ABC):
+    """Base of every module: forward wrappers with spec checks, state, checkpoints.
+
+    Construct with an ``RLModuleConfig`` (``RLModule(config)``) or with newer RLlib's keywords
+    (``RLModule(observation_space=..., action_space=..., inference_only=..., model_config=...,
+    catalog_class=...)``). The constructor calls ``setup()``, where subclasses build layers.
+    """
+
+    framework: Optional[str] = None
+    STATE_FILE_NAME = ckpt.STATE_FILE_NAME
+    METADATA_FILE_NAME = ckpt.METADATA_FILE_NAME
+    CLASS_AND_CTOR_ARGS_FILE_NAME = ckpt.CLASS_AND_CTOR_ARGS_FILE_NAME
+
+    def __init__(
+        self,
+        config: Optional[RLModuleConfig] = None,
+        *,
+        observation_space: Any = None,
+        action_space: Any = None,
+        inference_only: Optional[bool] = None,
+        learner_only: bool = False,
+        model_config: Optional[dict] = None,
+        catalog_class: Optional[type] = None,
+        model_config_dict: Optional[dict] = None,
+    ):
+        if config is not None:
+            if not isinstance(config, RLModuleConfig):
+                raise TypeError(f"config: expected an RLModuleConfig, got {type(config).__name__}")
+            if any(v is not None for v in (observation_space, action_space, inference_only, model_config, catalog_class, model_config_dict)):
+                raise ValueError("give either config or the keyword arguments (observation_space, ...), not both")
+        else:
+            config = RLModuleConfig(
+                observation_space=observation_space,
+                action_space=action_space,
+                model_config_dict=_merge_model_config(model_config_dict, model_config),
+                catalog_class=catalog_class,
+                inference_only=bool(inference_only),
+            )
+        self.config = config
+        self.observation_space = config.observation_space
+        self.action_space = config.action_space
+        self.inference_only = config.inference_only
+        self.learner_only = learner_only
+        self.model_config = config.model_config_dict
+        self.catalog = config.get_catalog()
+        self._spec_checkers: dict[str, SpecChecker] = {}
+        self.setup()
+
+    # ---- to be implemented by subclasses -------------------------------------------------
+    def setup(self) -> None:
+        """Build the layers (called by the constructor)."""
+
+    @abc.abstractmethod
+    def _forward_inference(self, batch: dict, **kwargs) -> dict:
+        """Greedy/deterministic forward pass (serving, evaluation)."""
+
+    @abc.abstractmethod
+    def _forward_exploration(self, batch: dict, **kwargs) -> dict:
+        """Forward pass used while collecting experience."""
+
+    @abc.abstractmethod
+    def _forward_train(self, batch: dict, **kwargs) -> dict:
+        """Differentiable forward pass for the learner."""
+
+    # ---- specs ---------------------------------------------------------------------------
+    def input_specs_inference(self) -> SpecType:
+        return [Columns.OBS]
+
+    def input_specs_exploration(self) -> SpecType:
+        return [Columns.OBS]
+
+    def input_specs_train(self) -> SpecType:
+        return [Columns.OBS]
+
+    def output_specs_inference(self) -> SpecType:
+        return [Columns.ACTION_DIST_INPUTS]
+
+    def output_specs_exploration(self) -> SpecType:
+        return [Columns.ACTION_DIST_INPUTS]
+
+    def output_specs_train(self) -> SpecType:
+        return [Columns.ACTION_DIST_INPUTS]
+
+    def _checker(self, name: str) -> SpecChecker:
+        checker = self._spec_checkers.get(name)
+        if checker is None:
+            checker = SpecChecker(getattr(self, name)(), f"{type(self).__name__}.{name.replace('_specs_', ' ')}")
+            self._spec_checkers[name] = checker
+        return checker
+
+    # ---- public forward wrappers -----------------------------------------------------------
+    def _run(self, kind: str, batch: Mapping[str, Any], kwargs: dict) -> dict:
+        batch = to_torch(batch) if isinstance(batch, Mapping) else batch
+        self._checker(f"input_specs_{kind}").check(batch)
+        out = getattr(self, f"_forward_{kind}")(batch, **kwargs)
+        self._checker(f"output_specs_{kind}").check(out)
+        return out
+
+    def forward_inference(self, batch: Mapping[str, Any], **kwargs) -> dict:
+        """Deterministic forward: batch {"obs": [B, ...], ...} -> {"action_dist_inputs": [B, D], ...}."""
+        return self._run("inference", batch, kwargs)
+
+    def forward_exploration(self, batch: Mapping[str, Any], **kwargs) -> dict:
+        """Exploration forward: batch {"obs": [B, ...], ...} -> {"action_dist_inputs": [B, D], ...}."""
+        return self._run("exploration", batch, kwargs)
+
+    def forward_train(self, batch: Mapping[str, Any], **kwargs) -> dict:
+        """Differentiable forward for the learner. RuntimeError on an ``inference_only`` module."""
+        if self.inference_only:
+            raise RuntimeError(f"{type(self).__name__} was built with inference_only=True; forward_train is unavailable")
+        return self._run("train", batch, kwargs)
+
+    # ---- distributions / state ----------------------------------------------------------------
+    def get_inference_action_dist_cls(self):
+        raise NotImplementedError(f"{type(self).__name__} does not define get_inference_action_dist_cls")
+
+    def get_exploration_action_dist_cls(self):
+        raise NotImplementedError(f"{type(self).__name__} does not define get_exploration_action_dist_cls")
+
+    def get_train_action_dist_cls(self):
+        raise NotImplementedError(f"{type(self).__name__} does not define get_train_action_dist_cls")
+
+    def get_initial_state(self) -> dict:
+        """Initial recurrent state (dict of [1, ...] tensors); {} for stateless modules."""
+        return {}
+
+    def is_stateful(self) -> bool:
+        return bool(self.get_initial_state())
+
+    def update_default_view_requirements(self, defaults: dict) -> dict:
+        """Returns the view requirements: ``defaults`` (RLlib's old stack hook; no extra views)."""
+        return dict(defaults)
+
+    def get_non_inference_attributes(self) -> list[str]:
+        """Attribute paths (e.g. "vf") not needed by an inference-only copy of this module."""
+        return []
+
+    def unwrapped(self) -> "RLModule":
+        return self
+
+    def as_multi_rl_module(self):
+        """A MultiRLModule holding this module under DEFAULT_MODULE_ID."""
+        from .multi_rl_module import MultiRLModule
+
+        return MultiRLModule(rl_module_specs=None, modules={DEFAULT_MODULE_ID: self})
+
+    @abc.abstractmethod
+    def get_state(self, components=None, *, not_components=None, inference_only: bool = False, **kwargs) -> dict:
+        """The module's weights as a flat {name: tensor} dict."""
+
+    @abc.abstractmethod
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Load weights from a dict produced by ``get_state`` (or an RLlib module's)."""
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def get_ctor_args_and_kwargs(self) -> tuple[tuple, dict]:
+        return (), {"config": self.config.to_dict()}
+
+    def get_metadata(self) -> dict:
+        return ckpt.metadata(type(self))
+
+    def get_checkpointable_components(self) -> list:
+        """Sub-components saved separately (none for a single module)."""
+        return []
+
+    def save_to_path(self, path=None, *, state: Optional[dict] = None) -> str:
+        """Write a checkpoint directory (see core/checkpoint.py) and return its path."""
+        path = ckpt.as_dir(path)
+        path.mkdir(parents=True, exist_ok=True)
+        ckpt.save_tensors(path / self.STATE_FILE_NAME, state if state is not None else self.get_state())
+        _, kwargs = self.get_ctor_args_and_kwargs()
+        ckpt.write_json(path / self.CLASS_AND_CTOR_ARGS_FILE_NAME, {"class": ckpt.class_path(type(self)), "ctor_kwargs": kwargs})
+        ckpt.write_json(path / self.METADATA_FILE_NAME, self.get_metadata())
+        return str(path)
+
+    def restore_from_path(self, path, **kwargs) -> None:
+        """Load the weights of a checkpoint directory written by ``save_to_path``."""
+        path = pathlib.Path(path)
+        ckpt.check_metadata(path)
+        state_file = path / self.STATE_FILE_NAME
+        state = ckpt.load_tensors(state_file)
+        try:
+            self.set_state(state)
+        except ValueError as e:
+            raise ValueError(f"{state_file}: does not match this module: {e}") from e
+
+    @classmethod
+    def from_checkpoint(cls, path, **kwargs) -> "RLModule":
+        """Rebuild a module (class, spaces, config) and its weights from a checkpoint directory."""
+        path = pathlib.Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint directory missing: {path}")
+        ckpt.check_metadata(path)
+        ctor_file = path / cls.CLASS_AND_CTOR_ARGS_FILE_NAME
+        data = ckpt.read_json(ctor_file)
+        klass = ckpt.resolve_class(data.get("class"), RLModule, source=str(ctor_file))
+        if not issubclass(klass, cls):
+            raise ValueError(f"{ctor_file}: holds a {klass.__name__}, which is not a {cls.__name__}")
+        module = klass._from_ctor_kwargs(data.get("ctor_kwargs") or {}, source=str(ctor_file))
+        module.restore_from_path(path)
+        return module
+
+    @classmethod
+    def _from_ctor_kwargs(cls, kwargs: Mapping[str, Any], *, source: str) -> "RLModule":
+        try:
+            config = RLModuleConfig.from_dict(kwargs["config"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{source}: malformed constructor arguments: {e}") from e
+        return _construct(cls, config)
+
+
+def _construct(module_class: type, config: RLModuleConfig) -> RLModule:
+    """Instantiate with ``config`` positionally, or by keywords for newer-RLlib-style classes
+    whose ``__init__`` takes no config."""
+    params = inspect.signature(module_class.__init__).parameters
+    if "config" in params or not ("observation_space" in params and "action_space" in params):
+        return module_class(config)
+    return module_class(
+        observation_space=config.observation_space,
+        action_space=config.action_space,
+        inference_only=config.inference_only,
+        model_config=config.model_config_dict,
+        catalog_class=config.catalog_class,
+    )
+
+
+@dataclasses.dataclass
+class RLModuleSpec:
+    """How to build one module: ``RLModuleSpec(module_class=..., observation_space=...,
+    action_space=..., model_config_dict={...}, catalog_class=...).build()``.
+
+    ``model_config`` is accepted as an alias of ``model_config_dict`` (both: ValueError).
+    ``load_state_path``: a checkpoint directory whose weights ``build()`` loads.
+    """
+
+    module_class: Optional[Type[RLModule]] = None
+    observation_space: Any = None
+    action_space: Any = None
+    model_config_dict: Optional[dict] = None
+    catalog_class: Optional[type] = None
+    load_state_path: Optional[str] = None
+    inference_only: bool = False
+    model_config: Optional[dict] = None
+
+    def __post_init__(self):
+        merged = _merge_model_config(self.model_config_dict, self.model_config)
+        self.model_config_dict = merged
+        self.model_config = merged
+
+    def get_rl_module_config(self) -> RLModuleConfig:
+        return RLModuleConfig(
+            observation_space=self.observation_space,
+            action_space=self.action_space,
+            model_config_dict=dict(self.model_config_dict or {}),
+            catalog_class=self.catalog_class,
+            inference_only=self.inference_only,
+        )
+
+    def build(self) -> RLModule:
+        """Instantiate the module (and load ``load_state_path`` when given)."""
+        if self.module_class is None:
+            raise ValueError("RLModuleSpec.module_class is required to build a module")
+        if not (isinstance(self.module_class, type) and issubclass(self.module_class, RLModule)):
+            raise ValueError(f"RLModuleSpec.module_class: expected an RLModule subclass, got {self.module_class!r}")
+        if self.observation_space is None or self.action_space is None:
+            raise ValueError("RLModuleSpec: observation_space and action_space are required to build a module")
+        module = _construct(self.module_class, self.get_rl_module_config())
+        if self.load_state_path is not None:
+            module.restore_from_path(self.load_state_path)
+        return module
+
+    def update(self, other: "RLModuleSpec", override: bool = True) -> None:
+        """Fill (or with ``override`` replace) fields from ``other`` where it sets them."""
+        for f in dataclasses.fields(self):
+            theirs = getattr(other, f.name)
+            if theirs is None or (f.name in ("model_config_dict", "model_config") and not theirs):
+                continue
+            if override or getattr(self, f.name) in (None, {}):
+                setattr(self, f.name, theirs)
+        self.model_config = self.model_config_dict
+
+    def to_dict(self) -> dict:
+        """Plain-data form: class paths as strings, spaces as JSON."""
+        return {
+            "module_class": ckpt.class_path(self.module_class) if self.module_class else None,
+            "observation_space": space_to_json(self.observation_space),
+            "action_space": space_to_json(self.action_space),
+            "model_config_dict": dict(self.model_config_dict or {}),
+            "catalog_class": ckpt.class_path(self.catalog_class) if self.catalog_class else None,
+            "load_state_path": self.load_state_path,
+            "inference_only": bool(self.inference_only),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RLModuleSpec":
+        """Inverse of ``to_dict`` (classes resolved by import; must subclass RLModule / Catalog)."""
+        from ..models.catalog import Catalog
+
+        mc, cc = d.get("module_class"), d.get("catalog_class")
+        return cls(
+            module_class=ckpt.resolve_class(mc, RLModule, source="RLModuleSpec.from_dict") if mc else None,
+            observation_space=space_from_json(d.get("observation_space")),
+            action_space=space_from_json(d.get("action_space")),
+            model_config_dict=dict(d.get("model_config_dict") or {}),
+            catalog_class=ckpt.resolve_class(cc, Catalog, source="RLModuleSpec.from_dict") if cc else None,
+            load_state_path=d.get("load_state_path"),
+            inference_only=bool(d.get("inference_only", False)),
+        )

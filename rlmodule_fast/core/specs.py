@@ -1,0 +1,129 @@
+"""Input/output spec checks for the public ``forward_*`` wrappers.
+
+A spec is either a list of required keys (values unchecked) or a dict mapping a key to a
+``TensorSpec``, to a nested dict of specs (e.g. ``state_in``), or to None (presence only).
+A ``TensorSpec`` lists the shape patterns it accepts; a pattern dimension is an int (must
+match) or a name such as "B" or "T" (any size). Checks are cached per (key path, shape,
+dtype), so a steady-state forward pays a dict lookup per key.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+Pattern = tuple
+
+
+class TensorSpec:
+    """Accepted shapes of one tensor: ``TensorSpec(("B", 4))`` or several patterns
+    ``TensorSpec(("B", 4), ("B", "T", 4))``; ``dtype_kind`` "float" | "int" | None."""
+
+    __slots__ = ("patterns", "dtype_kind")
+
+    def __init__(self, *patterns: Sequence[Union[int, str]], dtype_kind: Optional[str] = None):
+        if not patterns:
+            raise ValueError("TensorSpec needs at least one shape pattern")
+        self.patterns = tuple(tuple(p) for p in patterns)
+        self.dtype_kind = dtype_kind
+
+    def describe(self) -> str:
+        shown = [f"({', '.join(str(d) for d in p)}{',' if len(p) == 1 else ''})" for p in self.patterns]
+        return " or ".join(shown)
+
+    def matches(self, shape: tuple) -> bool:
+        for p in self.patterns:
+            if len(p) == len(shape) and all(isinstance(d, str) or d == s for d, s in zip(p, shape)):
+                return True
+        return False
+
+    def __repr__(self) -> str:
+        return f"TensorSpec({self.describe()})"
+
+
+SpecType = Union[None, Sequence[str], Mapping[str, Any]]
+
+
+def _shape_dtype(value: Any) -> tuple[tuple, Any]:
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return tuple(value.shape), value.dtype
+    return None, type(value)
+
+
+def _dtype_ok(dtype: Any, kind: Optional[str]) -> bool:
+    if kind is None:
+        return True
+    if isinstance(dtype, torch.dtype):
+        return dtype.is_floating_point if kind == "float" else not dtype.is_floating_point and not dtype.is_complex
+    if isinstance(dtype, np.dtype):
+        return dtype.kind == "f" if kind == "float" else dtype.kind in "iub"
+    return False
+
+
+class SpecChecker:
+    """Checks dicts against one spec, caching shapes already accepted."""
+
+    def __init__(self, spec: SpecType, what: str):
+        self.what = what
+        if spec is None:
+            self.spec: Mapping[str, Any] = {}
+        elif isinstance(spec, Mapping):
+            self.spec = spec
+        else:
+            self.spec = {k: None for k in spec}
+        self._ok: set = set()
+
+    def check(self, data: Mapping[str, Any]) -> None:
+        """Raise ValueError naming the key, expected and received shape, on any mismatch."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{self.what}: expected a dict of tensors, got {type(data).__name__}")
+        self._check(data, self.spec, "")
+
+    def _check(self, data: Mapping[str, Any], spec: Mapping[str, Any], prefix: str) -> None:
+        for key, sub in spec.items():
+            path = f"{prefix}{key}"
+            if key not in data:
+                expected = f" (expected shape {sub.describe()})" if isinstance(sub, TensorSpec) else ""
+                raise ValueError(f"{self.what}: missing key {path!r}{expected}; got keys {sorted(map(str, data))}")
+            value = data[key]
+            if sub is None:
+                continue
+            if isinstance(sub, Mapping):
+                if not isinstance(value, Mapping):
+                    raise ValueError(f"{self.what}: {path!r} must be a dict with keys {sorted(sub)}, got {type(value).__name__}")
+                self._check(value, sub, path + "/")
+                continue
+            shape, dtype = _shape_dtype(value)
+            cache_key = (path, shape, dtype)
+            if cache_key in self._ok:
+                continue
+            if shape is None:
+                raise ValueError(f"{self.what}: {path!r} must be a tensor of shape {sub.describe()}, got {type(value).__name__}")
+            if not sub.matches(shape):
+                raise ValueError(f"{self.what}: {path!r} has shape {shape}, expected {sub.describe()}")
+            if not _dtype_ok(dtype, sub.dtype_kind):
+                raise ValueError(f"{self.what}: {path!r} has dtype {dtype}, expected a {sub.dtype_kind} dtype")
+            self._ok.add(cache_key)
+
+
+def to_torch(batch: Mapping[str, Any]) -> dict:
+    """A new dict where numpy arrays (also nested in dicts) become torch tensors without a copy
+    where numpy allows it. The input dict is not modified."""
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, np.ndarray):
+            try:
+                v = torch.from_numpy(v)
+            except (ValueError, TypeError):  # negative strides, read-only or object arrays
+                v = torch.as_tensor(np.ascontiguousarray(v))
+        elif isinstance(v, Mapping):
+            v = to_torch(v)
+        out[k] = v
+    return out
+
+
+def iter_keys(spec: SpecType) -> Iterable[str]:
+    if spec is None:
+        return ()
+    return list(spec.keys()) if isinstance(spec, Mapping) else list(spec)

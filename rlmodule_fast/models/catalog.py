@@ -1,0 +1,81 @@
+"""Catalog: spaces + model config -> encoders, heads and action-distribution classes."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import gymnasium as gym
+import numpy as np
+
+from .config import resolve_model_config
+from .encoders import TorchMLPEncoder, TorchRNNEncoder, obs_dim
+
+
+def check_framework(framework: str) -> None:
+    if framework != "torch":
+        raise ValueError(f"framework={framework!r}: only 'torch' is supported")
+
+
+class Catalog:
+    """Builds the pieces of a model from ``observation_space``, ``action_space`` and a model
+    config (RLlib keys; validated by ``models.config.resolve_model_config``).
+
+    Attributes: ``model_config_dict`` (resolved), ``obs_dim`` (flattened observation width),
+    ``latent_dims`` (encoder output shape), ``action_dist_cls``.
+    """
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space,
+                 model_config_dict: Optional[Mapping[str, Any]] = None, **kwargs: Any):
+        if kwargs:
+            raise ValueError(f"Catalog: unexpected arguments {sorted(kwargs)}")
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self._model_config_dict = resolve_model_config(model_config_dict)
+        self.obs_dim = obs_dim(observation_space)
+        cfg = self._model_config_dict
+        self.recurrent_kind = "lstm" if cfg["use_lstm"] else ("gru" if cfg["use_gru"] else None)
+        if self.recurrent_kind:
+            self.latent_dims = (cfg["lstm_cell_size"],)
+        else:
+            self.latent_dims = (cfg["fcnet_hiddens"][-1] if cfg["fcnet_hiddens"] else self.obs_dim,)
+        self.action_dist_cls = self.get_action_dist_cls(framework="torch")
+
+    @property
+    def model_config_dict(self) -> dict:
+        return self._model_config_dict
+
+    def build_encoder(self, framework: str = "torch"):
+        """One encoder: an MLP over the flattened obs, or tokenizer MLP + LSTM/GRU."""
+        check_framework(framework)
+        cfg = self._model_config_dict
+        if self.recurrent_kind:
+            return TorchRNNEncoder(self.obs_dim, cfg["fcnet_hiddens"], cfg["fcnet_activation"],
+                                   cfg["lstm_cell_size"], self.recurrent_kind)
+        return TorchMLPEncoder(self.obs_dim, cfg["fcnet_hiddens"], cfg["fcnet_activation"])
+
+    def get_action_dist_cls(self, framework: str = "torch"):
+        """Distribution class for the action space: Discrete -> TorchCategorical, MultiDiscrete ->
+        TorchMultiCategorical (partial over its sizes), Box -> TorchDiagGaussian."""
+        check_framework(framework)
+        from .. import distributions as d
+
+        space = self.action_space
+        if isinstance(space, gym.spaces.Discrete):
+            return d.TorchCategorical
+        if isinstance(space, gym.spaces.MultiDiscrete):
+            return d.TorchMultiCategorical.get_partial_dist_cls(input_lens=[int(n) for n in np.ravel(space.nvec)])
+        if isinstance(space, gym.spaces.Box):
+            if len(space.shape) != 1:
+                raise ValueError(f"action_space: Box actions must be 1-D, got shape {space.shape}")
+            return d.TorchDiagGaussian
+        raise ValueError(f"action_space: {space!r} is not supported (Discrete, MultiDiscrete or 1-D Box)")
+
+    @property
+    def action_dist_input_dim(self) -> int:
+        """Width of ``action_dist_inputs``."""
+        space = self.action_space
+        if isinstance(space, gym.spaces.Discrete):
+            return int(space.n)
+        if isinstance(space, gym.spaces.MultiDiscrete):
+            return int(np.sum(space.nvec))
+        return 2 * int(space.shape[0])
+

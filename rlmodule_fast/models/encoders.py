@@ -1,0 +1,138 @@
+"""Torch encoders with RLlib's parameter names (``net.mlp.0.weight``, ``tokenizer...``,
+``lstm.weight_ih_l0``), so state dicts move between RLlib modules and ours unchanged.
+
+Shape legend: B batch, T time, D flattened observation, H hidden / latent.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import gymnasium as gym
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_ACT_MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU}
+
+
+def obs_dim(space: gym.Space) -> int:
+    """Width of the flattened observation: prod(shape) for Box, n for Discrete (one-hot)."""
+    if isinstance(space, gym.spaces.Box):
+        return int(math.prod(space.shape)) if space.shape else 1
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.n)
+    raise ValueError(f"observation_space: {space!r} is not supported (Box of any shape or Discrete)")
+
+
+def obs_lead_dims(space: gym.Space) -> int:
+    """Rank of one observation (0 for Discrete)."""
+    return len(space.shape) if isinstance(space, gym.spaces.Box) else 0
+
+
+def flatten_obs(obs: torch.Tensor, space: gym.Space, n_lead: int, dtype: torch.dtype) -> torch.Tensor:
+    """[*lead, *obs_shape] -> [*lead, D] in ``dtype`` (Discrete: one-hot of the index)."""
+    if isinstance(space, gym.spaces.Discrete):
+        idx = obs.long() - int(space.start)
+        return F.one_hot(idx, int(space.n)).to(dtype)
+    lead = obs.shape[:n_lead]
+    return obs.reshape(*lead, -1).to(dtype)
+
+
+class TorchMLP(nn.Module):
+    """Linear layers in ``self.mlp`` (an nn.Sequential), each followed by its activation
+    module unless that activation is linear (RLlib's TorchMLP layout)."""
+
+    def __init__(self, input_dim: int, hidden_layer_dims: list[int], hidden_activation: str,
+                 output_dim: Optional[int] = None, output_activation: str = "linear"):
+        super().__init__()
+        dims = [input_dim, *hidden_layer_dims] + ([output_dim] if output_dim is not None else [])
+        layers: list[nn.Module] = []
+        self.activations: list[str] = []
+        for i in range(len(dims) - 1):
+            act = output_activation if (output_dim is not None and i == len(dims) - 2) else hidden_activation
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            self.activations.append(act)
+            if act != "linear":
+                layers.append(_ACT_MODULES[act]())
+        self.mlp = nn.Sequential(*layers)
+        self.output_dim = dims[-1]
+
+    @property
+    def linears(self) -> list[nn.Linear]:
+        return [m for m in self.mlp if isinstance(m, nn.Linear)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)
+
+
+class TorchMLPEncoder(nn.Module):
+    """MLP over the flattened observation; its last hidden layer is the latent (``net``)."""
+
+    def __init__(self, input_dim: int, hiddens: list[int], activation: str):
+        super().__init__()
+        self.activation = activation
+        self.net = TorchMLP(input_dim, hiddens[:-1], activation, hiddens[-1] if hiddens else None, activation)
+        self.output_dim = self.net.output_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TorchRNNEncoder(nn.Module):
+    """Tokenizer MLP, then a 1-layer LSTM (``self.lstm``) or GRU (``self.gru``), batch-major.
+
+    forward(x [B, T, D], state {"h": [B, 1, H](, "c")}) -> (out [B, T, H], state_out same layout).
+    """
+
+    def __init__(self, input_dim: int, hiddens: list[int], activation: str, cell_size: int, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.cell_size = cell_size
+        self.tokenizer = TorchMLPEncoder(input_dim, hiddens, activation)
+        rnn_cls = nn.LSTM if kind == "lstm" else nn.GRU
+        setattr(self, kind, rnn_cls(self.tokenizer.output_dim, cell_size, batch_first=True))
+        self.output_dim = cell_size
+
+    @property
+    def rnn(self) -> nn.Module:
+        return getattr(self, self.kind)
+
+    def initial_state(self) -> dict:
+        z = torch.zeros(1, self.cell_size)
+        return {"h": z, "c": z.clone()} if self.kind == "lstm" else {"h": z}
+
+    def forward(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        tokens = self.tokenizer(x)
+        h = state["h"].transpose(0, 1).contiguous()
+        if self.kind == "lstm":
+            out, (h_n, c_n) = self.lstm(tokens, (h, state["c"].transpose(0, 1).contiguous()))
+            return out, {"h": h_n.transpose(0, 1), "c": c_n.transpose(0, 1)}
+        out, h_n = self.gru(tokens, h)
+        return out, {"h": h_n.transpose(0, 1)}
+
+
+class TorchActorCriticEncoder(nn.Module):
+    """Shared ``encoder`` (vf_share_layers=True) or ``actor_encoder`` + ``critic_encoder``.
+
+    ``critic`` is not built for an inference-only module. Recurrent encoders keep their state
+    flat {"h", "c"} when shared, nested {"actor": {...}, "critic": {...}} otherwise (as RLlib).
+    """
+
+    def __init__(self, make_encoder, shared: bool, inference_only: bool):
+        super().__init__()
+        self.shared = shared
+        if shared:
+            self.encoder = make_encoder()
+        else:
+            self.actor_encoder = make_encoder()
+            if not inference_only:
+                self.critic_encoder = make_encoder()
+
+    @property
+    def actor(self) -> nn.Module:
+        return self.encoder if self.shared else self.actor_encoder
+
+    @property
+    def critic(self) -> Optional[nn.Module]:
+        return self.encoder if self.shared else getattr(self, "critic_encoder", None)

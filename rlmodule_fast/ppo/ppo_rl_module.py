@@ -1,0 +1,215 @@
+"""PPOTorchRLModule: RLlib's DefaultPPOTorchRLModule (same parameter names), with the policy
+step of ``forward_exploration`` / ``forward_inference`` sent to a fused backend.
+
+Batches are batch-major. MLP: obs [B, *obs_shape]. LSTM/GRU (``use_lstm`` / ``use_gru``):
+``forward_train`` takes obs [B, T, *obs_shape] and ``state_in`` {"h": [B, 1, H](, "c")}
+(nested {"actor": ..., "critic": ...} with ``vf_share_layers=False``); stepping takes obs
+[B, 1, *obs_shape] or [B, *obs_shape] (read as T=1; outputs then have no T axis).
+
+Fast path: under ``backend="auto"`` (or ``RLMODULE_FAST_BACKEND``) ``forward_exploration`` /
+``forward_inference`` run encoder, pi head and sampling in one backend call (cpp for CPU,
+triton for CUDA) and also return ``actions`` and ``action_logp`` (inference: the
+deterministic action). These outputs are not differentiable (as in RLlib, where env runners
+call them under no_grad); ``forward_train`` always runs the torch layers with autograd.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import gymnasium as gym
+import torch
+
+from ..core.columns import Columns
+from ..core.specs import TensorSpec
+from ..core.torch_rl_module import TorchRLModule
+from ..models.encoders import flatten_obs, obs_lead_dims
+from .ppo_catalog import PPOCatalog
+
+
+class PPOTorchRLModule(TorchRLModule):
+    """Actor-critic PPO module; see the module docstring for shapes and the fast path."""
+
+    def setup(self) -> None:
+        if self.catalog is None:
+            self.catalog = PPOCatalog(self.observation_space, self.action_space, self.model_config)
+        if not isinstance(self.catalog, PPOCatalog):
+            raise ValueError(f"catalog_class: expected a PPOCatalog subclass, got {type(self.catalog).__name__}")
+        cat = self.catalog
+        self.encoder = cat.build_actor_critic_encoder("torch", inference_only=self.inference_only)
+        self.pi = cat.build_pi_head("torch")
+        if not self.inference_only:
+            self.vf = cat.build_vf_head("torch")
+        self.action_dist_cls = cat.action_dist_cls
+        self._recurrent = cat.recurrent_kind
+        self._obs_rank = obs_lead_dims(self.observation_space)
+        self._policy_plans: dict[str, Any] = {}
+
+    # ---- distributions & state --------------------------------------------------------------
+    def get_inference_action_dist_cls(self):
+        return self.action_dist_cls
+
+    def get_exploration_action_dist_cls(self):
+        return self.action_dist_cls
+
+    def get_train_action_dist_cls(self):
+        return self.action_dist_cls
+
+    def get_initial_state(self) -> dict:
+        if not self._recurrent:
+            return {}
+        enc = self.encoder
+        if enc.shared:
+            return enc.encoder.initial_state()
+        state = {"actor": enc.actor_encoder.initial_state()}
+        if enc.critic is not None:
+            state["critic"] = enc.critic_encoder.initial_state()
+        return state
+
+    def get_non_inference_attributes(self) -> list[str]:
+        return ["vf", "encoder.critic_encoder"]
+
+    # ---- specs --------------------------------------------------------------------------------
+    def _obs_spec(self, with_time: Optional[bool]) -> TensorSpec:
+        shape = tuple(self.observation_space.shape) if isinstance(self.observation_space, gym.spaces.Box) else ()
+        kind = "int" if isinstance(self.observation_space, gym.spaces.Discrete) else None
+        if with_time is None:
+            return TensorSpec(("B", *shape), ("B", "T", *shape), dtype_kind=kind)
+        return TensorSpec(("B", "T", *shape) if with_time else ("B", *shape), dtype_kind=kind)
+
+    def _state_spec(self) -> dict:
+        def one(s: dict) -> dict:
+            return {k: TensorSpec(("B", 1, v.shape[-1]), ("B", v.shape[-1])) for k, v in s.items()}
+        init = self.get_initial_state()
+        if "h" in init:
+            return one(init)
+        return {part: one(s) for part, s in init.items()}
+
+    def _step_specs(self) -> dict:
+        if self._recurrent:
+            return {Columns.OBS: self._obs_spec(None), Columns.STATE_IN: self._state_spec()}
+        return {Columns.OBS: self._obs_spec(False)}
+
+    def input_specs_inference(self):
+        return self._step_specs()
+
+    def input_specs_exploration(self):
+        return self._step_specs()
+
+    def input_specs_train(self):
+        if self._recurrent:
+            return {Columns.OBS: self._obs_spec(True), Columns.STATE_IN: self._state_spec()}
+        return {Columns.OBS: self._obs_spec(False)}
+
+    def output_specs_train(self):
+        return [Columns.ACTION_DIST_INPUTS, Columns.VF_PREDS, Columns.EMBEDDINGS]
+
+    # ---- the torch layers -----------------------------------------------------------------------
+    def _features(self, obs: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Flattened float features [B, (T,) D] and whether a T=1 axis was added."""
+        n_lead = obs.dim() - self._obs_rank
+        x = flatten_obs(obs, self.observation_space, n_lead, self.pi.log_std_clip_param_const.dtype)
+        if self._recurrent and n_lead == 1:
+            return x.unsqueeze(1), True
+        return x, False
+
+    @staticmethod
+    def _state_3d(state: dict) -> dict:
+        return {k: (v.unsqueeze(1) if v.dim() == 2 else v).to(torch.float32) for k, v in state.items()}
+
+    def _encode(self, batch: dict, *, critic: bool) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[dict], bool]:
+        """(actor latent, critic latent or None, state_out or None, T axis added)."""
+        x, added_t = self._features(batch[Columns.OBS])
+        enc = self.encoder
+        if not self._recurrent:
+            a = enc.actor(x)
+            c = (a if enc.shared else enc.critic(x)) if critic else None
+            return a, c, None, added_t
+        state_in = batch[Columns.STATE_IN]
+        if enc.shared:
+            a, state_out = enc.encoder(x, self._state_3d(state_in))
+            c = a if critic else None
+        else:
+            a, a_state = enc.actor_encoder(x, self._state_3d(state_in["actor"]))
+            state_out = {"actor": a_state}
+            c = None
+            if enc.critic is not None:  # the critic state advances whenever it exists
+                c_full, c_state = enc.critic_encoder(x, self._state_3d(state_in["critic"]))
+                state_out["critic"] = c_state
+                c = c_full if critic else None
+        if added_t:
+            a = a.squeeze(1)
+            c = c.squeeze(1) if c is not None else None
+        return a, c, state_out, added_t
+
+    def _forward_train(self, batch: dict, **kwargs) -> dict:
+        a, c, state_out, _ = self._encode(batch, critic=True)
+        out = {
+            Columns.ACTION_DIST_INPUTS: self.pi(a),
+            Columns.VF_PREDS: self.vf(c).squeeze(-1),
+            Columns.EMBEDDINGS: c,
+        }
+        if state_out is not None:
+            out[Columns.STATE_OUT] = state_out
+        return out
+
+    def _forward_torch(self, batch: dict) -> dict:
+        a, _, state_out, _ = self._encode(batch, critic=False)
+        out = {Columns.ACTION_DIST_INPUTS: self.pi(a)}
+        if state_out is not None:
+            out[Columns.STATE_OUT] = state_out
+        return out
+
+    def compute_values(self, batch: dict, embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Value predictions [B] (or [B, T]) from ``embeddings`` or by running the critic encoder."""
+        if self.inference_only:
+            raise RuntimeError("compute_values: module was built with inference_only=True (no value head)")
+        if embeddings is None:
+            _, embeddings, _, _ = self._encode(batch, critic=True)
+        return self.vf(embeddings).squeeze(-1)
+
+    # ---- exploration / inference: the fast path ---------------------------------------------------
+    def _fast_plan(self, example: torch.Tensor):
+        """The PolicyPlan of the backend chosen for this input, or None for the torch reference."""
+        try:  # TEMPORARY until fastpath.py lands
+            from ..fastpath import plan_for
+        except ImportError:
+            return None
+        return plan_for(self, example)
+
+    def _forward_fast_or_torch(self, batch: dict, deterministic: bool) -> dict:
+        plan = self._fast_plan(batch[Columns.OBS])
+        if plan is None:
+            return self._forward_torch(batch)
+        x, added_t = self._features(batch[Columns.OBS])
+        if added_t:
+            x = x.squeeze(1)
+        elif self._recurrent:  # [B, T=1, D] stepping input
+            if x.shape[1] != 1:
+                return self._forward_torch(batch)
+            x = x[:, 0]
+        state = None
+        if self._recurrent:
+            state = _map_state(batch[Columns.STATE_IN], lambda v: v.reshape(v.shape[0], v.shape[-1]))
+        res = plan.step(x, state, deterministic=deterministic)
+        out = {
+            Columns.ACTION_DIST_INPUTS: res["action_dist_inputs"],
+            Columns.ACTIONS: res["actions"],
+            Columns.ACTION_LOGP: res["action_logp"],
+        }
+        if self._recurrent:
+            state_out = _map_state(res["state_out"], lambda v: v.unsqueeze(1))
+            if not added_t:  # keep the caller's [B, 1, ...] layout
+                for k in (Columns.ACTION_DIST_INPUTS, Columns.ACTIONS, Columns.ACTION_LOGP):
+                    out[k] = out[k].unsqueeze(1)
+            out[Columns.STATE_OUT] = state_out
+        return out
+
+    def _forward_exploration(self, batch: dict, **kwargs) -> dict:
+        return self._forward_fast_or_torch(batch, deterministic=False)
+
+    def _forward_inference(self, batch: dict, **kwargs) -> dict:
+        return self._forward_fast_or_torch(batch, deterministic=True)
+
+
+def _map_state(state: dict, fn) -> dict:
+    return {k: (_map_state(v, fn) if isinstance(v, dict) else fn(v)) for k, v in state.items()}
