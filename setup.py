@@ -4,6 +4,7 @@
 Environment: CMAKE_ARGS (extra arguments), DEBUG=1 (Debug build), CMAKE_BUILD_PARALLEL_LEVEL.
 """
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,12 +38,9 @@ class CMakeBuild(build_ext):
         ]
         if "CMAKE_ARGS" in os.environ:
             cmake_args += [item for item in os.environ["CMAKE_ARGS"].split(" ") if item]
-        try:
-            import ninja  # noqa: F401
-
-            cmake_args += ["-GNinja", f"-DCMAKE_MAKE_PROGRAM={ninja.BIN_DIR}/ninja"]
-        except ImportError:
-            pass
+        ninja = shutil.which("ninja")  # the pip package puts it on PATH in the build env
+        if ninja and not os.environ.get("CMAKE_GENERATOR"):
+            cmake_args += ["-GNinja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
 
         build_temp = Path(self.build_temp) / ext.name
         build_temp.mkdir(parents=True, exist_ok=True)

@@ -168,6 +168,38 @@ class PPOTorchRLModule(TorchRLModule):
         return self.vf(embeddings).squeeze(-1)
 
     # ---- exploration / inference: the fast path ---------------------------------------------------
+    def policy_layers(self):
+        """This module's layers described for a fused backend (``fastpath.PolicyLayers``);
+        the layers themselves, not copies, so in-place weight updates are seen."""
+        from ..fastpath import EncoderLayers, PolicyLayers
+
+        def enc(e) -> EncoderLayers:
+            if self._recurrent:
+                return EncoderLayers(mlp=e.tokenizer.net.linears, activation=e.tokenizer.activation, rnn=e.rnn)
+            return EncoderLayers(mlp=e.net.linears, activation=e.activation)
+
+        cfg = self.catalog.model_config_dict
+        space = self.action_space
+        if isinstance(space, gym.spaces.Discrete):
+            dist, sizes = "categorical", [int(space.n)]
+        elif isinstance(space, gym.spaces.MultiDiscrete):
+            dist, sizes = "multi_categorical", [int(n) for n in space.nvec.ravel()]
+        else:
+            dist, sizes = "diag_gaussian", [int(space.shape[0])]
+        shared = self.encoder.shared
+        critic = None if shared or self.encoder.critic is None else enc(self.encoder.critic)
+        return PolicyLayers(
+            actor=enc(self.encoder.actor),
+            critic=critic,
+            pi=self.pi.net.linears,
+            vf=None if self.inference_only else self.vf.net.linears,
+            head_activation=cfg["head_fcnet_activation"],
+            dist=dist,
+            action_sizes=sizes,
+            log_std_clip=cfg["log_std_clip_param"] if dist == "diag_gaussian" else None,
+            free_log_std=getattr(self.pi, "log_std", None),
+        )
+
     def _fast_plan(self, example: torch.Tensor):
         """The PolicyPlan of the backend chosen for this input, or None for the torch reference."""
         try:  # TEMPORARY until fastpath.py lands
