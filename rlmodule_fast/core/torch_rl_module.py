@@ -63,11 +63,13 @@ class TorchRLModule(nn.Module, RLModule):
         if not isinstance(state, Mapping):
             raise ValueError(f"state: expected a dict of tensors, got {type(state).__name__}")
         own = self.state_dict()
+        optional = self.get_non_inference_attributes()
+        if self.inference_only:  # a learner's full state pushed to an inference-only copy
+            state = {k: v for k, v in state.items() if k in own or not _matches(k, optional)}
         unexpected = sorted(set(state) - set(own))
         if unexpected:
             raise ValueError(f"state: unexpected keys {unexpected}")
         missing = sorted(set(own) - set(state))
-        optional = self.get_non_inference_attributes()
         required_missing = [k for k in missing if not _matches(k, optional)]
         if required_missing:
             raise ValueError(f"state: missing keys {required_missing}")
