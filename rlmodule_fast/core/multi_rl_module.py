@@ -10,6 +10,13 @@ from .columns import DEFAULT_MODULE_ID
 from .rl_module import RLModule, RLModuleSpec
 
 
+def _check_module_id(module_id: object) -> None:
+    """Module ids name checkpoint sub-directories: one plain path component only."""
+    if (not isinstance(module_id, str) or module_id in ("", ".", "..") or "/" in module_id
+            or "\\" in module_id or "\0" in module_id):
+        raise ValueError(f"module id {module_id!r} is not allowed (a non-empty name without path separators)")
+
+
 class MultiRLModule(RLModule):
     """Holds several RLModules by id; ``forward_*`` take ``{module_id: batch}`` and return
     ``{module_id: outputs}``. State is nested ``{module_id: state}``.
@@ -63,6 +70,7 @@ class MultiRLModule(RLModule):
 
     def add_module(self, module_id: str, module: RLModule, *, override: bool = False) -> None:
         """Add ``module`` under ``module_id``; ValueError if the id exists and not ``override``."""
+        _check_module_id(module_id)
         if not isinstance(module, RLModule):
             raise ValueError(f"module {module_id!r}: expected an RLModule, got {type(module).__name__}")
         if module_id in self._rl_modules and not override:
@@ -178,6 +186,11 @@ class MultiRLModule(RLModule):
         ids = data.get("module_ids")
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise ValueError(f"{ctor_file}: 'module_ids' must be a list of strings")
+        for mid in ids:
+            try:
+                _check_module_id(mid)
+            except ValueError as e:
+                raise ValueError(f"{ctor_file}: {e}") from e
         modules = {mid: RLModule.from_checkpoint(path / mid) for mid in ids}
         return klass(modules=modules)
 
@@ -206,13 +219,13 @@ class MultiRLModuleSpec:
         """Build all modules (or only ``module_id``'s RLModule)."""
         specs = {}
         for mid, spec in self.module_specs.items():
-            spec = dataclasses.replace(spec)
+            spec = spec.copy()
             if spec.observation_space is None:
                 spec.observation_space = self.observation_space
             if spec.action_space is None:
                 spec.action_space = self.action_space
             if not spec.model_config_dict and self.model_config:
-                spec.model_config_dict = spec.model_config = dict(self.model_config)
+                spec.model_config_dict = dict(self.model_config)
             spec.inference_only = spec.inference_only or self.inference_only
             specs[mid] = spec
         if module_id is not None:

@@ -262,15 +262,23 @@ class RLModule(abc.ABC):
     @classmethod
     def from_checkpoint(cls, path, **kwargs) -> "RLModule":
         """Rebuild a module (class, spaces, config) and its weights from a checkpoint directory."""
+        from .multi_rl_module import MultiRLModule
+
         path = pathlib.Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"checkpoint directory missing: {path}")
-        ckpt.check_metadata(path)
+        meta = ckpt.check_metadata(path)
         ctor_file = path / cls.CLASS_AND_CTOR_ARGS_FILE_NAME
         data = ckpt.read_json(ctor_file)
         klass = ckpt.resolve_class(data.get("class"), RLModule, source=str(ctor_file))
         if not issubclass(klass, cls):
             raise ValueError(f"{ctor_file}: holds a {klass.__name__}, which is not a {cls.__name__}")
+        is_multi = issubclass(klass, MultiRLModule)
+        if is_multi != (meta.get("kind") == "multi"):
+            raise ValueError(f"{ctor_file}: class {klass.__name__} does not match the checkpoint kind "
+                             f"{meta.get('kind')!r} in {path / cls.METADATA_FILE_NAME}")
+        if is_multi:
+            return klass.from_checkpoint(path)
         module = klass._from_ctor_kwargs(data.get("ctor_kwargs") or {}, source=str(ctor_file))
         module.restore_from_path(path)
         return module
@@ -279,9 +287,9 @@ class RLModule(abc.ABC):
     def _from_ctor_kwargs(cls, kwargs: Mapping[str, Any], *, source: str) -> "RLModule":
         try:
             config = RLModuleConfig.from_dict(kwargs["config"])
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"{source}: malformed constructor arguments: {e}") from e
-        return _construct(cls, config)
+            return _construct(cls, config)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{source}: cannot rebuild the module from its constructor arguments: {e}") from e
 
 
 def _construct(module_class: type, config: RLModuleConfig) -> RLModule:
@@ -299,28 +307,56 @@ def _construct(module_class: type, config: RLModuleConfig) -> RLModule:
     )
 
 
-@dataclasses.dataclass
 class RLModuleSpec:
     """How to build one module: ``RLModuleSpec(module_class=..., observation_space=...,
     action_space=..., model_config_dict={...}, catalog_class=...).build()``.
 
-    ``model_config`` is accepted as an alias of ``model_config_dict`` (both: ValueError).
+    ``model_config`` is accepted as an alias of ``model_config_dict`` (giving both, with
+    different values, is a ValueError); both names read and write the same dict.
     ``load_state_path``: a checkpoint directory whose weights ``build()`` loads.
     """
 
-    module_class: Optional[Type[RLModule]] = None
-    observation_space: Any = None
-    action_space: Any = None
-    model_config_dict: Optional[dict] = None
-    catalog_class: Optional[type] = None
-    load_state_path: Optional[str] = None
-    inference_only: bool = False
-    model_config: Optional[dict] = None
+    _FIELDS = ("module_class", "observation_space", "action_space", "model_config_dict",
+               "catalog_class", "load_state_path", "inference_only")
 
-    def __post_init__(self):
-        merged = _merge_model_config(self.model_config_dict, self.model_config)
-        self.model_config_dict = merged
-        self.model_config = merged
+    def __init__(
+        self,
+        module_class: Optional[Type[RLModule]] = None,
+        observation_space: Any = None,
+        action_space: Any = None,
+        model_config_dict: Optional[dict] = None,
+        catalog_class: Optional[type] = None,
+        load_state_path: Optional[str] = None,
+        inference_only: bool = False,
+        model_config: Optional[dict] = None,
+    ):
+        self.module_class = module_class
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.model_config_dict = _merge_model_config(model_config_dict, model_config)
+        self.catalog_class = catalog_class
+        self.load_state_path = load_state_path
+        self.inference_only = inference_only
+
+    @property
+    def model_config(self) -> dict:
+        """Alias of ``model_config_dict`` (newer RLlib's name)."""
+        return self.model_config_dict
+
+    @model_config.setter
+    def model_config(self, value: Optional[dict]) -> None:
+        self.model_config_dict = _merge_model_config(value, None)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RLModuleSpec) and all(getattr(self, f) == getattr(other, f) for f in self._FIELDS)
+
+    def __repr__(self) -> str:
+        return "RLModuleSpec(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in self._FIELDS) + ")"
+
+    def copy(self) -> "RLModuleSpec":
+        """A shallow copy (the model config dict copied)."""
+        return RLModuleSpec(**{f: getattr(self, f) for f in self._FIELDS if f != "model_config_dict"},
+                            model_config_dict=dict(self.model_config_dict))
 
     def get_rl_module_config(self) -> RLModuleConfig:
         return RLModuleConfig(
@@ -346,13 +382,12 @@ class RLModuleSpec:
 
     def update(self, other: "RLModuleSpec", override: bool = True) -> None:
         """Fill (or with ``override`` replace) fields from ``other`` where it sets them."""
-        for f in dataclasses.fields(self):
-            theirs = getattr(other, f.name)
-            if theirs is None or (f.name in ("model_config_dict", "model_config") and not theirs):
+        for f in self._FIELDS:
+            theirs = getattr(other, f)
+            if theirs is None or (f == "model_config_dict" and not theirs):
                 continue
-            if override or getattr(self, f.name) in (None, {}):
-                setattr(self, f.name, theirs)
-        self.model_config = self.model_config_dict
+            if override or getattr(self, f) in (None, {}):
+                setattr(self, f, theirs)
 
     def to_dict(self) -> dict:
         """Plain-data form: class paths as strings, spaces as JSON."""

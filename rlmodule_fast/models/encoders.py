@@ -34,6 +34,9 @@ def flatten_obs(obs: torch.Tensor, space: gym.Space, n_lead: int, dtype: torch.d
     """[*lead, *obs_shape] -> [*lead, D] in ``dtype`` (Discrete: one-hot of the index)."""
     if isinstance(space, gym.spaces.Discrete):
         idx = obs.long() - int(space.start)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= int(space.n)):
+            raise ValueError(f"obs: Discrete observations must lie in [{int(space.start)}, "
+                             f"{int(space.start) + int(space.n)}), got values in [{int(obs.min())}, {int(obs.max())}]")
         return F.one_hot(idx, int(space.n)).to(dtype)
     lead = obs.shape[:n_lead]
     return obs.reshape(*lead, -1).to(dtype)
