@@ -35,6 +35,10 @@ class PPOTorchRLModule(TorchRLModule):
         if not isinstance(self.catalog, PPOCatalog):
             raise ValueError(f"catalog_class: expected a PPOCatalog subclass, got {type(self.catalog).__name__}")
         cat = self.catalog
+        if cat.recurrent_kind:
+            # As RLlib: env runners must collect the critic's recurrent state for the learner,
+            # so a stateful module is never inference-only.
+            self.inference_only = False
         self.encoder = cat.build_actor_critic_encoder("torch", inference_only=self.inference_only)
         self.pi = cat.build_pi_head("torch")
         if not self.inference_only:
