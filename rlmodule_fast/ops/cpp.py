@@ -1,12 +1,438 @@
-"""The ``cpp`` backend adapter: checks arguments and hands raw buffers to ``rlmodule_fast._C``."""
+"""The ``cpp`` backend adapter: checks arguments and hands raw buffers to ``rlmodule_fast._C``.
+
+Every op accepts CPU torch tensors or numpy arrays, float32 or float64, contiguous or not, and
+returns the same kind (tensor / numpy) as its first argument. Compute is float32: a float64
+input is converted to float32 on the way in and the float result converted back to float64 on
+the way out (so float64 results carry float32 precision). Rows must have unit column stride to
+be used in place; anything else (transposed, float64) is copied once per call.
+
+Sampling draws come from a counter-based stream inside ``_C`` whose key derives from torch's
+default CPU generator: whenever that generator's state differs from the one recorded at the
+last re-key (``torch.manual_seed``, or any torch random op in between), the next draw re-keys
+from one draw of torch's generator. So ``torch.manual_seed(s)`` (or ``rf.manual_seed(s)``)
+reproduces a run exactly, as with the torch reference (the streams differ from torch's own).
+"""
 from __future__ import annotations
 
-OPS: frozenset = frozenset()
+import os
+import threading
+
+import numpy as np
+import torch
+
+from .reference import canonical_activation
+
+OPS: frozenset = frozenset({"fused_mlp", "sample_categorical", "sample_diag_gaussian", "lstm_step", "gru_step"})
+
+ACT_CODES = {"linear": 0, "tanh": 1, "relu": 2, "silu": 3, "elu": 4}
+
+try:
+    from .. import _C
+except ImportError as _e:  # reported by status(); the dispatcher then never calls in here
+    _C = None
+    _IMPORT_ERROR = str(_e)
+else:
+    _IMPORT_ERROR = ""
 
 
 def status() -> tuple[bool, str]:
-    try:
-        from .. import _C  # noqa: F401
-    except ImportError as e:
-        return False, f"the C++ extension rlmodule_fast._C is not built/importable ({e})"
+    if _C is None:
+        return False, f"the C++ extension rlmodule_fast._C is not built/importable ({_IMPORT_ERROR})"
     return True, ""
+
+
+def details() -> dict:
+    if _C is None:
+        return {}
+    sync_threads()
+    return {"isa": _C.isa(), "best_isa": _C.best_isa(), "threads": _C.get_num_threads()}
+
+
+THREADS_ENV = "RLMODULE_FAST_NUM_THREADS"
+
+
+def _env_threads() -> int:
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if not env:
+        return 0
+    try:
+        n = int(env)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{THREADS_ENV}={env!r}: expected a positive integer")
+    return n
+
+
+_ENV_THREADS = _env_threads()  # read once, at import
+_threads_seen = [0]
+
+
+def sync_threads() -> int:
+    """Threads the C++ kernels split large batches over: ``RLMODULE_FAST_NUM_THREADS`` when set
+    (read at import), else torch's intra-op count (``torch.set_num_threads``), read on every
+    call. Batches of at most 48 rows (one row block) always run on the calling thread."""
+    n = _ENV_THREADS or torch.get_num_threads()
+    if n != _threads_seen[0]:
+        _C.set_num_threads(n)
+        _threads_seen[0] = n
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# argument handling
+
+
+def _shape(a) -> tuple:
+    return tuple(a.shape)
+
+
+def _to_tensor(a, what: str) -> torch.Tensor:
+    """A CPU float tensor view of a torch tensor or numpy array (no copy where possible)."""
+    if isinstance(a, torch.Tensor):
+        if a.device.type != "cpu":
+            raise ValueError(f"{what}: the cpp backend needs a CPU tensor, got device {a.device}")
+        t = a.detach()
+    elif isinstance(a, np.ndarray):
+        t = torch.from_numpy(a) if a.dtype.isbuiltin and a.flags.writeable else torch.from_numpy(np.array(a))
+    else:
+        raise ValueError(f"{what}: expected a torch tensor or numpy array, got {type(a).__name__}")
+    if t.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"{what}: expected dtype float32 or float64, got {t.dtype}")
+    return t
+
+
+def _f32_rows(t: torch.Tensor) -> torch.Tensor:
+    """float32, 2-D, unit column stride (copies only when needed)."""
+    if t.dtype != torch.float32:
+        t = t.float()
+    if t.dim() == 2 and (t.stride(1) != 1 or t.stride(0) < t.shape[1]):
+        t = t.contiguous()
+    elif t.dim() != 2 and not t.is_contiguous():
+        t = t.contiguous()
+    return t
+
+
+def _ld(t: torch.Tensor) -> int:
+    return t.stride(0) if t.shape[0] > 1 else max(t.shape[1], 1)
+
+
+def _out(t: torch.Tensor, like_dtype, is_numpy: bool):
+    if like_dtype == torch.float64 and t.dtype == torch.float32:
+        t = t.double()
+    return t.numpy() if is_numpy else t
+
+
+def _check_2d(t, what: str, legend: str):
+    if t.dim() != 2:
+        raise ValueError(f"{what}: expected shape {legend}, got {_shape(t)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# fused_mlp
+
+
+def _layer_descs(weights, biases, in_dim: int, what: str = "weights"):
+    """[(w_ptr, N, K, ldw, b_ptr, b_stride)] plus the float32 tensors that must stay alive."""
+    if not isinstance(weights, (list, tuple)) or len(weights) == 0:
+        raise ValueError(f"{what}: expected a non-empty list of [out, in] matrices")
+    if biases is None:
+        biases = [None] * len(weights)
+    if len(biases) != len(weights):
+        raise ValueError(f"biases: expected {len(weights)} entries (one per weight), got {len(biases)}")
+    keep, descs = [], []
+    k = in_dim
+    f32 = torch.float32
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        # fast path: float32 CPU tensors in nn.Linear layout (the common case), no conversion
+        if (isinstance(w, torch.Tensor) and w.dtype is f32 and w.is_cpu and w.dim() == 2
+                and w.shape[1] == k and w.stride(1) == 1 and w.shape[0] >= 1):
+            n = w.shape[0]
+            if b is None:
+                descs.append((w.data_ptr(), n, k, w.stride(0), 0, 1))
+                k = n
+                continue
+            if isinstance(b, torch.Tensor) and b.dtype is f32 and b.is_cpu and b.dim() == 1 and b.shape[0] == n:
+                descs.append((w.data_ptr(), n, k, w.stride(0), b.data_ptr(), b.stride(0)))
+                k = n
+                continue
+        w = _to_tensor(w, f"{what}[{i}]")
+        if w.dim() != 2 or w.shape[1] != k or w.shape[0] < 1:
+            raise ValueError(f"{what}[{i}]: expected shape [H_{i}, {k}], got {_shape(w)}")
+        w = w.float() if w.dtype != torch.float32 else w
+        if w.stride(1) != 1 or w.stride(0) < w.shape[1]:
+            w = w.contiguous()
+        n = w.shape[0]
+        bp, bs = 0, 1
+        if b is not None:
+            b = _to_tensor(b, f"biases[{i}]")
+            if b.dim() != 1 or b.shape[0] != n:
+                raise ValueError(f"biases[{i}]: expected shape [{n}], got {_shape(b)}")
+            b = b.float() if b.dtype != torch.float32 else b
+            keep.append(b)
+            bp, bs = b.data_ptr(), b.stride(0)
+        keep.append(w)
+        descs.append((w.data_ptr(), n, k, w.stride(0), bp, bs))
+        k = n
+    return descs, keep
+
+
+def fused_mlp(x, weights, biases, activation="tanh", output_activation=None):
+    """y = act_L(W_L ... act_1(W_1 x + b_1) ... + b_L) in one C++ call (float32 compute).
+
+    x: [..., I] float32/float64 CPU tensor or numpy array; weights[l]: [H_l, H_{l-1}];
+    biases[l]: [H_l] or None. Returns [..., H_L], same kind and dtype as x.
+    """
+    is_numpy = isinstance(x, np.ndarray)
+    xt = _to_tensor(x, "x")
+    if xt.dim() < 1:
+        raise ValueError(f"x: expected shape [B, I], got {_shape(xt)}")
+    act = ACT_CODES[canonical_activation(activation, what="activation")]
+    out_act = ACT_CODES[canonical_activation(output_activation, what="output_activation")]
+    lead, in_dim = tuple(xt.shape[:-1]), xt.shape[-1]
+    descs, keep = _layer_descs(weights, biases, in_dim)
+    x2 = _f32_rows(xt.reshape(-1, in_dim))
+    B = x2.shape[0]
+    n_out = descs[-1][1]
+    y = torch.empty((B, n_out), dtype=torch.float32)
+    acts = [act] * (len(descs) - 1) + [out_act]
+    if B:
+        sync_threads()
+        _C.fused_mlp(x2.data_ptr(), B, in_dim, _ld(x2), descs, acts, y.data_ptr(), n_out)
+    del keep
+    return _out(y.reshape(*lead, n_out), xt.dtype, is_numpy)
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling
+
+_rng_lock = threading.Lock()
+
+
+def _sync_rng() -> None:
+    """Re-key the C++ stream from torch's generator if that generator moved or was re-seeded."""
+    state = torch.default_generator.get_state()
+    if _C.rng_matches(state.data_ptr(), state.numel()):
+        return
+    with _rng_lock:
+        state = torch.default_generator.get_state()
+        if _C.rng_matches(state.data_ptr(), state.numel()):
+            return
+        key = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64)) & (2**64 - 1)
+        state = torch.default_generator.get_state()
+        _C.rng_rekey(key, state.data_ptr(), state.numel())
+
+
+def manual_seed(seed: int) -> None:
+    """Restart the C++ sampler stream: the next draw re-keys from torch's default generator.
+
+    ``rf.manual_seed(seed)`` seeds torch first and then calls this, so the stream that follows
+    is a function of ``seed`` alone; ``torch.manual_seed(seed)`` on its own has the same effect
+    (the re-seeded generator state differs from the one recorded at the last re-key). The
+    stream is keyed from torch rather than from ``seed`` directly so that a later
+    ``torch.manual_seed`` with the very same seed still restarts it."""
+    if _C is None:
+        return
+    with _rng_lock:
+        _C.rng_rekey(int(seed) & (2**64 - 1), 0, 0)  # empty fingerprint: never matches
+
+
+def sample_categorical(logits, deterministic=False):
+    """(actions [B] int64, logp [B] in logits' dtype) for logits [B, A] (or [A]).
+
+    Inverse-CDF draw per row on softmax(logits) from the counter-based stream (see module doc);
+    ``deterministic`` takes the argmax (first maximum). NaN/inf logits raise ValueError.
+    """
+    is_numpy = isinstance(logits, np.ndarray)
+    t = _to_tensor(logits, "logits")
+    squeeze = t.dim() == 1
+    if squeeze:
+        t = t.unsqueeze(0)
+    if t.dim() != 2 or t.shape[1] < 1:
+        raise ValueError(f"logits: expected shape [B, A] with A >= 1, got {_shape(t)}")
+    t32 = _f32_rows(t)
+    B, A = t32.shape
+    actions = torch.empty(B, dtype=torch.int64)
+    logp = torch.empty(B, dtype=torch.float32)
+    if not deterministic:
+        _sync_rng()
+    if B:
+        _C.sample_categorical(t32.data_ptr(), B, A, _ld(t32), bool(deterministic), actions.data_ptr(), logp.data_ptr())
+    if squeeze:
+        actions, logp = actions[0], logp[0]
+    return (actions.numpy() if is_numpy else actions), _out(logp, t.dtype, is_numpy)
+
+
+def sample_diag_gaussian(mean_logstd, deterministic=False):
+    """(actions [B, A], logp [B]) for mean_logstd [B, 2A] = mean then log-std.
+
+    actions = mean + exp(log_std) * eps, eps ~ N(0, 1) by Box-Muller from the counter-based
+    stream; logp = sum(-eps^2/2 - log_std - log(sqrt(2 pi))). ``deterministic``: eps = 0.
+    NaN/inf inputs raise ValueError.
+    """
+    is_numpy = isinstance(mean_logstd, np.ndarray)
+    t = _to_tensor(mean_logstd, "mean_logstd")
+    squeeze = t.dim() == 1
+    if squeeze:
+        t = t.unsqueeze(0)
+    if t.dim() != 2 or t.shape[1] < 2 or t.shape[1] % 2:
+        raise ValueError(f"mean_logstd: expected shape [B, 2A] (mean, log_std), got {_shape(t)}")
+    t32 = _f32_rows(t)
+    B, A2 = t32.shape
+    actions = torch.empty((B, A2 // 2), dtype=torch.float32)
+    logp = torch.empty(B, dtype=torch.float32)
+    if not deterministic:
+        _sync_rng()
+    if B:
+        _C.sample_diag_gaussian(t32.data_ptr(), B, A2 // 2, _ld(t32), bool(deterministic),
+                                actions.data_ptr(), logp.data_ptr())
+    if squeeze:
+        actions, logp = actions[0], logp[0]
+    return _out(actions, t.dtype, is_numpy), _out(logp, t.dtype, is_numpy)
+
+
+# ---------------------------------------------------------------------------------------------
+# recurrent steps
+
+
+def _vec(b, n: int, what: str):
+    if b is None:
+        return None
+    b = _to_tensor(b, what)
+    if b.dim() != 1 or b.shape[0] != n:
+        raise ValueError(f"{what}: expected shape [{n}], got {_shape(b)}")
+    return b.float().contiguous()
+
+
+def _mat(w, rows: int, cols: int, what: str, legend: str):
+    w = _to_tensor(w, what)
+    if w.dim() != 2 or w.shape[0] != rows or w.shape[1] != cols:
+        raise ValueError(f"{what}: expected shape {legend} = [{rows}, {cols}], got {_shape(w)}")
+    return _f32_rows(w)
+
+
+def _rnn_inputs(x, h, gates: int, w_ih, w_hh):
+    xt = _to_tensor(x, "x")
+    _check_2d(xt, "x", "[B, I]")
+    ht = _to_tensor(h, "h")
+    B, I = xt.shape
+    if ht.dim() != 2 or ht.shape[0] != B:
+        raise ValueError(f"h: expected shape [{B}, H], got {_shape(ht)}")
+    H = ht.shape[1]
+    if H < 1 or I < 1:
+        raise ValueError(f"x/h: need I >= 1 and H >= 1, got x {_shape(xt)}, h {_shape(ht)}")
+    wi = _mat(w_ih, gates * H, I, "w_ih", f"[{gates}H, I]")
+    wh = _mat(w_hh, gates * H, H, "w_hh", f"[{gates}H, H]")
+    return xt, ht, B, I, H, wi, wh
+
+
+def lstm_step(x, h, c, w_ih, w_hh, b):
+    """One LSTM step (nn.LSTMCell semantics, gates i, f, g, o) in one C++ call.
+
+    x [B, I], h/c [B, H], w_ih [4H, I], w_hh [4H, H], b [4H] (= bias_ih + bias_hh) or None.
+    Returns (h' [B, H], c' [B, H]) of x's kind and dtype. Weights are packed per call; the
+    packed-once path is ``fastpath.PolicyPlan``.
+    """
+    is_numpy = isinstance(x, np.ndarray)
+    xt, ht, B, I, H, wi, wh = _rnn_inputs(x, h, 4, w_ih, w_hh)
+    ct = _to_tensor(c, "c")
+    if _shape(ct) != (B, H):
+        raise ValueError(f"c: expected shape [{B}, {H}], got {_shape(ct)}")
+    bt = _vec(b, 4 * H, "b")
+    x32, h32, c32 = _f32_rows(xt), _f32_rows(ht), _f32_rows(ct)
+    h_out = torch.empty((B, H), dtype=torch.float32)
+    c_out = torch.empty((B, H), dtype=torch.float32)
+    desc = (0, I, H, wi.data_ptr(), wi.stride(0), wh.data_ptr(), wh.stride(0), bt.data_ptr() if bt is not None else 0, 0)
+    if B:
+        sync_threads()
+        _C.rnn_step(desc, x32.data_ptr(), B, _ld(x32), h32.data_ptr(), _ld(h32), c32.data_ptr(), _ld(c32),
+                    h_out.data_ptr(), c_out.data_ptr())
+    return _out(h_out, xt.dtype, is_numpy), _out(c_out, xt.dtype, is_numpy)
+
+
+def gru_step(x, h, w_ih, w_hh, b_ih, b_hh):
+    """One GRU step (nn.GRUCell semantics, gates r, z, n) in one C++ call.
+
+    x [B, I], h [B, H], w_ih [3H, I], w_hh [3H, H], b_ih/b_hh [3H] or None. Returns h' [B, H]
+    of x's kind and dtype.
+    """
+    is_numpy = isinstance(x, np.ndarray)
+    xt, ht, B, I, H, wi, wh = _rnn_inputs(x, h, 3, w_ih, w_hh)
+    bi, bh = _vec(b_ih, 3 * H, "b_ih"), _vec(b_hh, 3 * H, "b_hh")
+    x32, h32 = _f32_rows(xt), _f32_rows(ht)
+    h_out = torch.empty((B, H), dtype=torch.float32)
+    desc = (1, I, H, wi.data_ptr(), wi.stride(0), wh.data_ptr(), wh.stride(0),
+            bi.data_ptr() if bi is not None else 0, bh.data_ptr() if bh is not None else 0)
+    if B:
+        sync_threads()
+        _C.rnn_step(desc, x32.data_ptr(), B, _ld(x32), h32.data_ptr(), _ld(h32), 0, 0, h_out.data_ptr(), 0)
+    return _out(h_out, xt.dtype, is_numpy)
+
+
+# ---------------------------------------------------------------------------------------------
+# packed-once MLP
+
+
+def _param_version(ts) -> int:
+    """Sum of the torch version counters (they only grow, so any in-place change moves it)."""
+    return sum(t._version for t in ts)
+
+
+class PackedMLP:
+    """An MLP whose weights are packed once into the kernels' SIMD layout.
+
+    ``PackedMLP(weights, biases, activation="tanh", output_activation=None)`` with weights[l]
+    [H_l, H_{l-1}] (nn.Linear layout), biases[l] [H_l] or None, torch tensors or numpy arrays.
+    ``mlp(x)``: x [B, I] (or [..., I]) float32/float64 tensor or numpy -> [..., H_L], same kind
+    and dtype as x. Before each call the torch parameters' ``_version`` counters are compared
+    with those seen at packing time; an in-place change (optimizer step, ``load_state_dict``,
+    ``copy_``) triggers one repack. Numpy weights cannot be watched: call ``repack()`` after
+    changing them. Safe to call from several threads at once.
+    """
+
+    def __init__(self, weights, biases, activation="tanh", output_activation=None):
+        if _C is None:
+            raise RuntimeError(f"cpp backend unavailable: {status()[1]}")
+        weights = list(weights)
+        biases = [None] * len(weights) if biases is None else list(biases)
+        act = ACT_CODES[canonical_activation(activation, what="activation")]
+        out_act = ACT_CODES[canonical_activation(output_activation, what="output_activation")]
+        self._acts = [act] * (len(weights) - 1) + [out_act]
+        self._weights, self._biases = weights, biases
+        first = _to_tensor(weights[0], "weights[0]") if weights else None
+        if first is None or first.dim() != 2:
+            raise ValueError(f"weights[0]: expected shape [H_0, I], got {None if first is None else _shape(first)}")
+        self.in_dim = first.shape[1]
+        self._watched = [t for t in weights + biases if isinstance(t, torch.Tensor)]
+        self._lock = threading.Lock()
+        self._obj = None
+        self.repack()
+
+    def repack(self) -> None:
+        """Pack the current weight values (called automatically when a torch parameter changes)."""
+        with self._lock:
+            version = _param_version(self._watched)
+            descs, keep = _layer_descs(self._weights, self._biases, self.in_dim)
+            if self._obj is None:
+                self._obj = _C.PackedMLP(descs, self._acts)
+            else:
+                self._obj.repack(descs, self._acts)
+            self.out_dim = descs[-1][1]
+            self._version = version
+            del keep
+
+    def __call__(self, x):
+        if _param_version(self._watched) != self._version:
+            self.repack()
+        is_numpy = isinstance(x, np.ndarray)
+        xt = _to_tensor(x, "x")
+        if xt.dim() < 1 or xt.shape[-1] != self.in_dim:
+            raise ValueError(f"x: expected shape [B, {self.in_dim}], got {_shape(xt)}")
+        lead = tuple(xt.shape[:-1])
+        x2 = _f32_rows(xt.reshape(-1, self.in_dim))
+        B = x2.shape[0]
+        y = torch.empty((B, self.out_dim), dtype=torch.float32)
+        if B:
+            sync_threads()
+            self._obj.forward(x2.data_ptr(), B, _ld(x2), y.data_ptr(), self.out_dim)
+        return _out(y.reshape(*lead, self.out_dim), xt.dtype, is_numpy)

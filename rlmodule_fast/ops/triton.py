@@ -1,15 +1,770 @@
-"""The ``triton`` backend adapter: Triton kernels from ``rlmodule_fast.kernels`` for CUDA tensors
-(and CPU tensors under TRITON_INTERPRET=1)."""
+"""The ``triton`` backend adapter: checks arguments and launches the Triton kernels of
+``rlmodule_fast.kernels`` on CUDA tensors -- or on CPU tensors when the kernels were built
+under ``TRITON_INTERPRET=1`` (Triton's interpreter: slow, for tests on machines without a GPU).
+
+Numerics: every kernel computes in float32 (optionally TF32 matmuls on GPU, see
+``set_allow_tf32``); float16/bfloat16/float64 inputs are accepted and the outputs come back in
+the input's dtype. Samplers draw their Philox seed from torch's generator of the input's
+device (``torch.manual_seed`` reproduces a run). ``fused_mlp`` is differentiable (an autograd
+Function: Triton forward, torch backward); the samplers' logp is differentiable w.r.t. the
+inputs; ``lstm_step`` / ``gru_step`` are forward-only and refuse inputs that need a gradient.
+"""
 from __future__ import annotations
 
-OPS: frozenset = frozenset()
+import os
+import weakref
+from typing import Optional, Sequence
+
+import torch
+
+from .reference import canonical_activation
+
+OPS: frozenset = frozenset({"fused_mlp", "sample_categorical", "sample_diag_gaussian",
+                            "lstm_step", "gru_step"})
+
+_precision = "ieee"
+
+
+def set_allow_tf32(flag: bool) -> None:
+    """Let the kernels' matmuls use TF32 on GPU (faster, ~1e-3 relative error). Default off."""
+    global _precision
+    _precision = "tf32" if flag else "ieee"
+
+
+def _kernels():
+    from ..kernels import mlp, rnn, sampling  # noqa: F401  (import = build of the jit objects)
+
+    return mlp, sampling, rnn
+
+
+def _interpret_env() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def _kernels_loaded() -> bool:
+    import sys
+
+    return "rlmodule_fast.kernels.mlp" in sys.modules
+
+
+def rebuild_kernels() -> None:
+    """Re-create every Triton kernel object (``importlib.reload`` of the kernel modules).
+
+    Triton decides compiled vs interpreted when a function is decorated: its own library
+    (tl.sigmoid, tl.rand, ...) when ``triton`` is first imported, ours when the kernel modules
+    are. A test session that sets TRITON_INTERPRET=1 after our kernels (but not triton) were
+    imported calls this, then lets the dispatcher re-ask ``status()``."""
+    import importlib
+
+    from ..kernels import mlp, policy_step, rnn, sampling
+
+    for mod in (mlp, sampling, rnn, policy_step):  # dependency order: helpers first
+        importlib.reload(mod)
+
+
+def interpreted() -> bool:
+    """True when both triton's library and our kernels are built for Triton's interpreter
+    (TRITON_INTERPRET=1 set before triton and rlmodule_fast's kernels were imported)."""
+    if not _kernels_loaded() and not _interpret_env():
+        return False  # decide without importing triton (a later TRITON_INTERPRET=1 still works)
+    mlp = _kernels()[0]
+    import triton.language.standard as tls
+
+    return all(type(f).__name__ == "InterpretedFunction"
+               for f in (mlp._fused_mlp_fwd_kernel, tls.sigmoid))
 
 
 def status() -> tuple[bool, str]:
+    """(usable, reason). Usable on CUDA devices, or on CPU tensors under TRITON_INTERPRET=1.
+
+    Imports triton only when it can be usable, so that asking early (``rf.backend_info()``)
+    does not fix the compiled/interpreted choice before a test sets TRITON_INTERPRET."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed"
+    cuda = torch.cuda.is_available()
+    if not cuda and not _interpret_env() and not _kernels_loaded():
+        return False, ("no CUDA device (torch.cuda.is_available() is False) and TRITON_INTERPRET is "
+                       "not set (set TRITON_INTERPRET=1 before triton is imported to run the kernels "
+                       "on CPU tensors in Triton's interpreter, slowly)")
     try:
-        import triton  # noqa: F401
-    except ImportError as e:
-        return False, f"triton is not installed ({e})"
-    if not OPS:
-        return False, "no Triton kernels are implemented yet"
-    return True, ""
+        _kernels()
+    except Exception as e:  # pragma: no cover - a broken triton install
+        return False, f"importing the Triton kernels failed: {type(e).__name__}: {e}"
+    if interpreted() or cuda:
+        return True, ""
+    if _interpret_env():
+        return False, ("TRITON_INTERPRET=1 was set after triton (or rlmodule_fast's kernels) had been "
+                       "imported, so they are compiled kernels, and there is no CUDA device: set it "
+                       "before anything imports triton")
+    return False, "no CUDA device (torch.cuda.is_available() is False) and TRITON_INTERPRET is not set"
+
+
+def details() -> dict:
+    """Backend-specific facts for ``rf.backend_info()``."""
+    try:
+        import triton
+
+        version = triton.__version__
+    except ImportError:
+        return {"device": None, "interpreter": False}
+    interp = interpreted()
+    cuda = torch.cuda.is_available()
+    if interp:
+        device = "cpu (Triton interpreter, TRITON_INTERPRET=1: CPU tensors, slow; tests only)"
+    elif cuda:
+        device = f"cuda ({torch.cuda.get_device_name()})"
+    else:
+        device = None
+    return {"device": device, "interpreter": interp, "version": version,
+            "matmul_precision": _precision}
+
+
+def manual_seed(seed: int) -> None:
+    """Nothing of our own to seed: every Triton sampler draws its Philox seed from torch's
+    generator of the input's device, which ``rf.manual_seed`` / ``torch.manual_seed`` seed."""
+    return None
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+def _to_tensor(a, what: str):
+    if a is None or isinstance(a, torch.Tensor):
+        return a
+    try:
+        import numpy as np
+
+        if isinstance(a, np.ndarray):
+            return torch.from_numpy(a)
+    except ImportError:  # pragma: no cover
+        pass
+    raise ValueError(f"{what}: expected a torch tensor or numpy array, got {type(a).__name__}")
+
+
+def _check_float(t: torch.Tensor, what: str) -> None:
+    if not t.is_floating_point():
+        raise ValueError(f"{what}: expected a floating point tensor, got dtype {t.dtype}")
+
+
+def _check_device(t: torch.Tensor, what: str, device: torch.device) -> None:
+    if t.device != device:
+        raise ValueError(f"{what}: on {t.device}, expected {device} (the device of the input)")
+
+
+def _check_input_device(t: torch.Tensor, what: str) -> None:
+    if t.device.type == "cuda":
+        return
+    if t.device.type == "cpu" and interpreted():
+        return
+    raise ValueError(
+        f"{what}: the triton backend runs on CUDA tensors, got a tensor on {t.device}"
+        + ("" if t.device.type != "cpu" else
+           " (CPU tensors only under TRITON_INTERPRET=1, set before the kernels are imported)"))
+
+
+def _shape_err(what: str, expected, got) -> ValueError:
+    return ValueError(f"{what}: expected shape {expected}, got {tuple(got)}")
+
+
+def _needs_grad(*ts) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+# ----------------------------------------------------------------------------- fused_mlp
+
+class _PackCache:
+    """Packed [L, D, D] weights of the one-kernel MLP per weight list, repacked when a weight's
+    storage or version changes (optimizer step, load_state_dict) -- never stale."""
+
+    def __init__(self, size: int = 16):
+        self.size = size
+        self.entries: dict = {}
+
+    @staticmethod
+    def _stamp(ts):
+        return tuple((t.data_ptr(), t._version, tuple(t.shape), t.dtype) if t is not None else None
+                     for t in ts)
+
+    def get(self, weights, biases, D: int):
+        from ..kernels import mlp
+
+        key = (tuple(id(w) for w in weights), tuple(id(b) for b in biases), D)
+        stamp = self._stamp(list(weights) + list(biases))
+        entry = self.entries.get(key)
+        if entry is not None:
+            refs, old_stamp, packed = entry
+            alive = all((r() if r is not None else None) is t
+                        for r, t in zip(refs, list(weights) + list(biases)))
+            if alive and old_stamp == stamp:
+                return packed
+            if alive:  # same tensors, new values: refill the buffers in place
+                packed = mlp.pack_mlp(weights, biases, D, out=packed)
+                self.entries[key] = (refs, stamp, packed)
+                return packed
+        packed = mlp.pack_mlp(weights, biases, D)
+        refs = [weakref.ref(t) if t is not None else None for t in list(weights) + list(biases)]
+        if len(self.entries) >= self.size:
+            self.entries.pop(next(iter(self.entries)))
+        self.entries[key] = (refs, stamp, packed)
+        return packed
+
+
+_pack_cache = _PackCache()
+
+
+def _check_mlp_args(x, weights, biases):
+    x = _to_tensor(x, "x")
+    if x.dim() != 2:
+        raise ValueError(f"x: expected shape [B, I] (2-D), got {tuple(x.shape)}")
+    _check_float(x, "x")
+    _check_input_device(x, "x")
+    weights = [_to_tensor(w, f"weights[{i}]") for i, w in enumerate(weights)]
+    if biases is None:
+        biases = [None] * len(weights)
+    biases = [_to_tensor(b, f"biases[{i}]") for i, b in enumerate(biases)]
+    if not weights:
+        raise ValueError("weights: expected at least one layer, got an empty list")
+    if len(biases) != len(weights):
+        raise ValueError(f"biases: expected {len(weights)} entries (one per weight), got {len(biases)}")
+    k = x.shape[1]
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        if w.dim() != 2 or w.shape[1] != k:
+            raise _shape_err(f"weights[{i}]", f"[H_{i}, {k}]", w.shape)
+        _check_float(w, f"weights[{i}]")
+        _check_device(w, f"weights[{i}]", x.device)
+        if b is not None:
+            if b.shape != (w.shape[0],):
+                raise _shape_err(f"biases[{i}]", f"[{w.shape[0]}]", b.shape)
+            _check_device(b, f"biases[{i}]", x.device)
+        k = w.shape[0]
+    return x, weights, biases
+
+
+def _act_grad(z: torch.Tensor, y: torch.Tensor, code: int) -> Optional[torch.Tensor]:
+    """d act / d z given the pre-activation z and output y (float32); None = identity."""
+    if code == 1:
+        return 1.0 - y * y
+    if code == 2:
+        return (z > 0).to(z.dtype)
+    if code == 3:
+        s = torch.sigmoid(z)
+        return s * (1.0 + z * (1.0 - s))
+    if code == 4:
+        return torch.where(z > 0, torch.ones_like(z), y + 1.0)
+    return None
+
+
+class FusedMLPFunction(torch.autograd.Function):
+    """Differentiable ``fused_mlp``: forward with ``_linear_act_fwd_kernel`` per layer (keeping
+    each layer's input and pre-activation), backward with torch matmuls (float32)."""
+
+    @staticmethod
+    def forward(ctx, x, hidden_code: int, out_code: int, *params):
+        from ..kernels import mlp
+
+        n = len(params) // 2
+        ws, bs = params[:n], params[n:]
+        h = x
+        saved_h, saved_z, saved_y = [], [], []
+        for i, (w, b) in enumerate(zip(ws, bs)):
+            code = out_code if i == n - 1 else hidden_code
+            out_dtype = x.dtype if i == n - 1 else torch.float32
+            y, z = mlp.linear_act(h, w.detach(), None if b is None else b.detach(), code,
+                                  _precision, store_preact=True, out_dtype=torch.float32)
+            saved_h.append(h)
+            saved_z.append(z)
+            saved_y.append(y)
+            h = y if out_dtype == torch.float32 else y.to(out_dtype)
+        ctx.codes = (hidden_code, out_code)
+        ctx.n = n
+        ctx.has_bias = [b is not None for b in bs]
+        ctx.x_dtype = x.dtype
+        ctx.save_for_backward(*saved_h, *saved_z, *saved_y, *ws)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        n = ctx.n
+        saved = ctx.saved_tensors
+        hs, zs, ys, ws = saved[:n], saved[n:2 * n], saved[2 * n:3 * n], saved[3 * n:]
+        g = grad_out.to(torch.float32)
+        gw, gb = [None] * n, [None] * n
+        for i in range(n - 1, -1, -1):
+            code = ctx.codes[1] if i == n - 1 else ctx.codes[0]
+            d = _act_grad(zs[i], ys[i], code)
+            if d is not None:
+                g = g * d
+            h = hs[i].to(torch.float32)
+            w = ws[i]
+            if ctx.needs_input_grad[3 + i]:
+                gw[i] = (g.t() @ h).to(w.dtype)
+            if ctx.has_bias[i] and ctx.needs_input_grad[3 + n + i]:
+                gb[i] = g.sum(0).to(w.dtype)
+            if i > 0 or ctx.needs_input_grad[0]:
+                g = g @ w.to(torch.float32)
+        gx = g.to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
+        return (gx, None, None, *gw, *gb)
+
+
+def fused_mlp(x, weights: Sequence, biases: Sequence, activation: Optional[str] = "tanh",
+              output_activation: Optional[str] = None):
+    """Triton ``fused_mlp``: x [B, I] -> [B, H_L] in x's dtype (see ``rf.ops.fused_mlp``).
+
+    Nets whose widths all pad to <= 256 run in one kernel (activations in registers); wider ones
+    one fused linear+bias+activation kernel per layer. Differentiable when grad is enabled and
+    an input requires it."""
+    from ..kernels import mlp
+
+    is_numpy = not isinstance(x, torch.Tensor)
+    x, weights, biases = _check_mlp_args(x, weights, biases)
+    hidden = mlp.ACT_CODES[canonical_activation(activation, what="activation")]
+    out = mlp.ACT_CODES[canonical_activation(output_activation, what="output_activation")]
+    if not is_numpy and _needs_grad(x, *weights, *biases):
+        return FusedMLPFunction.apply(x, hidden, out, *weights, *biases)
+    widths = [x.shape[1]] + [w.shape[0] for w in weights]
+    plan = mlp.fused_tile_plan(widths)
+    if plan is not None:
+        D, split = plan
+        wp, bp = _pack_cache.get(weights, biases, D)
+        y = mlp.fused_mlp_packed(x, wp, bp, widths[-1], hidden, out, split, _precision)
+    else:
+        h = x
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            last = i == len(weights) - 1
+            w, b = w.detach(), None if b is None else b.detach()
+            h = mlp.linear_act(h, w, b, out if last else hidden, _precision,
+                               out_dtype=x.dtype if last else torch.float32)
+        y = h
+    return y.detach().numpy() if is_numpy else y
+
+
+# ----------------------------------------------------------------------------- samplers
+
+_LOG_SQRT_2PI = 0.9189385332046727
+
+
+def _check_sampler_input(t, what: str):
+    t = _to_tensor(t, what)
+    if t.dim() < 1:
+        raise ValueError(f"{what}: expected shape [B, A], got {tuple(t.shape)}")
+    _check_float(t, what)
+    _check_input_device(t, what)
+    return t
+
+
+def sample_categorical(logits, deterministic: bool = False):
+    """Triton Gumbel-max: logits [..., A] -> (actions [...] int64, logp [...] logits' dtype).
+
+    One kernel (plus a seed draw from torch's generator); NaN/inf logits raise ValueError
+    (checked by a flag the kernel sets: one 4-byte device->host read)."""
+    from ..kernels import sampling
+
+    is_numpy = not isinstance(logits, torch.Tensor)
+    logits = _check_sampler_input(logits, "logits")
+    lead, A = logits.shape[:-1], logits.shape[-1]
+    if A == 0:
+        raise ValueError(f"logits: expected at least one action in the last dim, got {tuple(logits.shape)}")
+    flat = logits.reshape(-1, A)
+    actions, logp, flag = sampling.sample_categorical(flat.detach(), deterministic)
+    if int(flag.item()):
+        raise ValueError("logits: contains NaN or inf")
+    if _needs_grad(logits):
+        logp = torch.log_softmax(flat, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    actions, logp = actions.reshape(lead), logp.reshape(lead)
+    return (actions.numpy(), logp.detach().numpy()) if is_numpy else (actions, logp)
+
+
+def sample_diag_gaussian(mean_logstd, deterministic: bool = False):
+    """Triton diagonal Gaussian: mean_logstd [..., 2A] -> (actions [..., A], logp [...]).
+
+    NaN/inf inputs raise ValueError. With grad enabled the actions are reparameterised
+    (mean + std * eps, eps from the kernel) and logp is differentiable."""
+    from ..kernels import sampling
+
+    is_numpy = not isinstance(mean_logstd, torch.Tensor)
+    t = _check_sampler_input(mean_logstd, "mean_logstd")
+    if t.shape[-1] % 2:
+        raise ValueError(f"mean_logstd: last dim must be even (mean, log_std), got {tuple(t.shape)}")
+    lead, A2 = t.shape[:-1], t.shape[-1]
+    flat = t.reshape(-1, A2)
+    actions, logp, flag = sampling.sample_diag_gaussian(flat.detach(), deterministic)
+    if int(flag.item()):
+        raise ValueError("mean_logstd: contains NaN or inf")
+    if _needs_grad(t):
+        mean, log_std = flat.chunk(2, dim=-1)
+        eps = ((actions - mean) * torch.exp(-log_std)).detach()
+        actions = mean + torch.exp(log_std) * eps
+        logp = (-0.5 * eps * eps - log_std - _LOG_SQRT_2PI).sum(-1)
+    actions, logp = actions.reshape(*lead, A2 // 2), logp.reshape(lead)
+    return (actions.detach().numpy(), logp.detach().numpy()) if is_numpy else (actions, logp)
+
+
+# ----------------------------------------------------------------------------- recurrent steps
+
+def _check_rnn(x, h, w_ih, w_hh, gates: int, op: str):
+    if x.dim() != 2:
+        raise ValueError(f"x: expected shape [B, I] (2-D), got {tuple(x.shape)}")
+    B, I = x.shape
+    if h.dim() != 2 or h.shape[0] != B:
+        raise _shape_err("h", f"[{B}, H]", h.shape)
+    H = h.shape[1]
+    if tuple(w_ih.shape) != (gates * H, I):
+        raise _shape_err("w_ih", f"[{gates * H}, {I}]", w_ih.shape)
+    if tuple(w_hh.shape) != (gates * H, H):
+        raise _shape_err("w_hh", f"[{gates * H}, {H}]", w_hh.shape)
+    for t, what in ((x, "x"), (h, "h"), (w_ih, "w_ih"), (w_hh, "w_hh")):
+        _check_float(t, what)
+        _check_device(t, what, x.device)
+    _check_input_device(x, "x")
+    return B, H
+
+
+def _refuse_grad(op: str, *ts) -> None:
+    if _needs_grad(*ts):
+        raise RuntimeError(f"triton {op} is forward-only: call it under torch.no_grad() (or use "
+                           f"backend='torch' when gradients are needed)")
+
+
+def lstm_step(x, h, c, w_ih, w_hh, b):
+    """Triton LSTM step (``nn.LSTMCell`` semantics, gates i, f, g, o), one kernel.
+
+    x [B, I], h/c [B, H], w_ih [4H, I], w_hh [4H, H], b [4H] (= bias_ih + bias_hh) or None.
+    Returns (h' [B, H], c' [B, H]) in h's / c's dtype. Forward-only."""
+    from ..kernels import rnn
+
+    is_numpy = not isinstance(x, torch.Tensor)
+    x, h, c, w_ih, w_hh, b = (_to_tensor(a, n) for a, n in
+                              zip((x, h, c, w_ih, w_hh, b), ("x", "h", "c", "w_ih", "w_hh", "b")))
+    B, H = _check_rnn(x, h, w_ih, w_hh, 4, "lstm_step")
+    if tuple(c.shape) != (B, H):
+        raise _shape_err("c", f"[{B}, {H}]", c.shape)
+    _check_float(c, "c")
+    _check_device(c, "c", x.device)
+    if b is not None:
+        if tuple(b.shape) != (4 * H,):
+            raise _shape_err("b", f"[{4 * H}]", b.shape)
+        _check_device(b, "b", x.device)
+    _refuse_grad("lstm_step", x, h, c, w_ih, w_hh, b)
+    h2, c2 = rnn.lstm_step(x, h, c, w_ih, w_hh, b, _precision)
+    return (h2.numpy(), c2.numpy()) if is_numpy else (h2, c2)
+
+
+def gru_step(x, h, w_ih, w_hh, b_ih, b_hh):
+    """Triton GRU step (``nn.GRUCell`` semantics, gates r, z, n), one kernel.
+
+    x [B, I], h [B, H], w_ih [3H, I], w_hh [3H, H], b_ih/b_hh [3H] or None -> h' [B, H].
+    Forward-only."""
+    from ..kernels import rnn
+
+    is_numpy = not isinstance(x, torch.Tensor)
+    x, h, w_ih, w_hh, b_ih, b_hh = (_to_tensor(a, n) for a, n in zip(
+        (x, h, w_ih, w_hh, b_ih, b_hh), ("x", "h", "w_ih", "w_hh", "b_ih", "b_hh")))
+    B, H = _check_rnn(x, h, w_ih, w_hh, 3, "gru_step")
+    for t, what in ((b_ih, "b_ih"), (b_hh, "b_hh")):
+        if t is not None:
+            if tuple(t.shape) != (3 * H,):
+                raise _shape_err(what, f"[{3 * H}]", t.shape)
+            _check_device(t, what, x.device)
+    _refuse_grad("gru_step", x, h, w_ih, w_hh, b_ih, b_hh)
+    h2 = rnn.gru_step(x, h, w_ih, w_hh, b_ih, b_hh, _precision)
+    return h2.numpy() if is_numpy else h2
+
+
+# ----------------------------------------------------------------------------- policy step
+
+class TritonPolicyPlan:
+    """The whole policy step on the triton backend, built from a ``fastpath.PolicyLayers``
+    description (read duck-typed: ``actor``/``critic`` = EncoderLayers(mlp, activation, rnn),
+    ``pi``, ``vf``, ``head_activation``, ``dist``, ``action_sizes``, ``log_std_clip``,
+    ``free_log_std``). It holds the layers themselves, packs their weights once and repacks
+    when any parameter's storage or version changes (optimizer step, ``set_state``).
+
+    ``step(obs [B, I], state=None, *, deterministic=False, compute_value=False)`` returns
+    {"action_dist_inputs" [B, NL | 2A] f32, "actions" ([B] int64 | [B, NSEG] int64 | [B, A] f32),
+    "action_logp" [B] f32[, "vf_preds" [B] f32][, "state_out"]}; fresh tensors every call.
+
+    Launches (``self.mode``): "fused" -- MLP encoders with every width padding to <= 256: encoder,
+    pi head, sampling and value head in ONE kernel; "recurrent" -- tokenizer MLP(s) and
+    LSTM/GRU step kernel(s), then the same one-kernel heads over h'; "sequence" -- wider
+    nets: one kernel per MLP and one per sampler.
+    """
+
+    def __init__(self, layers, device=None):
+        from ..kernels import mlp, policy_step
+
+        self.layers = layers
+        if layers.dist not in policy_step.DIST_CODES:
+            raise ValueError(f"dist: expected one of {sorted(policy_step.DIST_CODES)}, got {layers.dist!r}")
+        self.dist = layers.dist
+        self.action_sizes = [int(a) for a in layers.action_sizes]
+        self.actor, self.critic = layers.actor, layers.critic
+        self.shared = layers.critic is None
+        self.recurrent = layers.actor.rnn is not None
+        self.rnn_kind = None
+        if self.recurrent:
+            self.rnn_kind = "lstm" if isinstance(layers.actor.rnn, torch.nn.LSTM) else "gru"
+        self.pi = list(layers.pi)
+        self.vf = list(layers.vf) if layers.vf else None
+        self.enc_act = canonical_activation(layers.actor.activation, what="actor.activation")
+        self.crit_act = self.enc_act if self.shared else canonical_activation(
+            layers.critic.activation, what="critic.activation")
+        if not self.shared and (layers.critic.rnn is None) != (layers.actor.rnn is None):
+            raise ValueError("critic.rnn: the triton plan needs the critic to be recurrent exactly when "
+                             "the actor is (as PPO's separate encoders are)")
+        for e, who in [(layers.actor, "actor")] + ([] if self.shared else [(layers.critic, "critic")]):
+            r = e.rnn
+            if r is not None and (not isinstance(r, (torch.nn.LSTM, torch.nn.GRU)) or r.num_layers != 1
+                                  or r.bidirectional or getattr(r, "proj_size", 0)
+                                  or type(r) is not type(layers.actor.rnn)):
+                raise ValueError(f"{who}.rnn: expected a 1-layer unidirectional nn.LSTM / nn.GRU "
+                                 f"(the same kind for actor and critic), got {r!r}")
+        if layers.free_log_std is not None and layers.dist != "diag_gaussian":
+            raise ValueError(f"free_log_std: only for diag_gaussian, got dist {layers.dist!r}")
+        if not self.action_sizes or min(self.action_sizes) < 1 or (
+                layers.dist != "multi_categorical" and len(self.action_sizes) != 1):
+            raise ValueError(f"action_sizes: expected positive sizes ([A] for {layers.dist}), "
+                             f"got {layers.action_sizes}")
+        self.head_act = canonical_activation(layers.head_activation, what="head_activation")
+        self.free_log_std = layers.free_log_std
+        self.log_std_clip = layers.log_std_clip
+        params = self._param_list = self._params()
+        if not params:
+            raise ValueError("layers: no parameters")
+        self.device = params[0].device if device is None else torch.device(device)
+        _check_input_device(params[0], "policy parameters")
+        if self.dist == "diag_gaussian":
+            self.A = self.action_sizes[0]
+            self.NL = self.A
+        else:
+            self.NL = sum(self.action_sizes)
+            self.A = 1 if self.dist == "categorical" else len(self.action_sizes)
+        if self.free_log_std is not None and tuple(self.free_log_std.shape) != (self.A,):
+            raise ValueError(f"free_log_std: expected shape [{self.A}], got {tuple(self.free_log_std.shape)}")
+        npi = self.pi[-1].out_features
+        expect_npi = self.A if (self.dist == "diag_gaussian" and self.free_log_std is not None) else (
+            2 * self.A if self.dist == "diag_gaussian" else self.NL)
+        if npi != expect_npi:
+            raise ValueError(f"pi: last layer has {npi} outputs, expected {expect_npi} for {self.dist} "
+                             f"with action_sizes {self.action_sizes}")
+        self.seg = torch.tensor([0] + list(torch.tensor(self.action_sizes).cumsum(0).tolist()),
+                                dtype=torch.int32, device=self.device)
+        self._build_table(mlp, policy_step)
+        self._stamp = None
+        self._packed = None
+        self._lstm_bias = {}
+
+    # -- layout --------------------------------------------------------------------------
+    def _params(self) -> list:
+        ps = []
+        encs = [self.actor] + ([] if self.critic is None else [self.critic])
+        for e in encs:
+            for lin in e.mlp:
+                ps += [lin.weight] + ([lin.bias] if lin.bias is not None else [])
+            if e.rnn is not None:
+                ps += [p for p in e.rnn.parameters()]
+        for lin in self.pi + (self.vf or []):
+            ps += [lin.weight] + ([lin.bias] if lin.bias is not None else [])
+        if self.free_log_std is not None:
+            ps.append(self.free_log_std)
+        return ps
+
+    def _build_table(self, mlp, policy_step) -> None:
+        """The packed layer list (weights, biases) and the kernel's constexpr layer table."""
+        ws, bs = [], []
+
+        def add(lins):
+            for lin in lins:
+                ws.append(lin.weight)
+                bs.append(lin.bias)
+
+        enc = [] if self.recurrent else list(self.actor.mlp)
+        add(enc)
+        pi0 = len(ws)
+        add(self.pi[:-1])
+        last = self.pi[-1]
+        pi_out = len(ws)
+        pi_ls = pi_out
+        if self.dist == "diag_gaussian" and self.free_log_std is None:
+            A = self.A
+            ws += [last.weight[:A], last.weight[A:]]
+            bs += [None if last.bias is None else last.bias[:A], None if last.bias is None else last.bias[A:]]
+            pi_ls = pi_out + 1
+        else:
+            add([last])
+        c0 = len(ws)
+        crit = [] if (self.shared or self.recurrent) else list(self.critic.mlp)
+        add(crit)
+        v0 = len(ws)
+        if self.vf:
+            add(self.vf)
+        self._ws, self._bs = ws, bs
+        rnn_h = self.actor.rnn.hidden_size if self.recurrent else None
+        in_actor = rnn_h if self.recurrent else self._obs_dim()
+        widths = [in_actor] + [w.shape[0] for w in ws] + [w.shape[1] for w in ws]
+        if not self.shared:
+            widths.append(self.critic.rnn.hidden_size if self.recurrent else self._obs_dim())
+        plan = mlp.fused_tile_plan(widths)
+        out_cols = self.A if self.dist == "diag_gaussian" else self.NL
+        if plan is not None and out_cols <= plan[0] // plan[1]:
+            self.mode = "recurrent" if self.recurrent else "fused"
+            self.D, self.split = plan
+        else:
+            self.mode = "sequence"
+            self.D, self.split = None, None
+        self.meta = dict(
+            N_ENC=len(enc), PI0=pi0, N_PI_HID=len(self.pi) - 1, PI_OUT=pi_out, PI_LS=pi_ls,
+            C0=c0, N_CRIT=len(crit), V0=v0, N_VF_HID=len(self.vf) - 1 if self.vf else 0,
+            VF_OUT=v0 + len(self.vf) - 1 if self.vf else 0,
+            ENC_ACT=mlp.ACT_CODES[self.enc_act], CRIT_ACT=mlp.ACT_CODES[self.crit_act], HEAD_ACT=mlp.ACT_CODES[self.head_act],
+            DIST=policy_step.DIST_CODES[self.dist], NSEG=len(self.action_sizes),
+            FREE_LOG_STD=self.free_log_std is not None,
+            CLIP=self.dist == "diag_gaussian" and self.log_std_clip is not None,
+            SHARED=self.shared, D=self.D, SPLIT=self.split, NL=self.NL, A=self.A,
+            log_std_clip=float(self.log_std_clip or 0.0), PRECISION=_precision,
+        )
+
+    def _obs_dim(self) -> int:
+        if self.actor.mlp:
+            return self.actor.mlp[0].in_features
+        if self.actor.rnn is not None:
+            return self.actor.rnn.input_size
+        return self.pi[0].in_features
+
+    def _refresh(self) -> None:
+        from ..kernels import mlp
+
+        stamp = tuple((p.data_ptr(), p._version) for p in self._param_list)
+        if stamp == self._stamp:
+            return
+        if self.mode != "sequence":
+            self._packed = mlp.pack_mlp(self._ws, self._bs, self.D, device=self.device,
+                                        out=self._packed)
+        self._lstm_bias = {}
+        self._stamp = stamp
+
+    # -- pieces --------------------------------------------------------------------------
+    @staticmethod
+    def _mlp(x, lins, act):
+        if not lins:
+            return x
+        return fused_mlp(x, [l.weight for l in lins], [l.bias for l in lins], act, act)
+
+    def _rnn(self, which: str, enc, x, st: Optional[dict]):
+        from ..kernels import rnn as rk
+
+        rnn = enc.rnn
+        B, H = x.shape[0], rnn.hidden_size
+        tokens = self._mlp(x, list(enc.mlp), canonical_activation(enc.activation))
+        who = "state" if self.shared else f"state[{which!r}]"
+
+        def get(key):
+            if st is None:
+                return torch.zeros(B, H, device=x.device)
+            if not isinstance(st, dict) or key not in st:
+                raise ValueError(f"{who}: missing key {key!r}")
+            v = _to_tensor(st[key], f"{who}[{key!r}]")
+            if v.numel() != B * H or v.shape[0] != B:
+                raise _shape_err(f"{who}[{key!r}]", f"[{B}, {H}] or [{B}, 1, {H}]", v.shape)
+            _check_device(v, f"{who}[{key!r}]", x.device)
+            return v.reshape(B, H)
+
+        h = get("h")
+        if self.rnn_kind == "lstm":
+            c = get("c")
+            b = self._lstm_bias.get(which)
+            if b is None:
+                b = (rnn.bias_ih_l0 + rnn.bias_hh_l0).detach() if rnn.bias else None
+                self._lstm_bias[which] = b
+            h2, c2 = rk.lstm_step(tokens, h, c, rnn.weight_ih_l0, rnn.weight_hh_l0, b, _precision)
+            return h2, {"h": h2, "c": c2}
+        h2 = rk.gru_step(tokens, h, rnn.weight_ih_l0, rnn.weight_hh_l0,
+                         getattr(rnn, "bias_ih_l0", None), getattr(rnn, "bias_hh_l0", None), _precision)
+        return h2, {"h": h2}
+
+    def _sequence_heads(self, lat, lat_c, deterministic, compute_value):
+        from ..kernels import sampling
+
+        out = {}
+        pi_out = fused_mlp(lat, [l.weight for l in self.pi], [l.bias for l in self.pi],
+                           self.head_act, None)
+        if self.dist == "diag_gaussian":
+            if self.free_log_std is not None:
+                pi_out = torch.cat([pi_out, self.free_log_std.detach().to(pi_out.dtype).expand_as(pi_out)], -1)
+            if self.log_std_clip is not None:
+                c = float(self.log_std_clip)
+                pi_out = torch.cat([pi_out[:, :self.A], pi_out[:, self.A:].clamp(-c, c)], -1)
+            actions, logp, flag = sampling.sample_diag_gaussian(pi_out, deterministic)
+        elif self.dist == "categorical":
+            actions, logp, flag = sampling.sample_categorical(pi_out, deterministic)
+        else:
+            acts, logp, flag = [], 0.0, torch.zeros(1, dtype=torch.int32, device=lat.device)
+            lo = 0
+            for n in self.action_sizes:
+                a, lp, f = sampling.sample_categorical(pi_out[:, lo:lo + n], deterministic)
+                acts.append(a)
+                logp = logp + lp
+                flag = torch.maximum(flag, f)
+                lo += n
+            actions = torch.stack(acts, -1)
+        out["action_dist_inputs"], out["actions"], out["action_logp"] = pi_out, actions, logp
+        if compute_value:
+            out["vf_preds"] = fused_mlp(lat_c, [l.weight for l in self.vf], [l.bias for l in self.vf],
+                                        self.head_act, None)[:, 0]
+        return out, flag
+
+    # -- the step ------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, obs, state: Optional[dict] = None, *, deterministic: bool = False,
+             compute_value: bool = False) -> dict:
+        """One policy step (see the class docstring). obs [B, I] float (tensor or numpy)."""
+        from ..kernels import policy_step, sampling
+
+        is_numpy = not isinstance(obs, torch.Tensor)
+        x = _to_tensor(obs, "obs")
+        if x.dim() != 2 or x.shape[1] != self._obs_dim():
+            raise _shape_err("obs", f"[B, {self._obs_dim()}]", x.shape)
+        _check_device(x, "obs", self.device)
+        if compute_value and not self.vf:
+            raise ValueError("compute_value: this policy has no value head (vf is None)")
+        self._refresh()
+        state_out = None
+        x_actor, x_critic = x, None
+        if self.recurrent:
+            st_a = state if (state is None or self.shared) else state.get("actor")
+            x_actor, so_a = self._rnn("actor", self.actor, x, st_a)
+            if self.shared:
+                state_out = so_a
+            else:
+                st_c = None if state is None else state.get("critic")
+                x_critic, so_c = self._rnn("critic", self.critic, x, st_c)
+                state_out = {"actor": so_a, "critic": so_c}
+        elif not self.shared:
+            x_critic = x
+        if self.mode == "sequence":
+            lat = self._mlp(x_actor, [] if self.recurrent else list(self.actor.mlp), self.enc_act)
+            lat_c = lat
+            if compute_value and not self.shared:
+                lat_c = x_critic if self.recurrent else self._mlp(x_critic, list(self.critic.mlp), self.crit_act)
+            out, flag = self._sequence_heads(lat, lat_c, deterministic, compute_value)
+        else:
+            wp, bp = self._packed
+            seed = None if deterministic else sampling.draw_seed(x.device)
+            dist, actions, logp, value, flag = policy_step.policy_step(
+                x_actor, x_critic, wp, bp, self.meta, seed=seed if seed is not None else self.seg,
+                log_std=None if self.free_log_std is None else self.free_log_std.detach(),
+                seg=self.seg, deterministic=deterministic, compute_value=compute_value)
+            out = {"action_dist_inputs": dist, "actions": actions, "action_logp": logp}
+            if compute_value:
+                out["vf_preds"] = value
+        if int(flag.item()):
+            raise ValueError("action_dist_inputs: the policy produced NaN or inf")
+        if state_out is not None:
+            out["state_out"] = state_out
+        if is_numpy:
+            out = _map_nested(out, lambda t: t.numpy())
+        return out
+
+
+def _map_nested(d: dict, fn) -> dict:
+    return {k: (_map_nested(v, fn) if isinstance(v, dict) else fn(v)) for k, v in d.items()}

@@ -1,0 +1,212 @@
+// ISA-independent pieces shared by every kernel: activation codes, the packed weight layout,
+// aligned buffers, the counter-based RNG. Torch-free; pointers and sizes only.
+//
+// Shape legend: B batch, K inputs of a layer, N outputs, P = ceil(N / NR) panels.
+#pragma once
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <vector>
+
+namespace rf {
+
+enum Act : int { ACT_LINEAR = 0, ACT_TANH = 1, ACT_RELU = 2, ACT_SILU = 3, ACT_ELU = 4 };
+
+// Panel width of the packed layout: 32 floats = 2 AVX-512 / 4 AVX2 / 8 SSE vectors.
+constexpr int NR = 32;
+// Rows of the batch processed together through every layer (keeps activations in L1/L2).
+constexpr int ROW_BLOCK = 48;
+
+inline int round_up(int n, int m) { return (n + m - 1) / m * m; }
+
+// Splits B rows into nb blocks of at most ROW_BLOCK rows, as even as possible (multiples of 6
+// rows, the widest register tile), so that threads get equal work: block b covers
+// [b * rows_per, min(B, (b + 1) * rows_per)).
+struct RowSplit {
+    int nb, rows_per;
+    explicit RowSplit(int B) {
+        nb = (B + ROW_BLOCK - 1) / ROW_BLOCK;
+        if (nb < 1) nb = 1;
+        rows_per = std::min(ROW_BLOCK, round_up((B + nb - 1) / nb, 6));
+        nb = (B + rows_per - 1) / rows_per;
+    }
+    int start(int b) const { return b * rows_per; }
+    int count(int b, int B) const { return std::min(rows_per, B - b * rows_per); }
+};
+
+// 64-byte aligned float buffer.
+struct AlignedBuf {
+    float* p = nullptr;
+    size_t n = 0;
+    AlignedBuf() = default;
+    explicit AlignedBuf(size_t count) { resize(count); }
+    AlignedBuf(const AlignedBuf&) = delete;
+    AlignedBuf& operator=(const AlignedBuf&) = delete;
+    AlignedBuf(AlignedBuf&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr; o.n = 0; }
+    AlignedBuf& operator=(AlignedBuf&& o) noexcept {
+        std::swap(p, o.p); std::swap(n, o.n); return *this;
+    }
+    ~AlignedBuf() { std::free(p); }
+    void resize(size_t count) {  // contents are not kept
+        if (count <= n) return;
+        std::free(p);
+        size_t bytes = (count * sizeof(float) + 63) / 64 * 64;
+        p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
+        if (!p) throw std::bad_alloc();
+        n = count;
+    }
+};
+
+// A strided float32 matrix view handed in from Python: element (r, c) at p[r*s0 + c*s1].
+struct MatView {
+    const float* p = nullptr;
+    int rows = 0, cols = 0;
+    int64_t s0 = 0, s1 = 1;
+    float at(int r, int c) const { return p[r * s0 + c * s1]; }
+};
+
+// One linear layer packed for the kernels: W^T in P panels, panel q holding
+// w[q][k][j] = W[q*NR + j][k] (zero past N), bias padded with zeros to P*NR.
+struct PackedLinear {
+    int K = 0, N = 0, P = 0;
+    AlignedBuf w, b;
+    void init(int K_, int N_) {
+        K = K_; N = N_; P = (N + NR - 1) / NR;
+        w.resize(size_t(P) * K * NR);
+        b.resize(size_t(P) * NR);
+        std::memset(w.p, 0, sizeof(float) * size_t(P) * K * NR);
+        std::memset(b.p, 0, sizeof(float) * size_t(P) * NR);
+    }
+    // Copies rows of W (an [n, k] block, nn.Linear layout) to output rows n0.., input cols k0..
+    void put_weight(const MatView& W, int n0, int k0) {
+        for (int n = 0; n < W.rows; ++n) {
+            int on = n0 + n, q = on / NR, j = on % NR;
+            float* dst = w.p + size_t(q) * K * NR + j;
+            for (int k = 0; k < W.cols; ++k) dst[size_t(k0 + k) * NR] = W.at(n, k);
+        }
+    }
+    void add_bias(const float* bias, int64_t stride, int count, int n0) {
+        if (!bias) return;
+        for (int n = 0; n < count; ++n) b.p[n0 + n] += bias[n * stride];
+    }
+    int padded_n() const { return P * NR; }
+};
+
+// A stack of packed layers with an activation after each.
+struct PackedMLP {
+    std::vector<PackedLinear> layers;
+    std::vector<int> acts;
+    int in_dim() const { return layers.empty() ? 0 : layers.front().K; }
+    int out_dim() const { return layers.empty() ? 0 : layers.back().N; }
+    int max_padded() const {
+        int m = 0;
+        for (auto& l : layers) m = std::max(m, l.padded_n());
+        return m;
+    }
+};
+
+// Recurrent cell packed as one GEMM over [x, h] (K = I + H) followed by an elementwise step.
+// LSTM: N = 4H, gates i, f, g, o, bias b_ih + b_hh.
+// GRU:  N = 4H, blocks [r | z | n_x | n_h]: r and z read [x, h] with b_ih + b_hh; n_x reads x
+//       with b_ih_n; n_h reads h with b_hh_n (so that n = tanh(n_x + r * n_h)).
+enum RnnKind : int { RNN_LSTM = 0, RNN_GRU = 1 };
+struct PackedRNN {
+    int kind = RNN_LSTM, I = 0, H = 0;
+    PackedLinear gates;
+};
+
+// The whole policy network of a PPO-style module, packed (fastpath.PolicyPlan builds it).
+enum DistKind : int { DIST_CATEGORICAL = 0, DIST_MULTI_CATEGORICAL = 1, DIST_DIAG_GAUSSIAN = 2 };
+struct PolicyNet {
+    int obs_dim = 0;
+    PackedMLP actor_mlp;
+    bool actor_rnn_on = false;
+    PackedRNN actor_rnn;
+    bool critic_on = false;  // false: the value head reads the actor latent
+    PackedMLP critic_mlp;
+    bool critic_rnn_on = false;
+    PackedRNN critic_rnn;
+    PackedMLP pi;
+    bool vf_on = false;
+    PackedMLP vf;
+    int dist = DIST_CATEGORICAL;
+    std::vector<int> action_sizes;
+    float log_std_clip = -1.0f;      // < 0: no clipping
+    std::vector<float> free_log_std;  // empty: log-std comes from pi's output
+    int dist_dim() const { return pi.out_dim() + int(free_log_std.size()); }
+    int n_action_cols() const {
+        return dist == DIST_MULTI_CATEGORICAL ? int(action_sizes.size()) : dist == DIST_CATEGORICAL ? 1 : action_sizes[0];
+    }
+    int draws_per_row() const { return dist == DIST_CATEGORICAL ? 1 : n_action_cols(); }
+    int max_padded() const {
+        int m = std::max({actor_mlp.max_padded(), critic_mlp.max_padded(), pi.max_padded(), vf.max_padded()});
+        return std::max(m, NR);
+    }
+};
+
+// Inputs and outputs of one policy step (policy.h).
+struct StepIO {
+    const float* obs = nullptr; int64_t ldobs = 0; int B = 0;
+    // recurrent state in (nullptr: zeros) and out, all [B, H] contiguous
+    const float* ha = nullptr; const float* ca = nullptr; const float* hc = nullptr; const float* cc = nullptr;
+    float* ha_out = nullptr; float* ca_out = nullptr; float* hc_out = nullptr; float* cc_out = nullptr;
+    float* dist = nullptr;         // [B, D]
+    int64_t* act_i = nullptr;      // [B] or [B, ncomp] (categorical kinds)
+    float* act_f = nullptr;        // [B, A] (Gaussian)
+    float* logp = nullptr;         // [B]
+    float* value = nullptr;        // [B] or nullptr (no value head run)
+    bool det = false;
+    uint64_t key = 0, ctr0 = 0;
+};
+
+// Counter-based RNG: every draw is a pure function of (key, counter), so blocks of rows (and
+// threads) draw independent streams and a run is reproducible from the key alone.
+inline uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+inline uint64_t rng_bits(uint64_t key, uint64_t ctr) {
+    return mix64(mix64(key ^ (ctr * 0x9E3779B97F4A7C15ULL)) + key);
+}
+// Uniform in the open interval (0, 1), 32 bits of resolution.
+inline double u01_hi(uint64_t z) { return ((z >> 32) + 0.5) * (1.0 / 4294967296.0); }
+inline double u01_lo(uint64_t z) { return ((z & 0xffffffffULL) + 0.5) * (1.0 / 4294967296.0); }
+// One standard normal from one 64-bit draw (Box-Muller, cosine branch).
+inline float normal_from_bits(uint64_t z) {
+    double u1 = u01_hi(z), u2 = u01_lo(z);
+    return float(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+}
+
+// The process-wide sampler stream: a key and a counter. Each sampling call reserves a range of
+// counters atomically, so concurrent callers never share draws.
+struct RngStream {
+    std::mutex mu;
+    uint64_t key = 0x853c49e6748fea9bULL;
+    uint64_t counter = 0;
+    std::vector<uint8_t> fingerprint;  // torch generator state seen at the last (re)key
+    void reserve(uint64_t n, uint64_t* key_out, uint64_t* ctr_out) {
+        std::lock_guard<std::mutex> g(mu);
+        *key_out = key;
+        *ctr_out = counter;
+        counter += n;
+    }
+    void seed(uint64_t k) {
+        std::lock_guard<std::mutex> g(mu);
+        key = mix64(k + 0x9E3779B97F4A7C15ULL);
+        counter = 0;
+    }
+};
+inline RngStream& rng_stream() {
+    static RngStream s;
+    return s;
+}
+
+}  // namespace rf

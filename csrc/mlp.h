@@ -1,0 +1,171 @@
+// ISA BODY (no include guard; see vmath.h): the register-blocked GEMM over packed weights
+// (common.h: PackedLinear) with bias and activation fused, and the fused MLP over a row block.
+//
+// Shape legend: rows = batch rows of the block, K inputs, N outputs, NR = 32 panel width.
+// A tile keeps MR rows x NP panels of outputs in registers for the whole K loop: every weight
+// vector loaded feeds MR independent FMA chains and every broadcast x feeds NP*NR/W of them.
+
+// Tile configuration per ISA: big tile for full row groups, and a GEMV tile for single rows.
+#if RF_ISA_LEVEL == 2
+constexpr int MR_BIG = 6, NP_BIG = 2, NP_ONE = 4, NP_TAIL = 2;
+#elif RF_ISA_LEVEL == 1
+constexpr int MR_BIG = 3, NP_BIG = 1, NP_ONE = 2, NP_TAIL = 1;
+#else
+constexpr int MR_BIG = 1, NP_BIG = 1, NP_ONE = 1, NP_TAIL = 1;
+#endif
+
+// Y[m, q*NR + j] = act(bias[q*NR + j] + sum_k X[m, k] * W[q][k][j]) for m < MR, q < NPN.
+template <int MR, int NPN>
+static RF_T void tile(const float* X, int64_t ldx, int K, const float* W, const float* bias,
+                      float* Y, int64_t ldy, int act) {
+    constexpr int VPP = NR / V::W;     // vectors per panel
+    constexpr int NV = NPN * VPP;      // vectors per row of the tile
+    const size_t pstride = size_t(K) * NR;
+    reg acc[MR][NV];
+    for (int j = 0; j < NV; ++j) {
+        reg b = V::load(bias + (j / VPP) * NR + (j % VPP) * V::W);
+        for (int m = 0; m < MR; ++m) acc[m][j] = b;
+    }
+    for (int k = 0; k < K; ++k) {
+        reg xb[MR];
+        for (int m = 0; m < MR; ++m) xb[m] = V::set1(X[m * ldx + k]);
+        for (int q = 0; q < NPN; ++q) {
+            const float* wk = W + q * pstride + size_t(k) * NR;
+            for (int v = 0; v < VPP; ++v) {
+                reg w = V::load(wk + v * V::W);
+                for (int m = 0; m < MR; ++m) acc[m][q * VPP + v] = V::fmadd(xb[m], w, acc[m][q * VPP + v]);
+            }
+        }
+    }
+    switch (act) {
+        case ACT_LINEAR: break;
+        case ACT_TANH:
+            for (int m = 0; m < MR; ++m) for (int j = 0; j < NV; ++j) acc[m][j] = vtanh(acc[m][j]);
+            break;
+        case ACT_RELU:
+            for (int m = 0; m < MR; ++m) for (int j = 0; j < NV; ++j) acc[m][j] = V::max(V::zero(), acc[m][j]);
+            break;
+        default:
+            for (int m = 0; m < MR; ++m) for (int j = 0; j < NV; ++j) acc[m][j] = vact(acc[m][j], act);
+    }
+    for (int m = 0; m < MR; ++m)
+        for (int j = 0; j < NV; ++j)
+            V::store(Y + m * ldy + (j / VPP) * NR + (j % VPP) * V::W, acc[m][j]);
+}
+
+// All panels for MR rows.
+template <int MR, int NPN>
+static RF_T void tile_row(const float* X, int64_t ldx, const PackedLinear& L, float* Y, int64_t ldy, int act) {
+    const size_t pstride = size_t(L.K) * NR;
+    int q = 0;
+    for (; q + NPN <= L.P; q += NPN)
+        tile<MR, NPN>(X, ldx, L.K, L.w.p + q * pstride, L.b.p + q * NR, Y + q * NR, ldy, act);
+    for (; q < L.P; ++q)
+        tile<MR, 1>(X, ldx, L.K, L.w.p + q * pstride, L.b.p + q * NR, Y + q * NR, ldy, act);
+}
+
+template <int MR>
+static RF_T void tail_rows(const float* X, int64_t ldx, const PackedLinear& L, float* Y, int64_t ldy, int act) {
+    tile_row<MR, NP_TAIL>(X, ldx, L, Y, ldy, act);
+}
+
+// Y[rows, P*NR] (ldy >= P*NR) = act(X[rows, K] W^T + b). Columns past N come out as act(0) = 0.
+static RF_T void gemm_packed(const float* X, int64_t ldx, int rows, const PackedLinear& L,
+                             float* Y, int64_t ldy, int act) {
+    int r = 0;
+    if (rows == 1) {
+        tile_row<1, NP_ONE>(X, ldx, L, Y, ldy, act);
+        return;
+    }
+    for (; r + MR_BIG <= rows; r += MR_BIG)
+        tile_row<MR_BIG, NP_BIG>(X + r * ldx, ldx, L, Y + r * ldy, ldy, act);
+    int rem = rows - r;
+    const float* Xr = X + r * ldx;
+    float* Yr = Y + r * ldy;
+    switch (rem) {
+        case 0: break;
+        case 1: tile_row<1, NP_ONE>(Xr, ldx, L, Yr, ldy, act); break;
+#if RF_ISA_LEVEL >= 1
+        case 2: tail_rows<(MR_BIG > 2 ? 2 : 1)>(Xr, ldx, L, Yr, ldy, act); break;
+#endif
+#if RF_ISA_LEVEL >= 2
+        case 3: tail_rows<3>(Xr, ldx, L, Yr, ldy, act); break;
+        case 4: tail_rows<4>(Xr, ldx, L, Yr, ldy, act); break;
+        case 5: tail_rows<5>(Xr, ldx, L, Yr, ldy, act); break;
+#endif
+        default: break;
+    }
+}
+
+// Runs the MLP on `rows` rows of X. buf0/buf1: scratch of rows*ldb floats each, ldb >= every
+// layer's padded width. Returns the buffer holding the output ([rows, ldb], N_L valid columns).
+static RF_T float* mlp_block(const PackedMLP& mlp, const float* X, int64_t ldx, int rows,
+                             float* buf0, float* buf1, int64_t ldb) {
+    const float* in = X;
+    int64_t ldin = ldx;
+    float* out = buf0;
+    for (size_t l = 0; l < mlp.layers.size(); ++l) {
+        out = (l % 2 == 0) ? buf0 : buf1;
+        gemm_packed(in, ldin, rows, mlp.layers[l], out, ldb, mlp.acts[l]);
+        in = out;
+        ldin = ldb;
+    }
+    return out;
+}
+
+// Rows [r0, r0 + rows) of the MLP, rows <= ROW_BLOCK, with this thread's scratch.
+static RF_T void mlp_rows(const PackedMLP& mlp, const float* X, int64_t ldx, int r0, int rows, float* Y, int64_t ldy) {
+    const int ldb = mlp.max_padded();
+    thread_local AlignedBuf scratch;
+    scratch.resize(size_t(2) * ROW_BLOCK * ldb);
+    float* o = mlp_block(mlp, X + r0 * ldx, ldx, rows, scratch.p, scratch.p + size_t(ROW_BLOCK) * ldb, ldb);
+    const int nout = mlp.out_dim();
+    for (int r = 0; r < rows; ++r) std::memcpy(Y + (r0 + r) * ldy, o + size_t(r) * ldb, sizeof(float) * nout);
+}
+
+// The MLP over a whole batch: X [B, ldx], Y [B, ldy] (first out_dim columns written); row
+// blocks spread over the thread pool.
+static RF_T void mlp_forward(const PackedMLP& mlp, const float* X, int64_t ldx, int B, float* Y, int64_t ldy) {
+    if (mlp.layers.empty() || B <= 0) return;
+    const RowSplit sp(B);
+    if (sp.nb == 1) { mlp_rows(mlp, X, ldx, 0, B, Y, ldy); return; }
+    ThreadPool::get().run(sp.nb, [&](int b) { mlp_rows(mlp, X, ldx, sp.start(b), sp.count(b, B), Y, ldy); });
+}
+
+// Unpacked GEMV for a few rows straight from nn.Linear's [N, K] layout (the one-shot op at
+// tiny batch, where packing would cost more than the product). Four output rows at a time,
+// each a vector accumulator along K; y must have room for round_up(N, NR) floats.
+static RF_T void gemv_rowmajor(const float* x, const MatView& W, const float* bias, int64_t bstride,
+                               float* y, int act) {
+    const int N = W.rows, K = W.cols;
+    const int kv = K / V::W * V::W;
+    int n = 0;
+    for (; n + 4 <= N; n += 4) {
+        const float* w0 = W.p + n * W.s0;
+        reg a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();
+        for (int k = 0; k < kv; k += V::W) {
+            reg xv = V::load(x + k);
+            a0 = V::fmadd(V::load(w0 + k), xv, a0);
+            a1 = V::fmadd(V::load(w0 + W.s0 + k), xv, a1);
+            a2 = V::fmadd(V::load(w0 + 2 * W.s0 + k), xv, a2);
+            a3 = V::fmadd(V::load(w0 + 3 * W.s0 + k), xv, a3);
+        }
+        alignas(64) float t0[V::W], t1[V::W], t2[V::W], t3[V::W];
+        V::store(t0, a0); V::store(t1, a1); V::store(t2, a2); V::store(t3, a3);
+        float s[4] = {0, 0, 0, 0};
+        for (int i = 0; i < V::W; ++i) { s[0] += t0[i]; s[1] += t1[i]; s[2] += t2[i]; s[3] += t3[i]; }
+        for (int k = kv; k < K; ++k) {
+            for (int j = 0; j < 4; ++j) s[j] += w0[j * W.s0 + k] * x[k];
+        }
+        for (int j = 0; j < 4; ++j) y[n + j] = s[j] + (bias ? bias[(n + j) * bstride] : 0.0f);
+    }
+    for (; n < N; ++n) {
+        const float* wn = W.p + n * W.s0;
+        float s = 0;
+        for (int k = 0; k < K; ++k) s += wn[k] * x[k];
+        y[n] = s + (bias ? bias[n * bstride] : 0.0f);
+    }
+    int np = round_up(N, NR);
+    for (int i = N; i < np; ++i) y[i] = 0.0f;
+    act_inplace(y, np, act);
+}

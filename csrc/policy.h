@@ -1,0 +1,117 @@
+// ISA BODY (no include guard; see vmath.h): the whole policy step (encoder MLP [+ LSTM/GRU],
+// pi head, distribution inputs, sampling, and [critic encoder +] value head) for a batch, in
+// one call, row block by row block so that activations stay in cache. Torch-free.
+//
+// Shape legend: B batch, O obs dim, H rnn hidden, D dist-input dim, A action columns.
+
+
+struct Enc { const float* p; int64_t ld; };
+
+// Encoder over a block: mlp (may be empty) then optional rnn whose h' is the latent.
+static RF_T Enc encoder_block(const PackedMLP& mlp, bool rnn_on, const PackedRNN& rnn,
+                              const float* X, int64_t ldx, int rows, float* b0, float* b1, int64_t ldb,
+                              const float* h, const float* c, float* h_out, float* c_out, float* rscratch) {
+    Enc e{X, ldx};
+    if (!mlp.layers.empty()) e = Enc{mlp_block(mlp, X, ldx, rows, b0, b1, ldb), ldb};
+    if (rnn_on) {
+        rnn_block(rnn, e.p, e.ld, rows, h, rnn.H, c, rnn.H, h_out, rnn.H, c_out, rnn.H, rscratch);
+        e = Enc{h_out, rnn.H};
+    }
+    return e;
+}
+
+static inline size_t policy_scratch_floats(const PolicyNet& net, int rb) {
+    size_t ldb = net.max_padded();
+    size_t r = 0;
+    if (net.actor_rnn_on) r = std::max(r, rnn_scratch_floats(net.actor_rnn, rb));
+    if (net.critic_rnn_on) r = std::max(r, rnn_scratch_floats(net.critic_rnn, rb));
+    return 4 * size_t(rb) * ldb + r;
+}
+
+// Rows [r0, r0 + rows) of the step (rows <= ROW_BLOCK). Returns 0, or -1 - row (global row)
+// for the first row whose distribution inputs hold a NaN/inf.
+static RF_T int64_t policy_rows(const PolicyNet& net, const StepIO& io, int r0, int rows) {
+    const int64_t ldb = net.max_padded();
+    const int D = net.dist_dim();
+    const int npi = net.pi.out_dim();
+    const int draws = net.draws_per_row();
+    thread_local AlignedBuf scratch;
+    scratch.resize(policy_scratch_floats(net, ROW_BLOCK));
+    const int rb = ROW_BLOCK;
+    float* e0 = scratch.p;
+    float* e1 = e0 + size_t(rb) * ldb;
+    float* h0 = e1 + size_t(rb) * ldb;
+    float* h1 = h0 + size_t(rb) * ldb;
+    float* rs = h1 + size_t(rb) * ldb;
+    const int Ha = net.actor_rnn_on ? net.actor_rnn.H : 0;
+    const int Hc = net.critic_rnn_on ? net.critic_rnn.H : 0;
+    {
+        const float* X = io.obs + r0 * io.ldobs;
+        // actor encoder -> pi head -> distribution inputs
+        Enc a = encoder_block(net.actor_mlp, net.actor_rnn_on, net.actor_rnn, X, io.ldobs, rows, e0, e1, ldb,
+                              io.ha ? io.ha + int64_t(r0) * Ha : nullptr, io.ca ? io.ca + int64_t(r0) * Ha : nullptr,
+                              io.ha_out ? io.ha_out + int64_t(r0) * Ha : nullptr,
+                              io.ca_out ? io.ca_out + int64_t(r0) * Ha : nullptr, rs);
+        const float* pio = a.p;
+        int64_t ldp = a.ld;
+        if (!net.pi.layers.empty()) { pio = mlp_block(net.pi, a.p, a.ld, rows, h0, h1, ldb); ldp = ldb; }
+        float* dist = io.dist + int64_t(r0) * D;
+        for (int r = 0; r < rows; ++r) {
+            float* d = dist + int64_t(r) * D;
+            std::memcpy(d, pio + r * ldp, sizeof(float) * npi);
+            if (!net.free_log_std.empty())
+                std::memcpy(d + npi, net.free_log_std.data(), sizeof(float) * net.free_log_std.size());
+            if (net.dist == DIST_DIAG_GAUSSIAN && net.log_std_clip >= 0.0f) {
+                const int A = D / 2;
+                for (int j = A; j < D; ++j) d[j] = std::min(std::max(d[j], -net.log_std_clip), net.log_std_clip);
+            }
+        }
+        // sampling
+        const uint64_t ctr = io.ctr0 + uint64_t(r0) * draws;
+        int64_t err = 0;
+        if (net.dist == DIST_CATEGORICAL) {
+            err = sample_categorical_rows(dist, D, rows, D, io.det, io.key, ctr, 1, io.act_i + r0, 1, io.logp + r0, false);
+        } else if (net.dist == DIST_MULTI_CATEGORICAL) {
+            const int nc = int(net.action_sizes.size());
+            int off = 0;
+            for (int j = 0; j < nc && err == 0; ++j) {
+                err = sample_categorical_rows(dist + off, D, rows, net.action_sizes[j], io.det, io.key, ctr + j, nc,
+                                              io.act_i + int64_t(r0) * nc + j, nc, io.logp + r0, j > 0);
+                off += net.action_sizes[j];
+            }
+        } else {
+            const int A = D / 2;
+            err = sample_gaussian_rows(dist, D, rows, A, io.det, io.key, ctr, io.act_f + int64_t(r0) * A, A, io.logp + r0);
+        }
+        if (err) return err - r0;
+        // critic encoder (always when it carries state, so state_out advances) and value head
+        Enc v = a;
+        if (net.critic_on && (io.value || net.critic_rnn_on)) {
+            v = encoder_block(net.critic_mlp, net.critic_rnn_on, net.critic_rnn, X, io.ldobs, rows, e0, e1, ldb,
+                              io.hc ? io.hc + int64_t(r0) * Hc : nullptr, io.cc ? io.cc + int64_t(r0) * Hc : nullptr,
+                              io.hc_out ? io.hc_out + int64_t(r0) * Hc : nullptr,
+                              io.cc_out ? io.cc_out + int64_t(r0) * Hc : nullptr, rs);
+        }
+        if (io.value && net.vf_on) {
+            const float* vo = mlp_block(net.vf, v.p, v.ld, rows, h0, h1, ldb);
+            for (int r = 0; r < rows; ++r) io.value[r0 + r] = vo[r * ldb];
+        }
+    }
+    return 0;
+}
+
+// The whole batch; row blocks spread over the thread pool. Same return as policy_rows.
+static RF_T int64_t policy_step(const PolicyNet& net, const StepIO& io) {
+    if (io.B <= 0) return 0;
+    const RowSplit sp(io.B);
+    if (sp.nb == 1) return policy_rows(net, io, 0, io.B);
+    std::atomic<int64_t> err{0};
+    ThreadPool::get().run(sp.nb, [&](int b) {
+        int64_t e = policy_rows(net, io, sp.start(b), sp.count(b, io.B));
+        if (e) {  // keep the lowest failing row (code -1 - row: the largest code)
+            int64_t cur = err.load();
+            while ((cur == 0 || e > cur) && !err.compare_exchange_weak(cur, e)) {}
+        }
+    });
+    return err.load();
+}

@@ -1,0 +1,322 @@
+"""Triton kernels for the MLP: a linear layer with bias + activation fused into the epilogue,
+and the whole small MLP in ONE kernel with the activations kept in registers.
+
+Shape legend: B batch, I input features, H hidden units (per layer), O output features,
+L number of linear layers, D padded width (power of two >= 16, the same for every layer of
+the packed net), K reduction width of one linear layer, N its output width.
+
+Memory traffic is the reason for both kernels. A policy MLP at batch 1..4096 is tiny (a few
+hundred KB of weights); launched one layer at a time it is bound by launches and by the
+round trip of every hidden activation through global memory. ``_fused_mlp_fwd_kernel`` reads
+each input row once, keeps the [BLOCK_B, D] activation tile in registers through all L layers
+and writes only the output. ``_linear_act_fwd_kernel`` is the general tiled GEMM (any size,
+any strides, weights read in ``nn.Linear``'s [N, K] layout without a copy) used for nets too
+wide for the fused kernel and for the training forward, where it also stores the
+pre-activation that the backward needs.
+
+Activations are passed as constexpr codes (``ACT_CODES``); all of them map 0 to 0, which is
+what makes zero padding of the packed weights exact.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+#: Activation name -> constexpr code used by every kernel here.
+ACT_CODES = {"linear": 0, "tanh": 1, "relu": 2, "silu": 3, "elu": 4}
+
+#: Widest padded layer the one-kernel MLP keeps in registers as a single tile; up to twice this
+#: it splits every activation tile in two halves (SPLIT=2), beyond it the per-layer path runs.
+FUSED_TILE = 128
+MAX_FUSED_WIDTH = 2 * FUSED_TILE
+
+
+@triton.jit
+def _tanh(x):
+    # No tanh in tl.math (and libdevice does not run in the interpreter): exp-based with a
+    # Taylor branch near 0, where 1 - 2/(e^2x + 1) loses relative precision.
+    ax = tl.abs(x)
+    t = tl.exp(-2.0 * ax)
+    big = (1.0 - t) / (1.0 + t)
+    x2 = x * x
+    small = ax * (1.0 + x2 * (-0.3333333333333333 + x2 * (0.13333333333333333
+                  + x2 * (-0.05396825396825397 + x2 * 0.021869488536155203))))
+    r = tl.where(ax < 0.125, small, big)
+    return tl.where(x < 0, -r, r)
+
+
+@triton.jit
+def _expm1(x):
+    ax = tl.abs(x)
+    small = x * (1.0 + x * (0.5 + x * (0.16666666666666666 + x * (0.041666666666666664
+                 + x * 0.008333333333333333))))
+    return tl.where(ax < 0.03125, small, tl.exp(x) - 1.0)
+
+
+@triton.jit
+def _activate(x, ACT: tl.constexpr):
+    if ACT == 1:
+        x = _tanh(x)
+    elif ACT == 2:  # NaN must propagate as in torch.relu (fmax would turn it into 0)
+        x = tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    elif ACT == 3:
+        x = x * tl.sigmoid(x)
+    elif ACT == 4:
+        x = tl.where(x > 0, x, _expm1(x))
+    return x
+
+
+@triton.jit
+def _linear_act_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, z_ptr,
+    M, N, K,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
+    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_Z: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """y[M, N] = act(x[M, K] @ w[N, K]^T + b[N]); z (same layout as y) = the pre-activation."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + rk
+        a = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :] * stride_xk,
+                    mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + rn[None, :] * stride_wn + kk[:, None] * stride_wk,
+                    mask=(rn[None, :] < N) & (kk[:, None] < K), other=0.0).to(tl.float32)
+        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    out_mask = (rm[:, None] < M) & (rn[None, :] < N)
+    offs = rm[:, None] * stride_ym + rn[None, :] * stride_yn
+    if STORE_Z:
+        tl.store(z_ptr + offs, acc, mask=out_mask)
+    y = _activate(acc, ACT)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _dense_tile(h0, h1, w_ptr, b_ptr, DH: tl.constexpr, D: tl.constexpr, SPLIT: tl.constexpr,
+                ACT: tl.constexpr, PRECISION: tl.constexpr):
+    """One packed layer on a register tile: (h0 | h1) [BLOCK_B, SPLIT*DH] -> same shape.
+
+    w_ptr points at a [D, D] block laid out [k, n] (already transposed), b_ptr at [D]."""
+    rk = tl.arange(0, DH)
+    rn = tl.arange(0, DH)
+    w00 = tl.load(w_ptr + rk[:, None] * D + rn[None, :])
+    a0 = tl.dot(h0, w00, input_precision=PRECISION)
+    a0 += tl.load(b_ptr + rn)[None, :]
+    a1 = a0
+    if SPLIT == 2:
+        w10 = tl.load(w_ptr + (DH + rk[:, None]) * D + rn[None, :])
+        a0 = tl.dot(h1, w10, a0, input_precision=PRECISION)
+        w01 = tl.load(w_ptr + rk[:, None] * D + DH + rn[None, :])
+        w11 = tl.load(w_ptr + (DH + rk[:, None]) * D + DH + rn[None, :])
+        a1 = tl.dot(h0, w01, input_precision=PRECISION)
+        a1 = tl.dot(h1, w11, a1, input_precision=PRECISION)
+        a1 += tl.load(b_ptr + DH + rn)[None, :]
+        a1 = _activate(a1, ACT)
+    a0 = _activate(a0, ACT)
+    return a0, a1
+
+
+@triton.jit
+def _load_rows(ptr, rows, B, C, stride_b, stride_c, col0, DH: tl.constexpr):
+    cols = col0 + tl.arange(0, DH)
+    return tl.load(ptr + rows[:, None] * stride_b + cols[None, :] * stride_c,
+                   mask=(rows[:, None] < B) & (cols[None, :] < C), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _fused_mlp_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    B, I, O,
+    stride_xb, stride_xi, stride_yb, stride_yo,
+    L: tl.constexpr, D: tl.constexpr, SPLIT: tl.constexpr,
+    HIDDEN_ACT: tl.constexpr, OUT_ACT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    """The whole MLP for BLOCK_B rows: x [B, I] -> y [B, O] through L packed layers.
+
+    w: [L, D, D] float32, w[l, k, n] = W_l[n, k] zero-padded; b: [L, D] zero-padded. The
+    activation tile stays in registers (as SPLIT halves of width D // SPLIT)."""
+    DH: tl.constexpr = D // SPLIT
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    h0 = _load_rows(x_ptr, rows, B, I, stride_xb, stride_xi, 0, DH)
+    h1 = h0
+    if SPLIT == 2:
+        h1 = _load_rows(x_ptr, rows, B, I, stride_xb, stride_xi, DH, DH)
+    for l in tl.static_range(L - 1):
+        h0, h1 = _dense_tile(h0, h1, w_ptr + l * D * D, b_ptr + l * D, DH, D, SPLIT,
+                             HIDDEN_ACT, PRECISION)
+    h0, h1 = _dense_tile(h0, h1, w_ptr + (L - 1) * D * D, b_ptr + (L - 1) * D, DH, D, SPLIT,
+                         OUT_ACT, PRECISION)
+    cols = tl.arange(0, DH)
+    tl.store(y_ptr + rows[:, None] * stride_yb + cols[None, :] * stride_yo,
+             h0.to(y_ptr.dtype.element_ty), mask=(rows[:, None] < B) & (cols[None, :] < O))
+    if SPLIT == 2:
+        cols1 = DH + cols
+        tl.store(y_ptr + rows[:, None] * stride_yb + cols1[None, :] * stride_yo,
+                 h1.to(y_ptr.dtype.element_ty), mask=(rows[:, None] < B) & (cols1[None, :] < O))
+
+
+@triton.jit
+def _dense_staged(src_ptr, s_b, s_k, src_rows, src_row_ok, K,
+                  dst_ptr, d_b, dst_rows, dst_mask_rows, N_STORE,
+                  w_ptr, b_ptr, N,
+                  D: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_B: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """One packed layer for BLOCK_B rows, tiled: dst[:, :N] = act(src[:, :K] @ w[:K, :N] + b).
+
+    src/dst are global (the input/output, or this program's L2-resident scratch slot); only a
+    [BLOCK_B, BN] accumulator and [BK, BN] weight chunks live in registers, so any width works
+    without spilling. Columns >= N_STORE are not written (the output's true width)."""
+    rk = tl.arange(0, BK)
+    rn = tl.arange(0, BN)
+    for n0 in range(0, N, BN):
+        acc = tl.zeros((BLOCK_B, BN), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            kk = k0 + rk
+            a = tl.load(src_ptr + src_rows[:, None] * s_b + kk[None, :] * s_k,
+                        mask=src_row_ok[:, None] & (kk[None, :] < K), other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + kk[:, None] * D + (n0 + rn)[None, :])
+            acc = tl.dot(a, w, acc, input_precision=PRECISION)
+        acc += tl.load(b_ptr + n0 + rn)[None, :]
+        acc = _activate(acc, ACT)
+        cols = n0 + rn
+        tl.store(dst_ptr + dst_rows[:, None] * d_b + cols[None, :],
+                 acc.to(dst_ptr.dtype.element_ty),
+                 mask=dst_mask_rows[:, None] & (cols[None, :] < N_STORE))
+
+
+@triton.jit
+def _fused_mlp_staged_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, dims_ptr, y_ptr, scratch_ptr,
+    B, I, O,
+    stride_xb, stride_xi, stride_yb, stride_yo,
+    L: tl.constexpr, D: tl.constexpr, HIDDEN_ACT: tl.constexpr, OUT_ACT: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    """The whole MLP in one launch for wider nets (D up to 256): every layer a tiled GEMM over
+    BLOCK_B rows whose activations go through this program's two scratch slots [2, BLOCK_B, D]
+    (written and re-read by the same CTA: L1/L2, never a second launch).
+
+    dims: int32 [L + 1] padded widths (multiples of 16): [I_pad, H_1_pad, ..., O_pad]."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    local = tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    all_rows = local < BLOCK_B
+    scratch = scratch_ptr + pid * (2 * BLOCK_B * D)
+    for l in tl.static_range(L):
+        N = tl.load(dims_ptr + l + 1)
+        K = tl.load(dims_ptr + l)
+        if l == 0:
+            src, s_b, s_k, src_rows, src_ok, K = x_ptr, stride_xb, stride_xi, rows, row_ok, I
+        else:
+            src, s_b, s_k, src_rows, src_ok = scratch + ((l - 1) % 2) * BLOCK_B * D, D, 1, local, all_rows
+        if l == L - 1:
+            _dense_staged(src, s_b, s_k, src_rows, src_ok, K, y_ptr, stride_yb, rows, row_ok, O,
+                          w_ptr + l * D * D, b_ptr + l * D, N,
+                          D, OUT_ACT, PRECISION, BLOCK_B, BN, BK)
+        else:
+            _dense_staged(src, s_b, s_k, src_rows, src_ok, K, scratch + (l % 2) * BLOCK_B * D, D,
+                          local, all_rows, N, w_ptr + l * D * D, b_ptr + l * D, N,
+                          D, HIDDEN_ACT, PRECISION, BLOCK_B, BN, BK)
+            tl.debug_barrier()
+
+
+# ----------------------------------------------------------------------------- host launchers
+
+def _pow2_at_least_16(n: int) -> int:
+    return max(16, triton.next_power_of_2(int(n)))
+
+
+def _block_b(B: int) -> int:
+    return min(64, _pow2_at_least_16(B))
+
+
+def fused_tile_plan(widths) -> tuple[int, int] | None:
+    """(D, SPLIT) for the one-kernel MLP over layer widths [I, H_1, ..., O], or None if too wide."""
+    d = _pow2_at_least_16(max(widths))
+    if d <= FUSED_TILE:
+        return d, 1
+    if d <= MAX_FUSED_WIDTH:
+        return d, 2
+    return None
+
+
+def pack_mlp(weights, biases, D: int, device=None, out=None):
+    """Pack nn.Linear weights ([N, K] each) into ([L, D, D] transposed, [L, D]) float32, zero-padded.
+
+    ``out`` = (w, b) buffers to refill in place (their shapes must match)."""
+    import torch
+
+    L = len(weights)
+    device = device if device is not None else weights[0].device
+    if out is None:
+        w = torch.zeros((L, D, D), dtype=torch.float32, device=device)
+        b = torch.zeros((L, D), dtype=torch.float32, device=device)
+    else:
+        w, b = out
+        w.zero_()
+        b.zero_()
+    with torch.no_grad():
+        for l, (wl, bl) in enumerate(zip(weights, biases)):
+            n, k = wl.shape
+            w[l, :k, :n].copy_(wl.detach().t())
+            if bl is not None:
+                b[l, :n].copy_(bl.detach())
+    return w, b
+
+
+def fused_mlp_packed(x, w_packed, b_packed, out_features: int, hidden_act: int, out_act: int,
+                     split: int, precision: str = "ieee", out=None):
+    """Launch ``_fused_mlp_fwd_kernel``: x [B, I] (any float dtype, any strides) -> [B, O]."""
+    import torch
+
+    B, I = x.shape
+    L, D, _ = w_packed.shape
+    y = out if out is not None else torch.empty((B, out_features), dtype=x.dtype, device=x.device)
+    if B == 0:
+        return y
+    BLOCK_B = _block_b(B)
+    grid = (triton.cdiv(B, BLOCK_B),)
+    _fused_mlp_fwd_kernel[grid](
+        x, w_packed, b_packed, y, B, I, out_features,
+        x.stride(0), x.stride(1), y.stride(0), y.stride(1),
+        L=L, D=D, SPLIT=split, HIDDEN_ACT=hidden_act, OUT_ACT=out_act, PRECISION=precision,
+        BLOCK_B=BLOCK_B, num_warps=4 if D * split <= 64 else 8,
+    )
+    return y
+
+
+def linear_act(x, w, b, act: int, precision: str = "ieee", store_preact: bool = False,
+               out_dtype=None):
+    """Launch ``_linear_act_fwd_kernel``: x [M, K], w [N, K], b [N] or None -> y [M, N] (and z).
+
+    Returns y, or (y, z) with ``store_preact`` (z float32)."""
+    import torch
+
+    M, K = x.shape
+    N = w.shape[0]
+    y = torch.empty((M, N), dtype=out_dtype or x.dtype, device=x.device)
+    z = torch.empty((M, N), dtype=torch.float32, device=x.device) if store_preact else y
+    if M == 0 or N == 0:
+        return (y, z) if store_preact else y
+    BLOCK_M = min(64, _pow2_at_least_16(M))
+    BLOCK_N = min(64, _pow2_at_least_16(N))
+    BLOCK_K = min(64, _pow2_at_least_16(K))
+    grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
+    _linear_act_fwd_kernel[grid](
+        x, w, b if b is not None else y, y, z, M, N, K,
+        x.stride(0), x.stride(1), w.stride(0), w.stride(1), y.stride(0), y.stride(1),
+        ACT=act, HAS_BIAS=b is not None, STORE_Z=store_preact, PRECISION=precision,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+    )
+    return (y, z) if store_preact else y

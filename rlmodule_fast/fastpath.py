@@ -1,0 +1,452 @@
+"""The whole policy step (encoder [+ LSTM/GRU], pi head, sampling, [value head]) in ONE
+backend call: ``PolicyPlan``.
+
+A plan reads a module's layers once (``PolicyLayers``, built by e.g.
+``PPOTorchRLModule.policy_layers()``), packs their weights for its backend, and before every
+step compares the parameters' torch ``_version`` counters with those it packed: an in-place
+change (optimizer step, ``load_state_dict`` / ``set_state``) triggers one repack, so the next
+step always sees the current weights. Replacing a parameter object (``lin.weight = Parameter``)
+or writing through ``.data`` is not seen: rebuild the plan then.
+
+Backends: "cpp" (the C++ extension, CPU tensors / numpy), "triton" (CUDA, delegating to
+``ops.triton.TritonPolicyPlan``), "auto" (cpp here, triton for CUDA parameters).
+
+Shape legend: B batch, O flattened obs dim, H rnn hidden, D dist-input dim, A action columns.
+"""
+from __future__ import annotations
+
+import operator
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .ops import dispatch
+from .ops.reference import canonical_activation
+
+
+@dataclass
+class EncoderLayers:
+    mlp: list            # list[nn.Linear]; every layer followed by `activation`
+    activation: str      # canonical name (see ops.reference.canonical_activation)
+    rnn: object = None   # None, or an nn.LSTM / nn.GRU (1 layer, batch_first=True) applied after the mlp
+
+
+@dataclass
+class PolicyLayers:
+    actor: EncoderLayers
+    critic: Optional[EncoderLayers]   # None: the value head reads the actor latent (vf_share_layers=True)
+    pi: list                          # list[nn.Linear]; hidden layers use head_activation, last is linear
+    vf: Optional[list]                # value head layers (last linear, out 1), same head_activation
+    head_activation: str
+    dist: str                         # "categorical" | "multi_categorical" | "diag_gaussian"
+    action_sizes: list                # categorical [A]; multi_categorical [n1, n2, ...]; diag_gaussian [A]
+    log_std_clip: Optional[float]     # diag gaussian: clamp log-std to [-c, c]
+    free_log_std: object = None       # nn.Parameter [A] or None: state-independent log-std appended after pi's mean output
+
+
+DISTS = {"categorical": 0, "multi_categorical": 1, "diag_gaussian": 2}
+_VERSION = operator.attrgetter("_version")
+_F32 = np.dtype(np.float32)
+_NO_STATE = (None, None, None, None)
+
+
+def _linears(layers, what: str) -> list:
+    layers = list(layers) if layers is not None else []
+    for i, lin in enumerate(layers):
+        if not isinstance(lin, torch.nn.Linear):
+            raise ValueError(f"{what}[{i}]: expected nn.Linear, got {type(lin).__name__}")
+    return layers
+
+
+def _check_rnn(rnn, what: str):
+    if rnn is None:
+        return None
+    if not isinstance(rnn, (torch.nn.LSTM, torch.nn.GRU)):
+        raise ValueError(f"{what}: expected None, nn.LSTM or nn.GRU, got {type(rnn).__name__}")
+    if rnn.num_layers != 1 or rnn.bidirectional or getattr(rnn, "proj_size", 0):
+        raise ValueError(f"{what}: only 1-layer, unidirectional, proj_size=0 RNNs are supported")
+    return rnn
+
+
+def _chain(lins: list, in_dim: int, what: str) -> int:
+    for i, lin in enumerate(lins):
+        if lin.in_features != in_dim:
+            raise ValueError(f"{what}[{i}]: expected in_features {in_dim}, got {lin.in_features}")
+        in_dim = lin.out_features
+    return in_dim
+
+
+def _encoder_dims(enc: EncoderLayers, what: str) -> tuple[int, int]:
+    """(obs dim, latent dim) of an encoder; obs dim 0 when it is empty (latent = obs)."""
+    mlp = _linears(enc.mlp, f"{what}.mlp")
+    rnn = _check_rnn(enc.rnn, f"{what}.rnn")
+    canonical_activation(enc.activation, what=f"{what}.activation")
+    if mlp:
+        obs_dim = mlp[0].in_features
+        lat = _chain(mlp, obs_dim, f"{what}.mlp")
+    elif rnn is not None:
+        obs_dim = lat = rnn.input_size
+    else:
+        return 0, 0
+    if rnn is not None:
+        if rnn.input_size != lat:
+            raise ValueError(f"{what}.rnn: expected input_size {lat} (the mlp's output), got {rnn.input_size}")
+        lat = rnn.hidden_size
+    return obs_dim, lat
+
+
+def _params(layers: PolicyLayers) -> list:
+    ps = []
+    for enc in [layers.actor] + ([layers.critic] if layers.critic is not None else []):
+        for lin in enc.mlp:
+            ps += [lin.weight] + ([lin.bias] if lin.bias is not None else [])
+        if enc.rnn is not None:
+            ps += list(enc.rnn.parameters())
+    for lin in list(layers.pi) + list(layers.vf or []):
+        ps += [lin.weight] + ([lin.bias] if lin.bias is not None else [])
+    if layers.free_log_std is not None:
+        ps.append(layers.free_log_std)
+    return ps
+
+
+class PolicyPlan:
+    """One policy step per backend call, weights packed once.
+
+    ``PolicyPlan(layers: PolicyLayers, backend="cpp")``.
+    ``step(obs, state=None, *, deterministic=False, compute_value=False, out=None) -> dict``:
+
+    - obs: [B, O] float32 (float64 / non-contiguous are converted) numpy array or CPU tensor.
+    - state (recurrent plans): {"h": [B, H], "c": [B, H]} (GRU: "h" only; [B, 1, H] accepted),
+      nested {"actor": {...}, "critic": {...}} when the critic has its own rnn; None = zeros.
+    - returns {"action_dist_inputs": [B, D] f32, "actions": [B] int64 (categorical) |
+      [B, n] int64 (multi_categorical) | [B, A] f32 (diag_gaussian), "action_logp": [B] f32,
+      "vf_preds": [B] f32 (compute_value=True), "state_out": same layout as state}, the same
+      kind (numpy / tensor) as obs. Outputs are fresh every call (the caller owns them);
+      ``out=`` takes a dict of caller-owned contiguous buffers with those keys instead (written
+      in place and returned; rnn plans also need "state_out").
+
+    ``deterministic`` takes the mode (argmax / mean). Draws follow the cpp backend's stream
+    (see ``ops.cpp``): reproducible under ``torch.manual_seed`` / ``rf.manual_seed``. Safe to
+    step from several threads (one plan or several); a large batch is split over
+    ``torch.get_num_threads()`` threads (``RLMODULE_FAST_NUM_THREADS`` overrides).
+    """
+
+    def __init__(self, layers: PolicyLayers, backend: str = "cpp"):
+        backend = (backend or "auto").lower()
+        if backend not in ("auto", "cpp", "triton"):
+            raise ValueError(f"backend={backend!r}: expected 'auto', 'cpp' or 'triton'")
+        params = _params(layers)
+        if backend == "auto":
+            backend = "triton" if params and params[0].device.type == "cuda" else "cpp"
+        self.backend = backend
+        self.layers = layers
+        if backend == "triton":
+            mod = dispatch._backend_module("triton")
+            if mod is None:
+                raise RuntimeError(f"backend 'triton' is unavailable: {dispatch._status['triton'][1]}")
+            self._impl = mod.TritonPolicyPlan(layers)
+            return
+        from .ops import cpp
+
+        ok, reason = cpp.status()
+        if not ok:
+            raise RuntimeError(f"backend 'cpp' is unavailable: {reason}")
+        self._cpp = cpp
+        self._impl = None
+        for p in params:
+            if p.device.type != "cpu":
+                raise ValueError(f"layers: the cpp backend needs CPU parameters, got device {p.device}")
+        self._params = params
+        self._validate(layers)
+        self._lock = threading.Lock()
+        self._net = None
+        self._version = None
+        self._recurrent = self.actor_rnn is not None or self.critic_rnn is not None
+        self._sync_rng = cpp._sync_rng
+        self._sync_threads = cpp.sync_threads
+        self._repack()
+
+    # -- description ------------------------------------------------------------------------------
+    def _validate(self, L: PolicyLayers) -> None:
+        if L.dist not in DISTS:
+            raise ValueError(f"dist: expected one of {sorted(DISTS)}, got {L.dist!r}")
+        sizes = [int(a) for a in L.action_sizes]
+        if not sizes or min(sizes) < 1 or (L.dist != "multi_categorical" and len(sizes) != 1):
+            raise ValueError(f"action_sizes: expected positive sizes ([A] for {L.dist}), got {L.action_sizes}")
+        self.action_sizes = sizes
+        self.head_act = canonical_activation(L.head_activation, what="head_activation")
+        a_obs, a_lat = _encoder_dims(L.actor, "actor")
+        pi = _linears(L.pi, "pi")
+        if not pi:
+            raise ValueError("pi: expected at least one nn.Linear")
+        if a_obs == 0:  # empty actor encoder: the heads read the observation
+            a_obs = a_lat = pi[0].in_features
+        self.obs_dim = a_obs
+        npi = _chain(pi, a_lat, "pi")
+        A = sum(sizes) if L.dist != "diag_gaussian" else sizes[0]
+        if L.dist == "diag_gaussian":
+            want = A if L.free_log_std is not None else 2 * A
+        else:
+            want = A
+            if L.free_log_std is not None:
+                raise ValueError(f"free_log_std: only for diag_gaussian, got dist {L.dist!r}")
+        if npi != want:
+            raise ValueError(f"pi: last layer has {npi} outputs, expected {want} for {L.dist} with action_sizes {sizes}")
+        if L.free_log_std is not None and tuple(L.free_log_std.shape) != (A,):
+            raise ValueError(f"free_log_std: expected shape [{A}], got {tuple(L.free_log_std.shape)}")
+        if L.log_std_clip is not None and not float(L.log_std_clip) >= 0:
+            raise ValueError(f"log_std_clip: expected None or >= 0, got {L.log_std_clip}")
+        self.dist_dim = npi + (A if L.free_log_std is not None else 0)
+        c_lat = a_lat
+        self.critic_rnn = None
+        if L.critic is not None:
+            c_obs, c_lat = _encoder_dims(L.critic, "critic")
+            if c_obs == 0:
+                c_obs = c_lat = self.obs_dim
+            if c_obs != self.obs_dim:
+                raise ValueError(f"critic: expected input size {self.obs_dim} (the actor's), got {c_obs}")
+            self.critic_rnn = L.critic.rnn
+        vf = _linears(L.vf, "vf")
+        if L.vf is not None:
+            if not vf or _chain(vf, c_lat, "vf") != 1:
+                raise ValueError(f"vf: expected layers ending in 1 output, got {[tuple(l.weight.shape) for l in vf]}")
+        self.has_vf = bool(vf)
+        self.actor_rnn = L.actor.rnn
+
+    def _spec(self):
+        """The description handed to ``_C.Policy`` plus the float32 tensors it points into."""
+        L = self.layers
+        keep = []
+
+        def f32(t):
+            t = t.detach()
+            if t.dtype != torch.float32 or not t.is_contiguous():
+                t = t.float().contiguous()
+            keep.append(t)
+            return t
+
+        def mlp(lins):
+            out = []
+            for lin in lins:
+                w = f32(lin.weight)
+                b = f32(lin.bias) if lin.bias is not None else None
+                out.append((w.data_ptr(), w.shape[0], w.shape[1], w.shape[1], b.data_ptr() if b is not None else 0, 1))
+            return out
+
+        def rnn(r):
+            if r is None:
+                return None
+            wi, wh = f32(r.weight_ih_l0), f32(r.weight_hh_l0)
+            bi = f32(r.bias_ih_l0).data_ptr() if r.bias else 0
+            bh = f32(r.bias_hh_l0).data_ptr() if r.bias else 0
+            kind = 0 if isinstance(r, torch.nn.LSTM) else 1
+            return (kind, r.input_size, r.hidden_size, wi.data_ptr(), wi.shape[1], wh.data_ptr(), wh.shape[1], bi, bh)
+
+        enc_act = self._cpp.ACT_CODES[canonical_activation(L.actor.activation)]
+        head = self._cpp.ACT_CODES[self.head_act]
+        spec = {
+            "obs_dim": self.obs_dim,
+            "actor_mlp": mlp(L.actor.mlp), "actor_acts": [enc_act] * len(L.actor.mlp), "actor_rnn": rnn(L.actor.rnn),
+            "critic_on": L.critic is not None, "critic_mlp": [], "critic_acts": [], "critic_rnn": None,
+            "pi": mlp(L.pi), "pi_acts": [head] * (len(L.pi) - 1) + [0],
+            "vf": None, "vf_acts": [],
+            "dist": DISTS[L.dist], "action_sizes": self.action_sizes,
+            "log_std_clip": -1.0 if L.log_std_clip is None else float(L.log_std_clip),
+            "free_log_std": [] if L.free_log_std is None else [float(v) for v in L.free_log_std.detach().float().tolist()],
+        }
+        if L.critic is not None:
+            c_act = self._cpp.ACT_CODES[canonical_activation(L.critic.activation)]
+            spec.update(critic_mlp=mlp(L.critic.mlp), critic_acts=[c_act] * len(L.critic.mlp), critic_rnn=rnn(L.critic.rnn))
+        if self.has_vf:
+            spec.update(vf=mlp(L.vf), vf_acts=[head] * (len(L.vf) - 1) + [0])
+        return spec, keep
+
+    def _repack(self) -> None:
+        with self._lock:
+            version = sum(map(_VERSION, self._params))
+            if version == self._version and self._net is not None:
+                return
+            spec, keep = self._spec()
+            if self._net is None:
+                self._net = self._cpp._C.Policy(spec)
+            else:
+                self._net.load(spec)
+            self._version = version
+            del keep
+
+    # -- the hot path ------------------------------------------------------------------------------
+    def _state_arg(self, st, H: int, B: int, what: str):
+        if st is None:
+            return None
+        if isinstance(st, torch.Tensor):
+            t = st.detach()
+            if t.dim() == 3 and t.shape[1] == 1:
+                t = t[:, 0]
+            if t.dtype != torch.float32 or not t.is_contiguous():
+                t = t.float().contiguous()
+            if tuple(t.shape) != (B, H) or t.device.type != "cpu":
+                raise ValueError(f"{what}: expected a CPU [{B}, {H}] array, got {tuple(st.shape)} on {st.device}")
+            return t, t.data_ptr()
+        a = np.asarray(st)
+        if a.ndim == 3 and a.shape[1] == 1:
+            a = a[:, 0]
+        if a.shape != (B, H):
+            raise ValueError(f"{what}: expected shape [{B}, {H}], got {tuple(np.shape(st))}")
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        return a, a
+
+    def _states(self, state, B: int):
+        """(keep-alive list, (ha, ca, hc, cc)) from the caller's state dict."""
+        if self.actor_rnn is None and self.critic_rnn is None:
+            return [], (None, None, None, None)
+        if state is not None and not isinstance(state, dict):
+            raise ValueError(f"state: expected None or a dict of [B, H] arrays, got {type(state).__name__}")
+        sa, sc = state, None
+        if self.critic_rnn is not None:
+            sa = None if state is None else state.get("actor")
+            sc = None if state is None else state.get("critic")
+        keep, ptrs = [], []
+        for st, rnn, who in ((sa, self.actor_rnn, "state"), (sc, self.critic_rnn, "state['critic']")):
+            for key in ("h", "c"):
+                v = None
+                if rnn is not None and st is not None and (key == "h" or isinstance(rnn, torch.nn.LSTM)):
+                    if key not in st:
+                        raise ValueError(f"{who}: missing key {key!r} (has {sorted(st)})")
+                    r = self._state_arg(st[key], rnn.hidden_size, B, f"{who}[{key!r}]")
+                    keep.append(r[0])
+                    v = r[1]
+                ptrs.append(v)
+        return keep, tuple(ptrs)
+
+    def _obs(self, obs):
+        """(obs argument for _C, B, row stride, is_tensor, keep-alive), converting only when needed."""
+        D = self.obs_dim
+        as_tensor = isinstance(obs, torch.Tensor)
+        if as_tensor:
+            if obs.device.type != "cpu":
+                raise ValueError(f"obs: the cpp plan needs a CPU tensor, got device {obs.device}")
+            obs = obs.numpy() if not obs.requires_grad else obs.detach().numpy()  # a view, no copy
+        x = obs
+        if type(x) is not np.ndarray or x.dtype != _F32 or x.ndim != 2:
+            x = np.asarray(obs)
+            if x.ndim != 2:
+                raise ValueError(f"obs: expected shape [B, {D}], got {tuple(x.shape)}")
+            x = x.astype(np.float32)
+        if x.shape[1] != D:
+            raise ValueError(f"obs: expected shape [B, {D}], got {tuple(x.shape)}")
+        if x.strides[1] != 4 or x.strides[0] % 4:
+            x = np.ascontiguousarray(x)
+        return x, x.shape[0], 0, as_tensor, x
+
+    def step(self, obs, state=None, *, deterministic: bool = False, compute_value: bool = False, out=None) -> dict:
+        if self._impl is not None:
+            if out is not None:
+                raise ValueError("out=: not supported by the triton plan")
+            return self._impl.step(obs, state, deterministic=deterministic, compute_value=compute_value)
+        if sum(map(_VERSION, self._params)) != self._version:
+            self._repack()
+        obs_arg, B, ld, as_tensor, keep_obs = self._obs(obs)
+        if compute_value and not self.has_vf:
+            raise ValueError("compute_value: this plan has no value head (layers.vf is None)")
+        keep, states = self._states(state, B) if self._recurrent else (None, _NO_STATE)
+        if not deterministic:
+            self._sync_rng()
+        self._sync_threads()
+        if out is not None:
+            return self._step_out(obs_arg, B, ld, states, deterministic, compute_value, out)
+        r = self._net.step(obs_arg, B, ld, states, bool(deterministic), bool(compute_value), None)
+        del keep, keep_obs
+        if as_tensor:
+            from_np = torch.from_numpy
+            r = [a if a is None else from_np(a) for a in r]
+        res = {"action_dist_inputs": r[0], "actions": r[1], "action_logp": r[2]}
+        if compute_value:
+            res["vf_preds"] = r[3]
+        if self.actor_rnn is not None:
+            sa = {"h": r[4], "c": r[5]} if r[5] is not None else {"h": r[4]}
+            if self.critic_rnn is not None:
+                sc = {"h": r[6], "c": r[7]} if r[7] is not None else {"h": r[6]}
+                res["state_out"] = {"actor": sa, "critic": sc}
+            else:
+                res["state_out"] = sa
+        return res
+
+    def _step_out(self, obs_arg, B, ld, states, deterministic, compute_value, out: dict) -> dict:
+        gauss = self.layers.dist == "diag_gaussian"
+        na = len(self.action_sizes) if self.layers.dist == "multi_categorical" else None
+        A = self.action_sizes[0]
+
+        def buf(key, shape, dtype, d=out):
+            if key not in d:
+                raise ValueError(f"out: missing key {key!r}")
+            a = d[key]
+            ok_dtype = {torch.float32: np.float32, torch.int64: np.int64}[dtype]
+            if isinstance(a, torch.Tensor):
+                good = a.device.type == "cpu" and a.dtype == dtype and a.is_contiguous() and tuple(a.shape) == shape
+                ptr = a.data_ptr() if good else 0
+            else:
+                a_np = a if isinstance(a, np.ndarray) else None
+                good = (a_np is not None and a_np.dtype == ok_dtype and a_np.flags.c_contiguous
+                        and a_np.flags.writeable and a_np.shape == shape)
+                ptr = a_np.__array_interface__["data"][0] if good else 0
+            if not good:
+                raise ValueError(f"out[{key!r}]: expected a contiguous writable {dtype} buffer of shape "
+                                 f"{list(shape)}, got {type(a).__name__} {tuple(getattr(a, 'shape', ()))}")
+            return ptr
+
+        dist = buf("action_dist_inputs", (B, self.dist_dim), torch.float32)
+        if gauss:
+            act = buf("actions", (B, A), torch.float32)
+        else:
+            act = buf("actions", (B, na) if na else (B,), torch.int64)
+        logp = buf("action_logp", (B,), torch.float32)
+        val = buf("vf_preds", (B,), torch.float32) if compute_value else 0
+        sp = [0, 0, 0, 0]
+        if self.actor_rnn is not None:
+            so = out.get("state_out")
+            if not isinstance(so, dict):
+                raise ValueError("out: missing key 'state_out' (a dict of [B, H] buffers)")
+            parts = [(so, self.actor_rnn, 0)] if self.critic_rnn is None else [
+                (so.get("actor", {}), self.actor_rnn, 0), (so.get("critic", {}), self.critic_rnn, 2)]
+            for d, rnn, i in parts:
+                sp[i] = buf("h", (B, rnn.hidden_size), torch.float32, d)
+                if isinstance(rnn, torch.nn.LSTM):
+                    sp[i + 1] = buf("c", (B, rnn.hidden_size), torch.float32, d)
+        self._net.step(obs_arg, B, ld, states, bool(deterministic), bool(compute_value),
+                       (dist, act, logp, val, sp[0], sp[1], sp[2], sp[3]))
+        return out
+
+
+_PLAN_ATTR = "_rlmodule_fast_plans"
+
+
+def plan_for(module, example) -> Optional[PolicyPlan]:
+    """The cached PolicyPlan of the backend chosen for ``example`` (an obs batch) on ``module``
+    (anything with ``policy_layers()``), or None when the torch reference should run: the
+    chosen backend is torch (``RLMODULE_FAST_BACKEND=torch``) or, under "auto", the preferred
+    backend is unavailable (``rf.backend_info()`` says why). A backend forced by the environment
+    but unavailable raises RuntimeError (no silent fallback). Plan outputs carry no autograd
+    graph, as RLlib's exploration/inference forwards (run under ``torch.no_grad()``) do not."""
+    forced = dispatch.forced_backend()
+    name = forced or ("triton" if getattr(getattr(example, "device", None), "type", None) == "cuda" else "cpp")
+    if name == "torch":
+        return None
+    plans = module.__dict__.get(_PLAN_ATTR)
+    if plans is None:
+        plans = {}
+        module.__dict__[_PLAN_ATTR] = plans
+    plan = plans.get(name)
+    if plan is None:
+        if dispatch._backend_module(name) is None:
+            if forced:
+                raise RuntimeError(f"backend {name!r} is unavailable: {dispatch._status[name][1]}")
+            return None
+        plan = PolicyPlan(module.policy_layers(), backend=name)
+        plans[name] = plan
+    return plan
+
+
+__all__ = ["EncoderLayers", "PolicyLayers", "PolicyPlan", "plan_for"]
