@@ -14,7 +14,7 @@ call them under no_grad); ``forward_train`` always runs the torch layers with au
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import gymnasium as gym
 import torch
@@ -46,7 +46,6 @@ class PPOTorchRLModule(TorchRLModule):
         self.action_dist_cls = cat.action_dist_cls
         self._recurrent = cat.recurrent_kind
         self._obs_rank = obs_lead_dims(self.observation_space)
-        self._policy_plans: dict[str, Any] = {}
 
     # ---- distributions & state --------------------------------------------------------------
     def get_inference_action_dist_cls(self):
@@ -206,10 +205,8 @@ class PPOTorchRLModule(TorchRLModule):
 
     def _fast_plan(self, example: torch.Tensor):
         """The PolicyPlan of the backend chosen for this input, or None for the torch reference."""
-        try:  # TEMPORARY until fastpath.py lands
-            from ..fastpath import plan_for
-        except ImportError:
-            return None
+        from ..fastpath import plan_for
+
         return plan_for(self, example)
 
     def _forward_fast_or_torch(self, batch: dict, deterministic: bool) -> dict:
