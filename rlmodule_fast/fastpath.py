@@ -337,7 +337,7 @@ class PolicyPlan:
             x = x.astype(np.float32)
         if x.shape[1] != D:
             raise ValueError(f"obs: expected shape [B, {D}], got {tuple(x.shape)}")
-        if x.strides[1] != 4 or x.strides[0] % 4:
+        if not x.flags.c_contiguous:  # sliced, transposed, negative or zero strides
             x = np.ascontiguousarray(x)
         return x, x.shape[0], 0, as_tensor, x
 

@@ -118,7 +118,7 @@ class RLModule(abc.ABC):
         self.learner_only = learner_only
         self.model_config = config.model_config_dict
         self.catalog = config.get_catalog()
-        self._spec_checkers: dict[str, SpecChecker] = {}
+        self._spec_checkers: dict[str, tuple[SpecChecker, SpecChecker]] = {}  # per forward kind
         self.setup()
 
     # ---- to be implemented by subclasses -------------------------------------------------
@@ -157,18 +157,23 @@ class RLModule(abc.ABC):
         return [Columns.ACTION_DIST_INPUTS]
 
     def _checker(self, name: str) -> SpecChecker:
-        checker = self._spec_checkers.get(name)
-        if checker is None:
-            checker = SpecChecker(getattr(self, name)(), f"{type(self).__name__}.{name.replace('_specs_', ' ')}")
-            self._spec_checkers[name] = checker
-        return checker
+        return SpecChecker(getattr(self, name)(), f"{type(self).__name__}.{name.replace('_specs_', ' ')}")
 
     # ---- public forward wrappers -----------------------------------------------------------
+    #: Subclasses that accept numpy arrays in ``_forward_*`` batches set this True; otherwise
+    #: the public wrappers convert numpy arrays to tensors (without a copy where possible) first.
+    _forward_accepts_numpy = False
+
     def _run(self, kind: str, batch: Mapping[str, Any], kwargs: dict) -> dict:
-        batch = to_torch(batch) if isinstance(batch, Mapping) else batch
-        self._checker(f"input_specs_{kind}").check(batch)
+        checkers = self._spec_checkers.get(kind)
+        if checkers is None:
+            checkers = self._spec_checkers[kind] = (self._checker(f"input_specs_{kind}"),
+                                                    self._checker(f"output_specs_{kind}"))
+        if not self._forward_accepts_numpy and isinstance(batch, Mapping):
+            batch = to_torch(batch)
+        checkers[0].check(batch)
         out = getattr(self, f"_forward_{kind}")(batch, **kwargs)
-        self._checker(f"output_specs_{kind}").check(out)
+        checkers[1].check(out)
         return out
 
     def forward_inference(self, batch: Mapping[str, Any], **kwargs) -> dict:

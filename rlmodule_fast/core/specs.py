@@ -61,50 +61,76 @@ def _dtype_ok(dtype: Any, kind: Optional[str]) -> bool:
     return False
 
 
+_MISSING = object()
+
+
 class SpecChecker:
-    """Checks dicts against one spec, caching shapes already accepted."""
+    """Checks dicts against one spec, caching shapes already accepted.
+
+    The spec is compiled once into (key, path, kind, sub) entries; a steady-state check costs a
+    dict lookup and a set lookup per key.
+    """
 
     def __init__(self, spec: SpecType, what: str):
         self.what = what
         if spec is None:
-            self.spec: Mapping[str, Any] = {}
-        elif isinstance(spec, Mapping):
-            self.spec = spec
-        else:
-            self.spec = {k: None for k in spec}
+            spec = {}
+        elif not isinstance(spec, Mapping):
+            spec = {k: None for k in spec}
+        self.spec: Mapping[str, Any] = spec
+        self._entries = self._compile(spec, "")
         self._ok: set = set()
+
+    @classmethod
+    def _compile(cls, spec: Mapping[str, Any], prefix: str) -> list:
+        entries = []
+        for key, sub in spec.items():
+            path = f"{prefix}{key}"
+            if sub is None:
+                entries.append((key, path, 0, None))
+            elif isinstance(sub, Mapping):
+                entries.append((key, path, 1, (sub, cls._compile(sub, path + "/"))))
+            elif isinstance(sub, TensorSpec):
+                entries.append((key, path, 2, sub))
+            else:
+                raise TypeError(f"spec for {path!r}: expected a TensorSpec, a dict of specs or None, got {sub!r}")
+        return entries
 
     def check(self, data: Mapping[str, Any]) -> None:
         """Raise ValueError naming the key, expected and received shape, on any mismatch."""
-        if not isinstance(data, Mapping):
+        if type(data) is not dict and not isinstance(data, Mapping):
             raise ValueError(f"{self.what}: expected a dict of tensors, got {type(data).__name__}")
-        self._check(data, self.spec, "")
+        self._check(data, self._entries)
 
-    def _check(self, data: Mapping[str, Any], spec: Mapping[str, Any], prefix: str) -> None:
-        for key, sub in spec.items():
-            path = f"{prefix}{key}"
-            if key not in data:
-                expected = f" (expected shape {sub.describe()})" if isinstance(sub, TensorSpec) else ""
+    def _check(self, data: Mapping[str, Any], entries: list) -> None:
+        ok = self._ok
+        for key, path, kind, sub in entries:
+            value = data.get(key, _MISSING)
+            if value is _MISSING:
+                expected = f" (expected shape {sub.describe()})" if kind == 2 else ""
                 raise ValueError(f"{self.what}: missing key {path!r}{expected}; got keys {sorted(map(str, data))}")
-            value = data[key]
-            if sub is None:
+            if kind == 0:
                 continue
-            if isinstance(sub, Mapping):
+            if kind == 1:
                 if not isinstance(value, Mapping):
-                    raise ValueError(f"{self.what}: {path!r} must be a dict with keys {sorted(sub)}, got {type(value).__name__}")
-                self._check(value, sub, path + "/")
+                    raise ValueError(f"{self.what}: {path!r} must be a dict with keys {sorted(sub[0])}, got {type(value).__name__}")
+                self._check(value, sub[1])
+                continue
+            try:
+                cache_key = (path, value.shape, value.dtype)
+            except AttributeError:
+                raise ValueError(f"{self.what}: {path!r} must be a tensor of shape {sub.describe()}, "
+                                 f"got {type(value).__name__}") from None
+            if cache_key in ok:
                 continue
             shape, dtype = _shape_dtype(value)
-            cache_key = (path, shape, dtype)
-            if cache_key in self._ok:
-                continue
             if shape is None:
                 raise ValueError(f"{self.what}: {path!r} must be a tensor of shape {sub.describe()}, got {type(value).__name__}")
             if not sub.matches(shape):
                 raise ValueError(f"{self.what}: {path!r} has shape {shape}, expected {sub.describe()}")
             if not _dtype_ok(dtype, sub.dtype_kind):
                 raise ValueError(f"{self.what}: {path!r} has dtype {dtype}, expected a {sub.dtype_kind} dtype")
-            self._ok.add(cache_key)
+            ok.add(cache_key)
 
 
 def to_torch(batch: Mapping[str, Any]) -> dict:

@@ -17,10 +17,12 @@ from __future__ import annotations
 from typing import Optional
 
 import gymnasium as gym
+import numpy as np
 import torch
 
 from ..core.columns import Columns
-from ..core.specs import TensorSpec
+from ..core.specs import TensorSpec, to_torch
+from ..fastpath import plan_for
 from ..core.torch_rl_module import TorchRLModule
 from ..models.encoders import flatten_obs, obs_lead_dims
 from .ppo_catalog import PPOCatalog
@@ -28,6 +30,8 @@ from .ppo_catalog import PPOCatalog
 
 class PPOTorchRLModule(TorchRLModule):
     """Actor-critic PPO module; see the module docstring for shapes and the fast path."""
+
+    _forward_accepts_numpy = True  # numpy obs go to the fused plan without a torch round trip
 
     def setup(self) -> None:
         if self.catalog is None:
@@ -46,6 +50,7 @@ class PPOTorchRLModule(TorchRLModule):
         self.action_dist_cls = cat.action_dist_cls
         self._recurrent = cat.recurrent_kind
         self._obs_rank = obs_lead_dims(self.observation_space)
+        self._flat_obs = isinstance(self.observation_space, gym.spaces.Box) and self._obs_rank == 1
 
     # ---- distributions & state --------------------------------------------------------------
     def get_inference_action_dist_cls(self):
@@ -145,7 +150,7 @@ class PPOTorchRLModule(TorchRLModule):
         return a, c, state_out, added_t
 
     def _forward_train(self, batch: dict, **kwargs) -> dict:
-        a, c, state_out, _ = self._encode(batch, critic=True)
+        a, c, state_out, _ = self._encode(to_torch(batch), critic=True)
         out = {
             Columns.ACTION_DIST_INPUTS: self.pi(a),
             Columns.VF_PREDS: self.vf(c).squeeze(-1),
@@ -167,7 +172,7 @@ class PPOTorchRLModule(TorchRLModule):
         if self.inference_only:
             raise RuntimeError("compute_values: module was built with inference_only=True (no value head)")
         if embeddings is None:
-            _, embeddings, _, _ = self._encode(batch, critic=True)
+            _, embeddings, _, _ = self._encode(to_torch(batch), critic=True)
         return self.vf(embeddings).squeeze(-1)
 
     # ---- exploration / inference: the fast path ---------------------------------------------------
@@ -203,16 +208,20 @@ class PPOTorchRLModule(TorchRLModule):
             free_log_std=getattr(self.pi, "log_std", None),
         )
 
-    def _fast_plan(self, example: torch.Tensor):
-        """The PolicyPlan of the backend chosen for this input, or None for the torch reference."""
-        from ..fastpath import plan_for
-
-        return plan_for(self, example)
-
     def _forward_fast_or_torch(self, batch: dict, deterministic: bool) -> dict:
-        plan = self._fast_plan(batch[Columns.OBS])
+        obs = batch[Columns.OBS]
+        plan = plan_for(self, obs)
         if plan is None:
-            return self._forward_torch(batch)
+            return self._forward_torch(to_torch(batch))
+        if self._flat_obs and not self._recurrent and obs.ndim == 2:
+            # The hot path: [B, D] Box observations go to the plan as they are (numpy or tensor).
+            res = plan.step(obs, None, deterministic=deterministic)
+            return _as_tensors({
+                Columns.ACTION_DIST_INPUTS: res["action_dist_inputs"],
+                Columns.ACTIONS: res["actions"],
+                Columns.ACTION_LOGP: res["action_logp"],
+            })
+        batch = to_torch(batch)
         x, added_t = self._features(batch[Columns.OBS])
         if added_t:
             x = x.squeeze(1)
@@ -223,7 +232,7 @@ class PPOTorchRLModule(TorchRLModule):
         state = None
         if self._recurrent:
             state = _map_state(batch[Columns.STATE_IN], lambda v: v.reshape(v.shape[0], v.shape[-1]))
-        res = plan.step(x, state, deterministic=deterministic)
+        res = _as_tensors(plan.step(x, state, deterministic=deterministic))
         out = {
             Columns.ACTION_DIST_INPUTS: res["action_dist_inputs"],
             Columns.ACTIONS: res["actions"],
@@ -246,3 +255,9 @@ class PPOTorchRLModule(TorchRLModule):
 
 def _map_state(state: dict, fn) -> dict:
     return {k: (_map_state(v, fn) if isinstance(v, dict) else fn(v)) for k, v in state.items()}
+
+
+def _as_tensors(out: dict) -> dict:
+    """numpy arrays (fresh, caller-owned) -> tensors sharing their memory; nested dicts too."""
+    return {k: (_as_tensors(v) if isinstance(v, dict) else torch.from_numpy(v) if isinstance(v, np.ndarray) else v)
+            for k, v in out.items()}
