@@ -2,28 +2,15 @@
 against the torch reference, through ``rf.ops.fused_mlp(..., backend="triton")``.
 
 TRITON_INTERPRET=1 is set before the kernels are imported when no CUDA device is present (see
-tests/test_triton_ops.py); tests marked ``cuda`` run the same checks compiled.
+tests/conftest.py); tests marked ``cuda`` run the same checks compiled.
 """
-import os
-
+import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+import rlmodule_fast as rf
+from rlmodule_fast.ops import reference as ref
+from rlmodule_fast.ops import triton as tri
 
-import pytest  # noqa: E402
-
-import rlmodule_fast as rf  # noqa: E402
-from rlmodule_fast.ops import reference as ref  # noqa: E402
-from rlmodule_fast.ops import dispatch  # noqa: E402
-from rlmodule_fast.ops import triton as tri  # noqa: E402
-
-# An earlier test module may have asked rf.backend_info() before the variable was set: let the
-# dispatcher re-ask status(), and rebuild our kernels if they were imported compiled (this works
-# while triton itself was imported under TRITON_INTERPRET=1; otherwise the tests skip, saying so).
-if os.environ.get("TRITON_INTERPRET") == "1" and tri._kernels_loaded() and not tri.interpreted():
-    tri.rebuild_kernels()
-dispatch._status.pop("triton", None)
 ok, why = tri.status()
 pytestmark = pytest.mark.skipif(not ok, reason=f"triton backend unavailable: {why}")
 _CPU_OK = ok and tri.interpreted()

@@ -1,33 +1,23 @@
 """The triton backend's ops against the torch reference, called through ``rf.ops.<op>(...,
 backend="triton")`` so the dispatcher is exercised.
 
-Without a GPU the kernels run in Triton's interpreter on CPU tensors: TRITON_INTERPRET=1 is set
-below before anything imports the kernels (only when no CUDA device is present, so a GPU
-machine runs the compiled kernels). Tests marked ``cuda`` run the same checks compiled on
+Without a GPU the kernels run in Triton's interpreter on CPU tensors: tests/conftest.py sets
+TRITON_INTERPRET=1 before anything imports the kernels (only when no CUDA device is present, so
+a GPU machine runs the compiled kernels). Tests marked ``cuda`` run the same checks compiled on
 CUDA tensors and skip elsewhere. Grids are kept small: the interpreter costs milliseconds per
 program instance.
 """
 import os
 
+import numpy as np
+import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+import rlmodule_fast as rf
+from rlmodule_fast.ops import dispatch
+from rlmodule_fast.ops import reference as ref
+from rlmodule_fast.ops import triton as tri
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import rlmodule_fast as rf  # noqa: E402
-from rlmodule_fast.ops import reference as ref  # noqa: E402
-from rlmodule_fast.ops import dispatch  # noqa: E402
-from rlmodule_fast.ops import triton as tri  # noqa: E402
-
-# An earlier test module may have asked rf.backend_info() before the variable was set: let the
-# dispatcher re-ask status(), and rebuild our kernels if they were imported compiled (this works
-# while triton itself was imported under TRITON_INTERPRET=1; otherwise the tests skip, saying so).
-if os.environ.get("TRITON_INTERPRET") == "1" and tri._kernels_loaded() and not tri.interpreted():
-    tri.rebuild_kernels()
-dispatch._status.pop("triton", None)
 ok, why = tri.status()
 pytestmark = [
     pytest.mark.skipif(not ok, reason=f"triton backend unavailable: {why}"),
@@ -117,6 +107,22 @@ def test_fused_mlp_wide_paths(widths, device):
     out = rf.ops.fused_mlp(x64.float().to(device), [w.to(device) for w in ws],
                            [b.to(device) for b in bs], "silu", "elu", backend="triton")
     _calibrated_close(out, x64, ws, bs, "silu", "elu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("act", ["tanh", "elu"])
+@pytest.mark.parametrize("B,widths", MLP_CASES, ids=[f"B{b}-W{'x'.join(map(str, w))}" for b, w in MLP_CASES])
+def test_fused_mlp_staged_kernel(B, widths, act, device, monkeypatch):
+    """The staged one-launch kernel (tiled layers through scratch), forced on small widths."""
+    from rlmodule_fast.kernels import mlp
+
+    monkeypatch.setattr(mlp, "REG_MAX_WIDTH", 16)
+    assert mlp.fused_tile_plan(widths)[1] == "staged" or max(widths) <= 16
+    ws, bs = _linears(widths, seed=B)
+    x64 = torch.randn(B, widths[0], dtype=torch.float64) * 2
+    out = rf.ops.fused_mlp(x64.float().to(device), [w.to(device) for w in ws],
+                           [b.to(device) for b in bs], act, "silu", backend="triton")
+    _calibrated_close(out, x64, ws, bs, act, "silu")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -508,10 +514,17 @@ POLICY_DISTS = ["categorical", "multi_categorical", "diag_gaussian", "free_gauss
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel", ["regs", "staged"])
 @pytest.mark.parametrize("B", [1, 17, 63], ids=lambda b: f"B{b}")
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "separate"])
 @pytest.mark.parametrize("dist", POLICY_DISTS)
-def test_policy_plan_one_launch_matches_reference(dist, shared, B, device):
+def test_policy_plan_one_launch_matches_reference(dist, shared, B, kernel, device, monkeypatch):
+    from rlmodule_fast.kernels import mlp
+
+    if kernel == "staged":
+        if B == 17:
+            pytest.skip("interpreter time: B1 and B63 cover the staged kernel")
+        monkeypatch.setattr(mlp, "REG_MAX_WIDTH", 16)  # force the staged kernel on small widths
     torch.manual_seed(B)
     L = _policy(dist, shared, device)
     plan = tri.TritonPolicyPlan(L)
@@ -548,9 +561,14 @@ def test_policy_plan_one_launch_matches_reference(dist, shared, B, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel", ["regs", "staged"])
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "separate"])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_policy_plan_recurrent_over_steps(kind, shared, device):
+def test_policy_plan_recurrent_over_steps(kind, shared, kernel, device, monkeypatch):
+    from rlmodule_fast.kernels import mlp
+
+    if kernel == "staged":
+        monkeypatch.setattr(mlp, "REG_MAX_WIDTH", 16)
     torch.manual_seed(5)
     L = _policy("categorical", shared, device, hidden=(17,), rnn=kind, cell=20)
     plan = tri.TritonPolicyPlan(L)
@@ -777,3 +795,69 @@ def test_categorical_equals_gumbel_max_in_torch_for_the_same_seed(device):
     u = u.clamp_min(torch.finfo(torch.float32).tiny)
     expect = torch.argmax(logits - torch.log(-torch.log(u)), dim=-1)
     assert torch.equal(actions.cpu(), expect)
+
+
+# ----------------------------------------------------------------------------- compiled (AOT) check
+
+_AOT_SCRIPT = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from rlmodule_fast.kernels import mlp, policy_step, rnn
+
+def build(fn, consts, types=None, num_warps=4):
+    types = types or {}
+    sig = {n: ("constexpr" if n in consts else types.get(n, "*fp32" if n.endswith("_ptr") else "i32"))
+           for n in fn.arg_names}
+    k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": num_warps})
+    assert k.asm["cubin"], fn.__name__
+    print(fn.__name__, "shared", k.metadata.shared)
+
+P = "tf32x3"
+build(mlp._fused_mlp_fwd_kernel, dict(L=2, D=16, HIDDEN_ACT=1, OUT_ACT=4, PRECISION=P, BLOCK_B=16))
+build(mlp._fused_mlp_staged_fwd_kernel, dict(L=2, D=32, HIDDEN_ACT=3, OUT_ACT=0, PRECISION=P,
+      BLOCK_B=16, BN=32, BK=16), {"dims_ptr": "*i32"})
+build(rnn._gru_step_fwd_kernel, dict(HAS_BIH=True, HAS_BHH=False, PRECISION=P, BLOCK_B=16,
+      BLOCK_H=32, BLOCK_KI=32, BLOCK_KH=32))
+build(policy_step._policy_step_staged_fwd_kernel, dict(
+      N_ENC=1, PI0=1, N_PI_HID=0, PI_OUT=1, PI_LS=2, C0=3, N_CRIT=1, V0=4, N_VF_HID=0, VF_OUT=4,
+      ENC_ACT=1, CRIT_ACT=1, HEAD_ACT=2, DIST=2, NSEG=1, FREE_LOG_STD=False, CLIP=True, SHARED=False,
+      COMPUTE_VALUE=True, DETERMINISTIC=False, D=32, NP=16, PRECISION=P, BLOCK_B=16, BN=32, BK=16,
+      VF_SLOT=0), {"dims_ptr": "*i32", "seg_ptr": "*i32", "seed_ptr": "*i64", "flag_ptr": "*i32",
+      "log_std_clip": "fp32"})
+print("AOT-OK")
+"""
+
+
+def test_kernels_compile_for_sm90_without_a_gpu():
+    """The interpreter does not run Triton's compiler: compile a few kernels ahead of time for
+    sm_90 (TTIR -> PTX -> cubin with the bundled ptxas), in a subprocess without the
+    interpreter, so frontend/type errors of the compiled path show up on a CPU-only machine."""
+    import subprocess
+    import sys
+
+    try:
+        import triton.backends.nvidia  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"triton's NVIDIA backend is not importable: {e}")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    r = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "AOT-OK" in r.stdout, r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_batch_everywhere(device):
+    ws, bs = _linears([5, 17, 3])
+    x = torch.zeros(0, 5, device=device)
+    assert rf.ops.fused_mlp(x, [w.to(device) for w in ws], [b.to(device) for b in bs],
+                            backend="triton").shape == (0, 3)
+    a, lp = rf.ops.sample_categorical(torch.zeros(0, 4, device=device), backend="triton")
+    assert a.shape == (0,) and lp.shape == (0,)
+    a, lp = rf.ops.sample_diag_gaussian(torch.zeros(0, 4, device=device), backend="triton")
+    assert a.shape == (0, 2) and lp.shape == (0,)
+    out = tri.TritonPolicyPlan(_policy("multi_categorical", False, device)).step(
+        torch.zeros(0, 7, device=device), compute_value=True)
+    assert out["actions"].shape == (0, 3) and out["vf_preds"].shape == (0,)

@@ -1,1 +1,30 @@
+"""Interop with RLlib (ray[rllib]): serve RLlib-trained PPO policies, run inside RLlib's loop.
 
+Without ray installed: :func:`load_rllib_checkpoint` (RLlib's pickled module files, read by a
+restricted unpickler that runs nothing from them), :func:`from_rllib_module`,
+:func:`to_rllib_state`, :func:`rllib_module_kwargs`. With ``ray[rllib]`` (``pip install
+rlmodule_fast[rllib]``): also :class:`FastPPOTorchRLModule` (RLlib's PPO module with the fused
+env-runner step) and :func:`to_rllib_module`. ``import rlmodule_fast`` never imports ray.
+"""
+from ._pickle import UnsafeCheckpointError
+from .convert import (
+    from_rllib_module,
+    load_rllib_checkpoint,
+    rllib_model_config,
+    rllib_module_kwargs,
+    to_rllib_module,
+    to_rllib_state,
+)
+
+__all__ = [
+    "FastPPOTorchRLModule", "UnsafeCheckpointError", "from_rllib_module", "load_rllib_checkpoint",
+    "rllib_model_config", "rllib_module_kwargs", "to_rllib_module", "to_rllib_state",
+]
+
+
+def __getattr__(name: str):
+    if name == "FastPPOTorchRLModule":  # imports ray: only on demand
+        from .module import FastPPOTorchRLModule
+
+        return FastPPOTorchRLModule
+    raise AttributeError(f"module 'rlmodule_fast.rllib' has no attribute {name!r}")

@@ -1,0 +1,283 @@
+"""RLlib <-> rlmodule_fast: checkpoints, live modules and state dicts (no ray import here).
+
+- :func:`load_rllib_checkpoint`: a directory RLlib's ``save_to_path`` wrote for a
+  ``DefaultPPOTorchRLModule`` (or an Algorithm / MultiRLModule checkpoint holding one) -> our
+  ``PPOTorchRLModule`` with the same weights. RLlib's pickles are read by the restricted
+  unpickler of ``_pickle.py``: nothing in the files is executed.
+- :func:`from_rllib_module`: a live RLlib PPO module -> ours (weights copied).
+- :func:`to_rllib_state`: our module's state as RLlib's ``set_state`` takes it (numpy arrays,
+  RLlib's parameter names, which are ours); :func:`rllib_module_kwargs` the constructor
+  arguments of the equivalent ``DefaultPPOTorchRLModule``; :func:`to_rllib_module` both at once
+  (that one needs ray).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import warnings
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+from ..core.columns import DEFAULT_MODULE_ID
+from ..models.config import DEFAULTS
+from ..ppo import PPOCatalog, PPOTorchRLModule
+from ._pickle import ClassRef, Record, restricted_load, space_from_record
+
+PathLike = Union[str, pathlib.Path]
+
+STATE_FILE = "module_state.pkl"
+CTOR_FILE = "class_and_ctor_args.pkl"
+
+#: RLlib module classes whose layers are those of DefaultPPOTorchRLModule.
+RLLIB_PPO_CLASSES = frozenset({
+    "ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module.DefaultPPOTorchRLModule",
+    "ray.rllib.algorithms.ppo.torch.ppo_torch_rl_module.PPOTorchRLModule",
+    "rlmodule_fast.rllib.module.FastPPOTorchRLModule",
+})
+RLLIB_PPO_CATALOGS = frozenset({"ray.rllib.algorithms.ppo.ppo_catalog.PPOCatalog"})
+
+# RLlib model-config keys (DefaultModelConfig and the old-stack dict) that change the network
+# in a way these modules do not implement: accepted only at the value given here.
+_MUST_BE = {
+    "fcnet_use_layernorm": False,
+    "head_fcnet_use_layernorm": False,
+    "lstm_use_prev_action": False,
+    "lstm_use_prev_reward": False,
+    "use_attention": False,
+}
+# Keys that only matter when building fresh weights (initializers) or for inputs these modules
+# never see (conv nets run only on image observations, which the state check below refuses);
+# the loaded weights make them irrelevant.
+_IRRELEVANT_SUFFIXES = ("_initializer", "_initializer_kwargs", "_initializer_config")
+_IRRELEVANT = {"conv_filters", "conv_activation", "fusionnet_hiddens", "fusionnet_activation",
+               "_disable_preprocessor_api", "_disable_action_flattening"}
+
+
+def rllib_model_config(cfg: Any, *, source: str = "model_config") -> dict:
+    """Our model config from RLlib's (a dict, a ``DefaultModelConfig``, or its pickle record).
+
+    Keys we implement are kept (and validated by our config code when the module is built);
+    initializer / conv / fusion keys are dropped (the weights are loaded, not initialised);
+    architecture keys we do not implement (layer norm, prev-action/reward inputs, attention) are a
+    ValueError unless they hold RLlib's default; any other key (RLlib ignores unknown keys) is
+    dropped with a warning naming it.
+    """
+    if isinstance(cfg, Record):
+        cfg = cfg.state
+    elif dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        cfg = dataclasses.asdict(cfg)
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"{source}: expected a dict, got {type(cfg).__name__}")
+    out: dict = {}
+    ignored = []
+    for key, value in cfg.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{source}: keys must be strings, got {key!r}")
+        if key in DEFAULTS:
+            out[key] = list(value) if isinstance(value, tuple) else value
+        elif key in _MUST_BE:
+            if bool(value) != _MUST_BE[key]:
+                raise ValueError(f"{source}: {key}={value!r} is not supported by rlmodule_fast's PPO module")
+        elif key in _IRRELEVANT or key.endswith(_IRRELEVANT_SUFFIXES) or key.startswith("conv_"):
+            continue
+        else:
+            ignored.append(key)
+    if ignored:
+        warnings.warn(f"{source}: ignoring model config keys RLlib's PPO module does not use: {sorted(ignored)}",
+                      stacklevel=3)
+    return out
+
+
+def _build_ours(obs_space, act_space, model_config: dict, inference_only: bool, source: str) -> PPOTorchRLModule:
+    from ..core.rl_module import RLModuleSpec
+
+    try:
+        return RLModuleSpec(
+            module_class=PPOTorchRLModule, observation_space=obs_space, action_space=act_space,
+            model_config_dict=model_config, catalog_class=PPOCatalog, inference_only=inference_only,
+        ).build()
+    except ValueError as e:
+        raise ValueError(f"{source}: cannot build rlmodule_fast's PPOTorchRLModule: {e}") from e
+
+
+def _load_weights(module: PPOTorchRLModule, state: Any, source: str) -> None:
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
+        raise ValueError(f"{source}: expected a dict of parameter name -> array, got {type(state).__name__}")
+    arrays = {}
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor):
+            v = v.detach().cpu()
+        elif isinstance(v, (np.ndarray, np.generic)):
+            v = torch.from_numpy(np.array(v, copy=True))
+        else:
+            raise ValueError(f"{source}: {k!r} is a {type(v).__name__}, expected an array")
+        arrays[k] = v
+    own = module.state_dict()
+    extra = sorted(set(arrays) - set(own))
+    optional = module.get_non_inference_attributes() if module.inference_only else []
+    extra = [k for k in extra if not any(k == p or k.startswith(p + ".") for p in optional)]
+    missing = sorted(set(own) - set(arrays))
+    if extra or missing:
+        raise ValueError(
+            f"{source}: the weights do not fit a PPO module built from its config (not a "
+            f"DefaultPPOTorchRLModule layout?): missing {missing}, unexpected {extra}"
+        )
+    try:
+        module.set_state({k: v for k, v in arrays.items() if k in own})
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e
+
+
+def _has_state(d: pathlib.Path) -> bool:
+    return (d / STATE_FILE).is_file() or (d / "module_state.msgpack").is_file()
+
+
+def _find_module_dir(path: pathlib.Path, module_id: str) -> pathlib.Path:
+    """The module directory inside an RLModule, MultiRLModule or Algorithm checkpoint."""
+    for cand in (
+        path / module_id,
+        path / "rl_module" / module_id,
+        path / "learner_group" / "learner" / "rl_module" / module_id,
+        path / "env_runner" / "rl_module" / module_id,
+    ):
+        if _has_state(cand):
+            return cand
+    # a single module's directory (a MultiRLModule's has module sub-directories instead)
+    if _has_state(path) and not any(_has_state(sub) for sub in path.iterdir() if sub.is_dir()):
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"RLlib checkpoint not found: {path}")
+    raise FileNotFoundError(
+        f"{path}: no RLlib module checkpoint for module id {module_id!r} ({STATE_FILE} not found in it, "
+        f"in {module_id}/, rl_module/{module_id}/ or learner_group/learner/rl_module/{module_id}/)"
+    )
+
+
+def load_rllib_checkpoint(path: PathLike, *, module_id: str = DEFAULT_MODULE_ID,
+                          inference_only: Optional[bool] = None) -> PPOTorchRLModule:
+    """Our ``PPOTorchRLModule`` with the weights of an RLlib ``DefaultPPOTorchRLModule`` checkpoint.
+
+    ``path``: the directory ``module.save_to_path()`` wrote (``module_state.pkl``,
+    ``class_and_ctor_args.pkl``, ``metadata.json``), or a MultiRLModule / Algorithm checkpoint
+    holding one under ``module_id`` (Algorithm: the learner's module). ``inference_only``:
+    build without value function (default: as the checkpoint says).
+
+    Supported: MLP and LSTM encoders, shared or separate value encoder, ``Box`` observations,
+    ``Discrete`` / ``MultiDiscrete`` / ``Box`` actions. The pickles are read with a restricted
+    unpickler (numpy arrays, gymnasium spaces, builtins): a file naming any other class or
+    function raises ``UnsafeCheckpointError`` naming the file and the global, and runs nothing.
+    Missing files -> FileNotFoundError; anything else wrong -> ValueError naming the file.
+
+    Example::
+
+        module = rf.rllib.load_rllib_checkpoint("ckpt/learner_group/learner/rl_module/default_policy")
+        out = module.forward_inference({"obs": torch.zeros(1, 4)})   # fused CPU step
+    """
+    root = pathlib.Path(path)
+    mdir = _find_module_dir(root, module_id)
+    if not (mdir / STATE_FILE).is_file():
+        raise ValueError(f"{mdir / 'module_state.msgpack'}: msgpack module checkpoints are not supported; "
+                         "save the module with RLlib's default (pickle) format")
+    ctor_file = mdir / CTOR_FILE
+    info = restricted_load(ctor_file)
+    src = str(ctor_file)
+    if not isinstance(info, dict) or "class" not in info or "ctor_args_and_kwargs" not in info:
+        raise ValueError(f"{src}: expected RLlib's {{'class', 'ctor_args_and_kwargs'}} dict")
+    cls = info["class"]
+    if not isinstance(cls, ClassRef) or cls.path not in RLLIB_PPO_CLASSES:
+        raise ValueError(f"{src}: module class {getattr(cls, 'path', cls)!r} is not a PPO module this loader "
+                         f"knows ({sorted(RLLIB_PPO_CLASSES)})")
+    try:
+        args, kwargs = info["ctor_args_and_kwargs"]
+    except (TypeError, ValueError):
+        raise ValueError(f"{src}: 'ctor_args_and_kwargs' must be (args, kwargs)") from None
+    if args or not isinstance(kwargs, dict):
+        raise ValueError(f"{src}: expected keyword constructor arguments only, got args={args!r}")
+    cat = kwargs.get("catalog_class")
+    if cat is not None and (not isinstance(cat, ClassRef) or cat.path not in RLLIB_PPO_CATALOGS):
+        raise ValueError(f"{src}: catalog class {getattr(cat, 'path', cat)!r} is not RLlib's PPOCatalog")
+    obs_space = space_from_record(kwargs.get("observation_space"), f"{src}: observation_space")
+    act_space = space_from_record(kwargs.get("action_space"), f"{src}: action_space")
+    cfg = rllib_model_config(kwargs.get("model_config"), source=f"{src}: model_config")
+    inf = bool(kwargs.get("inference_only", False)) if inference_only is None else bool(inference_only)
+    module = _build_ours(obs_space, act_space, cfg, inf, src)
+    state_file = mdir / STATE_FILE
+    _load_weights(module, restricted_load(state_file), str(state_file))
+    module.eval()
+    return module
+
+
+def _is_rllib_ppo(m: Any) -> bool:
+    return any(f"{c.__module__}.{c.__qualname__}" in RLLIB_PPO_CLASSES for c in type(m).__mro__)
+
+
+def from_rllib_module(m: Any, *, inference_only: Optional[bool] = None) -> PPOTorchRLModule:
+    """Our ``PPOTorchRLModule`` holding a copy of a live RLlib PPO module's weights.
+
+    ``m``: a ``DefaultPPOTorchRLModule`` (or subclass with the same layers, e.g.
+    :class:`~rlmodule_fast.rllib.FastPPOTorchRLModule`). Later changes to ``m`` are not
+    seen; call ``ours.set_state(m.get_state())`` to sync. ValueError if the class or its layers
+    are not a PPO layout this package implements.
+    """
+    name = f"{type(m).__module__}.{type(m).__qualname__}"
+    if not _is_rllib_ppo(m):
+        raise ValueError(f"from_rllib_module: {name} is not RLlib's DefaultPPOTorchRLModule (or a subclass)")
+    cfg = rllib_model_config(getattr(m, "model_config", None), source=f"{name}.model_config")
+    inf = bool(m.inference_only) if inference_only is None else bool(inference_only)
+    module = _build_ours(m.observation_space, m.action_space, cfg, inf, name)
+    _load_weights(module, m.get_state(), name)
+    module.train(m.training)
+    return module
+
+
+def to_rllib_state(module: PPOTorchRLModule, *, inference_only: bool = False) -> dict[str, np.ndarray]:
+    """``module``'s weights as RLlib's ``set_state`` takes them: parameter name -> numpy array
+    (fresh copies, float32), names as in ``DefaultPPOTorchRLModule``. ``inference_only``: without
+    the value function (what a Learner sends its EnvRunners)."""
+    if not isinstance(module, PPOTorchRLModule):
+        raise ValueError(f"to_rllib_state: expected a PPOTorchRLModule, got {type(module).__name__}")
+    return {k: v.detach().cpu().numpy().copy() for k, v in module.get_state(inference_only=inference_only).items()}
+
+
+def rllib_module_kwargs(module: PPOTorchRLModule) -> dict:
+    """Constructor keyword arguments of the equivalent RLlib ``DefaultPPOTorchRLModule``
+    (spaces, RLlib model config, inference_only); pass ``catalog_class`` yourself if needed."""
+    if not isinstance(module, PPOTorchRLModule):
+        raise ValueError(f"rllib_module_kwargs: expected a PPOTorchRLModule, got {type(module).__name__}")
+    cfg = dict(module.catalog.model_config_dict)
+    if cfg.pop("use_gru", False):
+        raise ValueError("rllib_module_kwargs: use_gru=True has no RLlib PPO equivalent (RLlib's PPO has LSTM only)")
+    return {
+        "observation_space": module.observation_space,
+        "action_space": module.action_space,
+        "inference_only": bool(module.inference_only),
+        "model_config": cfg,
+    }
+
+
+def to_rllib_module(module: PPOTorchRLModule, module_class: Any = None):
+    """An RLlib module (default ``DefaultPPOTorchRLModule``; needs ray[rllib]) with ``module``'s
+    weights; ``module_class`` may be :class:`~rlmodule_fast.rllib.FastPPOTorchRLModule`."""
+    if module_class is None:
+        from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
+
+        module_class = DefaultPPOTorchRLModule
+    m = module_class(**rllib_module_kwargs(module))
+    m.set_state(to_rllib_state(module, inference_only=module.inference_only))
+    return m
+
+
+def read_rllib_metadata(path: PathLike) -> dict:
+    """RLlib's ``metadata.json`` of a module checkpoint directory (plain JSON), or {} if absent."""
+    f = pathlib.Path(path) / "metadata.json"
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{f}: not valid JSON: {e}") from e

@@ -1,0 +1,209 @@
+"""FastPPOTorchRLModule: RLlib's own DefaultPPOTorchRLModule, with the env-runner step fused.
+
+Use it wherever RLlib takes a module class (needs ray[rllib])::
+
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+    from rlmodule_fast.rllib import FastPPOTorchRLModule
+
+    config = PPOConfig().environment("CartPole-v1").rl_module(
+        rl_module_spec=RLModuleSpec(module_class=FastPPOTorchRLModule))
+
+It *is* a ``DefaultPPOTorchRLModule`` (same layers, parameter names, catalog, state, checkpoints,
+``forward_train`` and ``compute_values``: RLlib's learner path, differentiable torch, unchanged).
+Only ``forward_exploration`` / ``forward_inference`` differ: on CPU they run encoder, pi head and
+sampling in ONE call of our C++ backend (``fastpath.PolicyPlan``) and return ``actions`` and
+``action_logp`` with ``action_dist_inputs``; RLlib's env runners use those actions as they are
+(its ``GetActions`` connector samples only when ``actions`` is missing). Inference returns the
+deterministic action (argmax / mean). Like RLlib's own forwards, these outputs are not
+differentiable.
+
+Weights: the plan reads this module's own ``nn.Linear`` / ``nn.LSTM`` layers and checks their
+parameters' versions on each call, so the weights RLlib's learner syncs into env runners
+(``set_state`` -> ``load_state_dict``, an in-place copy) are used by the next step.
+
+When the fused step cannot run (no C++ backend here, a CUDA module, an observation or action
+space it does not support, ``RLMODULE_FAST_BACKEND=torch``) the module runs RLlib's torch forward
+instead; :meth:`fast_path_info` says which path runs and why.
+
+Layouts (RLlib's): MLP obs [B, D]; LSTM obs [B, 1, D] with ``state_in`` {"h", "c"} each
+[B, 1, H] (separate value encoder: {"actor": {...}, "critic": {...}}), outputs with the T=1 axis
+and ``state_out`` in the same layout.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Optional
+
+import gymnasium as gym
+import torch
+from torch import nn
+
+from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
+from ray.rllib.core.columns import Columns
+
+from ..fastpath import EncoderLayers, PolicyLayers, plan_for
+from ..models.config import resolve_model_config
+from .convert import rllib_model_config
+
+_ENV = "RLMODULE_FAST_BACKEND"
+
+
+def _linears(seq: nn.Module, what: str) -> list:
+    """The nn.Linear layers of an RLlib TorchMLP's Sequential (activations between them only)."""
+    layers = []
+    for m in seq.children():
+        if isinstance(m, nn.Linear):
+            layers.append(m)
+        elif len(list(m.parameters())) or len(list(m.buffers())):
+            raise ValueError(f"{what}: layer {type(m).__name__} has weights (not a plain MLP)")
+    if not layers:
+        raise ValueError(f"{what}: no nn.Linear layers")
+    return layers
+
+
+class FastPPOTorchRLModule(DefaultPPOTorchRLModule):
+    """RLlib's ``DefaultPPOTorchRLModule`` whose exploration / inference step runs fused on CPU
+    (see the module docstring for layouts and the fall-back rules)."""
+
+    def setup(self) -> None:
+        super().setup()
+        self._plan_error = ""      # why the fused step cannot run for this module ("" : it can)
+        self._calls = [0]          # steps that ran fused (a list: nn.Module.__setattr__ is slow)
+        e = self.encoder
+        self._recurrent = hasattr(e.encoder if hasattr(e, "encoder") else e.actor_encoder, "lstm")
+        try:
+            self._fast_cfg = resolve_model_config(
+                rllib_model_config(self.model_config, source="FastPPOTorchRLModule model_config"))
+        except ValueError as err:  # RLlib built it; only the fused step cannot describe it
+            self._fast_cfg = None
+            self._plan_error = f"model config: {err}"
+            _warn_fallback(self._plan_error)
+
+    # ---- the layers, described for the fused backend ----------------------------------------
+    def policy_layers(self):
+        """This module's layers for ``fastpath.PolicyPlan`` (the layers themselves, so in-place
+        weight updates are seen). ValueError if the layout is not one the plan supports."""
+        cfg = self._fast_cfg
+
+        def enc(e, what: str) -> EncoderLayers:
+            if hasattr(e, "lstm"):
+                if e.tokenizer is None:
+                    raise ValueError(f"{what}: LSTM encoder without tokenizer")
+                return EncoderLayers(mlp=_linears(e.tokenizer.net.mlp, f"{what}.tokenizer"),
+                                     activation=cfg["fcnet_activation"], rnn=e.lstm)
+            return EncoderLayers(mlp=_linears(e.net.mlp, f"{what}.net"), activation=cfg["fcnet_activation"])
+
+        space = self.action_space
+        if isinstance(space, gym.spaces.Discrete):
+            dist, sizes = "categorical", [int(space.n)]
+        elif isinstance(space, gym.spaces.MultiDiscrete):
+            dist, sizes = "multi_categorical", [int(n) for n in space.nvec.ravel()]
+        elif isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+            dist, sizes = "diag_gaussian", [int(space.shape[0])]
+        else:
+            raise ValueError(f"action space {space} is not supported by the fused step")
+        obs = self.observation_space
+        if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1):
+            raise ValueError(f"observation space {obs} is not supported by the fused step (1-D Box only)")
+        e = self.encoder
+        shared = hasattr(e, "encoder")
+        actor = enc(e.encoder if shared else e.actor_encoder, "encoder")
+        critic = None
+        if not shared and getattr(e, "critic_encoder", None) is not None:
+            critic = enc(e.critic_encoder, "encoder.critic_encoder")
+        vf = getattr(self, "vf", None)
+        return PolicyLayers(
+            actor=actor,
+            critic=critic,
+            pi=_linears(self.pi.net.mlp, "pi.net"),
+            vf=None if vf is None else _linears(vf.net.mlp, "vf.net"),
+            head_activation=cfg["head_fcnet_activation"],
+            dist=dist,
+            action_sizes=sizes,
+            log_std_clip=cfg["log_std_clip_param"] if dist == "diag_gaussian" else None,
+            free_log_std=getattr(self.pi, "log_std", None),
+        )
+
+    def _get_plan(self, obs) -> Any:
+        """fastpath.plan_for's plan for this obs (None: RLlib's torch forward runs), remembering
+        why the fused step cannot run for this module."""
+        if self._plan_error:
+            return None
+        try:
+            return plan_for(self, obs)
+        except ValueError as e:  # a layout or space the fused step does not support
+            self._plan_error = f"{type(e).__name__}: {e}"
+            _warn_fallback(self._plan_error)
+            return None
+
+    def fast_path_info(self) -> dict:
+        """{"active": bool, "backend": str | None, "reason": str, "calls": int}: whether
+        forward_exploration / forward_inference run a fused step for a CPU batch (as RLlib's env
+        runners give), which backend, why not if not, and how many steps ran fused so far."""
+        forced = os.environ.get(_ENV)
+        plan = self._get_plan(torch.zeros(1, 1))
+        if plan is None:
+            reason = self._plan_error or (f"{_ENV}={forced}" if forced else "the cpp backend is unavailable "
+                                          "(see rlmodule_fast.backend_info())")
+        else:
+            reason = ""
+        return {"active": plan is not None, "backend": getattr(plan, "backend", None), "reason": reason,
+                "calls": self._calls[0]}
+
+    # ---- exploration / inference --------------------------------------------------------------
+    def _fast(self, batch: dict, deterministic: bool) -> Optional[dict]:
+        """The fused step's outputs in RLlib's layout, or None to run RLlib's forward."""
+        obs = batch[Columns.OBS]
+        plan = self._get_plan(obs)
+        if plan is None:
+            return None
+        if not self._recurrent:
+            if obs.ndim != 2:  # e.g. a [B, T, D] batch: RLlib's forward handles any leading dims
+                return None
+            res = plan.step(obs, deterministic=deterministic)
+            self._calls[0] += 1
+            return {
+                Columns.ACTION_DIST_INPUTS: res["action_dist_inputs"],
+                Columns.ACTIONS: res["actions"],
+                Columns.ACTION_LOGP: res["action_logp"],
+            }
+        if obs.ndim != 3 or obs.shape[1] != 1:  # RLlib steps with T=1; anything else: RLlib's path
+            return None
+        res = plan.step(obs[:, 0], batch[Columns.STATE_IN], deterministic=deterministic)  # state [B, 1, H] accepted
+        self._calls[0] += 1
+        return {
+            Columns.ACTION_DIST_INPUTS: res["action_dist_inputs"].unsqueeze(1),
+            Columns.ACTIONS: res["actions"].unsqueeze(1),
+            Columns.ACTION_LOGP: res["action_logp"].unsqueeze(1),
+            Columns.STATE_OUT: _map(res["state_out"], lambda s: s.unsqueeze(1)),
+        }
+
+    # RLlib's TorchRLModule wraps these in self.eval() ... self.train(): ~50 us per call on a PPO
+    # module (a walk over every submodule, twice), 5x the fused step. The fused step has no
+    # train/eval-dependent layer, so it skips that round trip; RLlib's forward keeps it.
+    def forward_exploration(self, batch: dict, **kwargs) -> dict:
+        out = self._fast(batch, deterministic=False)
+        return out if out is not None else super().forward_exploration(batch, **kwargs)
+
+    def forward_inference(self, batch: dict, **kwargs) -> dict:
+        out = self._fast(batch, deterministic=True)
+        return out if out is not None else super().forward_inference(batch, **kwargs)
+
+    def _forward_exploration(self, batch: dict, **kwargs) -> dict:
+        out = self._fast(batch, deterministic=False)
+        return out if out is not None else super()._forward_exploration(batch, **kwargs)
+
+    def _forward_inference(self, batch: dict, **kwargs) -> dict:
+        out = self._fast(batch, deterministic=True)
+        return out if out is not None else super()._forward_inference(batch, **kwargs)
+
+
+def _warn_fallback(reason: str) -> None:
+    warnings.warn(f"FastPPOTorchRLModule: the fused step cannot run this module ({reason}); "
+                  "forward_exploration / forward_inference run RLlib's torch forward", stacklevel=3)
+
+
+def _map(state: dict, fn) -> dict:
+    return {k: (_map(v, fn) if isinstance(v, dict) else fn(v)) for k, v in state.items()}
