@@ -1,18 +1,23 @@
 """Triton kernels for the MLP: a linear layer with bias + activation fused into the epilogue,
-and the whole small MLP in ONE kernel with the activations kept in registers.
+and the whole small MLP in ONE kernel.
 
 Shape legend: B batch, I input features, H hidden units (per layer), O output features,
 L number of linear layers, D padded width (power of two >= 16, the same for every layer of
 the packed net), K reduction width of one linear layer, N its output width.
 
-Memory traffic is the reason for both kernels. A policy MLP at batch 1..4096 is tiny (a few
-hundred KB of weights); launched one layer at a time it is bound by launches and by the
-round trip of every hidden activation through global memory. ``_fused_mlp_fwd_kernel`` reads
-each input row once, keeps the [BLOCK_B, D] activation tile in registers through all L layers
-and writes only the output. ``_linear_act_fwd_kernel`` is the general tiled GEMM (any size,
-any strides, weights read in ``nn.Linear``'s [N, K] layout without a copy) used for nets too
-wide for the fused kernel and for the training forward, where it also stores the
-pre-activation that the backward needs.
+Memory traffic and launches are the reason for these kernels. A policy MLP at batch 1..4096
+is tiny (a few hundred KB of weights); launched one layer at a time it is bound by launches and
+by the round trip of every hidden activation through global memory.
+
+- ``_fused_mlp_fwd_kernel`` (padded width D <= 64): reads each input row once, keeps the
+  [BLOCK_B, D] activation tile in registers through all L layers, writes only the output.
+- ``_fused_mlp_staged_fwd_kernel`` (D <= 256, e.g. RLlib's default [256, 256]): still one
+  launch; each layer is a tiled GEMM whose [BLOCK_B, D] output goes to a per-program scratch
+  slot that the same CTA reads back at once (L1/L2), so registers hold only a [BLOCK_B, BN]
+  accumulator. (A register tile of D = 128 or 256 spills on sm_90: checked by AOT compiles.)
+- ``_linear_act_fwd_kernel``: the general tiled GEMM (any size, any strides, weights read in
+  ``nn.Linear``'s [N, K] layout without a copy), for wider nets and for the training forward,
+  where it also stores the pre-activation that the backward needs.
 
 Activations are passed as constexpr codes (``ACT_CODES``); all of them map 0 to 0, which is
 what makes zero padding of the packed weights exact.
@@ -25,10 +30,12 @@ import triton.language as tl
 #: Activation name -> constexpr code used by every kernel here.
 ACT_CODES = {"linear": 0, "tanh": 1, "relu": 2, "silu": 3, "elu": 4}
 
-#: Widest padded layer the one-kernel MLP keeps in registers as a single tile; up to twice this
-#: it splits every activation tile in two halves (SPLIT=2), beyond it the per-layer path runs.
-FUSED_TILE = 128
-MAX_FUSED_WIDTH = 2 * FUSED_TILE
+#: Widest padded layer that ``_fused_mlp_fwd_kernel`` keeps in registers: a [D, D] float32
+#: weight tile beyond 64 spills on sm_90 (checked with AOT compiles: D=64, BLOCK_B=64, 4 warps,
+#: tf32x3 -> 197 registers, no stack; D=128 -> 255 registers + stack). Up to MAX_FUSED_WIDTH
+#: ``_fused_mlp_staged_fwd_kernel`` runs the whole net in one launch; beyond, one per layer.
+REG_MAX_WIDTH = 64
+MAX_FUSED_WIDTH = 256
 
 
 @triton.jit
@@ -100,33 +107,20 @@ def _linear_act_fwd_kernel(
 
 
 @triton.jit
-def _dense_tile(h0, h1, w_ptr, b_ptr, DH: tl.constexpr, D: tl.constexpr, SPLIT: tl.constexpr,
-                ACT: tl.constexpr, PRECISION: tl.constexpr):
-    """One packed layer on a register tile: (h0 | h1) [BLOCK_B, SPLIT*DH] -> same shape.
+def _dense_tile(h, w_ptr, b_ptr, D: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr):
+    """One packed layer on a register tile: h [BLOCK_B, D] -> act(h @ w + b) [BLOCK_B, D].
 
     w_ptr points at a [D, D] block laid out [k, n] (already transposed), b_ptr at [D]."""
-    rk = tl.arange(0, DH)
-    rn = tl.arange(0, DH)
-    w00 = tl.load(w_ptr + rk[:, None] * D + rn[None, :])
-    a0 = tl.dot(h0, w00, input_precision=PRECISION)
-    a0 += tl.load(b_ptr + rn)[None, :]
-    a1 = a0
-    if SPLIT == 2:
-        w10 = tl.load(w_ptr + (DH + rk[:, None]) * D + rn[None, :])
-        a0 = tl.dot(h1, w10, a0, input_precision=PRECISION)
-        w01 = tl.load(w_ptr + rk[:, None] * D + DH + rn[None, :])
-        w11 = tl.load(w_ptr + (DH + rk[:, None]) * D + DH + rn[None, :])
-        a1 = tl.dot(h0, w01, input_precision=PRECISION)
-        a1 = tl.dot(h1, w11, a1, input_precision=PRECISION)
-        a1 += tl.load(b_ptr + DH + rn)[None, :]
-        a1 = _activate(a1, ACT)
-    a0 = _activate(a0, ACT)
-    return a0, a1
+    rk = tl.arange(0, D)
+    w = tl.load(w_ptr + rk[:, None] * D + rk[None, :])
+    a = tl.dot(h, w, input_precision=PRECISION)
+    a += tl.load(b_ptr + rk)[None, :]
+    return _activate(a, ACT)
 
 
 @triton.jit
-def _load_rows(ptr, rows, B, C, stride_b, stride_c, col0, DH: tl.constexpr):
-    cols = col0 + tl.arange(0, DH)
+def _load_rows(ptr, rows, B, C, stride_b, stride_c, D: tl.constexpr):
+    cols = tl.arange(0, D)
     return tl.load(ptr + rows[:, None] * stride_b + cols[None, :] * stride_c,
                    mask=(rows[:, None] < B) & (cols[None, :] < C), other=0.0).to(tl.float32)
 
@@ -136,33 +130,23 @@ def _fused_mlp_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
     B, I, O,
     stride_xb, stride_xi, stride_yb, stride_yo,
-    L: tl.constexpr, D: tl.constexpr, SPLIT: tl.constexpr,
+    L: tl.constexpr, D: tl.constexpr,
     HIDDEN_ACT: tl.constexpr, OUT_ACT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
     """The whole MLP for BLOCK_B rows: x [B, I] -> y [B, O] through L packed layers.
 
     w: [L, D, D] float32, w[l, k, n] = W_l[n, k] zero-padded; b: [L, D] zero-padded. The
-    activation tile stays in registers (as SPLIT halves of width D // SPLIT)."""
-    DH: tl.constexpr = D // SPLIT
+    [BLOCK_B, D] activation tile stays in registers from the first layer to the last."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    h0 = _load_rows(x_ptr, rows, B, I, stride_xb, stride_xi, 0, DH)
-    h1 = h0
-    if SPLIT == 2:
-        h1 = _load_rows(x_ptr, rows, B, I, stride_xb, stride_xi, DH, DH)
+    h = _load_rows(x_ptr, rows, B, I, stride_xb, stride_xi, D)
     for l in tl.static_range(L - 1):
-        h0, h1 = _dense_tile(h0, h1, w_ptr + l * D * D, b_ptr + l * D, DH, D, SPLIT,
-                             HIDDEN_ACT, PRECISION)
-    h0, h1 = _dense_tile(h0, h1, w_ptr + (L - 1) * D * D, b_ptr + (L - 1) * D, DH, D, SPLIT,
-                         OUT_ACT, PRECISION)
-    cols = tl.arange(0, DH)
+        h = _dense_tile(h, w_ptr + l * D * D, b_ptr + l * D, D, HIDDEN_ACT, PRECISION)
+    h = _dense_tile(h, w_ptr + (L - 1) * D * D, b_ptr + (L - 1) * D, D, OUT_ACT, PRECISION)
+    cols = tl.arange(0, D)
     tl.store(y_ptr + rows[:, None] * stride_yb + cols[None, :] * stride_yo,
-             h0.to(y_ptr.dtype.element_ty), mask=(rows[:, None] < B) & (cols[None, :] < O))
-    if SPLIT == 2:
-        cols1 = DH + cols
-        tl.store(y_ptr + rows[:, None] * stride_yb + cols1[None, :] * stride_yo,
-                 h1.to(y_ptr.dtype.element_ty), mask=(rows[:, None] < B) & (cols1[None, :] < O))
+             h.to(y_ptr.dtype.element_ty), mask=(rows[:, None] < B) & (cols[None, :] < O))
 
 
 @triton.jit
@@ -198,7 +182,7 @@ def _dense_staged(src_ptr, s_b, s_k, src_rows, src_row_ok, K,
 def _fused_mlp_staged_fwd_kernel(
     x_ptr, w_ptr, b_ptr, dims_ptr, y_ptr, scratch_ptr,
     B, I, O,
-    stride_xb, stride_xi, stride_yb, stride_yo,
+    stride_xb, stride_xi, stride_yb,
     L: tl.constexpr, D: tl.constexpr, HIDDEN_ACT: tl.constexpr, OUT_ACT: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
@@ -241,14 +225,24 @@ def _block_b(B: int) -> int:
     return min(64, _pow2_at_least_16(B))
 
 
-def fused_tile_plan(widths) -> tuple[int, int] | None:
-    """(D, SPLIT) for the one-kernel MLP over layer widths [I, H_1, ..., O], or None if too wide."""
+def fused_tile_plan(widths) -> tuple[int, str] | None:
+    """(D, kind) for the one-kernel MLP over layer widths [I, H_1, ..., O]: kind "regs" (the
+    activation tile in registers, D <= REG_MAX_WIDTH) or "staged" (tiled layers through an
+    L2-resident scratch, D <= MAX_FUSED_WIDTH); None when wider (one kernel per layer)."""
     d = _pow2_at_least_16(max(widths))
-    if d <= FUSED_TILE:
-        return d, 1
+    if d <= REG_MAX_WIDTH:
+        return d, "regs"
     if d <= MAX_FUSED_WIDTH:
-        return d, 2
+        return d, "staged"
     return None
+
+
+def padded_dims(widths, device):
+    """int32 [L + 1] tensor of the widths rounded up to multiples of 16 (the staged kernels'
+    per-layer loop bounds)."""
+    import torch
+
+    return torch.tensor([(int(w) + 15) // 16 * 16 for w in widths], dtype=torch.int32, device=device)
 
 
 def pack_mlp(weights, biases, D: int, device=None, out=None):
@@ -276,7 +270,7 @@ def pack_mlp(weights, biases, D: int, device=None, out=None):
 
 
 def fused_mlp_packed(x, w_packed, b_packed, out_features: int, hidden_act: int, out_act: int,
-                     split: int, precision: str = "ieee", out=None):
+                     precision: str = "ieee", out=None):
     """Launch ``_fused_mlp_fwd_kernel``: x [B, I] (any float dtype, any strides) -> [B, O]."""
     import torch
 
@@ -290,8 +284,8 @@ def fused_mlp_packed(x, w_packed, b_packed, out_features: int, hidden_act: int, 
     _fused_mlp_fwd_kernel[grid](
         x, w_packed, b_packed, y, B, I, out_features,
         x.stride(0), x.stride(1), y.stride(0), y.stride(1),
-        L=L, D=D, SPLIT=split, HIDDEN_ACT=hidden_act, OUT_ACT=out_act, PRECISION=precision,
-        BLOCK_B=BLOCK_B, num_warps=4 if D * split <= 64 else 8,
+        L=L, D=D, HIDDEN_ACT=hidden_act, OUT_ACT=out_act, PRECISION=precision,
+        BLOCK_B=BLOCK_B, num_warps=4,
     )
     return y
 
@@ -311,7 +305,7 @@ def linear_act(x, w, b, act: int, precision: str = "ieee", store_preact: bool = 
         return (y, z) if store_preact else y
     BLOCK_M = min(64, _pow2_at_least_16(M))
     BLOCK_N = min(64, _pow2_at_least_16(N))
-    BLOCK_K = min(64, _pow2_at_least_16(K))
+    BLOCK_K = min(32, _pow2_at_least_16(K))  # 64x64x32, 4 warps, tf32x3: 192 registers, no spill
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
     _linear_act_fwd_kernel[grid](
         x, w, b if b is not None else y, y, z, M, N, K,
@@ -320,3 +314,25 @@ def linear_act(x, w, b, act: int, precision: str = "ieee", store_preact: bool = 
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
     )
     return (y, z) if store_preact else y
+
+
+def fused_mlp_staged(x, w_packed, b_packed, dims, out_features: int, hidden_act: int, out_act: int,
+                     precision: str = "ieee", out=None):
+    """Launch ``_fused_mlp_staged_fwd_kernel``: x [B, I] -> [B, O] (one launch, any D)."""
+    import torch
+
+    B, I = x.shape
+    L, D, _ = w_packed.shape
+    y = out if out is not None else torch.empty((B, out_features), dtype=x.dtype, device=x.device)
+    if B == 0:
+        return y
+    BLOCK_B = _block_b(B)
+    grid = (triton.cdiv(B, BLOCK_B),)
+    scratch = torch.empty((grid[0], 2, BLOCK_B, D), dtype=torch.float32, device=x.device)
+    _fused_mlp_staged_fwd_kernel[grid](
+        x, w_packed, b_packed, dims, y, scratch, B, I, out_features,
+        x.stride(0), x.stride(1), y.stride(0),
+        L=L, D=D, HIDDEN_ACT=hidden_act, OUT_ACT=out_act, PRECISION=precision,
+        BLOCK_B=BLOCK_B, BN=min(64, D), BK=32, num_warps=4,
+    )
+    return y

@@ -4,15 +4,19 @@ through a shared or separate critic encoder) for BLOCK_B rows in ONE kernel.
 Shape legend: B batch, I actor-input features (the observation, or the RNN's h' for recurrent
 policies), IC critic-input features, D padded width of every packed layer, NL pi outputs
 (categorical: logits; multi-categorical: all segments' logits; Gaussian: A means), A action
-columns (categorical 1, multi-categorical NSEG, Gaussian A dims).
+columns (categorical 1, multi-categorical NSEG, Gaussian A dims), NP padded head width.
 
 An env-runner step at batch 1..1024 through a small policy is launch- and latency-bound: the
 torch module runs ~15 kernels (linears, activations, log_softmax, rand, argmax, gather, the
-value head). Here each observation row is read once, every activation stays in registers
-(``kernels.mlp._dense_tile``), and only the distribution inputs, actions, logp (and value)
-are written. Weights are packed once per weight version by the host plan into one
-[L, D, D] buffer (transposed, zero-padded; see ``kernels.mlp.pack_mlp``); layer indices are
-constexpr, so every layer loop is unrolled.
+value head). Here each observation row is read once and only the distribution inputs,
+actions, logp (and value) are written. Weights are packed once per weight version by the host
+plan into one [L, D, D] buffer (transposed, zero-padded; ``kernels.mlp.pack_mlp``); layer
+indices are constexpr, so the layer loops are unrolled. Two variants:
+
+- ``_policy_step_fwd_kernel`` (D <= 64): every activation tile stays in registers.
+- ``_policy_step_staged_fwd_kernel`` (D <= 256, e.g. RLlib's default [256, 256]): hidden
+  layers are tiled GEMMs through this program's four scratch slots (L1/L2-resident, written
+  and re-read by the same CTA), the head outputs come back into registers for the sampling.
 
 RNG: the counters are those of ``kernels.sampling`` (row * NL + column for categorical logits,
 row * A + column for Gaussian noise), so for the same seed tensor the fused step draws exactly
@@ -23,64 +27,21 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .mlp import _dense_tile, _load_rows
+from .mlp import _dense_staged, _dense_tile, _load_rows
 from .sampling import _categorical_row_block
 
 DIST_CODES = {"categorical": 0, "multi_categorical": 1, "diag_gaussian": 2}
 
 
 @triton.jit
-def _layers(h0, h1, w_ptr, b_ptr, FIRST: tl.constexpr, N: tl.constexpr, ACT: tl.constexpr,
-            DH: tl.constexpr, D: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr):
-    for l in tl.static_range(N):
-        h0, h1 = _dense_tile(h0, h1, w_ptr + (FIRST + l) * D * D, b_ptr + (FIRST + l) * D,
-                             DH, D, SPLIT, ACT, PRECISION)
-    return h0, h1
+def _policy_tail(out, ls, rows, row_ok, cols, seed, seg_ptr, dist_ptr, act_ptr, logp_ptr, flag_ptr,
+                 NL, A, log_std_clip, DIST: tl.constexpr, NSEG: tl.constexpr, CLIP: tl.constexpr,
+                 DETERMINISTIC: tl.constexpr, BLOCK_B: tl.constexpr, NP: tl.constexpr):
+    """Distribution inputs -> stores of dist, actions, logp; non-finite inputs set flag.
 
-
-@triton.jit
-def _policy_step_fwd_kernel(
-    x_ptr, xc_ptr, w_ptr, b_ptr, logstd_ptr, seg_ptr, seed_ptr,
-    dist_ptr, act_ptr, logp_ptr, value_ptr, flag_ptr,
-    B, I, IC, NL, A, log_std_clip,
-    stride_xb, stride_xi, stride_cb, stride_ci,
-    N_ENC: tl.constexpr, PI0: tl.constexpr, N_PI_HID: tl.constexpr, PI_OUT: tl.constexpr,
-    PI_LS: tl.constexpr, C0: tl.constexpr, N_CRIT: tl.constexpr, V0: tl.constexpr,
-    N_VF_HID: tl.constexpr, VF_OUT: tl.constexpr,
-    ENC_ACT: tl.constexpr, CRIT_ACT: tl.constexpr, HEAD_ACT: tl.constexpr,
-    DIST: tl.constexpr, NSEG: tl.constexpr, FREE_LOG_STD: tl.constexpr, CLIP: tl.constexpr,
-    SHARED: tl.constexpr, COMPUTE_VALUE: tl.constexpr, DETERMINISTIC: tl.constexpr,
-    D: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
-):
-    """x [B, I] -> dist [B, NL or 2A], actions [B, A] (int64) or [B, A] float, logp [B],
-    value [B] (COMPUTE_VALUE); critic input xc [B, IC] when not SHARED."""
-    DH: tl.constexpr = D // SPLIT
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    cols = tl.arange(0, DH)
-
-    # actor encoder -> latent (kept for a shared value head)
-    h0 = _load_rows(x_ptr, rows, B, I, stride_xb, stride_xi, 0, DH)
-    h1 = h0
-    if SPLIT == 2:
-        h1 = _load_rows(x_ptr, rows, B, I, stride_xb, stride_xi, DH, DH)
-    h0, h1 = _layers(h0, h1, w_ptr, b_ptr, 0, N_ENC, ENC_ACT, DH, D, SPLIT, PRECISION)
-    lat0, lat1 = h0, h1
-
-    # pi head
-    p0, p1 = _layers(h0, h1, w_ptr, b_ptr, PI0, N_PI_HID, HEAD_ACT, DH, D, SPLIT, PRECISION)
-    out, _u = _dense_tile(p0, p1, w_ptr + PI_OUT * D * D, b_ptr + PI_OUT * D, DH, D, SPLIT, 0,
-                          PRECISION)
-    seed = tl.load(seed_ptr)
+    out: [BLOCK_B, NP] logits (categorical) or means (Gaussian); ls: [BLOCK_B, NP] log-stds."""
     if DIST == 2:
         valid = row_ok[:, None] & (cols[None, :] < A)
-        if FREE_LOG_STD:
-            ls = tl.zeros((BLOCK_B, DH), dtype=tl.float32) + tl.load(
-                logstd_ptr + cols, mask=cols < A, other=0.0).to(tl.float32)[None, :]
-        else:
-            ls, _u = _dense_tile(p0, p1, w_ptr + PI_LS * D * D, b_ptr + PI_LS * D, DH, D, SPLIT, 0,
-                                 PRECISION)
         if CLIP:
             ls = tl.minimum(tl.maximum(ls, -log_std_clip), log_std_clip)
         bad = valid & ((out != out) | (tl.abs(out) == float("inf"))
@@ -89,13 +50,12 @@ def _policy_step_fwd_kernel(
         tl.store(dbase + cols[None, :], out, mask=valid)
         tl.store(dbase + A + cols[None, :], ls, mask=valid)
         if DETERMINISTIC:
-            eps = tl.zeros((BLOCK_B, DH), dtype=tl.float32)
+            eps = tl.zeros((BLOCK_B, NP), dtype=tl.float32)
         else:
             eps = tl.randn(seed, rows[:, None] * A + cols[None, :])
         act = out + tl.exp(ls) * eps
         lp = tl.sum(tl.where(valid, -0.5 * eps * eps - ls - 0.9189385332046727, 0.0), axis=1)
         tl.store(act_ptr + rows[:, None] * A + cols[None, :], act, mask=valid)
-        tl.store(logp_ptr + rows, lp, mask=row_ok)
     else:
         valid = row_ok[:, None] & (cols[None, :] < NL)
         bad = valid & ((out != out) | (tl.abs(out) == float("inf")))
@@ -115,38 +75,210 @@ def _policy_step_fwd_kernel(
                                                          DETERMINISTIC)
                 lp += lps
                 tl.store(act_ptr + rows * NSEG + s, (a - lo).to(tl.int64), mask=row_ok)
-        tl.store(logp_ptr + rows, lp, mask=row_ok)
+    tl.store(logp_ptr + rows, lp, mask=row_ok)
     tl.atomic_max(flag_ptr, tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0))
 
-    # value head (on the shared latent, or through the critic encoder)
+
+@triton.jit
+def _layers(h, w_ptr, b_ptr, FIRST: tl.constexpr, N: tl.constexpr, ACT: tl.constexpr,
+            D: tl.constexpr, PRECISION: tl.constexpr):
+    for l in tl.static_range(N):
+        h = _dense_tile(h, w_ptr + (FIRST + l) * D * D, b_ptr + (FIRST + l) * D, D, ACT, PRECISION)
+    return h
+
+
+@triton.jit
+def _policy_step_fwd_kernel(
+    x_ptr, xc_ptr, w_ptr, b_ptr, dims_ptr, scratch_ptr, logstd_ptr, seg_ptr, seed_ptr,
+    dist_ptr, act_ptr, logp_ptr, value_ptr, flag_ptr,
+    B, I, IC, NL, A, log_std_clip,
+    stride_xb, stride_xi, stride_cb, stride_ci,
+    N_ENC: tl.constexpr, PI0: tl.constexpr, N_PI_HID: tl.constexpr, PI_OUT: tl.constexpr,
+    PI_LS: tl.constexpr, C0: tl.constexpr, N_CRIT: tl.constexpr, V0: tl.constexpr,
+    N_VF_HID: tl.constexpr, VF_OUT: tl.constexpr,
+    ENC_ACT: tl.constexpr, CRIT_ACT: tl.constexpr, HEAD_ACT: tl.constexpr,
+    DIST: tl.constexpr, NSEG: tl.constexpr, FREE_LOG_STD: tl.constexpr, CLIP: tl.constexpr,
+    SHARED: tl.constexpr, COMPUTE_VALUE: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    D: tl.constexpr, NP: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+    BN: tl.constexpr, BK: tl.constexpr, VF_SLOT: tl.constexpr,
+):
+    """Register-tile variant (D <= 64): x [B, I] -> dist [B, NL | 2A], actions, logp [B],
+    value [B] (COMPUTE_VALUE); critic input xc [B, IC] when not SHARED. (dims_ptr, scratch_ptr,
+    NP, BN, BK, VF_SLOT: unused here, shared signature with the staged variant.)"""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    cols = tl.arange(0, D)
+    h = _load_rows(x_ptr, rows, B, I, stride_xb, stride_xi, D)
+    lat = _layers(h, w_ptr, b_ptr, 0, N_ENC, ENC_ACT, D, PRECISION)
+    p = _layers(lat, w_ptr, b_ptr, PI0, N_PI_HID, HEAD_ACT, D, PRECISION)
+    out = _dense_tile(p, w_ptr + PI_OUT * D * D, b_ptr + PI_OUT * D, D, 0, PRECISION)
+    if DIST == 2:
+        if FREE_LOG_STD:
+            ls = tl.zeros((BLOCK_B, D), dtype=tl.float32) + tl.load(
+                logstd_ptr + cols, mask=cols < A, other=0.0).to(tl.float32)[None, :]
+        else:
+            ls = _dense_tile(p, w_ptr + PI_LS * D * D, b_ptr + PI_LS * D, D, 0, PRECISION)
+    else:
+        ls = out
+    seed = tl.load(seed_ptr)
+    _policy_tail(out, ls, rows, row_ok, cols, seed, seg_ptr, dist_ptr, act_ptr, logp_ptr, flag_ptr,
+                 NL, A, log_std_clip, DIST, NSEG, CLIP, DETERMINISTIC, BLOCK_B, D)
     if COMPUTE_VALUE:
         if SHARED:
-            v0, v1 = lat0, lat1
+            v = lat
         else:
-            v0 = _load_rows(xc_ptr, rows, B, IC, stride_cb, stride_ci, 0, DH)
-            v1 = v0
-            if SPLIT == 2:
-                v1 = _load_rows(xc_ptr, rows, B, IC, stride_cb, stride_ci, DH, DH)
-            v0, v1 = _layers(v0, v1, w_ptr, b_ptr, C0, N_CRIT, CRIT_ACT, DH, D, SPLIT, PRECISION)
-        v0, v1 = _layers(v0, v1, w_ptr, b_ptr, V0, N_VF_HID, HEAD_ACT, DH, D, SPLIT, PRECISION)
-        vo, _u = _dense_tile(v0, v1, w_ptr + VF_OUT * D * D, b_ptr + VF_OUT * D, DH, D, SPLIT, 0,
-                             PRECISION)
-        tl.store(value_ptr + rows, tl.sum(tl.where(cols[None, :] == 0, vo, 0.0), axis=1),
-                 mask=row_ok)
+            v = _load_rows(xc_ptr, rows, B, IC, stride_cb, stride_ci, D)
+            v = _layers(v, w_ptr, b_ptr, C0, N_CRIT, CRIT_ACT, D, PRECISION)
+        v = _layers(v, w_ptr, b_ptr, V0, N_VF_HID, HEAD_ACT, D, PRECISION)
+        vo = _dense_tile(v, w_ptr + VF_OUT * D * D, b_ptr + VF_OUT * D, D, 0, PRECISION)
+        tl.store(value_ptr + rows, tl.sum(tl.where(cols[None, :] == 0, vo, 0.0), axis=1), mask=row_ok)
+
+
+@triton.jit
+def _dense_to_regs(src_ptr, s_b, s_k, src_rows, src_ok, K, w_ptr, b_ptr,
+                   D: tl.constexpr, NP: tl.constexpr, PRECISION: tl.constexpr,
+                   BLOCK_B: tl.constexpr, BK: tl.constexpr):
+    """A head's output layer into registers: src[:, :K] @ w[:K, :NP] + b[:NP] -> [BLOCK_B, NP]."""
+    rk = tl.arange(0, BK)
+    rn = tl.arange(0, NP)
+    acc = tl.zeros((BLOCK_B, NP), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        kk = k0 + rk
+        a = tl.load(src_ptr + src_rows[:, None] * s_b + kk[None, :] * s_k,
+                    mask=src_ok[:, None] & (kk[None, :] < K), other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + kk[:, None] * D + rn[None, :])
+        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+    return acc + tl.load(b_ptr + rn)[None, :]
+
+
+@triton.jit
+def _staged_chain(src, s_b, s_k, src_rows, src_ok, K0, scr, local, all_rows, w_ptr, b_ptr, dims_ptr,
+                  FIRST: tl.constexpr, N: tl.constexpr, SLOT0: tl.constexpr, ACT: tl.constexpr,
+                  D: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+                  BN: tl.constexpr, BK: tl.constexpr):
+    """N staged layers from src (K0 input columns) ping-ponging through slots SLOT0, SLOT0 + 1.
+    The result is in slot SLOT0 + (N - 1) % 2 (nothing happens for N == 0)."""
+    for l in tl.static_range(N):
+        n_out = tl.load(dims_ptr + 2 * (FIRST + l) + 1)
+        dst = scr + (SLOT0 + l % 2) * BLOCK_B * D
+        if l == 0:
+            _dense_staged(src, s_b, s_k, src_rows, src_ok, K0, dst, D, local, all_rows, n_out,
+                          w_ptr + FIRST * D * D, b_ptr + FIRST * D, n_out,
+                          D, ACT, PRECISION, BLOCK_B, BN, BK)
+        else:
+            k_in = tl.load(dims_ptr + 2 * (FIRST + l))
+            _dense_staged(scr + (SLOT0 + (l - 1) % 2) * BLOCK_B * D, D, 1, local, all_rows, k_in,
+                          dst, D, local, all_rows, n_out,
+                          w_ptr + (FIRST + l) * D * D, b_ptr + (FIRST + l) * D, n_out,
+                          D, ACT, PRECISION, BLOCK_B, BN, BK)
+        tl.debug_barrier()
+
+
+@triton.jit
+def _policy_step_staged_fwd_kernel(
+    x_ptr, xc_ptr, w_ptr, b_ptr, dims_ptr, scratch_ptr, logstd_ptr, seg_ptr, seed_ptr,
+    dist_ptr, act_ptr, logp_ptr, value_ptr, flag_ptr,
+    B, I, IC, NL, A, log_std_clip,
+    stride_xb, stride_xi, stride_cb, stride_ci,
+    N_ENC: tl.constexpr, PI0: tl.constexpr, N_PI_HID: tl.constexpr, PI_OUT: tl.constexpr,
+    PI_LS: tl.constexpr, C0: tl.constexpr, N_CRIT: tl.constexpr, V0: tl.constexpr,
+    N_VF_HID: tl.constexpr, VF_OUT: tl.constexpr,
+    ENC_ACT: tl.constexpr, CRIT_ACT: tl.constexpr, HEAD_ACT: tl.constexpr,
+    DIST: tl.constexpr, NSEG: tl.constexpr, FREE_LOG_STD: tl.constexpr, CLIP: tl.constexpr,
+    SHARED: tl.constexpr, COMPUTE_VALUE: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    D: tl.constexpr, NP: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+    BN: tl.constexpr, BK: tl.constexpr, VF_SLOT: tl.constexpr,
+):
+    """Staged variant (D <= 256). dims: int32 [2L] = (K_pad, N_pad) per packed layer; scratch:
+    [programs, 4, BLOCK_B, D] f32. Slots 0/1: actor encoder; 2/3: pi hidden, then the critic
+    encoder; the value head's hidden layers use VF_SLOT, VF_SLOT + 1: the pair not holding
+    its input (2 when SHARED, else 0)."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    local = tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    all_rows = local < BLOCK_B
+    cols = tl.arange(0, NP)
+    scr = scratch_ptr + pid * (4 * BLOCK_B * D)
+
+    _staged_chain(x_ptr, stride_xb, stride_xi, rows, row_ok, I, scr, local, all_rows, w_ptr, b_ptr,
+                  dims_ptr, 0, N_ENC, 0, ENC_ACT, D, PRECISION, BLOCK_B, BN, BK)
+    if N_ENC == 0:
+        lat, lat_b, lat_k, lat_rows, lat_ok, lat_K = x_ptr, stride_xb, stride_xi, rows, row_ok, I
+    else:
+        lat, lat_b, lat_k, lat_rows, lat_ok = scr + ((N_ENC - 1) % 2) * BLOCK_B * D, D, 1, local, all_rows
+        lat_K = tl.load(dims_ptr + 2 * (N_ENC - 1) + 1)
+    _staged_chain(lat, lat_b, lat_k, lat_rows, lat_ok, lat_K, scr, local, all_rows, w_ptr, b_ptr,
+                  dims_ptr, PI0, N_PI_HID, 2, HEAD_ACT, D, PRECISION, BLOCK_B, BN, BK)
+    if N_PI_HID == 0:
+        p, p_b, p_k, p_rows, p_ok, p_K = lat, lat_b, lat_k, lat_rows, lat_ok, lat_K
+    else:
+        p, p_b, p_k, p_rows, p_ok = scr + (2 + (N_PI_HID - 1) % 2) * BLOCK_B * D, D, 1, local, all_rows
+        p_K = tl.load(dims_ptr + 2 * (PI0 + N_PI_HID - 1) + 1)
+    out = _dense_to_regs(p, p_b, p_k, p_rows, p_ok, p_K, w_ptr + PI_OUT * D * D, b_ptr + PI_OUT * D,
+                         D, NP, PRECISION, BLOCK_B, BK)
+    if DIST == 2:
+        if FREE_LOG_STD:
+            ls = tl.zeros((BLOCK_B, NP), dtype=tl.float32) + tl.load(
+                logstd_ptr + cols, mask=cols < A, other=0.0).to(tl.float32)[None, :]
+        else:
+            ls = _dense_to_regs(p, p_b, p_k, p_rows, p_ok, p_K, w_ptr + PI_LS * D * D,
+                                b_ptr + PI_LS * D, D, NP, PRECISION, BLOCK_B, BK)
+    else:
+        ls = out
+    seed = tl.load(seed_ptr)
+    _policy_tail(out, ls, rows, row_ok, cols, seed, seg_ptr, dist_ptr, act_ptr, logp_ptr, flag_ptr,
+                 NL, A, log_std_clip, DIST, NSEG, CLIP, DETERMINISTIC, BLOCK_B, NP)
+
+    if COMPUTE_VALUE:
+        tl.debug_barrier()  # the pi head's reads of slots 2/3 are done before they are rewritten
+        if SHARED:
+            v, v_b, v_k, v_rows, v_ok, v_K = lat, lat_b, lat_k, lat_rows, lat_ok, lat_K
+        else:
+            _staged_chain(xc_ptr, stride_cb, stride_ci, rows, row_ok, IC, scr, local, all_rows,
+                          w_ptr, b_ptr, dims_ptr, C0, N_CRIT, 2, CRIT_ACT, D, PRECISION,
+                          BLOCK_B, BN, BK)
+            if N_CRIT == 0:
+                v, v_b, v_k, v_rows, v_ok, v_K = xc_ptr, stride_cb, stride_ci, rows, row_ok, IC
+            else:
+                v, v_b, v_k, v_rows, v_ok = scr + (2 + (N_CRIT - 1) % 2) * BLOCK_B * D, D, 1, local, all_rows
+                v_K = tl.load(dims_ptr + 2 * (C0 + N_CRIT - 1) + 1)
+        _staged_chain(v, v_b, v_k, v_rows, v_ok, v_K, scr, local, all_rows, w_ptr, b_ptr,
+                      dims_ptr, V0, N_VF_HID, VF_SLOT, HEAD_ACT, D, PRECISION, BLOCK_B, BN, BK)
+        if N_VF_HID > 0:
+            v, v_b, v_k, v_rows, v_ok = scr + (VF_SLOT + (N_VF_HID - 1) % 2) * BLOCK_B * D, D, 1, local, all_rows
+            v_K = tl.load(dims_ptr + 2 * (V0 + N_VF_HID - 1) + 1)
+        vo = _dense_to_regs(v, v_b, v_k, v_rows, v_ok, v_K, w_ptr + VF_OUT * D * D,
+                            b_ptr + VF_OUT * D, D, 16, PRECISION, BLOCK_B, BK)
+        c16 = tl.arange(0, 16)
+        tl.store(value_ptr + rows, tl.sum(tl.where(c16[None, :] == 0, vo, 0.0), axis=1), mask=row_ok)
 
 
 # ----------------------------------------------------------------------------- host launcher
 
-def policy_step(x, xc, w_packed, b_packed, meta: dict, *, seed, log_std=None, seg=None,
-                deterministic: bool = False, compute_value: bool = False, out=None):
-    """Launch ``_policy_step_fwd_kernel``.
+def layer_dims(weights, device):
+    """int32 [2L]: (K_pad, N_pad) of every packed layer, rounded up to multiples of 16."""
+    import torch
+
+    vals = []
+    for w in weights:
+        vals += [(int(w.shape[1]) + 15) // 16 * 16, (int(w.shape[0]) + 15) // 16 * 16]
+    return torch.tensor(vals, dtype=torch.int32, device=device)
+
+
+def policy_step(x, xc, w_packed, b_packed, dims, meta: dict, *, seed, log_std=None, seg=None,
+                deterministic: bool = False, compute_value: bool = False):
+    """Launch the policy kernel (register variant for D <= REG_MAX_WIDTH, staged otherwise).
 
     ``meta``: the constexpr layer table and sizes built by the host plan (keys N_ENC, PI0,
-    N_PI_HID, PI_OUT, PI_LS, C0, N_CRIT, V0, N_VF_HID, VF_OUT, ENC_ACT, CRIT_ACT, HEAD_ACT, DIST, NSEG,
-    FREE_LOG_STD, CLIP, SHARED, D, SPLIT, NL, A, log_std_clip, PRECISION).
+    N_PI_HID, PI_OUT, PI_LS, C0, N_CRIT, V0, N_VF_HID, VF_OUT, ENC_ACT, CRIT_ACT, HEAD_ACT, DIST,
+    NSEG, FREE_LOG_STD, CLIP, SHARED, D, NL, A, log_std_clip, PRECISION).
     Returns (dist [B, NL | 2A] f32, actions, logp [B] f32, value [B] f32 or None, flag [1] i32).
     """
     import torch
+
+    from .mlp import REG_MAX_WIDTH
 
     B, I = x.shape
     dev = x.device
@@ -165,10 +297,20 @@ def policy_step(x, xc, w_packed, b_packed, meta: dict, *, seed, log_std=None, se
     if B == 0:
         return dist, actions, logp, value, flag
     xc = x if xc is None else xc
-    D, split = meta["D"], meta["SPLIT"]
-    block_b = min(32 if D * split > 128 else 64, max(16, triton.next_power_of_2(B)))
-    _policy_step_fwd_kernel[(triton.cdiv(B, block_b),)](
-        x, xc, w_packed, b_packed, log_std if log_std is not None else flag,
+    D = meta["D"]
+    staged = D > REG_MAX_WIDTH
+    # 32 rows: the D=64 register variant then needs ~200 registers/thread with no spill (sm_90)
+    block_b = min(32, max(16, triton.next_power_of_2(B)))
+    grid = (triton.cdiv(B, block_b),)
+    if staged:
+        kernel = _policy_step_staged_fwd_kernel
+        scratch = torch.empty((grid[0], 4, block_b, D), dtype=torch.float32, device=dev)
+        NP = max(16, triton.next_power_of_2(A if dist_code == 2 else NL))
+    else:
+        kernel = _policy_step_fwd_kernel
+        scratch, NP = flag, D
+    kernel[grid](
+        x, xc, w_packed, b_packed, dims, scratch, log_std if log_std is not None else flag,
         seg if seg is not None else flag, seed,
         dist, actions, logp, value if value is not None else logp, flag,
         B, I, xc.shape[1], NL, A, float(meta["log_std_clip"]),
@@ -179,7 +321,7 @@ def policy_step(x, xc, w_packed, b_packed, meta: dict, *, seed, log_std=None, se
         ENC_ACT=meta["ENC_ACT"], CRIT_ACT=meta["CRIT_ACT"], HEAD_ACT=meta["HEAD_ACT"],
         DIST=dist_code, NSEG=meta["NSEG"], FREE_LOG_STD=meta["FREE_LOG_STD"], CLIP=meta["CLIP"],
         SHARED=meta["SHARED"], COMPUTE_VALUE=bool(compute_value),
-        DETERMINISTIC=bool(deterministic), D=D, SPLIT=split, PRECISION=meta["PRECISION"],
-        BLOCK_B=block_b, num_warps=4 if D <= 64 else 8,
+        DETERMINISTIC=bool(deterministic), D=D, NP=NP, PRECISION=meta["PRECISION"],
+        BLOCK_B=block_b, BN=min(64, D), BK=32, VF_SLOT=2 if meta["SHARED"] else 0, num_warps=4,
     )
     return dist, actions, logp, value, flag

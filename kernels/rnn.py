@@ -121,13 +121,15 @@ def _gru_step_fwd_kernel(
 
 # ----------------------------------------------------------------------------- host launchers
 
-def _p2(n: int, cap: int) -> int:
-    return min(cap, max(16, triton.next_power_of_2(max(int(n), 1))))
-
-
 def _grid_blocks(B: int, I: int, H: int):
-    bb, bh = _p2(B, 32), _p2(H, 64)
-    return bb, bh, _p2(I, 64), _p2(H, 64), (triton.cdiv(B, bb), triton.cdiv(H, bh))
+    """(BLOCK_B, BLOCK_H, BLOCK_KI, BLOCK_KH, grid, num_warps). Both configurations are free of
+    register spills on sm_90 with tf32x3 (AOT-compiled: 16x32x32/4 warps -> 188 registers,
+    32x64x32/8 warps -> 252 registers)."""
+    if B >= 32 and H >= 64:
+        bb, bh, nw = 32, 64, 8
+    else:
+        bb, bh, nw = 16, 32, 4
+    return bb, bh, 32, 32, (triton.cdiv(B, bb), triton.cdiv(H, bh)), nw
 
 
 def lstm_step(x, h, c, w_ih, w_hh, b, precision: str = "ieee"):
@@ -140,14 +142,14 @@ def lstm_step(x, h, c, w_ih, w_hh, b, precision: str = "ieee"):
     c_out = torch.empty((B, H), dtype=c.dtype, device=x.device)
     if B == 0 or H == 0:
         return h_out, c_out
-    bb, bh, bki, bkh, grid = _grid_blocks(B, I, H)
+    bb, bh, bki, bkh, grid, nw = _grid_blocks(B, I, H)
     _lstm_step_fwd_kernel[grid](
         x, h, c, w_ih, w_hh, b if b is not None else x, h_out, c_out, B, I, H,
         x.stride(0), x.stride(1), h.stride(0), h.stride(1), c.stride(0), c.stride(1),
         w_ih.stride(0), w_ih.stride(1), w_hh.stride(0), w_hh.stride(1),
         h_out.stride(0), h_out.stride(1),
         HAS_BIAS=b is not None, PRECISION=precision,
-        BLOCK_B=bb, BLOCK_H=bh, BLOCK_KI=bki, BLOCK_KH=bkh,
+        BLOCK_B=bb, BLOCK_H=bh, BLOCK_KI=bki, BLOCK_KH=bkh, num_warps=nw,
     )
     return h_out, c_out
 
@@ -161,7 +163,7 @@ def gru_step(x, h, w_ih, w_hh, b_ih, b_hh, precision: str = "ieee"):
     h_out = torch.empty((B, H), dtype=h.dtype, device=x.device)
     if B == 0 or H == 0:
         return h_out
-    bb, bh, bki, bkh, grid = _grid_blocks(B, I, H)
+    bb, bh, bki, bkh, grid, nw = _grid_blocks(B, I, H)
     _gru_step_fwd_kernel[grid](
         x, h, w_ih, w_hh, b_ih if b_ih is not None else x, b_hh if b_hh is not None else x,
         h_out, B, I, H,
@@ -169,6 +171,6 @@ def gru_step(x, h, w_ih, w_hh, b_ih, b_hh, precision: str = "ieee"):
         w_ih.stride(0), w_ih.stride(1), w_hh.stride(0), w_hh.stride(1),
         h_out.stride(0), h_out.stride(1),
         HAS_BIH=b_ih is not None, HAS_BHH=b_hh is not None, PRECISION=precision,
-        BLOCK_B=bb, BLOCK_H=bh, BLOCK_KI=bki, BLOCK_KH=bkh,
+        BLOCK_B=bb, BLOCK_H=bh, BLOCK_KI=bki, BLOCK_KH=bkh, num_warps=nw,
     )
     return h_out

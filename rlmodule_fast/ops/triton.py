@@ -2,9 +2,10 @@
 ``rlmodule_fast.kernels`` on CUDA tensors -- or on CPU tensors when the kernels were built
 under ``TRITON_INTERPRET=1`` (Triton's interpreter: slow, for tests on machines without a GPU).
 
-Numerics: every kernel computes in float32 (optionally TF32 matmuls on GPU, see
-``set_allow_tf32``); float16/bfloat16/float64 inputs are accepted and the outputs come back in
-the input's dtype. Samplers draw their Philox seed from torch's generator of the input's
+Numerics: every kernel computes in float32, matmuls as 3xTF32 on GPU by default (about float32
+accuracy on tensor cores; ``set_matmul_precision`` / ``set_allow_tf32``); float16/bfloat16/
+float64 inputs are accepted (float64 is computed in float32) and the outputs come back in the
+input's dtype. Samplers draw their Philox seed from torch's generator of the input's
 device (``torch.manual_seed`` reproduces a run). ``fused_mlp`` is differentiable (an autograd
 Function: Triton forward, torch backward); the samplers' logp is differentiable w.r.t. the
 inputs; ``lstm_step`` / ``gru_step`` are forward-only and refuse inputs that need a gradient.
@@ -12,6 +13,7 @@ inputs; ``lstm_step`` / ``gru_step`` are forward-only and refuse inputs that nee
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from typing import Optional, Sequence
 
@@ -22,13 +24,26 @@ from .reference import canonical_activation
 OPS: frozenset = frozenset({"fused_mlp", "sample_categorical", "sample_diag_gaussian",
                             "lstm_step", "gru_step"})
 
-_precision = "ieee"
+#: tl.dot input precision. "tf32x3" (default) splits each float32 operand into two TF32 parts
+#: and runs three tensor-core MMAs: about float32 accuracy at tensor-core speed. "ieee" is the
+#: exact FMA path (on sm_90 it spills registers badly), "tf32" one MMA (~1e-3 relative error).
+#: The interpreter ignores it (numpy float32 matmul).
+_precision = "tf32x3"
+PRECISIONS = ("tf32x3", "ieee", "tf32")
+
+
+def set_matmul_precision(precision: str) -> None:
+    """Choose the kernels' matmul precision: "tf32x3" (default), "ieee" or "tf32"."""
+    global _precision
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    _precision = precision
 
 
 def set_allow_tf32(flag: bool) -> None:
-    """Let the kernels' matmuls use TF32 on GPU (faster, ~1e-3 relative error). Default off."""
-    global _precision
-    _precision = "tf32" if flag else "ieee"
+    """Let the kernels' matmuls use plain TF32 on GPU (fastest, ~1e-3 relative error), or go
+    back to the default "tf32x3". Plans built before the call keep their precision."""
+    set_matmul_precision("tf32" if flag else "tf32x3")
 
 
 def _kernels():
@@ -211,6 +226,19 @@ class _PackCache:
 
 
 _pack_cache = _PackCache()
+_dims: dict = {}
+
+
+def _dims_cache(widths, device):
+    from ..kernels import mlp
+
+    key = (tuple(widths), str(device))
+    d = _dims.get(key)
+    if d is None:
+        if len(_dims) > 64:
+            _dims.clear()
+        d = _dims[key] = mlp.padded_dims(widths, device)
+    return d
 
 
 def _check_mlp_args(x, weights, biases):
@@ -325,9 +353,13 @@ def fused_mlp(x, weights: Sequence, biases: Sequence, activation: Optional[str] 
     widths = [x.shape[1]] + [w.shape[0] for w in weights]
     plan = mlp.fused_tile_plan(widths)
     if plan is not None:
-        D, split = plan
+        D, kind = plan
         wp, bp = _pack_cache.get(weights, biases, D)
-        y = mlp.fused_mlp_packed(x, wp, bp, widths[-1], hidden, out, split, _precision)
+        if kind == "regs":
+            y = mlp.fused_mlp_packed(x, wp, bp, widths[-1], hidden, out, _precision)
+        else:
+            dims = _dims_cache(widths, x.device)
+            y = mlp.fused_mlp_staged(x, wp, bp, dims, widths[-1], hidden, out, _precision)
     else:
         h = x
         for i, (w, b) in enumerate(zip(weights, biases)):
@@ -553,6 +585,7 @@ class TritonPolicyPlan:
         self._stamp = None
         self._packed = None
         self._lstm_bias = {}
+        self._lock = threading.Lock()
 
     # -- layout --------------------------------------------------------------------------
     def _params(self) -> list:
@@ -606,12 +639,13 @@ class TritonPolicyPlan:
             widths.append(self.critic.rnn.hidden_size if self.recurrent else self._obs_dim())
         plan = mlp.fused_tile_plan(widths)
         out_cols = self.A if self.dist == "diag_gaussian" else self.NL
-        if plan is not None and out_cols <= plan[0] // plan[1]:
+        if plan is not None and out_cols <= plan[0]:
             self.mode = "recurrent" if self.recurrent else "fused"
-            self.D, self.split = plan
+            self.D, self.kernel_kind = plan
+            self.dims = policy_step.layer_dims(ws, self.device)
         else:
             self.mode = "sequence"
-            self.D, self.split = None, None
+            self.D, self.kernel_kind, self.dims = None, None, None
         self.meta = dict(
             N_ENC=len(enc), PI0=pi0, N_PI_HID=len(self.pi) - 1, PI_OUT=pi_out, PI_LS=pi_ls,
             C0=c0, N_CRIT=len(crit), V0=v0, N_VF_HID=len(self.vf) - 1 if self.vf else 0,
@@ -620,7 +654,7 @@ class TritonPolicyPlan:
             DIST=policy_step.DIST_CODES[self.dist], NSEG=len(self.action_sizes),
             FREE_LOG_STD=self.free_log_std is not None,
             CLIP=self.dist == "diag_gaussian" and self.log_std_clip is not None,
-            SHARED=self.shared, D=self.D, SPLIT=self.split, NL=self.NL, A=self.A,
+            SHARED=self.shared, D=self.D, NL=self.NL, A=self.A,
             log_std_clip=float(self.log_std_clip or 0.0), PRECISION=_precision,
         )
 
@@ -637,11 +671,15 @@ class TritonPolicyPlan:
         stamp = tuple((p.data_ptr(), p._version) for p in self._param_list)
         if stamp == self._stamp:
             return
-        if self.mode != "sequence":
-            self._packed = mlp.pack_mlp(self._ws, self._bs, self.D, device=self.device,
-                                        out=self._packed)
-        self._lstm_bias = {}
-        self._stamp = stamp
+        with self._lock:  # steps from several threads: one repack, never a half-written buffer
+            if stamp == self._stamp:
+                return
+            packed = None
+            if self.mode != "sequence":
+                packed = mlp.pack_mlp(self._ws, self._bs, self.D, device=self.device)
+            self._packed = packed
+            self._lstm_bias = {}
+            self._stamp = stamp
 
     # -- pieces --------------------------------------------------------------------------
     @staticmethod
@@ -751,7 +789,7 @@ class TritonPolicyPlan:
             wp, bp = self._packed
             seed = None if deterministic else sampling.draw_seed(x.device)
             dist, actions, logp, value, flag = policy_step.policy_step(
-                x_actor, x_critic, wp, bp, self.meta, seed=seed if seed is not None else self.seg,
+                x_actor, x_critic, wp, bp, self.dims, self.meta, seed=seed if seed is not None else self.seg,
                 log_std=None if self.free_log_std is None else self.free_log_std.detach(),
                 seg=self.seg, deterministic=deterministic, compute_value=compute_value)
             out = {"action_dist_inputs": dist, "actions": actions, "action_logp": logp}
