@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import dispatch, fused_mlp
+
 _ACT_MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU}
 
 
@@ -60,12 +62,22 @@ class TorchMLP(nn.Module):
                 layers.append(_ACT_MODULES[act]())
         self.mlp = nn.Sequential(*layers)
         self.output_dim = dims[-1]
+        self._linears = [m for m in self.mlp if isinstance(m, nn.Linear)]
+        self._hidden_activation = hidden_activation
+        self._output_activation = self.activations[-1] if self.activations else "linear"
 
     @property
     def linears(self) -> list[nn.Linear]:
-        return [m for m in self.mlp if isinstance(m, nn.Linear)]
+        return list(self._linears)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._linears and dispatch.training_mlp_backend(x) == "triton":
+            # Differentiable fused kernel (Triton forward, autograd backward) over the same weights.
+            lead = x.shape[:-1]
+            y = fused_mlp(x.reshape(-1, x.shape[-1]), [m.weight for m in self._linears],
+                          [m.bias for m in self._linears], self._hidden_activation, self._output_activation,
+                          backend="triton")
+            return y.reshape(*lead, y.shape[-1])
         return self.mlp(x)
 
 

@@ -99,6 +99,14 @@ def choose(op: str, backend: str = "auto", example: Any = None) -> str:
     return "torch"
 
 
+def training_mlp_backend(example: Any) -> Optional[str]:
+    """"triton" when the torch MLP layers should run through Triton's differentiable fused MLP
+    for inputs like ``example`` (CUDA tensors, or RLMODULE_FAST_BACKEND=triton), else None (the
+    layers' own torch ops; the cpp backend has no backward, so training on CPU stays on torch)."""
+    name = choose("fused_mlp", "auto", example)
+    return name if name == "triton" else None
+
+
 def get(op: str, backend: str = "auto", example: Any = None) -> Callable:
     """The function implementing ``op`` on the chosen backend (see ``choose``)."""
     name = choose(op, backend, example)
