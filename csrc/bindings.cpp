@@ -54,8 +54,7 @@ void pack_linear(PackedLinear& L, const LayerDesc& d) {
 
 void pack_mlp(PackedMLP& m, const std::vector<LayerDesc>& layers, const std::vector<int>& acts) {
     RF_CHECK(layers.size() == acts.size(), "layers and activations differ in length");
-    m.layers.clear();
-    m.layers.resize(layers.size());
+    m.layers.resize(layers.size());  // existing layers keep their buffers (init only grows them)
     m.acts = acts;
     for (size_t i = 0; i < layers.size(); ++i) {
         pack_linear(m.layers[i], layers[i]);
@@ -141,11 +140,39 @@ PolicyNet build_policy(const py::dict& s) {
         pack_mlp(n.vf, s["vf"].cast<std::vector<LayerDesc>>(), s["vf_acts"].cast<std::vector<int>>());
         RF_CHECK(!n.vf.layers.empty() && n.vf.out_dim() == 1, "vf head must end in one output");
     }
+    // defensive shape checks (fastpath.py validates first): every pointer walk stays in bounds
+    auto in_of = [](const PackedMLP& m, int fallback) { return m.layers.empty() ? fallback : m.in_dim(); };
+    auto out_of = [](const PackedMLP& m, bool rnn_on, const PackedRNN& r, int in) {
+        int o = m.layers.empty() ? in : m.out_dim();
+        if (rnn_on) { RF_CHECK(r.I == o, "rnn input size differs from its mlp's output size"); o = r.H; }
+        return o;
+    };
+    RF_CHECK(in_of(n.actor_mlp, n.obs_dim) == n.obs_dim, "actor mlp input size differs from obs_dim");
+    if (n.actor_mlp.layers.empty() && n.actor_rnn_on) RF_CHECK(n.actor_rnn.I == n.obs_dim, "actor rnn input size differs from obs_dim");
+    const int lat_a = out_of(n.actor_mlp, n.actor_rnn_on, n.actor_rnn, n.obs_dim);
+    RF_CHECK(n.pi.in_dim() == lat_a, "pi input size differs from the actor latent size");
+    int lat_c = lat_a;
+    if (n.critic_on) {
+        RF_CHECK(in_of(n.critic_mlp, n.obs_dim) == n.obs_dim, "critic mlp input size differs from obs_dim");
+        lat_c = out_of(n.critic_mlp, n.critic_rnn_on, n.critic_rnn, n.obs_dim);
+    }
+    if (n.vf_on) RF_CHECK(n.vf.in_dim() == lat_c, "vf input size differs from the critic latent size");
     n.dist = s["dist"].cast<int>();
     n.action_sizes = s["action_sizes"].cast<std::vector<int>>();
     n.log_std_clip = s["log_std_clip"].cast<float>();
     n.free_log_std = s["free_log_std"].cast<std::vector<float>>();
     RF_CHECK(!n.action_sizes.empty(), "action_sizes is empty");
+    RF_CHECK(n.dist >= DIST_CATEGORICAL && n.dist <= DIST_DIAG_GAUSSIAN, "unknown dist code");
+    int want = 0;
+    for (int a : n.action_sizes) { RF_CHECK(a > 0, "action sizes must be positive"); want += a; }
+    if (n.dist == DIST_DIAG_GAUSSIAN) {
+        RF_CHECK(n.action_sizes.size() == 1, "diag_gaussian takes one action size");
+        want = 2 * n.action_sizes[0];
+    } else {
+        RF_CHECK(n.free_log_std.empty(), "free_log_std is for diag_gaussian only");
+        RF_CHECK(n.dist == DIST_MULTI_CATEGORICAL || n.action_sizes.size() == 1, "categorical takes one action size");
+    }
+    RF_CHECK(n.dist_dim() == want, "pi output (+ free_log_std) size differs from the distribution's input size");
     return n;
 }
 
@@ -166,7 +193,9 @@ struct PyPolicy {
         if (py::isinstance<py::array>(obs)) {
             auto arr = py::reinterpret_borrow<py::array>(obs);
             RF_CHECK(arr.dtype().is(py::dtype::of<float>()) && arr.ndim() == 2 && arr.shape(1) == net->obs_dim &&
-                         arr.strides(1) == sizeof(float) && arr.strides(0) % sizeof(float) == 0,
+                         (arr.shape(0) == 0 ||
+                          (arr.strides(1) == sizeof(float) && arr.strides(0) % sizeof(float) == 0 &&
+                           (arr.shape(0) == 1 || arr.strides(0) >= int64_t(sizeof(float)) * net->obs_dim))),
                      "obs: expected a float32 array [B, " + std::to_string(net->obs_dim) + "] with unit column stride");
             obs_p = static_cast<const float*>(arr.data());
             B = int(arr.shape(0));
@@ -276,7 +305,7 @@ PYBIND11_MODULE(_C, m) {
         RF_CHECK(!layers.empty() && layers.size() == acts.size(), "fused_mlp: layers/activations mismatch");
         RF_CHECK(std::get<2>(layers[0]) == I, "fused_mlp: input size mismatch");
         const KernelTable& kt = K();
-        if (B <= 4) {  // GEMV straight from nn.Linear layout: packing would cost more
+        if (B <= 12) {  // GEMV straight from nn.Linear layout: packing would cost more
             int maxp = NR;
             for (auto& l : layers) maxp = std::max(maxp, round_up(std::get<1>(l), NR));
             for (size_t i = 1; i < layers.size(); ++i)
@@ -296,7 +325,8 @@ PYBIND11_MODULE(_C, m) {
             }
             return;
         }
-        PackedMLP mlp;
+        // packed per call into this thread's reused buffers (no allocation, no page faults)
+        thread_local PackedMLP mlp;
         pack_mlp(mlp, layers, acts);
         py::gil_scoped_release nogil;
         kt.mlp_forward(mlp, P<const float>(x), ldx, B, P<float>(y), ldy);

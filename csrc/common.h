@@ -26,16 +26,21 @@ constexpr int ROW_BLOCK = 48;
 
 inline int round_up(int n, int m) { return (n + m - 1) / m * m; }
 
-// Splits B rows into nb blocks of at most ROW_BLOCK rows, as even as possible (multiples of 6
-// rows, the widest register tile), so that threads get equal work: block b covers
-// [b * rows_per, min(B, (b + 1) * rows_per)).
+// Splits B rows into blocks for the thread pool. Up to ROW_BLOCK rows: one block (the caller
+// runs it; waking a worker costs more than it saves). Beyond: about 4 blocks per thread, in
+// multiples of 6 rows (the widest register tile), 12..ROW_BLOCK rows each, taken dynamically,
+// so threads finish together. Block b covers [b * rows_per, min(B, (b + 1) * rows_per)).
+// (Block size does not change results: every row's math and RNG counter are independent.)
 struct RowSplit {
     int nb, rows_per;
-    explicit RowSplit(int B) {
-        nb = (B + ROW_BLOCK - 1) / ROW_BLOCK;
-        if (nb < 1) nb = 1;
-        rows_per = std::min(ROW_BLOCK, round_up((B + nb - 1) / nb, 6));
-        nb = (B + rows_per - 1) / rows_per;
+    RowSplit(int B, int threads) {
+        if (B <= ROW_BLOCK || threads <= 1) {
+            rows_per = ROW_BLOCK;
+        } else {
+            int target = (B + 4 * threads - 1) / (4 * threads);
+            rows_per = std::min(ROW_BLOCK, std::max(12, round_up(target, 6)));
+        }
+        nb = std::max(1, (B + rows_per - 1) / rows_per);
     }
     int start(int b) const { return b * rows_per; }
     int count(int b, int B) const { return std::min(rows_per, B - b * rows_per); }
@@ -77,20 +82,44 @@ struct MatView {
 struct PackedLinear {
     int K = 0, N = 0, P = 0;
     AlignedBuf w, b;
+    // Narrow layers (N <= NARROW_N, e.g. a policy's logits) also keep W row-major [N][K]:
+    // a row of outputs is then N dot products, not a 32-wide panel of mostly zero columns.
+    static constexpr int NARROW_N = 8;
+    AlignedBuf wr;
+    bool narrow() const { return N <= NARROW_N; }
     void init(int K_, int N_) {
         K = K_; N = N_; P = (N + NR - 1) / NR;
         w.resize(size_t(P) * K * NR);
         b.resize(size_t(P) * NR);
         std::memset(w.p, 0, sizeof(float) * size_t(P) * K * NR);
         std::memset(b.p, 0, sizeof(float) * size_t(P) * NR);
+        if (narrow()) {
+            wr.resize(size_t(N) * K);
+            std::memset(wr.p, 0, sizeof(float) * size_t(N) * K);
+        }
     }
     // Copies rows of W (an [n, k] block, nn.Linear layout) to output rows n0.., input cols k0..
     void put_weight(const MatView& W, int n0, int k0) {
-        for (int n = 0; n < W.rows; ++n) {
-            int on = n0 + n, q = on / NR, j = on % NR;
-            float* dst = w.p + size_t(q) * K * NR + j;
-            for (int k = 0; k < W.cols; ++k) dst[size_t(k0 + k) * NR] = W.at(n, k);
+        // blocked transpose: 32 output rows (one panel) x 64 inputs at a time stay in L1
+        constexpr int KB = 64;
+        for (int nb = 0; nb < W.rows; nb += NR) {
+            const int ne = std::min(W.rows, nb + NR);
+            for (int kb = 0; kb < W.cols; kb += KB) {
+                const int ke = std::min(W.cols, kb + KB);
+                for (int n = nb; n < ne; ++n) {
+                    int on = n0 + n, q = on / NR, j = on % NR;
+                    float* dst = w.p + size_t(q) * K * NR + j;
+                    const float* src = W.p + n * W.s0;
+                    if (W.s1 == 1)
+                        for (int k = kb; k < ke; ++k) dst[size_t(k0 + k) * NR] = src[k];
+                    else
+                        for (int k = kb; k < ke; ++k) dst[size_t(k0 + k) * NR] = W.at(n, k);
+                }
+            }
         }
+        if (narrow())
+            for (int n = 0; n < W.rows; ++n)
+                for (int k = 0; k < W.cols; ++k) wr.p[size_t(n0 + n) * K + k0 + k] = W.at(n, k);
     }
     void add_bias(const float* bias, int64_t stride, int count, int n0) {
         if (!bias) return;

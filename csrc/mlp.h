@@ -69,10 +69,65 @@ static RF_T void tail_rows(const float* X, int64_t ldx, const PackedLinear& L, f
     tile_row<MR, NP_TAIL>(X, ldx, L, Y, ldy, act);
 }
 
+// Narrow layer (N <= 8): per row, N dot products along K (vector accumulators, one per output),
+// then bias and activation over the padded row. Two rows at a time share the weight loads.
+template <int N>
+static RF_T void gemm_narrow_n(const float* X, int64_t ldx, int rows, const PackedLinear& L, float* Y, int64_t ldy, int act) {
+    const int K = L.K;
+    const int kv = K / V::W * V::W;
+    int r = 0;
+    for (; r < rows; r += 2) {
+        const bool two = r + 1 < rows;
+        const float* x0 = X + r * ldx;
+        const float* x1 = two ? x0 + ldx : x0;
+        reg a0[N], a1[N];
+        for (int n = 0; n < N; ++n) { a0[n] = V::zero(); a1[n] = V::zero(); }
+        for (int k = 0; k < kv; k += V::W) {
+            reg xv0 = V::load(x0 + k), xv1 = V::load(x1 + k);
+            for (int n = 0; n < N; ++n) {
+                reg w = V::load(L.wr.p + size_t(n) * K + k);
+                a0[n] = V::fmadd(xv0, w, a0[n]);
+                a1[n] = V::fmadd(xv1, w, a1[n]);
+            }
+        }
+        for (int q = 0; q < (two ? 2 : 1); ++q) {
+            const float* xr = q ? x1 : x0;
+            float* y = Y + (r + q) * ldy;
+            alignas(64) float t[V::W];
+            for (int n = 0; n < N; ++n) {
+                V::store(t, q ? a1[n] : a0[n]);
+                float s = 0.0f;
+                for (int i = 0; i < V::W; ++i) s += t[i];
+                for (int k = kv; k < K; ++k) s += xr[k] * L.wr.p[size_t(n) * K + k];
+                y[n] = s + L.b.p[n];
+            }
+            for (int i = N; i < NR; ++i) y[i] = 0.0f;
+            act_inplace(y, NR, act);
+        }
+    }
+}
+
+static RF_T void gemm_narrow(const float* X, int64_t ldx, int rows, const PackedLinear& L, float* Y, int64_t ldy, int act) {
+    switch (L.N) {
+        case 1: gemm_narrow_n<1>(X, ldx, rows, L, Y, ldy, act); break;
+        case 2: gemm_narrow_n<2>(X, ldx, rows, L, Y, ldy, act); break;
+        case 3: gemm_narrow_n<3>(X, ldx, rows, L, Y, ldy, act); break;
+        case 4: gemm_narrow_n<4>(X, ldx, rows, L, Y, ldy, act); break;
+        case 5: gemm_narrow_n<5>(X, ldx, rows, L, Y, ldy, act); break;
+        case 6: gemm_narrow_n<6>(X, ldx, rows, L, Y, ldy, act); break;
+        case 7: gemm_narrow_n<7>(X, ldx, rows, L, Y, ldy, act); break;
+        default: gemm_narrow_n<8>(X, ldx, rows, L, Y, ldy, act); break;
+    }
+}
+
 // Y[rows, P*NR] (ldy >= P*NR) = act(X[rows, K] W^T + b). Columns past N come out as act(0) = 0.
 static RF_T void gemm_packed(const float* X, int64_t ldx, int rows, const PackedLinear& L,
                              float* Y, int64_t ldy, int act) {
     int r = 0;
+    if (L.narrow() && L.K >= 2 * V::W) {
+        gemm_narrow(X, ldx, rows, L, Y, ldy, act);
+        return;
+    }
     if (rows == 1) {
         tile_row<1, NP_ONE>(X, ldx, L, Y, ldy, act);
         return;
@@ -127,7 +182,7 @@ static RF_T void mlp_rows(const PackedMLP& mlp, const float* X, int64_t ldx, int
 // blocks spread over the thread pool.
 static RF_T void mlp_forward(const PackedMLP& mlp, const float* X, int64_t ldx, int B, float* Y, int64_t ldy) {
     if (mlp.layers.empty() || B <= 0) return;
-    const RowSplit sp(B);
+    const RowSplit sp(B, ThreadPool::get().threads());
     if (sp.nb == 1) { mlp_rows(mlp, X, ldx, 0, B, Y, ldy); return; }
     ThreadPool::get().run(sp.nb, [&](int b) { mlp_rows(mlp, X, ldx, sp.start(b), sp.count(b, B), Y, ldy); });
 }

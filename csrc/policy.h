@@ -103,7 +103,7 @@ static RF_T int64_t policy_rows(const PolicyNet& net, const StepIO& io, int r0, 
 // The whole batch; row blocks spread over the thread pool. Same return as policy_rows.
 static RF_T int64_t policy_step(const PolicyNet& net, const StepIO& io) {
     if (io.B <= 0) return 0;
-    const RowSplit sp(io.B);
+    const RowSplit sp(io.B, ThreadPool::get().threads());
     if (sp.nb == 1) return policy_rows(net, io, 0, io.B);
     std::atomic<int64_t> err{0};
     ThreadPool::get().run(sp.nb, [&](int b) {

@@ -84,7 +84,7 @@ static RF_T void rnn_forward(const PackedRNN& R, const float* X, int64_t ldx, in
                              const float* h, int64_t ldh, const float* c, int64_t ldc,
                              float* h_out, int64_t ldho, float* c_out, int64_t ldco) {
     if (B <= 0) return;
-    const RowSplit sp(B);
+    const RowSplit sp(B, ThreadPool::get().threads());
     if (sp.nb == 1) { rnn_rows(R, X, ldx, 0, B, h, ldh, c, ldc, h_out, ldho, c_out, ldco); return; }
     ThreadPool::get().run(sp.nb, [&](int b) {
         rnn_rows(R, X, ldx, sp.start(b), sp.count(b, B), h, ldh, c, ldc, h_out, ldho, c_out, ldco);

@@ -1,7 +1,8 @@
 // A small persistent thread pool for splitting a batch into row blocks. Torch-free.
 //
 // run(n, fn) calls fn(i) for i in [0, n), the caller working too. Workers spin briefly after a
-// job (~1000 pauses, tens of microseconds: back-to-back calls wake them cheaply), then sleep. An
+// job (a few microseconds: back-to-back calls wake them cheaply), then sleep, so that they
+// never hold a core that torch's own threads need. An
 // exception thrown by fn in any thread is rethrown in the caller once every block has stopped. Jobs never nest or queue: a second
 // caller that finds the pool busy (another Python thread stepping concurrently) simply runs its
 // blocks itself, so concurrent callers are always correct. Results must not depend on which
@@ -66,7 +67,10 @@ public:
             std::lock_guard<std::mutex> g(mu_);
             open_ = false;  // a worker waking from now on skips this job
         }
-        while (active_.load(std::memory_order_acquire) != 0) pause();
+        for (int s = 0; active_.load(std::memory_order_acquire) != 0; ++s) {
+            if (s < 256) pause();
+            else std::this_thread::yield();  // a preempted worker finishes its block sooner
+        }
         if (error_) {  // rethrown in the caller (a worker must never terminate the process)
             std::exception_ptr e = error_;
             error_ = nullptr;
@@ -76,6 +80,8 @@ public:
 
 private:
     ThreadPool() = default;
+    static constexpr int SPIN = 200;    // pauses a worker spins for the next job, then
+    static constexpr int YIELDS = 300;  // sched_yield polls (~100 us), then it sleeps
     static void pause() {
 #if defined(__x86_64__) || defined(__i386__)
         _mm_pause();
@@ -99,7 +105,10 @@ private:
         uint64_t seen = generation_.load();
         for (;;) {
             // spin ~tens of microseconds for the next job, then sleep
-            for (int s = 0; s < 1000 && generation_.load(std::memory_order_acquire) == seen; ++s) pause();
+            for (int s = 0; s < SPIN && generation_.load(std::memory_order_acquire) == seen; ++s) pause();
+            // then poll politely (yielding the core to anyone who wants it) before sleeping
+            for (int s = 0; s < YIELDS && generation_.load(std::memory_order_acquire) == seen; ++s)
+                std::this_thread::yield();
             std::unique_lock<std::mutex> g(mu_);
             cv_.wait(g, [&] { return generation_.load() != seen; });
             seen = generation_.load();

@@ -21,18 +21,25 @@ static RF_AI RF_T reg vexp(reg x) {
     return V::mul(y, V::pow2(fx));
 }
 
+// tanh as a 13/6 rational minimax approximation on [-7.9053, 7.9053] (the form Eigen uses):
+// max abs error 3.4e-7, relative 2.6e-7 near 0, |tanh| <= 1; ~13 FMAs and one divide.
 static RF_AI RF_T reg vtanh(reg x) {
-    reg a = V::min(V::set1(9.0f), V::abs(x));  // NaN-propagating order (see vexp)
-    reg e = vexp(V::add(a, a));
-    reg big = V::sub(V::set1(1.0f), V::div(V::set1(2.0f), V::add(e, V::set1(1.0f))));
-    // |x| < 0.125: odd Taylor series (error < 1e-10), avoids the cancellation above
-    reg a2 = V::mul(a, a);
-    reg p = V::set1(-17.0f / 315.0f);
-    p = V::fmadd(p, a2, V::set1(2.0f / 15.0f));
-    p = V::fmadd(p, a2, V::set1(-1.0f / 3.0f));
-    p = V::fmadd(V::mul(p, a2), a, a);
-    reg t = V::select_gt(a, V::set1(0.125f), big, p);
-    return V::xor_(t, V::signbit(x));
+    const float c = 7.90531110763549805f;
+    x = V::min(V::set1(c), V::max(V::set1(-c), x));  // NaN-propagating order (see vexp)
+    reg x2 = V::mul(x, x);
+    reg p = V::set1(-2.76076847742355e-16f);
+    p = V::fmadd(p, x2, V::set1(2.00018790482477e-13f));
+    p = V::fmadd(p, x2, V::set1(-8.60467152213735e-11f));
+    p = V::fmadd(p, x2, V::set1(5.12229709037114e-08f));
+    p = V::fmadd(p, x2, V::set1(1.48572235717979e-05f));
+    p = V::fmadd(p, x2, V::set1(6.37261928875436e-04f));
+    p = V::fmadd(p, x2, V::set1(4.89352455891786e-03f));
+    p = V::mul(p, x);
+    reg q = V::set1(1.19825839466702e-06f);
+    q = V::fmadd(q, x2, V::set1(1.18534705686654e-04f));
+    q = V::fmadd(q, x2, V::set1(2.26843463243900e-03f));
+    q = V::fmadd(q, x2, V::set1(4.89352518554385e-03f));
+    return V::div(p, q);
 }
 
 static RF_AI RF_T reg vsigmoid(reg x) {

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import operator
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
@@ -168,6 +169,10 @@ class PolicyPlan:
         self._sync_rng = cpp._sync_rng
         self._sync_threads = cpp.sync_threads
         self._repack()
+
+    def __reduce__(self):
+        """Pickle / deepcopy rebuild the plan from its layers (packed buffers never travel)."""
+        return (PolicyPlan, (self.layers, self.backend))
 
     # -- description ------------------------------------------------------------------------------
     def _validate(self, L: PolicyLayers) -> None:
@@ -420,7 +425,10 @@ class PolicyPlan:
         return out
 
 
-_PLAN_ATTR = "_rlmodule_fast_plans"
+# module -> {backend name: plan}; weak keys, so that plans never travel with a module that is
+# pickled or deep-copied (RLlib ships modules to env runners) and die with it
+_PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_PLANS_LOCK = threading.Lock()
 
 
 def plan_for(module, example) -> Optional[PolicyPlan]:
@@ -434,18 +442,17 @@ def plan_for(module, example) -> Optional[PolicyPlan]:
     name = forced or ("triton" if getattr(getattr(example, "device", None), "type", None) == "cuda" else "cpp")
     if name == "torch":
         return None
-    plans = module.__dict__.get(_PLAN_ATTR)
-    if plans is None:
-        plans = {}
-        module.__dict__[_PLAN_ATTR] = plans
-    plan = plans.get(name)
+    plans = _PLANS.get(module)
+    plan = plans.get(name) if plans is not None else None
     if plan is None:
         if dispatch._backend_module(name) is None:
             if forced:
                 raise RuntimeError(f"backend {name!r} is unavailable: {dispatch._status[name][1]}")
             return None
         plan = PolicyPlan(module.policy_layers(), backend=name)
-        plans[name] = plan
+        with _PLANS_LOCK:
+            plans = _PLANS.setdefault(module, {})
+            plan = plans.setdefault(name, plan)
     return plan
 
 

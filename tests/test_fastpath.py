@@ -2,6 +2,7 @@
 layers (nn.Linear / nn.LSTM / nn.GRU built by hand)."""
 from __future__ import annotations
 
+import copy
 import threading
 
 import numpy as np
@@ -72,7 +73,7 @@ def _enc_ref(E, x, st):
     x = _mlp_ref(E.mlp, x, E.activation, False)
     if E.rnn is None:
         return x, None
-    r = E.rnn.double()
+    r = copy.deepcopy(E.rnn).double()  # never touch the module the plan reads
     B, H = x.shape[0], r.hidden_size
     h = torch.zeros(1, B, H, dtype=torch.float64) if st is None else torch.as_tensor(st["h"]).double()[None]
     if isinstance(r, torch.nn.LSTM):
@@ -82,7 +83,6 @@ def _enc_ref(E, x, st):
     else:
         y, h2 = r(x[:, None], h)
         so = {"h": h2[0]}
-    E.rnn.float()
     return y[:, 0], so
 
 
@@ -215,6 +215,10 @@ def test_plan_stochastic_logp_numpy_and_fresh_outputs(name):
     _close(o4["action_dist_inputs"], want_d)
     o5 = plan.step(torch.from_numpy(obs).t().contiguous().t(), deterministic=True)
     _close(o5["action_dist_inputs"], want_d)
+    o6 = plan.step(np.broadcast_to(obs[:1], (4, 5)), deterministic=True)  # row stride 0
+    _close(o6["action_dist_inputs"], want_d[:1].expand(4, -1))
+    o7 = plan.step(obs[:0])  # empty batch
+    assert o7["action_dist_inputs"].shape == (0, want_d.shape[1]) and o7["actions"].shape[0] == 0
 
 
 def test_plan_out_buffers():
@@ -386,3 +390,72 @@ def test_plan_same_result_for_any_thread_count(B):
         for k in ("action_dist_inputs", "actions", "action_logp", "vf_preds"):
             assert torch.equal(o[k], outs[0][k]), k
         assert torch.equal(o["state_out"]["critic"]["c"], outs[0]["state_out"]["critic"]["c"])
+
+
+def test_plan_float64_module_and_concurrent_updates():
+    L = make_layers(rnn="gru", head=(7,))
+    mods = L.actor.mlp + L.pi + L.vf + [L.actor.rnn]
+    for m in mods:
+        m.double()
+    plan = PolicyPlan(L)
+    obs = torch.randn(60, 5, dtype=torch.float64)
+    want_d, want_v, _ = reference_step(L, obs)
+    out = plan.step(obs, deterministic=True, compute_value=True)
+    assert out["action_dist_inputs"].dtype == torch.float32  # the plan computes and returns float32
+    _close(out["action_dist_inputs"], want_d)
+    _close(out["vf_preds"], want_v)
+    # a thread stepping while the main thread updates weights in place: no crash, and once the
+    # updates stop the next step reflects the final weights
+    stop = threading.Event()
+    errors = []
+
+    def stepper():
+        try:
+            while not stop.is_set():
+                plan.step(obs, compute_value=True)
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    t = threading.Thread(target=stepper)
+    t.start()
+    with torch.no_grad():
+        for i in range(30):
+            for m in mods:
+                for p in m.parameters():
+                    p.mul_(0.99)
+    stop.set()
+    t.join()
+    assert not errors
+    want_d, want_v, _ = reference_step(L, obs)
+    out = plan.step(obs, deterministic=True, compute_value=True)
+    _close(out["action_dist_inputs"], want_d)
+    _close(out["vf_preds"], want_v)
+
+
+def test_plan_pickles_and_module_deepcopies():
+    import pickle
+
+    L = make_layers(rnn="lstm")
+    plan = PolicyPlan(L)
+    obs = torch.randn(3, 5)
+    want = plan.step(obs, deterministic=True)["action_dist_inputs"]
+    clone = pickle.loads(pickle.dumps(plan))
+    assert torch.equal(clone.step(obs, deterministic=True)["action_dist_inputs"], want)
+    assert torch.equal(copy.deepcopy(plan).step(obs, deterministic=True)["action_dist_inputs"], want)
+
+    class Mod(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.L = make_layers()
+            self.lins = torch.nn.ModuleList(self.L.actor.mlp + self.L.pi + self.L.vf)
+
+        def policy_layers(self):
+            return self.L
+
+    m = Mod()
+    p = plan_for(m, obs)
+    m2 = copy.deepcopy(m)  # the cached plan does not travel with the module
+    p2 = plan_for(m2, obs)
+    assert p2 is not p
+    torch.testing.assert_close(p2.step(obs, deterministic=True)["action_dist_inputs"],
+                               p.step(obs, deterministic=True)["action_dist_inputs"], rtol=0, atol=0)

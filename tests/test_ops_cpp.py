@@ -382,3 +382,14 @@ def test_fused_mlp_propagates_nan(act):
         y = rf.ops.fused_mlp(x, ws, bs, act, act, backend="cpp")
         r = ref.fused_mlp(x, ws, bs, act, act)
         assert torch.equal(torch.isnan(y), torch.isnan(r))
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("K", [64, 67, 130])
+def test_fused_mlp_narrow_output_layers(isa, K):
+    """Output layers of <= 8 units take the dot-product path: every N, K with and without tails."""
+    x = torch.randn(131, 5)
+    for N in (1, 2, 3, 7, 8, 9):
+        ws, bs = _mlp([5, K, N], seed=N)
+        for B in (5, 131):
+            _check_close(rf.ops.fused_mlp(x[:B], ws, bs, "tanh", "silu", backend="cpp"), x[:B], ws, bs, "tanh", "silu")

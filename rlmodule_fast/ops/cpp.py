@@ -6,6 +6,12 @@ input is converted to float32 on the way in and the float result converted back 
 the way out (so float64 results carry float32 precision). Rows must have unit column stride to
 be used in place; anything else (transposed, float64) is copied once per call.
 
+``fused_mlp`` takes raw nn.Linear weights every call: up to 12 rows it runs dot products
+straight from that layout; beyond, it packs the weights into the kernels' panel layout (reused
+per-thread buffers) and runs the register-blocked GEMM. ``PackedMLP`` and
+``fastpath.PolicyPlan`` pack once instead. Batches beyond 48 rows are split over
+``sync_threads()`` threads (torch's count by default).
+
 Sampling draws come from a counter-based stream inside ``_C`` whose key derives from torch's
 default CPU generator: whenever that generator's state differs from the one recorded at the
 last re-key (``torch.manual_seed``, or any torch random op in between), the next draw re-keys
