@@ -164,11 +164,19 @@ class RLModule(abc.ABC):
     #: the public wrappers convert numpy arrays to tensors (without a copy where possible) first.
     _forward_accepts_numpy = False
 
-    def _run(self, kind: str, batch: Mapping[str, Any], kwargs: dict) -> dict:
+    def _checkers(self, kind: str) -> tuple[SpecChecker, SpecChecker]:
         checkers = self._spec_checkers.get(kind)
         if checkers is None:
             checkers = self._spec_checkers[kind] = (self._checker(f"input_specs_{kind}"),
                                                     self._checker(f"output_specs_{kind}"))
+        return checkers
+
+    def _run_checks_only(self, kind: str, batch: Mapping[str, Any]) -> None:
+        """The input-spec check of ``forward_{kind}`` alone (for subclasses' fast lanes)."""
+        self._checkers(kind)[0].check(batch)
+
+    def _run(self, kind: str, batch: Mapping[str, Any], kwargs: dict) -> dict:
+        checkers = self._checkers(kind)
         if not self._forward_accepts_numpy and isinstance(batch, Mapping):
             batch = to_torch(batch)
         checkers[0].check(batch)

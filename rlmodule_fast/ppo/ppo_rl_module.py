@@ -51,6 +51,8 @@ class PPOTorchRLModule(TorchRLModule):
         self._recurrent = cat.recurrent_kind
         self._obs_rank = obs_lead_dims(self.observation_space)
         self._flat_obs = isinstance(self.observation_space, gym.spaces.Box) and self._obs_rank == 1
+        self._lean_ok = self._flat_obs and not self._recurrent
+        self._lean_shapes: set = set()
 
     # ---- distributions & state --------------------------------------------------------------
     def get_inference_action_dist_cls(self):
@@ -248,6 +250,43 @@ class PPOTorchRLModule(TorchRLModule):
 
     def _forward_exploration(self, batch: dict, **kwargs) -> dict:
         return self._forward_fast_or_torch(batch, deterministic=False)
+
+    # The public wrappers, with a lean lane for the env-runner hot path: a plain {"obs": [B, D]}
+    # batch of a feed-forward module goes to the fused plan after a cached (shape, dtype) check;
+    # everything else takes the general path of RLModule.forward_* (same checks, same results).
+    def forward_exploration(self, batch, **kwargs) -> dict:
+        if not kwargs and type(batch) is dict and len(batch) == 1 and self._lean_ok:
+            out = self._lean_step(batch, False)
+            if out is not None:
+                return out
+        return super().forward_exploration(batch, **kwargs)
+
+    def forward_inference(self, batch, **kwargs) -> dict:
+        if not kwargs and type(batch) is dict and len(batch) == 1 and self._lean_ok:
+            out = self._lean_step(batch, True)
+            if out is not None:
+                return out
+        return super().forward_inference(batch, **kwargs)
+
+    def _lean_step(self, batch: dict, deterministic: bool) -> Optional[dict]:
+        obs = batch.get(Columns.OBS)
+        try:
+            key = (obs.shape, obs.dtype, deterministic)
+        except AttributeError:
+            return None  # the general path raises the spec error
+        if key not in self._lean_shapes:
+            if obs.ndim != 2:
+                return None
+            self._run_checks_only("inference" if deterministic else "exploration", batch)
+            self._lean_shapes.add(key)
+        plan = plan_for(self, obs)
+        if plan is None:
+            return None
+        r = plan.step(obs, None, deterministic=deterministic)
+        adi, act, logp = r["action_dist_inputs"], r["actions"], r["action_logp"]
+        if type(adi) is np.ndarray:
+            adi, act, logp = torch.from_numpy(adi), torch.from_numpy(act), torch.from_numpy(logp)
+        return {Columns.ACTION_DIST_INPUTS: adi, Columns.ACTIONS: act, Columns.ACTION_LOGP: logp}
 
     def _forward_inference(self, batch: dict, **kwargs) -> dict:
         return self._forward_fast_or_torch(batch, deterministic=True)
