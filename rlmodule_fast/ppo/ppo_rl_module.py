@@ -51,7 +51,11 @@ class PPOTorchRLModule(TorchRLModule):
         self._recurrent = cat.recurrent_kind
         self._obs_rank = obs_lead_dims(self.observation_space)
         self._flat_obs = isinstance(self.observation_space, gym.spaces.Box) and self._obs_rank == 1
-        self._lean_ok = self._flat_obs and not self._recurrent
+        # The lean lane applies only where a subclass has not overridden the _forward_* it replaces.
+        lean = self._flat_obs and not self._recurrent
+        cls = type(self)
+        self._lean_explore = lean and cls._forward_exploration is PPOTorchRLModule._forward_exploration
+        self._lean_infer = lean and cls._forward_inference is PPOTorchRLModule._forward_inference
         self._lean_shapes: set = set()
 
     # ---- distributions & state --------------------------------------------------------------
@@ -255,14 +259,14 @@ class PPOTorchRLModule(TorchRLModule):
     # batch of a feed-forward module goes to the fused plan after a cached (shape, dtype) check;
     # everything else takes the general path of RLModule.forward_* (same checks, same results).
     def forward_exploration(self, batch, **kwargs) -> dict:
-        if not kwargs and type(batch) is dict and len(batch) == 1 and self._lean_ok:
+        if not kwargs and type(batch) is dict and len(batch) == 1 and self._lean_explore:
             out = self._lean_step(batch, False)
             if out is not None:
                 return out
         return super().forward_exploration(batch, **kwargs)
 
     def forward_inference(self, batch, **kwargs) -> dict:
-        if not kwargs and type(batch) is dict and len(batch) == 1 and self._lean_ok:
+        if not kwargs and type(batch) is dict and len(batch) == 1 and self._lean_infer:
             out = self._lean_step(batch, True)
             if out is not None:
                 return out
