@@ -123,6 +123,27 @@ struct PyMLP {
     }
 };
 
+// An LSTM/GRU cell packed once (the one-shot ops keep these in a small cache keyed by the
+// weights' identity and version, so stepping the same cell does not repack every call).
+struct PyRNN {
+    Holder<PackedRNN> h;
+    explicit PyRNN(const RnnDesc& d) { repack(d); }
+    void repack(const RnnDesc& d) {
+        auto r = std::make_shared<PackedRNN>();
+        pack_rnn(*r, d);
+        h.set(r);
+    }
+    void step(uint64_t x, int B, int64_t ldx, uint64_t hp, int64_t ldh, uint64_t c, int64_t ldc,
+              uint64_t h_out, uint64_t c_out) {
+        auto R = h.get();
+        RF_CHECK(B >= 0 && ldx >= R->I && ldh >= R->H && ldc >= (c ? R->H : 0), "rnn step: bad strides");
+        RF_CHECK(R->kind != RNN_LSTM || (c && c_out), "rnn step: an LSTM needs c and c_out");
+        py::gil_scoped_release nogil;
+        K().rnn_forward(*R, P<const float>(x), ldx, B, P<const float>(hp), ldh, P<const float>(c), ldc,
+                        P<float>(h_out), R->H, P<float>(c_out), R->H);
+    }
+};
+
 PolicyNet build_policy(const py::dict& s) {
     PolicyNet n;
     n.obs_dim = s["obs_dim"].cast<int>();
@@ -392,6 +413,11 @@ PYBIND11_MODULE(_C, m) {
         K().rnn_forward(R, P<const float>(x), ldx, B, P<const float>(h), ldh, P<const float>(c), ldc,
                         P<float>(h_out), R.H, P<float>(c_out), R.H);
     }, "One LSTM/GRU step; h_out/c_out contiguous [B, H].");
+
+    py::class_<PyRNN>(m, "PackedRNN")
+        .def(py::init<const RnnDesc&>())
+        .def("repack", &PyRNN::repack)
+        .def("step", &PyRNN::step, "One step; h_out/c_out contiguous [B, H].");
 
     py::class_<PyPolicy>(m, "Policy")
         .def(py::init<const py::dict&>())

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
+from typing import Optional
 
 import numpy as np
 import torch
@@ -332,12 +334,61 @@ def _rnn_inputs(x, h, gates: int, w_ih, w_hh):
     return xt, ht, B, I, H, wi, wh
 
 
+class _RnnCache:
+    """Packed LSTM/GRU cells for the one-shot ops, keyed by the caller's weight tensors (identity,
+    data pointer, shape, strides, version): stepping the same cell repacks only after an in-place
+    change. numpy weights (no version counter) are packed per call. A few entries, LRU."""
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._entries: "OrderedDict[tuple, tuple]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _stamp(ts) -> Optional[tuple]:
+        out = []
+        for t in ts:
+            if t is None:
+                out.append(None)
+            elif not isinstance(t, torch.Tensor):
+                return None  # numpy: cannot see in-place changes
+            else:
+                out.append((id(t), t.data_ptr(), tuple(t.shape), tuple(t.stride()), t._version, t.dtype))
+        return tuple(out)
+
+    def get(self, kind: int, I: int, H: int, f32, originals):
+        wi, wh, b0, b1 = f32
+        desc = (kind, I, H, wi.data_ptr(), wi.stride(0), wh.data_ptr(), wh.stride(0),
+                b0.data_ptr() if b0 is not None else 0, b1.data_ptr() if b1 is not None else 0)
+        key = self._stamp(originals)
+        if key is None:
+            return _C.PackedRNN(desc)
+        key = (kind, I, H) + key
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+                return hit[0]
+        cell = _C.PackedRNN(desc)  # packing copies the weights: the f32 views may go
+        with self._lock:
+            # The entry keeps the original tensors alive, so their ids cannot be reused by new
+            # tensors (e.g. a recomputed bias) while the entry exists.
+            self._entries[key] = (cell, tuple(originals))
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return cell
+
+
+_rnn_cache = _RnnCache()
+
+
 def lstm_step(x, h, c, w_ih, w_hh, b):
     """One LSTM step (nn.LSTMCell semantics, gates i, f, g, o) in one C++ call.
 
     x [B, I], h/c [B, H], w_ih [4H, I], w_hh [4H, H], b [4H] (= bias_ih + bias_hh) or None.
-    Returns (h' [B, H], c' [B, H]) of x's kind and dtype. Weights are packed per call; the
-    packed-once path is ``fastpath.PolicyPlan``.
+    Returns (h' [B, H], c' [B, H]) of x's kind and dtype. Packed weights are cached per
+    weight tensors (repacked after an in-place change); the whole-policy path is
+    ``fastpath.PolicyPlan``.
     """
     is_numpy = isinstance(x, np.ndarray)
     xt, ht, B, I, H, wi, wh = _rnn_inputs(x, h, 4, w_ih, w_hh)
@@ -348,11 +399,11 @@ def lstm_step(x, h, c, w_ih, w_hh, b):
     x32, h32, c32 = _f32_rows(xt), _f32_rows(ht), _f32_rows(ct)
     h_out = torch.empty((B, H), dtype=torch.float32)
     c_out = torch.empty((B, H), dtype=torch.float32)
-    desc = (0, I, H, wi.data_ptr(), wi.stride(0), wh.data_ptr(), wh.stride(0), bt.data_ptr() if bt is not None else 0, 0)
     if B:
+        cell = _rnn_cache.get(0, I, H, (wi, wh, bt, None), (w_ih, w_hh, b, None))
         sync_threads()
-        _C.rnn_step(desc, x32.data_ptr(), B, _ld(x32), h32.data_ptr(), _ld(h32), c32.data_ptr(), _ld(c32),
-                    h_out.data_ptr(), c_out.data_ptr())
+        cell.step(x32.data_ptr(), B, _ld(x32), h32.data_ptr(), _ld(h32), c32.data_ptr(), _ld(c32),
+                  h_out.data_ptr(), c_out.data_ptr())
     return _out(h_out, xt.dtype, is_numpy), _out(c_out, xt.dtype, is_numpy)
 
 
@@ -367,11 +418,10 @@ def gru_step(x, h, w_ih, w_hh, b_ih, b_hh):
     bi, bh = _vec(b_ih, 3 * H, "b_ih"), _vec(b_hh, 3 * H, "b_hh")
     x32, h32 = _f32_rows(xt), _f32_rows(ht)
     h_out = torch.empty((B, H), dtype=torch.float32)
-    desc = (1, I, H, wi.data_ptr(), wi.stride(0), wh.data_ptr(), wh.stride(0),
-            bi.data_ptr() if bi is not None else 0, bh.data_ptr() if bh is not None else 0)
     if B:
+        cell = _rnn_cache.get(1, I, H, (wi, wh, bi, bh), (w_ih, w_hh, b_ih, b_hh))
         sync_threads()
-        _C.rnn_step(desc, x32.data_ptr(), B, _ld(x32), h32.data_ptr(), _ld(h32), 0, 0, h_out.data_ptr(), 0)
+        cell.step(x32.data_ptr(), B, _ld(x32), h32.data_ptr(), _ld(h32), 0, 0, h_out.data_ptr(), 0)
     return _out(h_out, xt.dtype, is_numpy)
 
 
