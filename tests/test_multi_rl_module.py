@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-import rlmodule_fast as rf
 from rlmodule_fast import Columns, DEFAULT_MODULE_ID, MultiRLModule, MultiRLModuleSpec, RLModule, RLModuleSpec
 from rlmodule_fast.ppo import PPOCatalog, PPOTorchRLModule
 

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import rlmodule_fast as rf
-from rlmodule_fast.ops import dispatch
 from rlmodule_fast.ops import reference as ref
 from rlmodule_fast.ops import triton as tri
 
