@@ -1,0 +1,221 @@
+"""Sampling-loop throughput: env steps per second of a gymnasium vector env driven by a policy.
+
+Drivers (one row each, per env id and number of envs):
+
+=====================  =======================================================================
+``env-alone``          random actions (precomputed): the env's own cost, the ceiling
+``torch-eager``        ``nn.Sequential`` + ``torch.distributions`` on the module's weights
+``rf-torch``           ``module.forward_exploration({"obs": obs})`` under
+                       ``RLMODULE_FAST_BACKEND=torch`` + the distribution's ``sample``
+``rf-fast``            ``module.forward_exploration({"obs": obs})`` under
+                       ``RLMODULE_FAST_BACKEND=cpp``: one fused call returns the actions
+``rllib-runner``       RLlib's ``SingleAgentEnvRunner.sample(num_timesteps=N, explore=True)``
+                       with its ``DefaultPPOTorchRLModule`` (needs ray[rllib]; CartPole only)
+``rllib-runner-fast``  the same runner with ``rlmodule_fast.rllib.FastPPOTorchRLModule``
+=====================  =======================================================================
+
+The env is ``gym.make_vec(env_id, num_envs=n, vectorization_mode="sync")`` (what RLlib's env
+runner builds), autoreset on; the module is ``PPOTorchRLModule`` with ``fcnet_hiddens``
+[256, 256] (tanh). Each driver runs ``repeats`` timed stretches of about ``time_s`` seconds,
+interleaved with the other drivers; the median rate is reported. RLlib runners are built by
+``rlmodule_fast.rllib.bench._runner`` (the env-runner benchmark of the interop package).
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .cases import eager_policy, forced_backend, ppo_module, ray_status
+
+DRIVERS = ("env-alone", "torch-eager", "rf-torch", "rf-fast", "rllib-runner", "rllib-runner-fast")
+ENVS = ("CartPole-v1", "Pendulum-v1")
+#: the issue's goals for rf-fast (CartPole, 4 -> [256, 256] -> 2, one thread): env steps/s
+GOALS = {("CartPole-v1", 1): 40_000, ("CartPole-v1", 16): 110_000}
+
+
+def _vec_env(env_id: str, n: int):
+    import gymnasium as gym
+
+    return gym.make_vec(env_id, num_envs=n, vectorization_mode="sync")
+
+
+def _drivers(env, module, names, seed: int) -> dict:
+    """{name: (step(obs) -> actions, context factory or None)} for the in-process drivers."""
+    import gymnasium as gym
+
+    n = env.num_envs
+    space = env.single_action_space
+    rng = np.random.default_rng(seed)
+    out: dict = {}
+    if "env-alone" in names:
+        if isinstance(space, gym.spaces.Discrete):
+            table = rng.integers(0, int(space.n), (1024, n)) + int(space.start)
+        else:
+            table = rng.uniform(space.low, space.high, (1024, n, *space.shape)).astype(space.dtype)
+        k = [0]
+
+        def alone(obs):
+            k[0] = (k[0] + 1) & 1023
+            return table[k[0]]
+        out["env-alone"] = (alone, None)
+    if "torch-eager" in names:
+        step = eager_policy(module)
+        out["torch-eager"] = (lambda obs: step(torch.from_numpy(obs))[0].numpy(), None)
+    dist_cls = module.get_exploration_action_dist_cls()
+    if "rf-torch" in names:
+        def rf_torch(obs):
+            logits = module.forward_exploration({"obs": obs})["action_dist_inputs"]
+            return dist_cls.from_logits(logits).sample().numpy()
+        out["rf-torch"] = (rf_torch, lambda: forced_backend("torch"))
+    if "rf-fast" in names:
+        out["rf-fast"] = (lambda obs: module.forward_exploration({"obs": obs})["actions"].numpy(),
+                          lambda: forced_backend("cpp"))
+    return out
+
+
+def _run(env, obs, step: Callable, time_s: float) -> tuple:
+    """(obs, env steps/s, policy us/iteration, env us/iteration) of about time_s seconds of the
+    loop obs -> step -> env.step. The split is read with perf_counter_ns around each half (the
+    same ~0.1 us per iteration for every driver)."""
+    n = env.num_envs
+    clock = time.perf_counter_ns
+    iters = t_pol = t_env = 0
+    t0 = time.perf_counter()
+    deadline = t0 + time_s
+    env_step = env.step
+    while True:
+        for _ in range(32):
+            a = clock()
+            act = step(obs)
+            b = clock()
+            obs = env_step(act)[0]
+            t_env += clock() - b
+            t_pol += b - a
+        iters += 32
+        now = time.perf_counter()
+        if now >= deadline:
+            break
+    return obs, iters * n / (now - t0), t_pol / iters / 1e3, t_env / iters / 1e3
+
+
+def _rllib_rates(env_id: str, n: int, names, time_s: float, repeats: int, progress) -> dict:
+    """{driver: {"rates": [...]} or {"na": reason}} for the RLlib env-runner drivers."""
+    want = [d for d in ("rllib-runner", "rllib-runner-fast") if d in names]
+    if not want:
+        return {}
+    ok, why = ray_status()
+    if not ok:
+        return {d: {"na": why} for d in want}
+    if env_id != "CartPole-v1":
+        return {d: {"na": "rlmodule_fast.rllib.bench builds CartPole-v1 runners only"} for d in want}
+    try:
+        from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import (
+            DefaultPPOTorchRLModule,
+        )
+
+        from ..rllib.bench import _runner
+        from ..rllib.module import FastPPOTorchRLModule
+    except Exception as e:
+        return {d: {"na": f"import failed: {type(e).__name__}: {e}"} for d in want}
+    classes = {"rllib-runner": DefaultPPOTorchRLModule, "rllib-runner-fast": FastPPOTorchRLModule}
+    threads = torch.get_num_threads()
+    runners, res = {}, {}
+    for d in want:
+        try:
+            if progress:
+                progress.note(f"building RLlib env runner ({d}, {n} envs)")
+            runners[d] = _runner(classes[d], [256, 256], n)
+            torch.set_num_threads(threads)  # ray / RLlib set-up may change it
+        except Exception as e:
+            res[d] = {"na": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"}
+    if "rllib-runner" in runners and "rllib-runner-fast" in runners:
+        runners["rllib-runner-fast"].module.set_state(runners["rllib-runner"].module.get_state())
+    steps = {}
+    for d, r in runners.items():
+        t0 = time.perf_counter()
+        r.sample(num_timesteps=max(200, 20 * n), explore=True)  # warm-up and rate estimate
+        rate = max(200, 20 * n) / (time.perf_counter() - t0)
+        steps[d] = max(n, int(rate * time_s))
+        res[d] = {"rates": []}
+    for _ in range(repeats):
+        for d, r in runners.items():
+            t0 = time.perf_counter()
+            r.sample(num_timesteps=steps[d], explore=True)
+            res[d]["rates"].append(steps[d] / (time.perf_counter() - t0))
+    for r in runners.values():
+        try:
+            r.stop()
+        except Exception:
+            pass
+    return res
+
+
+def run(env_ids=ENVS, num_envs=(1, 16), drivers=DRIVERS, *, time_s: float = 0.5, repeats: int = 5,
+        seed: int = 0, progress=None) -> list:
+    """Measure every (env id, number of envs, driver). Returns rows {"env", "num_envs",
+    "driver", "steps_per_s" (median), "all" (every repeat), "goal" (rf-fast's target or None),
+    "policy_us_per_iter", "env_us_per_iter" (in-process drivers: where a loop iteration's time
+    goes)} or with "na": reason instead of the rates."""
+    rows = []
+    for env_id in env_ids:
+        module = ppo_module(env_id, seed=seed)
+        for n in num_envs:
+            env = _vec_env(env_id, n)
+            obs, _ = env.reset(seed=seed)
+            local = _drivers(env, module, drivers, seed)
+            rates: dict = {d: [] for d in local}
+            split: dict = {d: [] for d in local}
+            na: dict = {}
+            with torch.no_grad():
+                for d, (step, ctx) in local.items():  # warm-up (and a failing driver is n/a)
+                    try:
+                        with ctx() if ctx else contextlib.nullcontext():
+                            for _ in range(64):
+                                obs, *_ = env.step(step(obs))
+                    except Exception as e:
+                        na[d] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+                for rep in range(repeats):
+                    for d, (step, ctx) in local.items():
+                        if d in na:
+                            continue
+                        if progress:
+                            progress.step(f"sampling {env_id} x{n} {d} ({rep + 1}/{repeats})")
+                        with ctx() if ctx else contextlib.nullcontext():
+                            obs, rate, pol_us, env_us = _run(env, obs, step, time_s)
+                        rates[d].append(rate)
+                        split[d].append((pol_us, env_us))
+            env.close()
+            with torch.no_grad():
+                rl = _rllib_rates(env_id, n, drivers, time_s, repeats, progress)
+            for d in drivers:
+                row = {"env": env_id, "num_envs": n, "driver": d, "goal": GOALS.get((env_id, n)) if d == "rf-fast" else None}
+                if d in na:
+                    row["na"] = na[d]
+                elif d in rates:
+                    row.update(steps_per_s=statistics.median(rates[d]), all=[round(r, 1) for r in rates[d]],
+                               policy_us_per_iter=round(statistics.median(p for p, _ in split[d]), 2),
+                               env_us_per_iter=round(statistics.median(e for _, e in split[d]), 2))
+                elif d in rl:
+                    if "na" in rl[d]:
+                        row["na"] = rl[d]["na"]
+                    else:
+                        row.update(steps_per_s=statistics.median(rl[d]["rates"]),
+                                   all=[round(r, 1) for r in rl[d]["rates"]])
+                else:
+                    continue
+                rows.append(row)
+    return rows
+
+
+def count_steps(env_ids, num_envs, drivers, repeats: int) -> int:
+    """Progress-bar units of ``run`` (timed stretches of in-process drivers)."""
+    local = [d for d in drivers if not d.startswith("rllib")]
+    return len(env_ids) * len(num_envs) * len(local) * repeats
+
+
+__all__ = ["DRIVERS", "ENVS", "GOALS", "count_steps", "run"]
