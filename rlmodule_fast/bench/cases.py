@@ -547,6 +547,8 @@ _CONFIGS = [
     ("lstm_step", "I=64 H=256", "I64H256", (64, 256), True),
     ("gru_step", "I=64 H=256", "I64H256", (64, 256), True),
     ("policy_step", "CartPole 4->[256,256]->2 categorical", "CartPole", ("CartPole-v1", ()), True),
+    ("policy_step", "CartPole 4->[64,64]->2 categorical", "CartPole64",
+     ("CartPole-v1", (("fcnet_hiddens", [64, 64]),)), False),
     ("policy_step", "Pendulum 3->[256,256]->2 gaussian", "Pendulum", ("Pendulum-v1", ()), False),
     ("policy_step", "CartPole LSTM 4->[256]->LSTM 256->2", "CartPoleLSTM",
      ("CartPole-v1", (("fcnet_hiddens", [256]), ("use_lstm", True), ("lstm_cell_size", 256))), False),
