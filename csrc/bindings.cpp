@@ -10,7 +10,10 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -41,56 +44,157 @@ template <class T> T* P(uint64_t p) { return reinterpret_cast<T*>(static_cast<ui
 
 #define RF_CHECK(cond, msg) do { if (!(cond)) throw py::value_error(msg); } while (0)
 
+// ---------------------------------------------------------------------------------------------
+// Argument checks at the border. _C takes raw pointers, so it cannot see buffer extents (that is
+// ops/cpp.py's and fastpath.py's job); what it can check, every binding checks here before a
+// pointer is touched or the GIL released: sizes > 0 and bounded (so that no int derived from
+// them -- round_up, 4 * H -- overflows), B >= 0, leading dimensions >= row widths, non-null
+// pointers wherever B > 0 dereferences them, activation / kind codes in range. Size arithmetic
+// is 64-bit. Failures raise ValueError "<function>: <argument>: expected ..., got ...".
+
+constexpr int64_t kMaxDim = int64_t(1) << 24;  // any one width (I, H, N, K, A)
+
+[[noreturn]] void fail(const char* fn, const std::string& what, const std::string& msg) {
+    throw py::value_error(std::string(fn) + ": " + what + ": " + msg);
+}
+
+void check_dim(const char* fn, const std::string& what, int64_t v) {
+    if (v < 1 || v > kMaxDim)
+        fail(fn, what, "expected a size in [1, " + std::to_string(kMaxDim) + "], got " + std::to_string(v));
+}
+
+void check_batch(const char* fn, int64_t B) {
+    if (B < 0) fail(fn, "B", "expected >= 0, got " + std::to_string(B));
+}
+
+// A pointer that B > 0 will dereference.
+void check_ptr(const char* fn, const std::string& what, uint64_t p, int64_t B) {
+    if (B > 0 && p == 0) fail(fn, what, "null pointer for B = " + std::to_string(B) + " rows");
+}
+
+// Rows of a [B, width] float buffer at p with leading dimension ld (width checked by the caller).
+void check_rows(const char* fn, const std::string& what, uint64_t p, int64_t B, int64_t ld, int64_t width) {
+    check_ptr(fn, what, p, B);
+    if (ld < width)
+        fail(fn, "ld" + what, "expected >= " + std::to_string(width) + " (the row width of " + what + "), got " +
+                                  std::to_string(ld));
+}
+
+void check_act(const char* fn, const std::string& what, int act) {
+    if (act < ACT_LINEAR || act > ACT_ELU)
+        fail(fn, what, "unknown activation code " + std::to_string(act) + " (expected 0..." + std::to_string(int(ACT_ELU)) + ")");
+}
+
 // (w_ptr, N, K, ldw, b_ptr, b_stride); b_ptr 0 = no bias
 using LayerDesc = std::tuple<uint64_t, int, int, int64_t, uint64_t, int64_t>;
 
-void pack_linear(PackedLinear& L, const LayerDesc& d) {
-    auto [wp, N, Kd, ldw, bp, bs] = d;
-    RF_CHECK(N > 0 && Kd > 0 && wp != 0, "layer with empty shape or null weight");
-    L.init(Kd, N);
-    L.put_weight(MatView{P<const float>(wp), N, Kd, ldw, 1}, 0, 0);
-    L.add_bias(P<const float>(bp), bs, N, 0);
-}
-
-void pack_mlp(PackedMLP& m, const std::vector<LayerDesc>& layers, const std::vector<int>& acts) {
-    RF_CHECK(layers.size() == acts.size(), "layers and activations differ in length");
-    m.layers.resize(layers.size());  // existing layers keep their buffers (init only grows them)
-    m.acts = acts;
+// The layers of an MLP: sizes, pointers, strides, activations and the K chain (layer 0 reads
+// in_dim inputs; in_dim < 0: checked by the caller). Returns the output width (in_dim if empty).
+int64_t check_layers(const char* fn, const std::vector<LayerDesc>& layers, const std::vector<int>& acts,
+                     int64_t in_dim, bool allow_empty, const char* what = "layers") {
+    const std::string w(what);
+    if (layers.size() != acts.size())
+        fail(fn, w, std::to_string(layers.size()) + " layers but " + std::to_string(acts.size()) + " activations");
+    if (layers.empty() && !allow_empty) fail(fn, w, "expected at least one layer");
+    int64_t k_in = in_dim;
     for (size_t i = 0; i < layers.size(); ++i) {
-        pack_linear(m.layers[i], layers[i]);
-        if (i > 0) RF_CHECK(m.layers[i].K == m.layers[i - 1].N, "layer " + std::to_string(i) + ": input size differs from the previous output size");
-        RF_CHECK(acts[i] >= 0 && acts[i] <= ACT_ELU, "unknown activation code");
+        auto [wp, N, Kd, ldw, bp, bs] = layers[i];
+        const std::string li = w + "[" + std::to_string(i) + "]";
+        check_dim(fn, li + ".N", N);
+        check_dim(fn, li + ".K", Kd);
+        if (k_in >= 0 && Kd != k_in)
+            fail(fn, li + ".K", "expected " + std::to_string(k_in) + (i ? " (the previous layer's N)" : " (the input size)") +
+                                    ", got " + std::to_string(Kd));
+        if (wp == 0) fail(fn, li + ".weight", "null pointer");
+        if (ldw < Kd) fail(fn, li + ".ldw", "expected >= K = " + std::to_string(Kd) + ", got " + std::to_string(ldw));
+        if (bp != 0 && bs < 0) fail(fn, li + ".bias_stride", "expected >= 0, got " + std::to_string(bs));
+        check_act(fn, "acts[" + std::to_string(i) + "]", acts[i]);
+        k_in = N;
     }
+    return layers.empty() ? in_dim : k_in;
 }
 
 // (kind, I, H, wih_ptr, ldwih, whh_ptr, ldwhh, bih_ptr, bhh_ptr); biases contiguous [G*H] or 0
 using RnnDesc = std::tuple<int, int, int, uint64_t, int64_t, uint64_t, int64_t, uint64_t, uint64_t>;
 
-void pack_rnn(PackedRNN& R, const RnnDesc& d) {
+void check_rnn_desc(const char* fn, const RnnDesc& d, const char* what = "rnn") {
     auto [kind, I, H, wih, ldi, whh, ldh, bih, bhh] = d;
-    RF_CHECK((kind == RNN_LSTM || kind == RNN_GRU) && I > 0 && H > 0, "bad rnn description");
+    (void)bih; (void)bhh;
+    const std::string w(what);
+    if (kind != RNN_LSTM && kind != RNN_GRU)
+        fail(fn, w + ".kind", "expected 0 (LSTM) or 1 (GRU), got " + std::to_string(kind));
+    check_dim(fn, w + ".I", I);
+    check_dim(fn, w + ".H", H);
+    if (wih == 0) fail(fn, w + ".w_ih", "null pointer");
+    if (whh == 0) fail(fn, w + ".w_hh", "null pointer");
+    if (ldi < I) fail(fn, w + ".ldw_ih", "expected >= I = " + std::to_string(I) + ", got " + std::to_string(ldi));
+    if (ldh < H) fail(fn, w + ".ldw_hh", "expected >= H = " + std::to_string(H) + ", got " + std::to_string(ldh));
+}
+
+// One recurrent step's buffers: x [B, I] (ldx), h [B, H] (ldh), c [B, H] (ldc, LSTM only),
+// h_out / c_out contiguous [B, H] (c_out LSTM only; a GRU ignores c, ldc and c_out).
+void check_rnn_io(const char* fn, const PackedRNN& R, int64_t B, uint64_t x, int64_t ldx, uint64_t h, int64_t ldh,
+                  uint64_t c, int64_t ldc, uint64_t h_out, uint64_t c_out) {
+    check_batch(fn, B);
+    check_rows(fn, "x", x, B, ldx, R.I);
+    check_rows(fn, "h", h, B, ldh, R.H);
+    check_ptr(fn, "h_out", h_out, B);
+    if (R.kind == RNN_LSTM) {
+        check_rows(fn, "c", c, B, ldc, R.H);
+        check_ptr(fn, "c_out", c_out, B);
+    }
+}
+
+void pack_linear(PackedLinear& L, const LayerDesc& d) {  // d checked (check_layers)
+    auto [wp, N, Kd, ldw, bp, bs] = d;
+    L.init(Kd, N);
+    L.put_weight(MatView{P<const float>(wp), N, Kd, ldw, 1}, 0, 0);
+    L.add_bias(P<const float>(bp), bs, N, 0);
+}
+
+void pack_mlp(const char* fn, PackedMLP& m, const std::vector<LayerDesc>& layers, const std::vector<int>& acts,
+              int64_t in_dim, bool allow_empty, const char* what = "layers") {
+    check_layers(fn, layers, acts, in_dim, allow_empty, what);
+    m.layers.resize(layers.size());  // existing layers keep their buffers (init only grows them)
+    m.acts = acts;
+    for (size_t i = 0; i < layers.size(); ++i) pack_linear(m.layers[i], layers[i]);
+}
+
+void pack_rnn(const char* fn, PackedRNN& R, const RnnDesc& d, const char* what = "rnn") {
+    check_rnn_desc(fn, d, what);
+    auto [kind, I, H, wih, ldi, whh, ldh, bih, bhh] = d;
     R.kind = kind; R.I = I; R.H = H;
-    R.gates.init(I + H, 4 * H);
     const float* Wi = P<const float>(wih);
     const float* Wh = P<const float>(whh);
     const float* Bi = P<const float>(bih);
     const float* Bh = P<const float>(bhh);
     if (kind == RNN_LSTM) {
+        R.gates.init(I + H, 4 * H);
         R.gates.put_weight(MatView{Wi, 4 * H, I, ldi, 1}, 0, 0);
         R.gates.put_weight(MatView{Wh, 4 * H, H, ldh, 1}, 0, I);
         R.gates.add_bias(Bi, 1, 4 * H, 0);
         R.gates.add_bias(Bh, 1, 4 * H, 0);
     } else {
-        // r, z: [x, h] with b_ih + b_hh; n_x: x with b_ih_n; n_h: h with b_hh_n
+        // r, z: [x, h] with b_ih + b_hh; n_x: x with b_ih_n; n_h: h with b_hh_n (common.h)
+        R.gates.init(I + H, 2 * H);
         R.gates.put_weight(MatView{Wi, 2 * H, I, ldi, 1}, 0, 0);
         R.gates.put_weight(MatView{Wh, 2 * H, H, ldh, 1}, 0, I);
-        R.gates.put_weight(MatView{Wi + 2 * H * ldi, H, I, ldi, 1}, 2 * H, 0);
-        R.gates.put_weight(MatView{Wh + 2 * H * ldh, H, H, ldh, 1}, 3 * H, I);
         R.gates.add_bias(Bi, 1, 2 * H, 0);
         R.gates.add_bias(Bh, 1, 2 * H, 0);
-        R.gates.add_bias(Bi ? Bi + 2 * H : nullptr, 1, H, 2 * H);
-        R.gates.add_bias(Bh ? Bh + 2 * H : nullptr, 1, H, 3 * H);
+        R.gnx.init(I, H);
+        R.gnx.put_weight(MatView{Wi + 2 * int64_t(H) * ldi, H, I, ldi, 1}, 0, 0);
+        R.gnx.add_bias(Bi ? Bi + 2 * H : nullptr, 1, H, 0);
+        R.gnh.init(H, H);
+        R.gnh.put_weight(MatView{Wh + 2 * int64_t(H) * ldh, H, H, ldh, 1}, 0, 0);
+        R.gnh.add_bias(Bh ? Bh + 2 * H : nullptr, 1, H, 0);
+        R.off_nx = R.gates.padded_n();
+        R.off_nh = R.off_nx + R.gnx.padded_n();
     }
+}
+
+int max_threads() {
+    const int hw = int(std::thread::hardware_concurrency());
+    return std::max(256, 4 * hw);
 }
 
 void raise_nonfinite(int64_t err, const char* what) {
@@ -111,13 +215,14 @@ struct PyMLP {
     PyMLP(const std::vector<LayerDesc>& layers, const std::vector<int>& acts) { repack(layers, acts); }
     void repack(const std::vector<LayerDesc>& layers, const std::vector<int>& acts) {
         auto m = std::make_shared<PackedMLP>();
-        pack_mlp(*m, layers, acts);
-        RF_CHECK(!m->layers.empty(), "an MLP needs at least one layer");
+        pack_mlp("PackedMLP", *m, layers, acts, -1, false);
         h.set(m);
     }
     void forward(uint64_t x, int B, int64_t ldx, uint64_t y, int64_t ldy) {
         auto m = h.get();
-        RF_CHECK(B >= 0 && ldx >= m->in_dim() && ldy >= m->out_dim(), "forward: bad sizes");
+        check_batch("PackedMLP.forward", B);
+        check_rows("PackedMLP.forward", "x", x, B, ldx, m->in_dim());
+        check_rows("PackedMLP.forward", "y", y, B, ldy, m->out_dim());
         py::gil_scoped_release nogil;
         K().mlp_forward(*m, P<const float>(x), ldx, B, P<float>(y), ldy);
     }
@@ -130,35 +235,43 @@ struct PyRNN {
     explicit PyRNN(const RnnDesc& d) { repack(d); }
     void repack(const RnnDesc& d) {
         auto r = std::make_shared<PackedRNN>();
-        pack_rnn(*r, d);
+        pack_rnn("PackedRNN", *r, d);
         h.set(r);
     }
     void step(uint64_t x, int B, int64_t ldx, uint64_t hp, int64_t ldh, uint64_t c, int64_t ldc,
               uint64_t h_out, uint64_t c_out) {
         auto R = h.get();
-        RF_CHECK(B >= 0 && ldx >= R->I && ldh >= R->H && ldc >= (c ? R->H : 0), "rnn step: bad strides");
-        RF_CHECK(R->kind != RNN_LSTM || (c && c_out), "rnn step: an LSTM needs c and c_out");
+        check_rnn_io("PackedRNN.step", *R, B, x, ldx, hp, ldh, c, ldc, h_out, c_out);
         py::gil_scoped_release nogil;
         K().rnn_forward(*R, P<const float>(x), ldx, B, P<const float>(hp), ldh, P<const float>(c), ldc,
                         P<float>(h_out), R->H, P<float>(c_out), R->H);
     }
 };
 
+// spec[key], or ValueError naming the missing key
+py::object item(const py::dict& s, const char* key) {
+    if (!s.contains(key)) throw py::value_error(std::string("Policy: spec: missing key '") + key + "'");
+    return s[key];
+}
+
 PolicyNet build_policy(const py::dict& s) {
     PolicyNet n;
-    n.obs_dim = s["obs_dim"].cast<int>();
-    pack_mlp(n.actor_mlp, s["actor_mlp"].cast<std::vector<LayerDesc>>(), s["actor_acts"].cast<std::vector<int>>());
-    if (!s["actor_rnn"].is_none()) { n.actor_rnn_on = true; pack_rnn(n.actor_rnn, s["actor_rnn"].cast<RnnDesc>()); }
-    n.critic_on = s["critic_on"].cast<bool>();
+    const char* fn = "Policy";
+    n.obs_dim = item(s, "obs_dim").cast<int>();
+    check_dim(fn, "obs_dim", n.obs_dim);
+    pack_mlp(fn, n.actor_mlp, item(s, "actor_mlp").cast<std::vector<LayerDesc>>(), item(s, "actor_acts").cast<std::vector<int>>(),
+             n.obs_dim, true, "actor_mlp");
+    if (!item(s, "actor_rnn").is_none()) { n.actor_rnn_on = true; pack_rnn(fn, n.actor_rnn, item(s, "actor_rnn").cast<RnnDesc>(), "actor_rnn"); }
+    n.critic_on = item(s, "critic_on").cast<bool>();
     if (n.critic_on) {
-        pack_mlp(n.critic_mlp, s["critic_mlp"].cast<std::vector<LayerDesc>>(), s["critic_acts"].cast<std::vector<int>>());
-        if (!s["critic_rnn"].is_none()) { n.critic_rnn_on = true; pack_rnn(n.critic_rnn, s["critic_rnn"].cast<RnnDesc>()); }
+        pack_mlp(fn, n.critic_mlp, item(s, "critic_mlp").cast<std::vector<LayerDesc>>(), item(s, "critic_acts").cast<std::vector<int>>(),
+                 n.obs_dim, true, "critic_mlp");
+        if (!item(s, "critic_rnn").is_none()) { n.critic_rnn_on = true; pack_rnn(fn, n.critic_rnn, item(s, "critic_rnn").cast<RnnDesc>(), "critic_rnn"); }
     }
-    pack_mlp(n.pi, s["pi"].cast<std::vector<LayerDesc>>(), s["pi_acts"].cast<std::vector<int>>());
-    RF_CHECK(!n.pi.layers.empty(), "pi head needs at least one layer");
-    if (!s["vf"].is_none()) {
+    pack_mlp(fn, n.pi, item(s, "pi").cast<std::vector<LayerDesc>>(), item(s, "pi_acts").cast<std::vector<int>>(), -1, false, "pi");
+    if (!item(s, "vf").is_none()) {
         n.vf_on = true;
-        pack_mlp(n.vf, s["vf"].cast<std::vector<LayerDesc>>(), s["vf_acts"].cast<std::vector<int>>());
+        pack_mlp(fn, n.vf, item(s, "vf").cast<std::vector<LayerDesc>>(), item(s, "vf_acts").cast<std::vector<int>>(), -1, false, "vf");
         RF_CHECK(!n.vf.layers.empty() && n.vf.out_dim() == 1, "vf head must end in one output");
     }
     // defensive shape checks (fastpath.py validates first): every pointer walk stays in bounds
@@ -178,14 +291,18 @@ PolicyNet build_policy(const py::dict& s) {
         lat_c = out_of(n.critic_mlp, n.critic_rnn_on, n.critic_rnn, n.obs_dim);
     }
     if (n.vf_on) RF_CHECK(n.vf.in_dim() == lat_c, "vf input size differs from the critic latent size");
-    n.dist = s["dist"].cast<int>();
-    n.action_sizes = s["action_sizes"].cast<std::vector<int>>();
-    n.log_std_clip = s["log_std_clip"].cast<float>();
-    n.free_log_std = s["free_log_std"].cast<std::vector<float>>();
-    RF_CHECK(!n.action_sizes.empty(), "action_sizes is empty");
+    n.dist = item(s, "dist").cast<int>();
+    n.action_sizes = item(s, "action_sizes").cast<std::vector<int>>();
+    n.log_std_clip = item(s, "log_std_clip").cast<float>();
+    n.free_log_std = item(s, "free_log_std").cast<std::vector<float>>();
+    RF_CHECK(!std::isnan(n.log_std_clip), "Policy: log_std_clip: expected < 0 (no clipping) or >= 0, got NaN");
+    RF_CHECK(!n.action_sizes.empty(), "Policy: action_sizes: empty");
     RF_CHECK(n.dist >= DIST_CATEGORICAL && n.dist <= DIST_DIAG_GAUSSIAN, "unknown dist code");
     int want = 0;
-    for (int a : n.action_sizes) { RF_CHECK(a > 0, "action sizes must be positive"); want += a; }
+    int64_t want64 = 0;
+    for (int a : n.action_sizes) { check_dim(fn, "action_sizes", a); want64 += a; }
+    RF_CHECK(want64 <= kMaxDim, "Policy: action_sizes: total too large");
+    want = int(want64);
     if (n.dist == DIST_DIAG_GAUSSIAN) {
         RF_CHECK(n.action_sizes.size() == 1, "diag_gaussian takes one action size");
         want = 2 * n.action_sizes[0];
@@ -218,13 +335,15 @@ struct PyPolicy {
                           (arr.strides(1) == sizeof(float) && arr.strides(0) % sizeof(float) == 0 &&
                            (arr.shape(0) == 1 || arr.strides(0) >= int64_t(sizeof(float)) * net->obs_dim))),
                      "obs: expected a float32 array [B, " + std::to_string(net->obs_dim) + "] with unit column stride");
+            RF_CHECK(arr.shape(0) <= INT32_MAX, "obs: more than 2^31 - 1 rows");
             obs_p = static_cast<const float*>(arr.data());
             B = int(arr.shape(0));
             ldobs = B > 1 ? arr.strides(0) / int64_t(sizeof(float)) : net->obs_dim;
         } else {
             obs_p = P<const float>(obs.cast<uint64_t>());
         }
-        RF_CHECK(B >= 0 && ldobs >= net->obs_dim, "obs: bad sizes");
+        check_batch("Policy.step", B);
+        check_rows("Policy.step", "obs", reinterpret_cast<uintptr_t>(obs_p), B, ldobs, net->obs_dim);
         RF_CHECK(states_in.size() == 4, "states_in: expected 4 entries");
         const int Ha = net->actor_rnn_on ? net->actor_rnn.H : 0;
         const int Hc = net->critic_rnn_on ? net->critic_rnn.H : 0;
@@ -283,9 +402,12 @@ struct PyPolicy {
             io.value = value ? P<float>(std::get<3>(t)) : nullptr;
             io.ha_out = P<float>(std::get<4>(t)); io.ca_out = P<float>(std::get<5>(t));
             io.hc_out = P<float>(std::get<6>(t)); io.cc_out = P<float>(std::get<7>(t));
-            RF_CHECK(io.dist && (io.act_f || io.act_i) && io.logp && (!value || io.value), "out: missing buffers");
-            RF_CHECK((!net->actor_rnn_on || io.ha_out) && (!lstm_a || io.ca_out) && (!net->critic_rnn_on || io.hc_out) &&
-                         (!lstm_c || io.cc_out), "out: missing state buffers");
+            if (B > 0) {  // pointers the step writes through
+                RF_CHECK(io.dist && (io.act_f || io.act_i) && io.logp && (!value || io.value),
+                         "Policy.step: out: null pointer for a dist/actions/logp/value buffer");
+                RF_CHECK((!net->actor_rnn_on || io.ha_out) && (!lstm_a || io.ca_out) && (!net->critic_rnn_on || io.hc_out) &&
+                             (!lstm_c || io.cc_out), "Policy.step: out: null pointer for a state_out buffer");
+            }
         }
         io.det = det;
         if (!det) rng_stream().reserve(uint64_t(B) * net->draws_per_row(), &io.key, &io.ctr0);
@@ -315,26 +437,39 @@ PYBIND11_MODULE(_C, m) {
         g_isa.store(int(want));
     }, "Force an ISA (tests); only ones the CPU supports.");
 
-    m.def("set_num_threads", [](int n) {
-        if (n < 1) throw py::value_error("num_threads: expected >= 1, got " + std::to_string(n));
-        ThreadPool::get().set_threads(n);
-    }, "Threads (caller included) that split large batches into row blocks.");
+    m.def("set_num_threads", [](int64_t n) {
+        const int mx = max_threads();
+        if (n < 1 || n > mx)
+            throw py::value_error("num_threads: expected 1 ... " + std::to_string(mx) + " (max_threads()), got " +
+                                  std::to_string(n));
+        try {
+            ThreadPool::get().set_threads(int(n));
+        } catch (const std::system_error& e) {
+            throw std::runtime_error("num_threads: could not start " + std::to_string(n - 1) + " worker threads (" +
+                                     e.what() + "); running with " + std::to_string(ThreadPool::get().threads()));
+        }
+    }, "Threads (caller included) that split large batches into row blocks: 1 ... max_threads().");
+    m.def("max_threads", &max_threads, "Largest accepted set_num_threads: max(256, 4 * hardware threads).");
     m.def("get_num_threads", []() { return ThreadPool::get().threads(); });
 
     m.def("fused_mlp", [](uint64_t x, int B, int I, int64_t ldx, const std::vector<LayerDesc>& layers,
                           const std::vector<int>& acts, uint64_t y, int64_t ldy) {
-        RF_CHECK(!layers.empty() && layers.size() == acts.size(), "fused_mlp: layers/activations mismatch");
-        RF_CHECK(std::get<2>(layers[0]) == I, "fused_mlp: input size mismatch");
+        // every check before either branch (the GEMV branch never packs)
+        const char* fn = "fused_mlp";
+        check_batch(fn, B);
+        check_dim(fn, "I", I);
+        const int64_t N_L = check_layers(fn, layers, acts, I, false);
+        check_rows(fn, "x", x, B, ldx, I);
+        check_rows(fn, "y", y, B, ldy, N_L);
+        if (B == 0) return;
         const KernelTable& kt = K();
         if (B <= 12) {  // GEMV straight from nn.Linear layout: packing would cost more
             int maxp = NR;
             for (auto& l : layers) maxp = std::max(maxp, round_up(std::get<1>(l), NR));
-            for (size_t i = 1; i < layers.size(); ++i)
-                RF_CHECK(std::get<2>(layers[i]) == std::get<1>(layers[i - 1]), "fused_mlp: layer sizes mismatch");
             py::gil_scoped_release nogil;
-            AlignedBuf buf(size_t(2) * maxp + round_up(I, NR));
+            AlignedBuf buf(size_t(2) * maxp);
             for (int r = 0; r < B; ++r) {
-                const float* in = P<const float>(x) + r * ldx;
+                const float* in = P<const float>(x) + int64_t(r) * ldx;
                 float* outp = buf.p;
                 for (size_t l = 0; l < layers.size(); ++l) {
                     auto [wp, N, Kd, ldw, bp, bs] = layers[l];
@@ -342,13 +477,13 @@ PYBIND11_MODULE(_C, m) {
                     kt.gemv_rowmajor(in, MatView{P<const float>(wp), N, Kd, ldw, 1}, P<const float>(bp), bs, outp, acts[l]);
                     in = outp;
                 }
-                std::memcpy(P<float>(y) + r * ldy, outp, sizeof(float) * std::get<1>(layers.back()));
+                std::memcpy(P<float>(y) + int64_t(r) * ldy, outp, sizeof(float) * size_t(N_L));
             }
             return;
         }
         // packed per call into this thread's reused buffers (no allocation, no page faults)
         thread_local PackedMLP mlp;
-        pack_mlp(mlp, layers, acts);
+        pack_mlp(fn, mlp, layers, acts, I, false);
         py::gil_scoped_release nogil;
         kt.mlp_forward(mlp, P<const float>(x), ldx, B, P<float>(y), ldy);
     }, "y[B, N_L] = MLP(x[B, I]); pointers to float32 rows; weights (ptr, N, K, ldw, bias_ptr, bias_stride).");
@@ -364,9 +499,11 @@ PYBIND11_MODULE(_C, m) {
     m.def("rng_matches", [](uint64_t p, size_t n) {
         RngStream& s = rng_stream();
         std::lock_guard<std::mutex> g(s.mu);
+        RF_CHECK(n == 0 || p != 0, "rng_matches: p: null pointer for n = " + std::to_string(n) + " bytes");
         return n > 0 && s.fingerprint.size() == n && std::memcmp(s.fingerprint.data(), P<const uint8_t>(p), n) == 0;
     }, "Whether torch's generator state (bytes) equals the one recorded at the last re-key.");
     m.def("rng_rekey", [](uint64_t key, uint64_t p, size_t n) {
+        RF_CHECK(n == 0 || p != 0, "rng_rekey: p: null pointer for n = " + std::to_string(n) + " bytes");
         RngStream& s = rng_stream();
         std::lock_guard<std::mutex> g(s.mu);
         s.key = mix64(key ^ 0x243F6A8885A308D3ULL);
@@ -381,7 +518,12 @@ PYBIND11_MODULE(_C, m) {
     });
 
     m.def("sample_categorical", [](uint64_t logits, int B, int A, int64_t ld, bool det, uint64_t act, uint64_t logp) {
-        RF_CHECK(B >= 0 && A > 0 && ld >= A, "sample_categorical: bad sizes");
+        const char* fn = "sample_categorical";
+        check_batch(fn, B);
+        check_dim(fn, "A", A);
+        check_rows(fn, "logits", logits, B, ld, A);
+        check_ptr(fn, "actions", act, B);
+        check_ptr(fn, "logp", logp, B);
         uint64_t key = 0, ctr = 0;
         if (!det) rng_stream().reserve(uint64_t(B), &key, &ctr);
         int64_t err;
@@ -393,22 +535,29 @@ PYBIND11_MODULE(_C, m) {
         if (err) raise_nonfinite(err, "logits");
     });
     m.def("sample_diag_gaussian", [](uint64_t ml, int B, int A, int64_t ld, bool det, uint64_t act, uint64_t logp) {
-        RF_CHECK(B >= 0 && A > 0 && ld >= 2 * A, "sample_diag_gaussian: bad sizes");
+        const char* fn = "sample_diag_gaussian";
+        check_batch(fn, B);
+        check_dim(fn, "A", A);
+        check_rows(fn, "mean_logstd", ml, B, ld, int64_t(2) * A);
+        check_ptr(fn, "actions", act, B);
+        check_ptr(fn, "logp", logp, B);
         uint64_t key = 0, ctr = 0;
         if (!det) rng_stream().reserve(uint64_t(B) * A, &key, &ctr);
         int64_t err;
         {
             py::gil_scoped_release nogil;
-            err = sample_gaussian_rows(P<const float>(ml), ld, B, A, det, key, ctr, P<float>(act), A, P<float>(logp));
+            err = K().sample_gaussian(P<const float>(ml), ld, B, A, det, key, ctr, P<float>(act), A, P<float>(logp));
         }
         if (err) raise_nonfinite(err, "mean_logstd");
     });
 
     m.def("rnn_step", [](const RnnDesc& d, uint64_t x, int B, int64_t ldx, uint64_t h, int64_t ldh, uint64_t c,
                          int64_t ldc, uint64_t h_out, uint64_t c_out) {
+        check_rnn_desc("rnn_step", d);
         PackedRNN R;
-        pack_rnn(R, d);
-        RF_CHECK(ldx >= R.I && ldh >= R.H && ldc >= (c ? R.H : 0), "rnn_step: bad strides");
+        R.kind = std::get<0>(d); R.I = std::get<1>(d); R.H = std::get<2>(d);
+        check_rnn_io("rnn_step", R, B, x, ldx, h, ldh, c, ldc, h_out, c_out);  // before packing: cheap failures
+        pack_rnn("rnn_step", R, d);
         py::gil_scoped_release nogil;
         K().rnn_forward(R, P<const float>(x), ldx, B, P<const float>(h), ldh, P<const float>(c), ldc,
                         P<float>(h_out), R.H, P<float>(c_out), R.H);

@@ -141,14 +141,20 @@ struct PackedMLP {
     }
 };
 
-// Recurrent cell packed as one GEMM over [x, h] (K = I + H) followed by an elementwise step.
-// LSTM: N = 4H, gates i, f, g, o, bias b_ih + b_hh.
-// GRU:  N = 4H, blocks [r | z | n_x | n_h]: r and z read [x, h] with b_ih + b_hh; n_x reads x
-//       with b_ih_n; n_h reads h with b_hh_n (so that n = tanh(n_x + r * n_h)).
+// Recurrent cell packed as GEMMs over [x, h] (K = I + H) followed by an elementwise step.
+// LSTM: one GEMM, N = 4H, gates i, f, g, o, bias b_ih + b_hh.
+// GRU:  three GEMMs, none multiplying an input by a structural zero (0 * inf would turn an
+//       infinite input into NaN where torch stays finite): `gates` reads [x, h] -> [r | z]
+//       with b_ih + b_hh; `gnx` reads x -> n_x with b_ih_n; `gnh` reads h -> n_h with b_hh_n
+//       (so that n = tanh(n_x + r * n_h)). A row of gate pre-activations holds [r | z] at 0,
+//       n_x at off_nx, n_h at off_nh (each block padded to NR), ld_gates() floats in all.
 enum RnnKind : int { RNN_LSTM = 0, RNN_GRU = 1 };
 struct PackedRNN {
     int kind = RNN_LSTM, I = 0, H = 0;
-    PackedLinear gates;
+    PackedLinear gates;     // LSTM: [x, h] -> 4H; GRU: [x, h] -> [r | z] (2H)
+    PackedLinear gnx, gnh;  // GRU only: x -> n_x (H), h -> n_h (H)
+    int off_nx = 0, off_nh = 0;
+    int ld_gates() const { return kind == RNN_GRU ? off_nh + gnh.padded_n() : gates.padded_n(); }
 };
 
 // The whole policy network of a PPO-style module, packed (fastpath.PolicyPlan builds it).
@@ -208,11 +214,6 @@ inline uint64_t rng_bits(uint64_t key, uint64_t ctr) {
 // Uniform in the open interval (0, 1), 32 bits of resolution.
 inline double u01_hi(uint64_t z) { return ((z >> 32) + 0.5) * (1.0 / 4294967296.0); }
 inline double u01_lo(uint64_t z) { return ((z & 0xffffffffULL) + 0.5) * (1.0 / 4294967296.0); }
-// One standard normal from one 64-bit draw (Box-Muller, cosine branch).
-inline float normal_from_bits(uint64_t z) {
-    double u1 = u01_hi(z), u2 = u01_lo(z);
-    return float(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
-}
 
 // The process-wide sampler stream: a key and a counter. Each sampling call reserves a range of
 // counters atomically, so concurrent callers never share draws.

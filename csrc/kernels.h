@@ -54,12 +54,13 @@ struct KernelTable {
     void (*rnn_forward)(const PackedRNN&, const float*, int64_t, int, const float*, int64_t, const float*,
                         int64_t, float*, int64_t, float*, int64_t);
     int64_t (*policy_step)(const PolicyNet&, const StepIO&);
+    int64_t (*sample_gaussian)(const float*, int64_t, int, int, bool, uint64_t, uint64_t, float*, int64_t, float*);
 };
 
 #define RF_TABLE(ns, tag)                                                                         \
     KernelTable {                                                                                 \
         tag, &ns::mlp_forward, &ns::gemv_rowmajor, &ns::act_inplace, &ns::rnn_forward,            \
-            &ns::policy_step                                                                      \
+            &ns::policy_step, &ns::gaussian_rows                                                  \
     }
 
 inline const KernelTable& kernel_table(Isa isa) {

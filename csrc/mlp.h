@@ -205,10 +205,8 @@ static RF_T void gemv_rowmajor(const float* x, const MatView& W, const float* bi
             a2 = V::fmadd(V::load(w0 + 2 * W.s0 + k), xv, a2);
             a3 = V::fmadd(V::load(w0 + 3 * W.s0 + k), xv, a3);
         }
-        alignas(64) float t0[V::W], t1[V::W], t2[V::W], t3[V::W];
-        V::store(t0, a0); V::store(t1, a1); V::store(t2, a2); V::store(t3, a3);
-        float s[4] = {0, 0, 0, 0};
-        for (int i = 0; i < V::W; ++i) { s[0] += t0[i]; s[1] += t1[i]; s[2] += t2[i]; s[3] += t3[i]; }
+        alignas(16) float s[4];
+        _mm_store_ps(s, V::hsum4(a0, a1, a2, a3));  // shuffle-add tree, not 4 x W scalar adds
         for (int k = kv; k < K; ++k) {
             for (int j = 0; j < 4; ++j) s[j] += w0[j * W.s0 + k] * x[k];
         }

@@ -5,6 +5,75 @@
 // Shape legend: B batch, O obs dim, H rnn hidden, D dist-input dim, A action columns.
 
 
+// sd[0:A] = exp(ls[0:A]) (ls finite): vexp, with inf past float's overflow as std::exp gives
+// (vexp clamps at 88; below -87 it leaves ~1e-38 where std::exp is denormal or 0: |diff| < 2e-38).
+static RF_T void std_row(const float* ls, int A, float* sd) {
+    const int av = A / V::W * V::W;
+    const reg big = V::set1(88.7228f), inf = V::set1(INFINITY);
+    int j = 0;
+    for (; j < av; j += V::W) {
+        reg x = V::load(ls + j);
+        V::store(sd + j, V::select_gt(x, big, inf, vexp(x)));
+    }
+    for (; j < A; ++j) sd[j] = std::exp(ls[j]);
+}
+
+// Diagonal-Gaussian rows with the normals' transcendental stage vectorised; same contract and
+// same draws as sampling.h's sample_gaussian_rows (its scalar reference). The pairs of all rows
+// run through fixed-size chunks: bm_split (scalar) -> box_muller (vector) -> bm_rotate + write.
+static RF_T int64_t gaussian_rows(const float* ml, int64_t ld, int rows, int A, bool det, uint64_t key,
+                                  uint64_t ctr0, float* actions, int64_t ald, float* logp) {
+    if (det) return sample_gaussian_rows(ml, ld, rows, A, true, key, ctr0, actions, ald, logp);
+    for (int r = 0; r < rows; ++r) {
+        const float* m = ml + r * ld;
+        bool finite = true;
+        for (int j = 0; j < 2 * A; ++j) finite &= std::isfinite(m[j]);
+        if (!finite) return -1 - r;
+    }
+    thread_local AlignedBuf sd;  // one row of exp(log_std)
+    sd.resize(size_t(round_up(A, V::W)));
+    constexpr int CH = 256;  // pairs per chunk (a multiple of every W)
+    alignas(64) float bm[CH], be[CH], bf[CH], bc[CH], bs[CH];
+    int bq[CH];
+    const int np = (A + 1) / 2;  // pairs per row
+    const int64_t total = int64_t(rows) * np;
+    int r1 = 0, p1 = 0;             // stage-1 position (row, pair)
+    int r3 = 0, p3 = 0;             // stage-3 position
+    double acc = 0.0;               // sum of -eps^2 / 2 over row r3 so far
+    for (int64_t g0 = 0; g0 < total; g0 += CH) {
+        const int cnt = int(std::min<int64_t>(CH, total - g0));
+        for (int i = 0; i < cnt; ++i) {
+            bm_split(rng_bits(key, ctr0 + uint64_t(r1) * A + 2 * p1), bm + i, be + i, bf + i, bq + i);
+            if (++p1 == np) { p1 = 0; ++r1; }
+        }
+        const int cv = (cnt + V::W - 1) / V::W * V::W;
+        for (int i = cnt; i < cv; ++i) { bm[i] = 1.5f; be[i] = -1.0f; bf[i] = 0.5f; }
+        box_muller(bm, be, bf, bc, bs, cv);
+        for (int i = 0; i < cnt; ++i) {
+            float e0, e1;
+            bm_rotate(bq[i], bc[i], bs[i], &e0, &e1);
+            const float* m = ml + r3 * ld;
+            const float* ls = m + A;
+            float* act = actions + r3 * ald;
+            const int j = 2 * p3;
+            if (p3 == 0) std_row(ls, A, sd.p);  // exp(log_std) of this row, vectorised
+            act[j] = m[j] + sd.p[j] * e0;
+            acc += -0.5 * double(e0) * e0;
+            if (j + 1 < A) {
+                act[j + 1] = m[j + 1] + sd.p[j + 1] * e1;
+                acc += -0.5 * double(e1) * e1;
+            }
+            if (++p3 == np) {
+                double lp = acc;
+                for (int k = 0; k < A; ++k) lp -= double(ls[k]) + LOG_SQRT_2PI;
+                logp[r3] = float(lp);
+                acc = 0.0; p3 = 0; ++r3;
+            }
+        }
+    }
+    return 0;
+}
+
 struct Enc { const float* p; int64_t ld; };
 
 // Encoder over a block: mlp (may be empty) then optional rnn whose h' is the latent.
@@ -81,7 +150,7 @@ static RF_T int64_t policy_rows(const PolicyNet& net, const StepIO& io, int r0, 
             }
         } else {
             const int A = D / 2;
-            err = sample_gaussian_rows(dist, D, rows, A, io.det, io.key, ctr, io.act_f + int64_t(r0) * A, A, io.logp + r0);
+            err = gaussian_rows(dist, D, rows, A, io.det, io.key, ctr, io.act_f + int64_t(r0) * A, A, io.logp + r0);
         }
         if (err) return err - r0;
         // critic encoder (always when it carries state, so state_out advances) and value head

@@ -45,6 +45,32 @@ inline int64_t sample_categorical_rows(const float* logits, int64_t ld, int rows
     return 0;
 }
 
+// Two independent standard normals from one 64-bit draw z (Box-Muller, cosine and sine
+// branches): u1 = (hi32(z) + 0.5) / 2^32, theta = 2 pi (lo32(z) + 0.5) / 2^32 (so |eps| <= 6.8).
+// In three stages so that the transcendental middle runs vectorised (vmath.h: box_muller):
+// bm_split writes u1 = m * 2^e (m in [1, 2]) and theta = (q + f) pi / 2 (f in (0, 1));
+// box_muller gives c = rad cos(f pi / 2), s = rad sin(f pi / 2); bm_rotate applies quadrant q.
+inline void bm_split(uint64_t z, float* m, float* e, float* f, int* q) {
+    const uint64_t t = ((z >> 32) << 1) | 1;  // u1 = t * 2^-33, t odd in [1, 2^33)
+    const int p = 63 - __builtin_clzll(t);
+    const uint64_t bits = uint64_t(1023 - p) << 52;  // 2^-p
+    double sc;
+    std::memcpy(&sc, &bits, sizeof sc);
+    *m = float(double(t) * sc);
+    *e = float(p - 33);
+    const uint32_t k2 = uint32_t(z);
+    *q = int(k2 >> 30);
+    *f = float((double(k2 & 0x3fffffffu) + 0.5) * (1.0 / 1073741824.0));
+}
+inline void bm_rotate(int q, float c, float s, float* n0, float* n1) {
+    // (c, s) -> (c, s), (-s, c), (-c, -s), (s, -c) for q = 0..3, without branches (q is random)
+    static const float sg0[4] = {1.0f, -1.0f, -1.0f, 1.0f}, sg1[4] = {1.0f, 1.0f, -1.0f, -1.0f};
+    const float cs[2] = {c, s};
+    q &= 3;
+    *n0 = sg0[q] * cs[q & 1];
+    *n1 = sg1[q] * cs[(q & 1) ^ 1];
+}
+
 // Diagonal Gaussian: mean = row[0:A], log_std = row[A:2A] of mean_logstd (row stride ld).
 // actions [rows, A] (row stride ald); logp [rows]. deterministic: actions = mean (eps = 0).
 inline int64_t sample_gaussian_rows(const float* ml, int64_t ld, int rows, int A, bool det,
@@ -56,10 +82,30 @@ inline int64_t sample_gaussian_rows(const float* ml, int64_t ld, int rows, int A
         for (int j = 0; j < 2 * A; ++j) finite &= std::isfinite(m[j]);
         if (!finite) return -1 - r;
         double lp = 0.0;
-        for (int j = 0; j < A; ++j) {
-            float eps = det ? 0.0f : normal_from_bits(rng_bits(key, ctr0 + uint64_t(r) * A + j));
-            actions[r * ald + j] = m[j] + std::exp(ls[j]) * eps;
-            lp += -0.5 * double(eps) * eps - double(ls[j]) - LOG_SQRT_2PI;
+        float* act = actions + r * ald;
+        if (det) {
+            for (int j = 0; j < A; ++j) {
+                act[j] = m[j];
+                lp -= double(ls[j]) + LOG_SQRT_2PI;
+            }
+        } else {
+            // components (j, j + 1) share the draw of counter r * A + j (scalar reference of
+            // the ISA bodies' gaussian_rows, which must give the same numbers up to rounding)
+            const uint64_t c = ctr0 + uint64_t(r) * A;
+            for (int j = 0; j < A; j += 2) {
+                float mm, ee, ff, e0, e1;
+                int q;
+                bm_split(rng_bits(key, c + j), &mm, &ee, &ff, &q);
+                const float rad = std::sqrt(std::max(0.0f, -2.0f * (std::log(mm) + ee * 0.6931471805599453f)));
+                const float th = ff * 1.5707963267948966f;
+                bm_rotate(q, rad * std::cos(th), rad * std::sin(th), &e0, &e1);
+                act[j] = m[j] + std::exp(ls[j]) * e0;
+                lp += -0.5 * double(e0) * e0 - double(ls[j]) - LOG_SQRT_2PI;
+                if (j + 1 < A) {
+                    act[j + 1] = m[j + 1] + std::exp(ls[j + 1]) * e1;
+                    lp += -0.5 * double(e1) * e1 - double(ls[j + 1]) - LOG_SQRT_2PI;
+                }
+            }
         }
         logp[r] = float(lp);
     }

@@ -23,6 +23,14 @@ struct VSse2 {
     static RF_AI reg sub(reg a, reg b) { return _mm_sub_ps(a, b); }
     static RF_AI reg mul(reg a, reg b) { return _mm_mul_ps(a, b); }
     static RF_AI reg div(reg a, reg b) { return _mm_div_ps(a, b); }
+    static RF_AI reg sqrt(reg a) { return _mm_sqrt_ps(a); }
+    // the 4 horizontal sums of a0..a3, as one 128-bit vector (lane j = sum of aj)
+    static RF_AI __m128 hsum4(reg a0, reg a1, reg a2, reg a3) {
+        __m128 t0 = _mm_unpacklo_ps(a0, a1), t1 = _mm_unpackhi_ps(a0, a1);  // a00 a10 a01 a11 | a02 a12 a03 a13
+        __m128 t2 = _mm_unpacklo_ps(a2, a3), t3 = _mm_unpackhi_ps(a2, a3);
+        __m128 s01 = _mm_add_ps(t0, t1), s23 = _mm_add_ps(t2, t3);         // (a0 a1 a0 a1) partials, (a2 a3 a2 a3)
+        return _mm_add_ps(_mm_movelh_ps(s01, s23), _mm_movehl_ps(s23, s01));
+    }
     static RF_AI reg fmadd(reg a, reg b, reg c) { return _mm_add_ps(_mm_mul_ps(a, b), c); }
     static RF_AI reg max(reg a, reg b) { return _mm_max_ps(a, b); }
     static RF_AI reg min(reg a, reg b) { return _mm_min_ps(a, b); }
@@ -55,6 +63,11 @@ struct VAvx2 {
     RF_F reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
     RF_F reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
     RF_F reg div(reg a, reg b) { return _mm256_div_ps(a, b); }
+    RF_F reg sqrt(reg a) { return _mm256_sqrt_ps(a); }
+    RF_F __m128 hsum4(reg a0, reg a1, reg a2, reg a3) {
+        auto h = [](__m256 a) RF_TARGET_AVX2 { return _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)); };
+        return VSse2::hsum4(h(a0), h(a1), h(a2), h(a3));
+    }
     RF_F reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
     RF_F reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
     RF_F reg min(reg a, reg b) { return _mm256_min_ps(a, b); }
@@ -84,6 +97,14 @@ struct VAvx512 {
     RF_F reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
     RF_F reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
     RF_F reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
+    RF_F reg sqrt(reg a) { return _mm512_sqrt_ps(a); }
+    RF_F __m128 hsum4(reg a0, reg a1, reg a2, reg a3) {
+        auto h = [](__m512 a) RF_TARGET_AVX512 {
+            __m256 b = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+            return _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1));
+        };
+        return VSse2::hsum4(h(a0), h(a1), h(a2), h(a3));
+    }
     RF_F reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
     RF_F reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
     RF_F reg min(reg a, reg b) { return _mm512_min_ps(a, b); }

@@ -29,17 +29,25 @@ public:
         return *pool;
     }
 
-    // Total threads used by run(), caller included (>= 1).
+    // Total threads used by run(), caller included (>= 1). The caller bounds n (bindings.cpp:
+    // max_threads()); if the system refuses a thread anyway, the count stays at the workers that
+    // exist and the std::system_error propagates (the pool is never left claiming absent ones).
     void set_threads(int n) {
         if (n < 1) n = 1;
         std::lock_guard<std::mutex> job(job_mu_);
-        threads_.store(n);
         std::lock_guard<std::mutex> g(mu_);
         if (pid_ != getpid()) {  // forked child: the parent's workers do not exist here
             workers_.clear();     // (the thread objects are leaked on purpose, never joined)
             pid_ = getpid();
         }
-        while (int(workers_.size()) < n - 1) workers_.push_back(new std::thread([this] { loop(); }));
+        try {
+            workers_.reserve(size_t(n) - 1);  // push_back below never throws
+            while (int(workers_.size()) < n - 1) workers_.push_back(new std::thread([this] { loop(); }));
+        } catch (...) {
+            threads_.store(int(workers_.size()) + 1);
+            throw;
+        }
+        threads_.store(n);
     }
     int threads() const { return threads_.load(); }
 

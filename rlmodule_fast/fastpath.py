@@ -116,7 +116,10 @@ def _params(layers: PolicyLayers) -> list:
 class PolicyPlan:
     """One policy step per backend call, weights packed once.
 
-    ``PolicyPlan(layers: PolicyLayers, backend="cpp")``.
+    ``PolicyPlan(layers: PolicyLayers, backend="cpp", weights_lock=None)``; ``weights_lock``: a
+    (re-entrant) lock that whoever updates the weights as a whole holds for the whole update
+    (``plan_for`` passes the module's ``_weights_lock`` when it has one); the cpp plan reads
+    the parameters under it when it repacks, so every step sees all-old or all-new weights.
     ``step(obs, state=None, *, deterministic=False, compute_value=False, out=None) -> dict``:
 
     - obs: [B, O] float32 (float64 / non-contiguous are converted) numpy array or CPU tensor.
@@ -135,7 +138,7 @@ class PolicyPlan:
     ``torch.get_num_threads()`` threads (``RLMODULE_FAST_NUM_THREADS`` overrides).
     """
 
-    def __init__(self, layers: PolicyLayers, backend: str = "cpp"):
+    def __init__(self, layers: PolicyLayers, backend: str = "cpp", weights_lock=None):
         backend = (backend or "auto").lower()
         if backend not in ("auto", "cpp", "triton"):
             raise ValueError(f"backend={backend!r}: expected 'auto', 'cpp' or 'triton'")
@@ -144,6 +147,7 @@ class PolicyPlan:
             backend = "triton" if params and params[0].device.type == "cuda" else "cpp"
         self.backend = backend
         self.layers = layers
+        self.weights_lock = weights_lock
         if backend == "triton":
             mod = dispatch._backend_module("triton")
             if mod is None:
@@ -171,7 +175,8 @@ class PolicyPlan:
         self._repack()
 
     def __reduce__(self):
-        """Pickle / deepcopy rebuild the plan from its layers (packed buffers never travel)."""
+        """Pickle / deepcopy rebuild the plan from its layers (packed buffers never travel; nor
+        does the weights lock, which belongs to the module)."""
         return (PolicyPlan, (self.layers, self.backend))
 
     # -- description ------------------------------------------------------------------------------
@@ -270,7 +275,22 @@ class PolicyPlan:
         return spec, keep
 
     def _repack(self) -> None:
-        with self._lock:
+        """Pack the current parameters (when their versions moved). With ``weights_lock`` (the
+        module's lock, held by whoever updates the weights as a whole: ``set_state``, a guarded
+        optimizer step) the parameters are read under it, so the packed copy is all-old or
+        all-new. Without it, a version that moves while packing triggers another pass, and a
+        pack that never settles is marked stale so the next step repacks again."""
+        lock = self.weights_lock
+        if lock is None:
+            with self._lock:
+                self._repack_locked()
+            return
+        with lock:  # the module's lock first (an updater holding it may step: it is re-entrant)
+            with self._lock:
+                self._repack_locked()
+
+    def _repack_locked(self) -> None:
+        for _ in range(4):
             version = sum(map(_VERSION, self._params))
             if version == self._version and self._net is not None:
                 return
@@ -279,8 +299,11 @@ class PolicyPlan:
                 self._net = self._cpp._C.Policy(spec)
             else:
                 self._net.load(spec)
-            self._version = version
             del keep
+            if sum(map(_VERSION, self._params)) == version:
+                self._version = version
+                return
+        self._version = None  # still moving: stale, the next step repacks
 
     # -- the hot path ------------------------------------------------------------------------------
     def _state_arg(self, st, H: int, B: int, what: str):
@@ -353,7 +376,13 @@ class PolicyPlan:
             return self._impl.step(obs, state, deterministic=deterministic, compute_value=compute_value)
         if sum(map(_VERSION, self._params)) != self._version:
             self._repack()
-        obs_arg, B, ld, as_tensor, keep_obs = self._obs(obs)
+        if type(obs) is np.ndarray and obs.dtype == _F32 and obs.ndim == 2 and obs.flags.c_contiguous:
+            # the common case (an env's float32 batch), as _obs would return it; _C checks the width
+            obs_arg, B, ld, as_tensor, keep_obs = obs, obs.shape[0], 0, False, None
+            if obs.shape[1] != self.obs_dim:
+                raise ValueError(f"obs: expected shape [B, {self.obs_dim}], got {tuple(obs.shape)}")
+        else:
+            obs_arg, B, ld, as_tensor, keep_obs = self._obs(obs)
         if compute_value and not self.has_vf:
             raise ValueError("compute_value: this plan has no value head (layers.vf is None)")
         keep, states = self._states(state, B) if self._recurrent else (None, _NO_STATE)
@@ -449,7 +478,7 @@ def plan_for(module, example) -> Optional[PolicyPlan]:
             if forced:
                 raise RuntimeError(f"backend {name!r} is unavailable: {dispatch._status[name][1]}")
             return None
-        plan = PolicyPlan(module.policy_layers(), backend=name)
+        plan = PolicyPlan(module.policy_layers(), backend=name, weights_lock=getattr(module, "_weights_lock", None))
         with _PLANS_LOCK:
             plans = _PLANS.setdefault(module, {})
             plan = plans.setdefault(name, plan)

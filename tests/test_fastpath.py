@@ -459,3 +459,51 @@ def test_plan_pickles_and_module_deepcopies():
     assert p2 is not p
     torch.testing.assert_close(p2.step(obs, deterministic=True)["action_dist_inputs"],
                                p.step(obs, deterministic=True)["action_dist_inputs"], rtol=0, atol=0)
+
+
+def test_repack_under_weights_lock_is_never_torn():
+    """An updater that rewrites every parameter in place under ``weights_lock`` (what set_state /
+    a guarded optimizer step do) while another thread steps: each step gives exactly the old or
+    the new weights' result, never a mix (bugs-cpp.md, TORN results)."""
+    import threading
+    import time
+
+    g = torch.Generator().manual_seed(3)
+    lins = [torch.nn.Linear(8, 32), torch.nn.Linear(32, 32)]
+    pi = [torch.nn.Linear(32, 4)]
+    L = PolicyLayers(actor=EncoderLayers(lins, "tanh"), critic=None, pi=pi, vf=None, head_activation="relu",
+                     dist="categorical", action_sizes=[4], log_std_clip=None)
+    params = [p for l in lins + pi for p in l.parameters()]
+    states = [[torch.round(torch.randn(p.shape, generator=g) * 64) / 1024 for p in params] for _ in range(2)]
+    lock = threading.RLock()
+    plan = PolicyPlan(L, backend="cpp", weights_lock=lock)
+    obs = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    outs = []
+    with torch.no_grad():
+        for st in states:
+            for p, v in zip(params, st):
+                p.copy_(v)
+            outs.append(plan.step(obs, deterministic=True)["action_dist_inputs"].copy())
+    stop = threading.Event()
+
+    def updater():
+        i = 0
+        while not stop.is_set():
+            with lock, torch.no_grad():
+                for p, v in zip(params, states[i % 2]):
+                    p.copy_(v)
+            i += 1
+
+    th = threading.Thread(target=updater)
+    th.start()
+    steps = torn = 0
+    try:
+        t_end = time.perf_counter() + 0.7
+        while time.perf_counter() < t_end and torn < 3:
+            o = plan.step(obs, deterministic=True)["action_dist_inputs"]
+            steps += 1
+            torn += not any(np.array_equal(o, w) for w in outs)
+    finally:
+        stop.set()
+        th.join()
+    assert steps > 0 and torn == 0, f"{torn} torn results in {steps} steps"

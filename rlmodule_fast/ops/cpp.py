@@ -67,11 +67,13 @@ def _env_threads() -> int:
         n = int(env)
     except ValueError:
         n = 0
-    if n < 1:
-        raise ValueError(f"{THREADS_ENV}={env!r}: expected a positive integer")
+    hi = _C.max_threads() if _C is not None else None
+    if n < 1 or (hi is not None and n > hi):
+        raise ValueError(f"{THREADS_ENV}={env!r}: expected an integer in [1, {hi or 'max_threads()'}]")
     return n
 
 
+_MAX_THREADS = _C.max_threads() if _C is not None else 1
 _ENV_THREADS = _env_threads()  # read once, at import
 _threads_seen = [0]
 
@@ -79,8 +81,9 @@ _threads_seen = [0]
 def sync_threads() -> int:
     """Threads the C++ kernels split large batches over: ``RLMODULE_FAST_NUM_THREADS`` when set
     (read at import), else torch's intra-op count (``torch.set_num_threads``), read on every
-    call. Batches of at most 48 rows (one row block) always run on the calling thread."""
-    n = _ENV_THREADS or torch.get_num_threads()
+    call, clamped to ``_C.max_threads()``. Batches of at most 48 rows (one row block) always
+    run on the calling thread."""
+    n = _ENV_THREADS or min(torch.get_num_threads(), _MAX_THREADS)  # torch's count is a hint: clamped
     if n != _threads_seen[0]:
         _C.set_num_threads(n)
         _threads_seen[0] = n
@@ -96,13 +99,24 @@ def _shape(a) -> tuple:
 
 
 def _to_tensor(a, what: str) -> torch.Tensor:
-    """A CPU float tensor view of a torch tensor or numpy array (no copy where possible)."""
+    """A CPU float tensor view of a torch tensor or numpy array (no copy where possible).
+
+    The raw-pointer ABI of ``_C`` cannot see buffer extents, so this is where every array
+    handed over is vetted: CPU, dense (strided), float32/float64, native byte order, aligned,
+    non-negative strides (numpy arrays that are not are copied once)."""
     if isinstance(a, torch.Tensor):
         if a.device.type != "cpu":
             raise ValueError(f"{what}: the cpp backend needs a CPU tensor, got device {a.device}")
+        if a.layout != torch.strided:
+            raise ValueError(f"{what}: expected a dense (strided) tensor, got layout {a.layout}")
         t = a.detach()
     elif isinstance(a, np.ndarray):
-        t = torch.from_numpy(a) if a.dtype.isbuiltin and a.flags.writeable else torch.from_numpy(np.array(a))
+        if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
+            raise ValueError(f"{what}: expected dtype float32 or float64, got numpy {a.dtype}")
+        if (not a.dtype.isnative or not a.flags.aligned or not a.flags.writeable
+                or any(st < 0 for st in a.strides)):
+            a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C")  # an owned, native copy
+        t = torch.from_numpy(a)
     else:
         raise ValueError(f"{what}: expected a torch tensor or numpy array, got {type(a).__name__}")
     if t.dtype not in (torch.float32, torch.float64):
@@ -151,24 +165,33 @@ def _layer_descs(weights, biases, in_dim: int, what: str = "weights"):
     keep, descs = [], []
     k = in_dim
     f32 = torch.float32
+    strided = torch.strided
+    Tensor = torch.Tensor
     for i, (w, b) in enumerate(zip(weights, biases)):
-        # fast path: float32 CPU tensors in nn.Linear layout (the common case), no conversion
-        if (isinstance(w, torch.Tensor) and w.dtype is f32 and w.is_cpu and w.dim() == 2
-                and w.shape[1] == k and w.stride(1) == 1 and w.shape[0] >= 1):
-            n = w.shape[0]
-            if b is None:
-                descs.append((w.data_ptr(), n, k, w.stride(0), 0, 1))
-                k = n
-                continue
-            if isinstance(b, torch.Tensor) and b.dtype is f32 and b.is_cpu and b.dim() == 1 and b.shape[0] == n:
-                descs.append((w.data_ptr(), n, k, w.stride(0), b.data_ptr(), b.stride(0)))
-                k = n
-                continue
+        # fast path: float32 CPU tensors in nn.Linear layout (the common case), no conversion;
+        # rows must not overlap (ldw >= K; a single row's stride is never used: pass K).
+        # shape / stride read once as tuples (each tensor attribute costs ~0.1 us here)
+        if isinstance(w, Tensor) and w.dtype is f32 and w.is_cpu and w.layout is strided:
+            sh, st = w.shape, w.stride()
+            if len(sh) == 2 and sh[1] == k and k >= 1 and sh[0] >= 1 and st[1] == 1 and (st[0] >= k or sh[0] == 1):
+                n = sh[0]
+                ldw = st[0] if n > 1 else k
+                if b is None:
+                    descs.append((w.data_ptr(), n, k, ldw, 0, 1))
+                    k = n
+                    continue
+                if isinstance(b, Tensor) and b.dtype is f32 and b.is_cpu and b.layout is strided:
+                    bsh, bst = b.shape, b.stride()
+                    if len(bsh) == 1 and bsh[0] == n and bst[0] >= 0:
+                        descs.append((w.data_ptr(), n, k, ldw, b.data_ptr(), bst[0]))
+                        k = n
+                        continue
         w = _to_tensor(w, f"{what}[{i}]")
-        if w.dim() != 2 or w.shape[1] != k or w.shape[0] < 1:
-            raise ValueError(f"{what}[{i}]: expected shape [H_{i}, {k}], got {_shape(w)}")
+        if w.dim() != 2 or w.shape[1] != k or w.shape[0] < 1 or k < 1:
+            want = f"[H_{i}, {k}]" if k >= 1 else f"[H_{i}, K] with K >= 1"
+            raise ValueError(f"{what}[{i}]: expected shape {want}, got {_shape(w)}")
         w = w.float() if w.dtype != torch.float32 else w
-        if w.stride(1) != 1 or w.stride(0) < w.shape[1]:
+        if w.stride(1) != 1 or (w.stride(0) < w.shape[1] and w.shape[0] > 1):
             w = w.contiguous()
         n = w.shape[0]
         bp, bs = 0, 1
@@ -180,7 +203,7 @@ def _layer_descs(weights, biases, in_dim: int, what: str = "weights"):
             keep.append(b)
             bp, bs = b.data_ptr(), b.stride(0)
         keep.append(w)
-        descs.append((w.data_ptr(), n, k, w.stride(0), bp, bs))
+        descs.append((w.data_ptr(), n, k, w.stride(0) if n > 1 else k, bp, bs))
         k = n
     return descs, keep
 
@@ -198,6 +221,8 @@ def fused_mlp(x, weights, biases, activation="tanh", output_activation=None):
     act = ACT_CODES[canonical_activation(activation, what="activation")]
     out_act = ACT_CODES[canonical_activation(output_activation, what="output_activation")]
     lead, in_dim = tuple(xt.shape[:-1]), xt.shape[-1]
+    if in_dim < 1:
+        raise ValueError(f"x: expected shape [B, I] with I >= 1, got {_shape(xt)}")
     descs, keep = _layer_descs(weights, biases, in_dim)
     x2 = _f32_rows(xt.reshape(-1, in_dim))
     B = x2.shape[0]
