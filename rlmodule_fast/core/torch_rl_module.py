@@ -1,6 +1,7 @@
 """TorchRLModule: an RLModule that is a torch.nn.Module (weights = its state dict)."""
 from __future__ import annotations
 
+import threading
 from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
@@ -32,7 +33,31 @@ class TorchRLModule(nn.Module, RLModule):
 
     def __init__(self, *args, **kwargs):
         nn.Module.__init__(self)
+        # Held while weights are replaced (set_state) and while a fused plan repacks them, so a
+        # policy step sees either the old or the new weights, never a torn mix.
+        self._weights_lock = threading.RLock()
         RLModule.__init__(self, *args, **kwargs)
+
+    def weights_lock(self) -> "threading.RLock":
+        """The lock guarding this module's weights against torn reads by the fused plans.
+
+        ``set_state`` holds it. To update weights in place (e.g. ``optimizer.step()``) while
+        another thread steps the module, hold it around the update::
+
+            with module.weights_lock():
+                optimizer.step()
+        """
+        return self._weights_lock
+
+    def __getstate__(self) -> dict:
+        state = nn.Module.__getstate__(self)
+        state = dict(state)
+        state.pop("_weights_lock", None)  # locks do not pickle; a copy gets its own
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        nn.Module.__setstate__(self, state)
+        self._weights_lock = threading.RLock()
 
     def forward(self, batch: Mapping[str, Any], **kwargs) -> dict:
         """``module(batch)`` runs ``forward_train`` (as RLlib's TorchRLModule does)."""
@@ -84,7 +109,8 @@ class TorchRLModule(nn.Module, RLModule):
             if v.dtype.is_floating_point != own[k].dtype.is_floating_point:
                 raise ValueError(f"state[{k!r}]: expected dtype {own[k].dtype}, got {v.dtype}")
             converted[k] = v
-        self.load_state_dict(converted, strict=False)
+        with self._weights_lock:
+            self.load_state_dict(converted, strict=False)
 
     def unwrapped(self) -> "TorchRLModule":
         return self
