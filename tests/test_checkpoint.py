@@ -1,6 +1,7 @@
 """Checkpoints: round trips, metadata, and loading that never executes code from the files."""
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 import pickle
@@ -117,6 +118,8 @@ def test_metadata_json_content(tmp_path):
     assert meta["rlmodule_fast_version"] == rf.__version__
     assert meta["torch_version"] == torch.__version__
     assert "checkpoint_version" in meta
+    state_sha = meta.pop("state_sha256")
+    assert state_sha == hashlib.sha256((tmp_path / RLModule.STATE_FILE_NAME).read_bytes()).hexdigest()
     assert meta == m.get_metadata()
     ctor = json.loads((tmp_path / RLModule.CLASS_AND_CTOR_ARGS_FILE_NAME).read_text())
     assert "PPOTorchRLModule" in ctor["class"]

@@ -14,6 +14,7 @@ a ValueError / FileNotFoundError that names the file.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -98,6 +99,25 @@ def check_metadata(path: pathlib.Path) -> dict:
     if version != CHECKPOINT_VERSION:
         raise ValueError(f"{path / METADATA_FILE_NAME}: checkpoint_version {version!r} is not supported (expected {CHECKPOINT_VERSION!r})")
     return meta
+
+
+def file_sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_sha256(path: pathlib.Path, expected: Optional[str], meta_file: pathlib.Path) -> None:
+    """Compare ``path``'s SHA-256 with the one recorded in ``meta_file`` (safetensors itself has
+    no checksum: a flipped bit in the tensor bytes would load silently)."""
+    if expected is None:
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file missing: {path}")
+    if not isinstance(expected, str) or file_sha256(path) != expected:
+        raise ValueError(f"{path}: checksum mismatch with {meta_file} (corrupt or modified state file)")
 
 
 def save_tensors(path: pathlib.Path, state: Mapping[str, Any]) -> None:

@@ -255,17 +255,19 @@ class RLModule(abc.ABC):
         """Write a checkpoint directory (see core/checkpoint.py) and return its path."""
         path = ckpt.as_dir(path)
         path.mkdir(parents=True, exist_ok=True)
-        ckpt.save_tensors(path / self.STATE_FILE_NAME, state if state is not None else self.get_state())
+        state_file = path / self.STATE_FILE_NAME
+        ckpt.save_tensors(state_file, state if state is not None else self.get_state())
         _, kwargs = self.get_ctor_args_and_kwargs()
         ckpt.write_json(path / self.CLASS_AND_CTOR_ARGS_FILE_NAME, {"class": ckpt.class_path(type(self)), "ctor_kwargs": kwargs})
-        ckpt.write_json(path / self.METADATA_FILE_NAME, self.get_metadata())
+        ckpt.write_json(path / self.METADATA_FILE_NAME, {**self.get_metadata(), "state_sha256": ckpt.file_sha256(state_file)})
         return str(path)
 
     def restore_from_path(self, path, **kwargs) -> None:
         """Load the weights of a checkpoint directory written by ``save_to_path``."""
         path = pathlib.Path(path)
-        ckpt.check_metadata(path)
+        meta = ckpt.check_metadata(path)
         state_file = path / self.STATE_FILE_NAME
+        ckpt.verify_sha256(state_file, meta.get("state_sha256"), path / self.METADATA_FILE_NAME)
         state = ckpt.load_tensors(state_file)
         try:
             self.set_state(state)
@@ -299,9 +301,11 @@ class RLModule(abc.ABC):
     @classmethod
     def _from_ctor_kwargs(cls, kwargs: Mapping[str, Any], *, source: str) -> "RLModule":
         try:
+            if not isinstance(kwargs, Mapping) or not isinstance(kwargs.get("config"), Mapping):
+                raise ValueError("'ctor_kwargs' must be an object holding a 'config' object")
             config = RLModuleConfig.from_dict(kwargs["config"])
             return _construct(cls, config)
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise ValueError(f"{source}: cannot rebuild the module from its constructor arguments: {e}") from e
 
 
