@@ -107,9 +107,10 @@ def sample_diag_gaussian(
     mean, log_std = mean_logstd.chunk(2, dim=-1)
     if deterministic:
         eps = torch.zeros_like(mean)
+        actions = mean.clone()  # not mean + exp(log_std) * 0, which is NaN for a huge log_std
     else:
         eps = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
-    actions = mean + torch.exp(log_std) * eps
+        actions = mean + torch.exp(log_std) * eps
     logp = (-0.5 * eps * eps - log_std - _LOG_SQRT_2PI).sum(-1)
     return actions, logp
 
