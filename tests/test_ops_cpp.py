@@ -703,3 +703,41 @@ def test_diag_gaussian_vectorised_normals_agree_across_isas_and_are_normal():
     r2 = a[:, 0] ** 2 + a[:, 1] ** 2  # a Box-Muller pair: chi2(2) radius, uniform angle
     assert stats.kstest(r2, "chi2", args=(2,)).pvalue > 1e-4
     assert stats.kstest(np.arctan2(a[:, 1], a[:, 0]), "uniform", args=(-np.pi, 2 * np.pi)).pvalue > 1e-4
+
+
+# --------------------------------------------------------------------- one-shot ops' pack cache
+
+@pytest.mark.parametrize("B", [1, 16, 129], ids=lambda b: f"B{b}")
+def test_fused_mlp_cache_sees_in_place_updates_and_new_tensors(B):
+    torch.manual_seed(0)
+    l1, l2 = torch.nn.Linear(5, 33), torch.nn.Linear(33, 3)
+    x = torch.randn(B, 5)
+    ws, bs = [l1.weight, l2.weight], [l1.bias, l2.bias]
+
+    def check():
+        with torch.no_grad():
+            got = rf.ops.fused_mlp(x, ws, bs, "tanh", backend="cpp")
+            torch.testing.assert_close(got, ref.fused_mlp(x, ws, bs, "tanh"), atol=2e-5, rtol=1e-4)
+
+    check()
+    check()  # cached
+    with torch.no_grad():
+        l1.weight.mul_(-0.5)  # in place: version moves
+    check()
+    for _ in range(3):  # a fresh bias tensor per call, same values pattern: never a stale hit
+        bs = [l1.bias * 0 + torch.randn(33), l2.bias]
+        check()
+
+
+def test_lstm_step_cache_sees_in_place_updates():
+    torch.manual_seed(1)
+    cell = torch.nn.LSTMCell(6, 5)
+    x, h, c = torch.randn(4, 6), torch.randn(4, 5), torch.randn(4, 5)
+    for _ in range(2):
+        with torch.no_grad():
+            b = cell.bias_ih + cell.bias_hh
+            got = rf.ops.lstm_step(x, h, c, cell.weight_ih, cell.weight_hh, b, backend="cpp")
+            want = cell(x, (h, c))
+            torch.testing.assert_close(got[0], want[0], atol=2e-5, rtol=1e-4)
+            torch.testing.assert_close(got[1], want[1], atol=2e-5, rtol=1e-4)
+            cell.weight_hh.add_(0.3)

@@ -223,15 +223,30 @@ def fused_mlp(x, weights, biases, activation="tanh", output_activation=None):
     lead, in_dim = tuple(xt.shape[:-1]), xt.shape[-1]
     if in_dim < 1:
         raise ValueError(f"x: expected shape [B, I] with I >= 1, got {_shape(xt)}")
-    descs, keep = _layer_descs(weights, biases, in_dim)
+    weights, biases = list(weights), list(biases)
+    acts = [act] * (len(weights) - 1) + [out_act]
+    # Weights seen before (same tensors, unchanged) run packed without re-reading them.
+    key = _pack_cache.key(("mlp", in_dim, tuple(acts), len(biases)), weights + biases)
+    hit = _pack_cache.lookup(key)
+    if hit is not None:
+        packed, n_out = hit
+        keep = None
+    else:
+        descs, keep = _layer_descs(weights, biases, in_dim)
+        n_out = descs[-1][1]
+        packed = None
+        if key is not None:
+            packed = _C.PackedMLP(descs, acts)
+            _pack_cache.insert(key, (packed, n_out), weights + biases)
     x2 = _f32_rows(xt.reshape(-1, in_dim))
     B = x2.shape[0]
-    n_out = descs[-1][1]
     y = torch.empty((B, n_out), dtype=torch.float32)
-    acts = [act] * (len(descs) - 1) + [out_act]
     if B:
         sync_threads()
-        _C.fused_mlp(x2.data_ptr(), B, in_dim, _ld(x2), descs, acts, y.data_ptr(), n_out)
+        if packed is not None:
+            packed.forward(x2.data_ptr(), B, _ld(x2), y.data_ptr(), n_out)
+        else:
+            _C.fused_mlp(x2.data_ptr(), B, in_dim, _ld(x2), descs, acts, y.data_ptr(), n_out)
     del keep
     return _out(y.reshape(*lead, n_out), xt.dtype, is_numpy)
 
@@ -359,52 +374,72 @@ def _rnn_inputs(x, h, gates: int, w_ih, w_hh):
     return xt, ht, B, I, H, wi, wh
 
 
-class _RnnCache:
-    """Packed LSTM/GRU cells for the one-shot ops, keyed by the caller's weight tensors (identity,
-    data pointer, shape, strides, version): stepping the same cell repacks only after an in-place
-    change. numpy weights (no version counter) are packed per call. A few entries, LRU."""
+class _PackCache:
+    """Packed weights for the one-shot ops (fused_mlp, lstm_step, gru_step), keyed by the
+    caller's weight tensors (identity, data pointer, shape, strides, version): calling an op
+    again with the same weights repacks only after an in-place change. numpy weights (no
+    version counter) are not cached. A few entries, LRU."""
 
-    def __init__(self, size: int = 8):
+    def __init__(self, size: int = 16):
         self.size = size
         self._entries: "OrderedDict[tuple, tuple]" = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
-    def _stamp(ts) -> Optional[tuple]:
-        out = []
+    def key(tag: tuple, ts) -> Optional[tuple]:
+        """Cache key for the weight tensors ``ts`` (None entries allowed), or None for numpy.
+        Identity + data pointer + version: entries keep their tensors alive, so an id cannot be
+        reused by another tensor while its entry exists, and any in-place write moves the version."""
+        out = list(tag)
         for t in ts:
             if t is None:
                 out.append(None)
-            elif not isinstance(t, torch.Tensor):
+            elif type(t) is not torch.Tensor and not isinstance(t, torch.Tensor):
                 return None  # numpy: cannot see in-place changes
             else:
-                out.append((id(t), t.data_ptr(), tuple(t.shape), tuple(t.stride()), t._version, t.dtype))
+                out.append((id(t), t.data_ptr(), t._version))
         return tuple(out)
 
-    def get(self, kind: int, I: int, H: int, f32, originals):
-        wi, wh, b0, b1 = f32
-        desc = (kind, I, H, wi.data_ptr(), wi.stride(0), wh.data_ptr(), wh.stride(0),
-                b0.data_ptr() if b0 is not None else 0, b1.data_ptr() if b1 is not None else 0)
-        key = self._stamp(originals)
+    def lookup(self, key: Optional[tuple]):
         if key is None:
-            return _C.PackedRNN(desc)
-        key = (kind, I, H) + key
+            return None
         with self._lock:
             hit = self._entries.get(key)
-            if hit is not None:
-                self._entries.move_to_end(key)
-                return hit[0]
-        cell = _C.PackedRNN(desc)  # packing copies the weights: the f32 views may go
+            if hit is None:
+                return None
+            self._entries.move_to_end(key)
+            return hit[0]
+
+    def insert(self, key: Optional[tuple], packed, originals) -> None:
+        if key is None:
+            return
         with self._lock:
-            # The entry keeps the original tensors alive, so their ids cannot be reused by new
-            # tensors (e.g. a recomputed bias) while the entry exists.
-            self._entries[key] = (cell, tuple(originals))
+            self._entries[key] = (packed, tuple(originals))
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
-        return cell
+
+    def get(self, tag: tuple, originals, build):
+        """The packed object for ``originals``, built by ``build()`` on a miss; None when the
+        weights cannot be cached (numpy)."""
+        key = self.key(tag, originals)
+        if key is None:
+            return None
+        packed = self.lookup(key)
+        if packed is None:
+            packed = build()  # packing copies the weights: the caller's float32 views may go
+            self.insert(key, packed, originals)
+        return packed
 
 
-_rnn_cache = _RnnCache()
+_pack_cache = _PackCache()
+
+
+def _packed_rnn(kind: int, I: int, H: int, f32, originals):
+    wi, wh, b0, b1 = f32
+    desc = (kind, I, H, wi.data_ptr(), wi.stride(0), wh.data_ptr(), wh.stride(0),
+            b0.data_ptr() if b0 is not None else 0, b1.data_ptr() if b1 is not None else 0)
+    cell = _pack_cache.get(("rnn", kind, I, H), originals, lambda: _C.PackedRNN(desc))
+    return cell if cell is not None else _C.PackedRNN(desc)
 
 
 def lstm_step(x, h, c, w_ih, w_hh, b):
@@ -425,7 +460,7 @@ def lstm_step(x, h, c, w_ih, w_hh, b):
     h_out = torch.empty((B, H), dtype=torch.float32)
     c_out = torch.empty((B, H), dtype=torch.float32)
     if B:
-        cell = _rnn_cache.get(0, I, H, (wi, wh, bt, None), (w_ih, w_hh, b, None))
+        cell = _packed_rnn(0, I, H, (wi, wh, bt, None), (w_ih, w_hh, b, None))
         sync_threads()
         cell.step(x32.data_ptr(), B, _ld(x32), h32.data_ptr(), _ld(h32), c32.data_ptr(), _ld(c32),
                   h_out.data_ptr(), c_out.data_ptr())
@@ -444,7 +479,7 @@ def gru_step(x, h, w_ih, w_hh, b_ih, b_hh):
     x32, h32 = _f32_rows(xt), _f32_rows(ht)
     h_out = torch.empty((B, H), dtype=torch.float32)
     if B:
-        cell = _rnn_cache.get(1, I, H, (wi, wh, bi, bh), (w_ih, w_hh, b_ih, b_hh))
+        cell = _packed_rnn(1, I, H, (wi, wh, bi, bh), (w_ih, w_hh, b_ih, b_hh))
         sync_threads()
         cell.step(x32.data_ptr(), B, _ld(x32), h32.data_ptr(), _ld(h32), 0, 0, h_out.data_ptr(), 0)
     return _out(h_out, xt.dtype, is_numpy)
