@@ -67,6 +67,6 @@ def space_from_json(data: Any) -> gym.Space | None:
             return gym.spaces.Tuple([space_from_json(s) for s in data["spaces"]])
         if kind == "Dict":
             return gym.spaces.Dict({k: space_from_json(s) for k, s in data["spaces"].items()})
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AssertionError) as e:  # gymnasium validates with asserts
         raise ValueError(f"malformed space description {data!r}: {e}") from e
     raise ValueError(f"unknown space type {data.get('type') if isinstance(data, dict) else data!r}")
