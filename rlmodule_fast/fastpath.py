@@ -467,17 +467,12 @@ def plan_for(module, example) -> Optional[PolicyPlan]:
     backend is unavailable (``rf.backend_info()`` says why). A backend forced by the environment
     but unavailable raises RuntimeError (no silent fallback). Plan outputs carry no autograd
     graph, as RLlib's exploration/inference forwards (run under ``torch.no_grad()``) do not."""
-    forced = dispatch.forced_backend()
-    name = forced or ("triton" if getattr(getattr(example, "device", None), "type", None) == "cuda" else "cpp")
+    name = dispatch.choose("policy_step", "auto", example)
     if name == "torch":
         return None
     plans = _PLANS.get(module)
     plan = plans.get(name) if plans is not None else None
     if plan is None:
-        if dispatch._backend_module(name) is None:
-            if forced:
-                raise RuntimeError(f"backend {name!r} is unavailable: {dispatch._status[name][1]}")
-            return None
         plan = PolicyPlan(module.policy_layers(), backend=name, weights_lock=getattr(module, "_weights_lock", None))
         with _PLANS_LOCK:
             plans = _PLANS.setdefault(module, {})

@@ -370,7 +370,8 @@ def test_rnn_steps_no_bias_numpy_float64_and_bad_shapes():
 def test_backend_info_reports_cpp():
     info = rf.backend_info()["cpp"]
     assert info["available"] and info["isa"] in ("sse2", "avx2", "avx512")
-    assert set(info["ops"]) == {"fused_mlp", "sample_categorical", "sample_diag_gaussian", "lstm_step", "gru_step"}
+    assert set(info["ops"]) == {"fused_mlp", "sample_categorical", "sample_diag_gaussian", "lstm_step", "gru_step",
+                                "policy_step"}
 
 
 @pytest.mark.parametrize("act", ACTS)

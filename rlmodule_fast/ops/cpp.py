@@ -30,7 +30,9 @@ import torch
 
 from .reference import canonical_activation
 
-OPS: frozenset = frozenset({"fused_mlp", "sample_categorical", "sample_diag_gaussian", "lstm_step", "gru_step"})
+# "policy_step" is run by fastpath.PolicyPlan (the whole step in one _C call), not by a function here.
+OPS: frozenset = frozenset({"fused_mlp", "sample_categorical", "sample_diag_gaussian", "lstm_step", "gru_step",
+                            "policy_step"})
 
 ACT_CODES = {"linear": 0, "tanh": 1, "relu": 2, "silu": 3, "elu": 4}
 

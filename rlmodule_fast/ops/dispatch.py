@@ -9,7 +9,8 @@ preferred backend does not implement runs on the torch reference; ``backend_info
 per backend, which ops it implements, so this is visible rather than silent.
 
 Each backend is a module with ``OPS`` (names it implements), ``status() -> (ok, reason)``
-and one function per op with the reference's signature.
+and one function per op with the reference's signature -- except ``"policy_step"``, which
+``fastpath.plan_for`` chooses here and runs as a ``PolicyPlan``.
 """
 from __future__ import annotations
 
@@ -77,12 +78,14 @@ def choose(op: str, backend: str = "auto", example: Any = None) -> str:
     ``backend``: "auto" | "torch" | "cpp" | "triton". Raises ValueError for an unknown name and
     RuntimeError when an explicitly requested (or forced) backend cannot run ``op``.
     """
-    if backend is None:
-        backend = "auto"
-    backend = backend.lower()
-    if backend != "auto" and backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r}: expected 'auto' or one of {BACKENDS}")
-    explicit = backend if backend != "auto" else forced_backend()
+    if backend is None or backend == "auto":
+        explicit = forced_backend()
+    else:
+        explicit = backend.lower()
+        if explicit != "auto" and explicit not in BACKENDS:
+            raise ValueError(f"backend={backend!r}: expected 'auto' or one of {BACKENDS}")
+        if explicit == "auto":
+            explicit = forced_backend()
     if explicit == "torch":  # the reference runs every op (for policy_step: the module's own layers)
         return "torch"
     if explicit is not None:

@@ -21,8 +21,9 @@ import torch
 
 from .reference import canonical_activation
 
+# "policy_step" is run by TritonPolicyPlan (through fastpath.PolicyPlan), not by a function here.
 OPS: frozenset = frozenset({"fused_mlp", "sample_categorical", "sample_diag_gaussian",
-                            "lstm_step", "gru_step"})
+                            "lstm_step", "gru_step", "policy_step"})
 
 #: tl.dot input precision. "tf32x3" (default) splits each float32 operand into two TF32 parts
 #: and runs three tensor-core MMAs: about float32 accuracy at tensor-core speed. "ieee" is the
