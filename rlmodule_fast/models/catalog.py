@@ -71,11 +71,6 @@ class Catalog:
 
     @property
     def action_dist_input_dim(self) -> int:
-        """Width of ``action_dist_inputs``."""
-        space = self.action_space
-        if isinstance(space, gym.spaces.Discrete):
-            return int(space.n)
-        if isinstance(space, gym.spaces.MultiDiscrete):
-            return int(np.sum(space.nvec))
-        return 2 * int(space.shape[0])
+        """Width of ``action_dist_inputs`` (the distribution class's ``required_input_dim``)."""
+        return int(self.action_dist_cls.required_input_dim(self.action_space))
 
