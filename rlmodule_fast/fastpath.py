@@ -3,10 +3,24 @@ backend call: ``PolicyPlan``.
 
 A plan reads a module's layers once (``PolicyLayers``, built by e.g.
 ``PPOTorchRLModule.policy_layers()``), packs their weights for its backend, and before every
-step compares the parameters' torch ``_version`` counters with those it packed: an in-place
-change (optimizer step, ``load_state_dict`` / ``set_state``) triggers one repack, so the next
-step always sees the current weights. Replacing a parameter object (``lin.weight = Parameter``)
-or writing through ``.data`` is not seen: rebuild the plan then.
+step checks that what it packed is still what the module holds (see "Freshness" below), so a
+step always runs the current weights.
+
+Freshness -- what a step detects by itself, and what needs ``plan.refresh()`` (the module's
+``refresh_fast_path()``):
+
+- detected: in-place changes of a parameter (optimizer steps, ``load_state_dict``,
+  ``set_state``, ``p.copy_(...)``, ``with torch.no_grad(): p += ...``: the parameter's version
+  counter moves); a parameter whose storage was swapped (``p.data = t``,
+  ``nn.utils.vector_to_parameters``, ``module.to(...)``: its data pointer moves); a replaced
+  parameter or layer (``lin.weight = nn.Parameter(...)``, ``load_state_dict(..., assign=True)``,
+  ``seq[0] = nn.Linear(...)``: any parameter or submodule registration anywhere bumps a
+  process-wide counter, after which the plan re-reads the module's layers and compares
+  parameter identities).
+- not detectable without reading every weight on every step: writes that bypass torch's
+  version counter into the same memory -- in-place ops on ``p.data`` (``p.data.mul_(2)``,
+  ``p.data[:] = ...``) and writes through a numpy view (``p.detach().numpy()[:] = ...``).
+  Call ``refresh()`` after those.
 
 Backends: "cpp" (the C++ extension, CPU tensors / numpy), "triton" (CUDA, delegating to
 ``ops.triton.TritonPolicyPlan``), "auto" (cpp here, triton for CUDA parameters).
@@ -15,6 +29,7 @@ Shape legend: B batch, O flattened obs dim, H rnn hidden, D dist-input dim, A ac
 """
 from __future__ import annotations
 
+import contextlib
 import operator
 import threading
 import weakref
@@ -24,6 +39,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .core.torch_rl_module import STRUCTURE_GEN
 from .ops import dispatch
 from .ops.reference import canonical_activation
 
@@ -50,8 +66,31 @@ class PolicyLayers:
 
 DISTS = {"categorical": 0, "multi_categorical": 1, "diag_gaussian": 2}
 _VERSION = operator.attrgetter("_version")
+_DATA_PTR = torch.Tensor.data_ptr
+
+# Structure generation: bumped whenever any nn.Module registers a parameter or a submodule
+# (``lin.weight = nn.Parameter(...)``, ``load_state_dict(assign=True)``, ``seq[i] = layer``) and
+# whenever a TorchRLModule is moved (``.to(device)`` replaces Parameter objects without
+# registering them), so a step notices a replaced parameter with one integer compare; the plan
+# then re-reads its module's layers. The hooks return None, which keeps the registered value.
+_STRUCTURE_GEN = STRUCTURE_GEN
+
+
+def _on_registration(*_args) -> None:
+    _STRUCTURE_GEN[0] += 1
+
+
+torch.nn.modules.module.register_module_parameter_registration_hook(_on_registration)
+torch.nn.modules.module.register_module_module_registration_hook(_on_registration)
+
+
+def _stamp(params: list) -> tuple:
+    """What a packed copy was made from: (sum of version counters, data pointers). Versions
+    only grow, so their sum moves whenever one does."""
+    return sum(map(_VERSION, params)), tuple(map(_DATA_PTR, params))
 _F32 = np.dtype(np.float32)
 _NO_STATE = (None, None, None, None)
+_NULL_LOCK = contextlib.nullcontext()
 
 
 def _linears(layers, what: str) -> list:
@@ -118,7 +157,7 @@ class PolicyPlan:
 
     ``PolicyPlan(layers: PolicyLayers, backend="cpp", weights_lock=None)``; ``weights_lock``: a
     (re-entrant) lock that whoever updates the weights as a whole holds for the whole update
-    (``plan_for`` passes the module's ``_weights_lock`` when it has one); the cpp plan reads
+    (``plan_for`` passes the module's ``weights_lock()`` when it has one); the cpp plan reads
     the parameters under it when it repacks, so every step sees all-old or all-new weights.
     ``step(obs, state=None, *, deterministic=False, compute_value=False, out=None) -> dict``:
 
@@ -138,7 +177,7 @@ class PolicyPlan:
     ``torch.get_num_threads()`` threads (``RLMODULE_FAST_NUM_THREADS`` overrides).
     """
 
-    def __init__(self, layers: PolicyLayers, backend: str = "cpp", weights_lock=None):
+    def __init__(self, layers: PolicyLayers, backend: str = "cpp", weights_lock=None, source=None):
         backend = (backend or "auto").lower()
         if backend not in ("auto", "cpp", "triton"):
             raise ValueError(f"backend={backend!r}: expected 'auto', 'cpp' or 'triton'")
@@ -148,10 +187,14 @@ class PolicyPlan:
         self.backend = backend
         self.layers = layers
         self.weights_lock = weights_lock
+        self._source = source          # weakref.WeakMethod -> the module's policy_layers (or None)
+        self._gen = _STRUCTURE_GEN[0]
+        self._params = params
         if backend == "triton":
             mod = dispatch._backend_module("triton")
             if mod is None:
                 raise RuntimeError(f"backend 'triton' is unavailable: {dispatch._status['triton'][1]}")
+            self._triton = mod
             self._impl = mod.TritonPolicyPlan(layers)
             return
         from .ops import cpp
@@ -161,14 +204,11 @@ class PolicyPlan:
             raise RuntimeError(f"backend 'cpp' is unavailable: {reason}")
         self._cpp = cpp
         self._impl = None
-        for p in params:
-            if p.device.type != "cpu":
-                raise ValueError(f"layers: the cpp backend needs CPU parameters, got device {p.device}")
-        self._params = params
+        self._check_devices(params)
         self._validate(layers)
         self._lock = threading.Lock()
         self._net = None
-        self._version = None
+        self._packed = None            # _stamp() of the parameters the packed copy was made from
         self._recurrent = self.actor_rnn is not None or self.critic_rnn is not None
         self._sync_rng = cpp._sync_rng
         self._sync_threads = cpp.sync_threads
@@ -178,6 +218,47 @@ class PolicyPlan:
         """Pickle / deepcopy rebuild the plan from its layers (packed buffers never travel; nor
         does the weights lock, which belongs to the module)."""
         return (PolicyPlan, (self.layers, self.backend))
+
+    @staticmethod
+    def _check_devices(params: list) -> None:
+        """The cpp plan hands data pointers to C++: every parameter must live in CPU memory."""
+        for p in params:
+            if p.device.type != "cpu":
+                raise ValueError(f"layers: the cpp backend needs CPU parameters, got a parameter on {p.device} "
+                                 "(the module was moved: step it with inputs on that device)")
+
+    def refresh(self) -> None:
+        """Re-read the module's layers and repack every weight now, whatever the freshness check
+        says (after writes it cannot see: in-place ops on ``p.data``, writes through a numpy view)."""
+        lock = self.weights_lock
+        with (lock if lock is not None else _NULL_LOCK):
+            self._reread_layers(force=True)
+            if self._impl is not None:
+                self._impl = self._triton.TritonPolicyPlan(self.layers)
+                return
+            with self._lock:
+                self._packed = None
+                self._repack_locked()
+
+    def _reread_layers(self, force: bool = False) -> None:
+        """After a parameter / submodule registration somewhere: take the module's current
+        layers when their parameters are not the ones this plan holds (validated again)."""
+        self._gen = _STRUCTURE_GEN[0]
+        get_layers = self._source() if self._source is not None else None
+        if get_layers is None:  # no module to re-read (a plan built from bare layers)
+            return
+        layers = get_layers()
+        params = _params(layers)
+        if not force and len(params) == len(self._params) and all(map(operator.is_, params, self._params)):
+            return
+        if self._impl is not None:
+            self._impl = self._triton.TritonPolicyPlan(layers)
+        else:
+            self._check_devices(params)
+            self._validate(layers)
+            self._recurrent = self.actor_rnn is not None or self.critic_rnn is not None
+            self._packed = None
+        self.layers, self._params = layers, params
 
     # -- description ------------------------------------------------------------------------------
     def _validate(self, L: PolicyLayers) -> None:
@@ -275,35 +356,36 @@ class PolicyPlan:
         return spec, keep
 
     def _repack(self) -> None:
-        """Pack the current parameters (when their versions moved). With ``weights_lock`` (the
-        module's lock, held by whoever updates the weights as a whole: ``set_state``, a guarded
-        optimizer step) the parameters are read under it, so the packed copy is all-old or
-        all-new. Without it, a version that moves while packing triggers another pass, and a
-        pack that never settles is marked stale so the next step repacks again."""
+        """Bring the packed copy up to date with the module. With ``weights_lock`` (the module's
+        lock, held by whoever updates the weights as a whole: ``set_state``, ``load_state_dict``,
+        a guarded optimizer step) the parameters are read under it, so the packed copy is all-old
+        or all-new. Without it, a parameter that moves while packing triggers another pass, and
+        a pack that never settles is marked stale so the next step repacks again."""
         lock = self.weights_lock
-        if lock is None:
-            with self._lock:
-                self._repack_locked()
-            return
-        with lock:  # the module's lock first (an updater holding it may step: it is re-entrant)
+        with (lock if lock is not None else _NULL_LOCK):  # the module's lock first (re-entrant)
+            if self._gen != _STRUCTURE_GEN[0]:
+                self._reread_layers()
+            if self._impl is not None:
+                return
             with self._lock:
                 self._repack_locked()
 
     def _repack_locked(self) -> None:
         for _ in range(4):
-            version = sum(map(_VERSION, self._params))
-            if version == self._version and self._net is not None:
+            stamp = _stamp(self._params)
+            if stamp == self._packed and self._net is not None:
                 return
+            self._check_devices(self._params)  # e.g. module.to("cuda") / to("meta") since the last pack
             spec, keep = self._spec()
             if self._net is None:
                 self._net = self._cpp._C.Policy(spec)
             else:
                 self._net.load(spec)
             del keep
-            if sum(map(_VERSION, self._params)) == version:
-                self._version = version
+            if _stamp(self._params) == stamp:
+                self._packed = stamp
                 return
-        self._version = None  # still moving: stale, the next step repacks
+        self._packed = None  # still moving: stale, the next step repacks
 
     # -- the hot path ------------------------------------------------------------------------------
     def _state_arg(self, st, H: int, B: int, what: str):
@@ -370,12 +452,12 @@ class PolicyPlan:
         return x, x.shape[0], 0, as_tensor, x
 
     def step(self, obs, state=None, *, deterministic: bool = False, compute_value: bool = False, out=None) -> dict:
+        if self._gen != _STRUCTURE_GEN[0] or (self._impl is None and _stamp(self._params) != self._packed):
+            self._repack()
         if self._impl is not None:
             if out is not None:
                 raise ValueError("out=: not supported by the triton plan")
             return self._impl.step(obs, state, deterministic=deterministic, compute_value=compute_value)
-        if sum(map(_VERSION, self._params)) != self._version:
-            self._repack()
         if type(obs) is np.ndarray and obs.dtype == _F32 and obs.ndim == 2 and obs.flags.c_contiguous:
             # the common case (an env's float32 batch), as _obs would return it; _C checks the width
             obs_arg, B, ld, as_tensor, keep_obs = obs, obs.shape[0], 0, False, None
@@ -473,11 +555,20 @@ def plan_for(module, example) -> Optional[PolicyPlan]:
     plans = _PLANS.get(module)
     plan = plans.get(name) if plans is not None else None
     if plan is None:
-        plan = PolicyPlan(module.policy_layers(), backend=name, weights_lock=getattr(module, "_weights_lock", None))
+        lock_of = getattr(module, "weights_lock", None)
+        plan = PolicyPlan(module.policy_layers(), backend=name, weights_lock=lock_of() if callable(lock_of) else None,
+                          source=weakref.WeakMethod(module.policy_layers))
         with _PLANS_LOCK:
             plans = _PLANS.setdefault(module, {})
             plan = plans.setdefault(name, plan)
     return plan
 
 
-__all__ = ["EncoderLayers", "PolicyLayers", "PolicyPlan", "plan_for"]
+def refresh(module) -> None:
+    """Re-read ``module``'s layers and repack the weights of every plan cached for it (after
+    writes a step cannot detect; see the module docstring)."""
+    for plan in list((_PLANS.get(module) or {}).values()):
+        plan.refresh()
+
+
+__all__ = ["EncoderLayers", "PolicyLayers", "PolicyPlan", "plan_for", "refresh"]

@@ -18,7 +18,8 @@ Pattern = tuple
 
 class TensorSpec:
     """Accepted shapes of one tensor: ``TensorSpec(("B", 4))`` or several patterns
-    ``TensorSpec(("B", 4), ("B", "T", 4))``; ``dtype_kind`` "float" | "int" | None."""
+    ``TensorSpec(("B", 4), ("B", "T", 4))``; ``dtype_kind`` "float" | "int" | "number" (real
+    numbers or bool: no strings, objects, datetimes, complex) | None."""
 
     __slots__ = ("patterns", "dtype_kind")
 
@@ -55,8 +56,12 @@ def _dtype_ok(dtype: Any, kind: Optional[str]) -> bool:
     if kind is None:
         return True
     if isinstance(dtype, torch.dtype):
+        if kind == "number":
+            return not dtype.is_complex
         return dtype.is_floating_point if kind == "float" else not dtype.is_floating_point and not dtype.is_complex
     if isinstance(dtype, np.dtype):
+        if kind == "number":
+            return dtype.kind in "fiub"
         return dtype.kind == "f" if kind == "float" else dtype.kind in "iub"
     return False
 
@@ -130,6 +135,8 @@ class SpecChecker:
                 raise ValueError(f"{self.what}: {path!r} has shape {shape}, expected {sub.describe()}")
             if not _dtype_ok(dtype, sub.dtype_kind):
                 raise ValueError(f"{self.what}: {path!r} has dtype {dtype}, expected a {sub.dtype_kind} dtype")
+            if len(ok) >= 256:  # bounded: a stream of new shapes cannot grow it without end
+                ok.clear()
             ok.add(cache_key)
 
 
@@ -142,7 +149,11 @@ def to_torch(batch: Mapping[str, Any]) -> dict:
             try:
                 v = torch.from_numpy(v)
             except (ValueError, TypeError):  # negative strides, read-only or object arrays
-                v = torch.as_tensor(np.ascontiguousarray(v))
+                try:
+                    v = torch.as_tensor(np.ascontiguousarray(v))
+                except (ValueError, TypeError, RuntimeError) as e:
+                    raise ValueError(f"{k!r}: a numpy array of dtype {v.dtype} cannot become a tensor "
+                                     f"(expected a numeric dtype): {e}") from None
         elif isinstance(v, Mapping):
             v = to_torch(v)
         out[k] = v

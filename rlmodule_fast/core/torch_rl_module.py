@@ -21,7 +21,90 @@ def _as_list(x: Union[None, str, Sequence[str]]) -> list[str]:
     return [x] if isinstance(x, str) else list(x)
 
 
-class TorchRLModule(nn.Module, RLModule):
+_LOCK_CREATION = threading.Lock()
+
+#: Bumped whenever parameter objects may have been replaced without torch's registration hooks
+#: seeing it (``module.to(device)`` swaps in new Parameter objects directly). Readers (the fused
+#: plans) compare it with the value they last saw, and re-read the module's layers when it moved.
+STRUCTURE_GEN = [0]
+
+
+def check_state_dict(module: nn.Module, state_dict: Mapping[str, Any], strict: bool = True) -> list[str]:
+    """Everything ``module.load_state_dict(state_dict, strict)`` would reject, found before
+    anything is copied (torch's own load copies entry by entry and fails half-way: a torn
+    module). Returns the error lines (empty: the load cannot fail on the entries' keys,
+    types, shapes or devices)."""
+    if not isinstance(state_dict, Mapping):
+        return [f"expected a dict of tensors, got {type(state_dict).__name__}"]
+    own = module.state_dict(keep_vars=True)
+    errors = []
+    if strict:
+        unexpected = sorted(set(state_dict) - set(own))
+        missing = sorted(set(own) - set(state_dict))
+        if unexpected:
+            errors.append(f"unexpected keys {unexpected}")
+        if missing:
+            errors.append(f"missing keys {missing}")
+    for k, v in state_dict.items():
+        if k not in own:
+            continue
+        mine = own[k]
+        if not isinstance(v, torch.Tensor):
+            errors.append(f"{k!r}: expected a tensor, got {type(v).__name__}")
+        elif v.is_meta and not mine.is_meta:
+            errors.append(f"{k!r}: a tensor on the meta device holds no data")
+        elif tuple(v.shape) != tuple(mine.shape):
+            errors.append(f"{k!r}: expected shape {tuple(mine.shape)}, got {tuple(v.shape)}")
+        elif v.dtype.is_complex and not mine.dtype.is_complex:
+            errors.append(f"{k!r}: expected dtype {mine.dtype}, got {v.dtype}")
+    return errors
+
+
+class WeightsLockMixin:
+    """A re-entrant lock guarding an ``nn.Module``'s weights, held by every update path this
+    library offers: ``load_state_dict`` (validated first, so it either loads everything or
+    nothing), ``set_state`` (which calls it), ``module.to(...)`` / ``.float()`` (``_apply``),
+    and the fused plans' repacks. A fused step therefore sees all-old or all-new weights.
+    Put it before ``nn.Module`` in the bases (``class M(WeightsLockMixin, nn.Module)``)."""
+
+    def weights_lock(self) -> "threading.RLock":
+        """The lock guarding this module's weights against torn reads by the fused plans.
+
+        ``set_state`` / ``load_state_dict`` hold it. To update weights in place yourself (e.g.
+        ``optimizer.step()``) while another thread steps the module, hold it around the update::
+
+            with module.weights_lock():
+                optimizer.step()
+        """
+        lock = self.__dict__.get("_weights_lock")
+        if lock is None:
+            with _LOCK_CREATION:
+                lock = self.__dict__.setdefault("_weights_lock", threading.RLock())
+        return lock
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict`` that is all-or-nothing and holds ``weights_lock()``."""
+        errors = check_state_dict(self, state_dict, strict)
+        if errors:
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__} (nothing was loaded):\n\t"
+                               + "\n\t".join(errors))
+        with self.weights_lock():
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _apply(self, fn, *args, **kwargs):
+        with self.weights_lock():  # .to(device / dtype) swaps every parameter's storage or object
+            try:
+                return super()._apply(fn, *args, **kwargs)
+            finally:
+                STRUCTURE_GEN[0] += 1
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())
+        state.pop("_weights_lock", None)  # locks do not pickle; a copy gets its own
+        return state
+
+
+class TorchRLModule(WeightsLockMixin, nn.Module, RLModule):
     """RLModule + nn.Module. Subclasses build ``nn.Module`` layers in ``setup()``.
 
     ``get_state`` returns the state dict (tensors sharing storage with the module: copy them
@@ -33,31 +116,8 @@ class TorchRLModule(nn.Module, RLModule):
 
     def __init__(self, *args, **kwargs):
         nn.Module.__init__(self)
-        # Held while weights are replaced (set_state) and while a fused plan repacks them, so a
-        # policy step sees either the old or the new weights, never a torn mix.
-        self._weights_lock = threading.RLock()
+        self.weights_lock()  # created before setup(), so plans built there share it
         RLModule.__init__(self, *args, **kwargs)
-
-    def weights_lock(self) -> "threading.RLock":
-        """The lock guarding this module's weights against torn reads by the fused plans.
-
-        ``set_state`` holds it. To update weights in place (e.g. ``optimizer.step()``) while
-        another thread steps the module, hold it around the update::
-
-            with module.weights_lock():
-                optimizer.step()
-        """
-        return self._weights_lock
-
-    def __getstate__(self) -> dict:
-        state = nn.Module.__getstate__(self)
-        state = dict(state)
-        state.pop("_weights_lock", None)  # locks do not pickle; a copy gets its own
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        nn.Module.__setstate__(self, state)
-        self._weights_lock = threading.RLock()
 
     def forward(self, batch: Mapping[str, Any], **kwargs) -> dict:
         """``module(batch)`` runs ``forward_train`` (as RLlib's TorchRLModule does)."""
@@ -108,9 +168,10 @@ class TorchRLModule(nn.Module, RLModule):
                 raise ValueError(f"state[{k!r}]: expected shape {tuple(own[k].shape)}, got {tuple(v.shape)}")
             if v.dtype.is_floating_point != own[k].dtype.is_floating_point:
                 raise ValueError(f"state[{k!r}]: expected dtype {own[k].dtype}, got {v.dtype}")
+            if v.is_meta:
+                raise ValueError(f"state[{k!r}]: a tensor on the meta device holds no data")
             converted[k] = v
-        with self._weights_lock:
-            self.load_state_dict(converted, strict=False)
+        self.load_state_dict(converted, strict=False)  # validated again, then loaded under weights_lock()
 
     def unwrapped(self) -> "TorchRLModule":
         return self

@@ -41,7 +41,7 @@ def flatten_obs(obs: torch.Tensor, space: gym.Space, n_lead: int, dtype: torch.d
                              f"{int(space.start) + int(space.n)}), got values in [{int(obs.min())}, {int(obs.max())}]")
         return F.one_hot(idx, int(space.n)).to(dtype)
     lead = obs.shape[:n_lead]
-    return obs.reshape(*lead, -1).to(dtype)
+    return obs.reshape(*lead, obs_dim(space)).to(dtype)  # explicit width: a 0-row batch has no -1
 
 
 class TorchMLP(nn.Module):
@@ -62,20 +62,21 @@ class TorchMLP(nn.Module):
                 layers.append(_ACT_MODULES[act]())
         self.mlp = nn.Sequential(*layers)
         self.output_dim = dims[-1]
-        self._linears = [m for m in self.mlp if isinstance(m, nn.Linear)]
         self._hidden_activation = hidden_activation
         self._output_activation = self.activations[-1] if self.activations else "linear"
 
     @property
     def linears(self) -> list[nn.Linear]:
-        return list(self._linears)
+        """The nn.Linear layers as the Sequential holds them now (a replaced layer is seen)."""
+        return [m for m in self.mlp if isinstance(m, nn.Linear)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._linears and dispatch.training_mlp_backend(x) == "triton":
+        if dispatch.training_mlp_backend(x) == "triton" and self.linears:
             # Differentiable fused kernel (Triton forward, autograd backward) over the same weights.
             lead = x.shape[:-1]
-            y = fused_mlp(x.reshape(-1, x.shape[-1]), [m.weight for m in self._linears],
-                          [m.bias for m in self._linears], self._hidden_activation, self._output_activation,
+            linears = self.linears
+            y = fused_mlp(x.reshape(-1, x.shape[-1]), [m.weight for m in linears],
+                          [m.bias for m in linears], self._hidden_activation, self._output_activation,
                           backend="triton")
             return y.reshape(*lead, y.shape[-1])
         return self.mlp(x)

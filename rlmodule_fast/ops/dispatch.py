@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from types import ModuleType
 from typing import Any, Callable, Optional
 
@@ -99,15 +100,55 @@ def choose(op: str, backend: str = "auto", example: Any = None) -> str:
     mod = _backend_module(preferred)
     if mod is not None and op in mod.OPS:
         return preferred
+    if mod is None:
+        _warn_unavailable_once(preferred)
     return "torch"
 
 
+_warned: set = set()
+
+
+def _warn_unavailable_once(name: str) -> None:
+    """Under "auto", an unusable preferred backend means the torch reference runs: say so once
+    per process (e.g. ``_C`` not importable after a non-editable install run from the repo root)."""
+    if name in _warned:
+        return
+    _warned.add(name)
+    warnings.warn(f"rlmodule_fast: backend {name!r} is unavailable ({_status[name][1]}); the torch reference "
+                  "runs instead (rlmodule_fast.backend_info() has the details)", RuntimeWarning, stacklevel=3)
+
+
+def explain(op: str, example: Any = None) -> tuple[str, str]:
+    """(backend that runs ``op`` under "auto" for inputs like ``example``, why). Raises as
+    ``choose`` does when a forced backend cannot run it."""
+    name = choose(op, "auto", example)
+    forced = forced_backend()
+    if forced is not None:
+        return name, f"{ENV_VAR}={forced}"
+    preferred = "triton" if _is_cuda(example) else "cpp"
+    device = "CUDA" if preferred == "triton" else "CPU"
+    if name == preferred:
+        return name, f"{device} inputs run on {name} (auto)"
+    why = _status[preferred][1] if not _status[preferred][0] else f"{preferred} does not implement {op!r}"
+    return name, f"{device} inputs: {preferred} is unavailable here ({why})"
+
+
+TRAIN_ENV_VAR = "RLMODULE_FAST_TRAIN_BACKEND"
+
+
 def training_mlp_backend(example: Any) -> Optional[str]:
-    """"triton" when the torch MLP layers should run through Triton's differentiable fused MLP
-    for inputs like ``example`` (CUDA tensors, or RLMODULE_FAST_BACKEND=triton), else None (the
-    layers' own torch ops; the cpp backend has no backward, so training on CPU stays on torch)."""
-    name = choose("fused_mlp", "auto", example)
-    return name if name == "triton" else None
+    """"triton" when the torch MLP layers of ``forward_train`` should run through Triton's
+    differentiable fused MLP for inputs like ``example``, else None (the layers' own torch ops).
+
+    Opt-in only: ``RLMODULE_FAST_TRAIN_BACKEND=triton`` (and a usable triton backend for the
+    input: CUDA, or the interpreter). The Triton kernels have not yet been proven on a GPU, so
+    training never goes through them by default; the cpp backend has no backward."""
+    value = os.environ.get(TRAIN_ENV_VAR, "").strip().lower()
+    if not value or value in ("auto", "torch"):
+        return None
+    if value != "triton":
+        raise ValueError(f"{TRAIN_ENV_VAR}={value!r}: expected 'torch' (the default) or 'triton'")
+    return choose("fused_mlp", "triton", example)
 
 
 def get(op: str, backend: str = "auto", example: Any = None) -> Callable:
@@ -119,7 +160,8 @@ def get(op: str, backend: str = "auto", example: Any = None) -> Callable:
 def backend_info() -> dict:
     """Which backends are usable here, the ops each implements, and why an unusable one is not.
 
-    Returns {"torch": {...}, "cpp": {...}, "triton": {...}, "forced": name-or-None}; each backend
+    Returns {"torch": {...}, "cpp": {...}, "triton": {...}, "forced": name-or-None, "train":
+    {"backend", "reason"}} ("train": what ``forward_train``'s MLPs run on); each backend
     entry has "available" (bool), "reason" (str, empty when available), "ops" (sorted list) and
     backend-specific details ("isa" for cpp, "device"/"interpreter" for triton).
     """
@@ -135,4 +177,9 @@ def backend_info() -> dict:
         info["forced"] = forced_backend()
     except ValueError as e:
         info["forced"] = f"invalid: {e}"
+    train = os.environ.get(TRAIN_ENV_VAR, "").strip().lower() or "torch"
+    info["train"] = {"backend": train, "reason": (
+        f"{TRAIN_ENV_VAR}={train}: forward_train's MLPs run on Triton's fused MLP" if train == "triton" else
+        f"forward_train runs torch's layers (set {TRAIN_ENV_VAR}=triton to opt in to Triton's fused MLP, "
+        "not yet proven on a GPU)")}
     return info

@@ -85,7 +85,7 @@ class PPOTorchRLModule(TorchRLModule):
     # ---- specs --------------------------------------------------------------------------------
     def _obs_spec(self, with_time: Optional[bool]) -> TensorSpec:
         shape = tuple(self.observation_space.shape) if isinstance(self.observation_space, gym.spaces.Box) else ()
-        kind = "int" if isinstance(self.observation_space, gym.spaces.Discrete) else None
+        kind = "int" if isinstance(self.observation_space, gym.spaces.Discrete) else "number"
         if with_time is None:
             return TensorSpec(("B", *shape), ("B", "T", *shape), dtype_kind=kind)
         return TensorSpec(("B", "T", *shape) if with_time else ("B", *shape), dtype_kind=kind)
@@ -166,9 +166,18 @@ class PPOTorchRLModule(TorchRLModule):
             out[Columns.STATE_OUT] = state_out
         return out
 
-    def _forward_torch(self, batch: dict) -> dict:
+    def _forward_torch(self, batch: dict, deterministic: bool) -> dict:
+        """The torch layers' exploration / inference step, with the same keys as the fused one:
+        ``actions`` sampled from the distribution (inference: its deterministic action) and
+        ``action_logp`` under the distribution (torch's random stream)."""
+        obs = batch[Columns.OBS]
+        if isinstance(obs, torch.Tensor) and obs.is_floating_point():
+            _check_finite_obs(obs)
         a, _, state_out, _ = self._encode(batch, critic=False)
-        out = {Columns.ACTION_DIST_INPUTS: self.pi(a)}
+        logits = self.pi(a)
+        dist = self.action_dist_cls.from_logits(logits)
+        actions = dist.to_deterministic().sample() if deterministic else dist.sample()
+        out = {Columns.ACTION_DIST_INPUTS: logits, Columns.ACTIONS: actions, Columns.ACTION_LOGP: dist.logp(actions)}
         if state_out is not None:
             out[Columns.STATE_OUT] = state_out
         return out
@@ -214,11 +223,36 @@ class PPOTorchRLModule(TorchRLModule):
             free_log_std=getattr(self.pi, "log_std", None),
         )
 
+    def fast_path_info(self) -> dict:
+        """{"backend": "cpp" | "triton" | "torch", "active": bool, "reason": str}: which path
+        ``forward_exploration`` / ``forward_inference`` take for a batch on this module's
+        device (CPU: numpy or CPU tensors), and why. ``active`` is True when the fused step runs."""
+        from ..ops import dispatch
+
+        example = next(self.parameters(), None)
+        try:
+            name, reason = dispatch.explain("policy_step", example)
+            if name == "torch":
+                return {"backend": "torch", "active": False, "reason": reason}
+            plan_for(self, example)
+        except (RuntimeError, ValueError) as e:
+            return {"backend": "torch", "active": False, "reason": f"{type(e).__name__}: {e}"}
+        return {"backend": name, "active": True, "reason": reason}
+
+    def refresh_fast_path(self) -> None:
+        """Re-read the layers and repack the fused step's weights now. Needed only after writes
+        a step cannot detect (in-place ops on ``p.data``, writes through a numpy view of a
+        parameter); optimizer steps, ``set_state``, ``load_state_dict`` (also ``assign=True``),
+        replaced parameters or layers and ``.to()`` are detected (see ``rlmodule_fast.fastpath``)."""
+        from ..fastpath import refresh
+
+        refresh(self)
+
     def _forward_fast_or_torch(self, batch: dict, deterministic: bool) -> dict:
         obs = batch[Columns.OBS]
         plan = plan_for(self, obs)
         if plan is None:
-            return self._forward_torch(to_torch(batch))
+            return self._forward_torch(to_torch(batch), deterministic)
         if self._flat_obs and not self._recurrent and obs.ndim == 2:
             # The hot path: [B, D] Box observations go to the plan as they are (numpy or tensor).
             res = plan.step(obs, None, deterministic=deterministic)
@@ -233,7 +267,7 @@ class PPOTorchRLModule(TorchRLModule):
             x = x.squeeze(1)
         elif self._recurrent:  # [B, T=1, D] stepping input
             if x.shape[1] != 1:
-                return self._forward_torch(batch)
+                return self._forward_torch(batch, deterministic)
             x = x[:, 0]
         state = None
         if self._recurrent:
@@ -282,6 +316,8 @@ class PPOTorchRLModule(TorchRLModule):
             if obs.ndim != 2:
                 return None
             self._run_checks_only("inference" if deterministic else "exploration", batch)
+            if len(self._lean_shapes) >= 64:  # bounded: a stream of new batch sizes cannot grow it
+                self._lean_shapes.clear()
             self._lean_shapes.add(key)
         plan = plan_for(self, obs)
         if plan is None:
@@ -294,6 +330,16 @@ class PPOTorchRLModule(TorchRLModule):
 
     def _forward_inference(self, batch: dict, **kwargs) -> dict:
         return self._forward_fast_or_torch(batch, deterministic=True)
+
+
+def _check_finite_obs(obs: torch.Tensor) -> None:
+    """ValueError naming the first row of ``obs`` with a NaN or inf (the fused step's message)."""
+    if obs.numel() == 0:
+        return
+    finite = torch.isfinite(obs.reshape(obs.shape[0], -1) if obs.dim() else obs.reshape(1, 1)).all(dim=-1)
+    if not bool(finite.all()):
+        row = int((~finite).nonzero()[0, 0])
+        raise ValueError(f"obs: contains NaN or inf (row {row})")
 
 
 def _map_state(state: dict, fn) -> dict:

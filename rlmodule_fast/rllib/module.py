@@ -43,7 +43,8 @@ from torch import nn
 from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
 from ray.rllib.core.columns import Columns
 
-from ..fastpath import EncoderLayers, PolicyLayers, plan_for
+from ..core.torch_rl_module import WeightsLockMixin
+from ..fastpath import EncoderLayers, PolicyLayers, plan_for, refresh
 from ..models.config import resolve_model_config
 from .convert import rllib_model_config
 
@@ -63,9 +64,11 @@ def _linears(seq: nn.Module, what: str) -> list:
     return layers
 
 
-class FastPPOTorchRLModule(DefaultPPOTorchRLModule):
+class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
     """RLlib's ``DefaultPPOTorchRLModule`` whose exploration / inference step runs fused on CPU
-    (see the module docstring for layouts and the fall-back rules)."""
+    (see the module docstring for layouts and the fall-back rules). Weight updates
+    (``set_state`` / ``load_state_dict``, which RLlib's weight syncs call, and ``.to()``) hold
+    ``weights_lock()`` and are all-or-nothing, as on rlmodule_fast's own modules."""
 
     def setup(self) -> None:
         super().setup()
@@ -151,6 +154,12 @@ class FastPPOTorchRLModule(DefaultPPOTorchRLModule):
             reason = ""
         return {"active": plan is not None, "backend": getattr(plan, "backend", None), "reason": reason,
                 "calls": self._calls[0]}
+
+    def refresh_fast_path(self) -> None:
+        """Re-read the layers and repack the fused step's weights now: needed only after writes
+        the step cannot detect (in-place ops on ``p.data``, writes through a numpy view of a
+        parameter); see ``rlmodule_fast.fastpath``."""
+        refresh(self)
 
     # ---- exploration / inference --------------------------------------------------------------
     def _fast(self, batch: dict, deterministic: bool) -> Optional[dict]:
