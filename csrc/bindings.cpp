@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -42,6 +43,12 @@ const KernelTable& K() { return kernel_table(current_isa()); }
 
 template <class T> T* P(uint64_t p) { return reinterpret_cast<T*>(static_cast<uintptr_t>(p)); }
 
+// A numpy array of native float32, compared by value: a dtype that went through pickle (Ray's
+// protocol 5, multiprocessing queues) is an equal but distinct object from numpy's singleton.
+bool is_f32(const py::array& a) {
+    return py::detail::npy_api::get().PyArray_EquivTypes_(a.dtype().ptr(), py::dtype::of<float>().ptr());
+}
+
 #define RF_CHECK(cond, msg) do { if (!(cond)) throw py::value_error(msg); } while (0)
 
 // ---------------------------------------------------------------------------------------------
@@ -53,6 +60,7 @@ template <class T> T* P(uint64_t p) { return reinterpret_cast<T*>(static_cast<ui
 // is 64-bit. Failures raise ValueError "<function>: <argument>: expected ..., got ...".
 
 constexpr int64_t kMaxDim = int64_t(1) << 24;  // any one width (I, H, N, K, A)
+constexpr int kGemvRows = 12;  // fused_mlp: up to this many rows, dot products from nn.Linear layout
 
 [[noreturn]] void fail(const char* fn, const std::string& what, const std::string& msg) {
     throw py::value_error(std::string(fn) + ": " + what + ": " + msg);
@@ -157,13 +165,17 @@ void pack_mlp(const char* fn, PackedMLP& m, const std::vector<LayerDesc>& layers
     check_layers(fn, layers, acts, in_dim, allow_empty, what);
     m.layers.resize(layers.size());  // existing layers keep their buffers (init only grows them)
     m.acts = acts;
-    for (size_t i = 0; i < layers.size(); ++i) pack_linear(m.layers[i], layers[i]);
+    for (size_t i = 0; i < layers.size(); ++i) {
+        m.layers[i].keep_rows = m.keep_rows;
+        pack_linear(m.layers[i], layers[i]);
+    }
 }
 
 void pack_rnn(const char* fn, PackedRNN& R, const RnnDesc& d, const char* what = "rnn") {
     check_rnn_desc(fn, d, what);
     auto [kind, I, H, wih, ldi, whh, ldh, bih, bhh] = d;
     R.kind = kind; R.I = I; R.H = H;
+    R.gates.keep_rows = R.gnx.keep_rows = R.gnh.keep_rows = R.keep_rows;
     const float* Wi = P<const float>(wih);
     const float* Wh = P<const float>(whh);
     const float* Bi = P<const float>(bih);
@@ -192,9 +204,25 @@ void pack_rnn(const char* fn, PackedRNN& R, const RnnDesc& d, const char* what =
     }
 }
 
+// The pool's bound: more threads than a few per hardware thread only costs memory and wake-ups.
 int max_threads() {
     const int hw = int(std::thread::hardware_concurrency());
-    return std::max(256, 4 * hw);
+    return std::max(64, 4 * hw);
+}
+
+// First row of the [B, D] float block (row stride ld) holding a NaN or an inf, or -1.
+int64_t first_nonfinite_row(const float* x, int B, int64_t ld, int D) {
+    for (int r = 0; r < B; ++r) {
+        const float* row = x + int64_t(r) * ld;
+        uint32_t bad = 0;
+        for (int j = 0; j < D; ++j) {
+            uint32_t bits;
+            std::memcpy(&bits, row + j, sizeof bits);
+            bad |= uint32_t((bits & 0x7f800000u) == 0x7f800000u);  // exponent all ones: inf or NaN
+        }
+        if (bad) return r;
+    }
+    return -1;
 }
 
 void raise_nonfinite(int64_t err, const char* what) {
@@ -208,15 +236,66 @@ struct Holder {
     std::shared_ptr<const T> cur;
     std::shared_ptr<const T> get() { std::lock_guard<std::mutex> g(mu); return cur; }
     void set(std::shared_ptr<const T> p) { std::lock_guard<std::mutex> g(mu); cur = std::move(p); }
+    // Repack: refill the current object in place when nobody holds it (a step copies the pointer
+    // under mu first, so use_count() == 1 under mu means none runs or can start) and its sizes
+    // fit (fits(): packing allocates nothing, so cannot throw half-way); else build a new object
+    // and swap it in. Called with the GIL held and never releasing it while mu is held.
+    template <class Fits, class Pack>
+    void repack(Fits fits, Pack pack) {
+        {
+            std::lock_guard<std::mutex> g(mu);
+            if (cur && cur.use_count() == 1 && fits(*cur)) {
+                pack(*std::const_pointer_cast<T>(cur));
+                return;
+            }
+        }
+        auto p = std::make_shared<T>();
+        pack(*p);
+        set(std::move(p));
+    }
 };
 
 struct PyMLP {
     Holder<PackedMLP> h;
-    PyMLP(const std::vector<LayerDesc>& layers, const std::vector<int>& acts) { repack(layers, acts); }
+    bool keep_rows;  // keep row-major copies: same() runs at memcmp speed (the one-shot op cache)
+    PyMLP(const std::vector<LayerDesc>& layers, const std::vector<int>& acts, bool keep_rows_ = false)
+        : keep_rows(keep_rows_) { repack(layers, acts); }
     void repack(const std::vector<LayerDesc>& layers, const std::vector<int>& acts) {
-        auto m = std::make_shared<PackedMLP>();
-        pack_mlp("PackedMLP", *m, layers, acts, -1, false);
-        h.set(m);
+        check_layers("PackedMLP", layers, acts, -1, false);  // every failure before anything changes
+        h.repack(
+            [&](const PackedMLP& m) {
+                if (m.layers.size() != layers.size()) return false;
+                for (size_t i = 0; i < layers.size(); ++i)
+                    if (m.layers[i].N != std::get<1>(layers[i]) || m.layers[i].K != std::get<2>(layers[i])) return false;
+                return true;
+            },
+            [&](PackedMLP& m) { m.keep_rows = keep_rows; pack_mlp("PackedMLP", m, layers, acts, -1, false); });
+    }
+    // Whether packing (layers, acts) now would give exactly this object's contents (the one-shot
+    // op cache in ops/cpp.py checks this before every reuse: never a stale result).
+    bool same(const std::vector<LayerDesc>& layers, const std::vector<int>& acts) {
+        auto m = h.get();
+        check_layers("PackedMLP.same", layers, acts, -1, false);
+        if (layers.size() != m->layers.size() || acts != m->acts) return false;
+        size_t work = 0;
+        for (size_t i = 0; i < layers.size(); ++i) {
+            auto [wp, N, Kd, ldw, bp, bs] = layers[i];
+            const PackedLinear& L = m->layers[i];
+            if (L.N != N || L.K != Kd) return false;
+            work += size_t(N) * Kd;
+        }
+        auto cmp = [&] {
+            for (size_t i = 0; i < layers.size(); ++i) {
+                auto [wp, N, Kd, ldw, bp, bs] = layers[i];
+                const PackedLinear& L = m->layers[i];
+                if (!L.same_weight(MatView{P<const float>(wp), N, Kd, ldw, 1}, 0, 0)) return false;
+                if (!L.same_bias(P<const float>(bp), bs, nullptr, 0, N, 0)) return false;
+            }
+            return true;
+        };
+        if (work < (1u << 16)) return cmp();
+        py::gil_scoped_release nogil;
+        return cmp();
     }
     void forward(uint64_t x, int B, int64_t ldx, uint64_t y, int64_t ldy) {
         auto m = h.get();
@@ -229,14 +308,44 @@ struct PyMLP {
 };
 
 // An LSTM/GRU cell packed once (the one-shot ops keep these in a small cache keyed by the
-// weights' identity and version, so stepping the same cell does not repack every call).
+// weight matrices' identity, checked with same() before each reuse: stepping the same cell does
+// not repack every call, and never runs on stale weights).
 struct PyRNN {
     Holder<PackedRNN> h;
-    explicit PyRNN(const RnnDesc& d) { repack(d); }
+    bool keep_rows;  // see PyMLP
+    explicit PyRNN(const RnnDesc& d, bool keep_rows_ = false) : keep_rows(keep_rows_) { repack(d); }
     void repack(const RnnDesc& d) {
-        auto r = std::make_shared<PackedRNN>();
-        pack_rnn("PackedRNN", *r, d);
-        h.set(r);
+        check_rnn_desc("PackedRNN", d);  // every failure before anything changes
+        h.repack(
+            [&](const PackedRNN& r) { return r.kind == std::get<0>(d) && r.I == std::get<1>(d) && r.H == std::get<2>(d); },
+            [&](PackedRNN& r) { r.keep_rows = keep_rows; pack_rnn("PackedRNN", r, d); });
+    }
+    // Whether packing d now would give exactly this cell's contents (see PyMLP::same).
+    bool same(const RnnDesc& d) {
+        auto R = h.get();
+        check_rnn_desc("PackedRNN.same", d);
+        auto [kind, I, H, wih, ldi, whh, ldh, bih, bhh] = d;
+        if (kind != R->kind || I != R->I || H != R->H) return false;
+        const float* Wi = P<const float>(wih);
+        const float* Wh = P<const float>(whh);
+        const float* Bi = P<const float>(bih);
+        const float* Bh = P<const float>(bhh);
+        auto cmp = [&] {
+            if (kind == RNN_LSTM)
+                return R->gates.same_weight(MatView{Wi, 4 * H, I, ldi, 1}, 0, 0) &&
+                       R->gates.same_weight(MatView{Wh, 4 * H, H, ldh, 1}, 0, I) &&
+                       R->gates.same_bias(Bi, 1, Bh, 1, 4 * H, 0);
+            return R->gates.same_weight(MatView{Wi, 2 * H, I, ldi, 1}, 0, 0) &&
+                   R->gates.same_weight(MatView{Wh, 2 * H, H, ldh, 1}, 0, I) &&
+                   R->gates.same_bias(Bi, 1, Bh, 1, 2 * H, 0) &&
+                   R->gnx.same_weight(MatView{Wi + 2 * int64_t(H) * ldi, H, I, ldi, 1}, 0, 0) &&
+                   R->gnx.same_bias(Bi ? Bi + 2 * H : nullptr, 1, nullptr, 0, H, 0) &&
+                   R->gnh.same_weight(MatView{Wh + 2 * int64_t(H) * ldh, H, H, ldh, 1}, 0, 0) &&
+                   R->gnh.same_bias(Bh ? Bh + 2 * H : nullptr, 1, nullptr, 0, H, 0);
+        };
+        if (int64_t(H) * (I + H) < (1 << 14)) return cmp();
+        py::gil_scoped_release nogil;
+        return cmp();
     }
     void step(uint64_t x, int B, int64_t ldx, uint64_t hp, int64_t ldh, uint64_t c, int64_t ldc,
               uint64_t h_out, uint64_t c_out) {
@@ -330,7 +439,7 @@ struct PyPolicy {
         const float* obs_p = nullptr;
         if (py::isinstance<py::array>(obs)) {
             auto arr = py::reinterpret_borrow<py::array>(obs);
-            RF_CHECK(arr.dtype().is(py::dtype::of<float>()) && arr.ndim() == 2 && arr.shape(1) == net->obs_dim &&
+            RF_CHECK(is_f32(arr) && arr.ndim() == 2 && arr.shape(1) == net->obs_dim &&
                          (arr.shape(0) == 0 ||
                           (arr.strides(1) == sizeof(float) && arr.strides(0) % sizeof(float) == 0 &&
                            (arr.shape(0) == 1 || arr.strides(0) >= int64_t(sizeof(float)) * net->obs_dim))),
@@ -351,7 +460,7 @@ struct PyPolicy {
             if (o.is_none()) return nullptr;
             if (py::isinstance<py::array>(o)) {
                 auto arr = py::reinterpret_borrow<py::array>(o);
-                RF_CHECK(arr.dtype().is(py::dtype::of<float>()) && arr.ndim() == 2 && arr.shape(0) == B &&
+                RF_CHECK(is_f32(arr) && arr.ndim() == 2 && arr.shape(0) == B &&
                              arr.shape(1) == H && (arr.flags() & py::array::c_style),
                          std::string(what) + ": expected a contiguous float32 array [" + std::to_string(B) + ", " +
                              std::to_string(H) + "]");
@@ -410,6 +519,10 @@ struct PyPolicy {
             }
         }
         io.det = det;
+        // An inf observation can saturate to a finite action: refuse non-finite inputs up front
+        // (the torch path raises the same message), before any draw is reserved.
+        const int64_t bad_row = first_nonfinite_row(obs_p, B, ldobs, net->obs_dim);
+        if (bad_row >= 0) throw py::value_error("obs: contains NaN or inf (row " + std::to_string(bad_row) + ")");
         if (!det) rng_stream().reserve(uint64_t(B) * net->draws_per_row(), &io.key, &io.ctr0);
         int64_t err;
         {
@@ -427,6 +540,7 @@ PYBIND11_MODULE(_C, m) {
     m.doc() = "rlmodule_fast C++ CPU backend (torch-free kernels on raw pointers)";
     m.attr("__version__") = "0.1.0";
     m.attr("ROW_BLOCK") = ROW_BLOCK;
+    m.attr("GEMV_ROWS") = kGemvRows;
 
     m.def("isa", []() { return std::string(isa_name(current_isa())); }, "ISA the kernels run with now.");
     m.def("best_isa", []() { return std::string(isa_name(detect_isa())); }, "Best ISA this CPU supports.");
@@ -443,14 +557,17 @@ PYBIND11_MODULE(_C, m) {
             throw py::value_error("num_threads: expected 1 ... " + std::to_string(mx) + " (max_threads()), got " +
                                   std::to_string(n));
         try {
+            py::gil_scoped_release nogil;  // may wait for a running job, then join or start workers
             ThreadPool::get().set_threads(int(n));
         } catch (const std::system_error& e) {
             throw std::runtime_error("num_threads: could not start " + std::to_string(n - 1) + " worker threads (" +
                                      e.what() + "); running with " + std::to_string(ThreadPool::get().threads()));
         }
     }, "Threads (caller included) that split large batches into row blocks: 1 ... max_threads().");
-    m.def("max_threads", &max_threads, "Largest accepted set_num_threads: max(256, 4 * hardware threads).");
+    m.def("max_threads", &max_threads, "Largest accepted set_num_threads: max(64, 4 * hardware threads).");
     m.def("get_num_threads", []() { return ThreadPool::get().threads(); });
+    m.def("pool_workers", []() { return ThreadPool::get().workers(); },
+          "Worker threads the pool holds now (get_num_threads() - 1 unless a start failed; 0 in a forked child).");
 
     m.def("fused_mlp", [](uint64_t x, int B, int I, int64_t ldx, const std::vector<LayerDesc>& layers,
                           const std::vector<int>& acts, uint64_t y, int64_t ldy) {
@@ -463,7 +580,7 @@ PYBIND11_MODULE(_C, m) {
         check_rows(fn, "y", y, B, ldy, N_L);
         if (B == 0) return;
         const KernelTable& kt = K();
-        if (B <= 12) {  // GEMV straight from nn.Linear layout: packing would cost more
+        if (B <= kGemvRows) {  // GEMV straight from nn.Linear layout: packing would cost more
             int maxp = NR;
             for (auto& l : layers) maxp = std::max(maxp, round_up(std::get<1>(l), NR));
             py::gil_scoped_release nogil;
@@ -489,9 +606,12 @@ PYBIND11_MODULE(_C, m) {
     }, "y[B, N_L] = MLP(x[B, I]); pointers to float32 rows; weights (ptr, N, K, ldw, bias_ptr, bias_stride).");
 
     py::class_<PyMLP>(m, "PackedMLP")
-        .def(py::init<const std::vector<LayerDesc>&, const std::vector<int>&>())
+        .def(py::init<const std::vector<LayerDesc>&, const std::vector<int>&, bool>(), py::arg("layers"),
+             py::arg("acts"), py::arg("keep_rows") = false)
         .def("repack", &PyMLP::repack)
+        .def("same", &PyMLP::same, "Whether packing these layers now would give exactly this object's contents.")
         .def("forward", &PyMLP::forward)
+        .def_property_readonly("nbytes", [](PyMLP& s) { return s.h.get()->nbytes(); })
         .def_property_readonly("in_dim", [](PyMLP& s) { return s.h.get()->in_dim(); })
         .def_property_readonly("out_dim", [](PyMLP& s) { return s.h.get()->out_dim(); });
 
@@ -554,9 +674,12 @@ PYBIND11_MODULE(_C, m) {
     m.def("rnn_step", [](const RnnDesc& d, uint64_t x, int B, int64_t ldx, uint64_t h, int64_t ldh, uint64_t c,
                          int64_t ldc, uint64_t h_out, uint64_t c_out) {
         check_rnn_desc("rnn_step", d);
-        PackedRNN R;
-        R.kind = std::get<0>(d); R.I = std::get<1>(d); R.H = std::get<2>(d);
-        check_rnn_io("rnn_step", R, B, x, ldx, h, ldh, c, ldc, h_out, c_out);  // before packing: cheap failures
+        PackedRNN io;
+        io.kind = std::get<0>(d); io.I = std::get<1>(d); io.H = std::get<2>(d);
+        check_rnn_io("rnn_step", io, B, x, ldx, h, ldh, c, ldc, h_out, c_out);  // before packing: cheap failures
+        if (B == 0) return;
+        // packed per call into this thread's reused buffers (no allocation, no page faults)
+        thread_local PackedRNN R;
         pack_rnn("rnn_step", R, d);
         py::gil_scoped_release nogil;
         K().rnn_forward(R, P<const float>(x), ldx, B, P<const float>(h), ldh, P<const float>(c), ldc,
@@ -564,9 +687,11 @@ PYBIND11_MODULE(_C, m) {
     }, "One LSTM/GRU step; h_out/c_out contiguous [B, H].");
 
     py::class_<PyRNN>(m, "PackedRNN")
-        .def(py::init<const RnnDesc&>())
+        .def(py::init<const RnnDesc&, bool>(), py::arg("desc"), py::arg("keep_rows") = false)
         .def("repack", &PyRNN::repack)
-        .def("step", &PyRNN::step, "One step; h_out/c_out contiguous [B, H].");
+        .def("same", &PyRNN::same, "Whether packing this description now would give exactly this cell's contents.")
+        .def("step", &PyRNN::step, "One step; h_out/c_out contiguous [B, H].")
+        .def_property_readonly("nbytes", [](PyRNN& s) { return s.h.get()->nbytes(); });
 
     py::class_<PyPolicy>(m, "Policy")
         .def(py::init<const py::dict&>())

@@ -84,22 +84,38 @@ struct PackedLinear {
     AlignedBuf w, b;
     // Narrow layers (N <= NARROW_N, e.g. a policy's logits) also keep W row-major [N][K]:
     // a row of outputs is then N dot products, not a 32-wide panel of mostly zero columns.
+    // keep_rows (set before init) keeps that row-major copy for every layer: same_weight then
+    // compares the caller's rows with it by memcmp (the one-shot op cache, ops/cpp.py).
     static constexpr int NARROW_N = 8;
     AlignedBuf wr;
+    bool keep_rows = false;
     bool narrow() const { return N <= NARROW_N; }
+    bool has_rows() const { return narrow() || keep_rows; }
     void init(int K_, int N_) {
         K = K_; N = N_; P = (N + NR - 1) / NR;
         w.resize(size_t(P) * K * NR);
         b.resize(size_t(P) * NR);
         std::memset(w.p, 0, sizeof(float) * size_t(P) * K * NR);
         std::memset(b.p, 0, sizeof(float) * size_t(P) * NR);
-        if (narrow()) {
+        if (has_rows()) {
             wr.resize(size_t(N) * K);
             std::memset(wr.p, 0, sizeof(float) * size_t(N) * K);
         }
     }
     // Copies rows of W (an [n, k] block, nn.Linear layout) to output rows n0.., input cols k0..
-    void put_weight(const MatView& W, int n0, int k0) {
+    // With the row-major copy, W is copied there first and the panels are built from that copy:
+    // panels and copy then always agree, even if another thread writes W meanwhile (same_weight
+    // compares the caller's W with the copy, so it must describe exactly what the panels hold).
+    void put_weight(const MatView& Win, int n0, int k0) {
+        MatView W = Win;
+        if (has_rows()) {
+            for (int n = 0; n < Win.rows; ++n) {
+                float* dst = wr.p + size_t(n0 + n) * K + k0;
+                if (Win.s1 == 1) std::memcpy(dst, Win.p + n * Win.s0, sizeof(float) * size_t(Win.cols));
+                else for (int k = 0; k < Win.cols; ++k) dst[k] = Win.at(n, k);
+            }
+            W = MatView{wr.p + size_t(n0) * K + k0, Win.rows, Win.cols, K, 1};
+        }
         // blocked transpose: 32 output rows (one panel) x 64 inputs at a time stay in L1
         constexpr int KB = 64;
         for (int nb = 0; nb < W.rows; nb += NR) {
@@ -117,27 +133,78 @@ struct PackedLinear {
                 }
             }
         }
-        if (narrow())
-            for (int n = 0; n < W.rows; ++n)
-                for (int k = 0; k < W.cols; ++k) wr.p[size_t(n0 + n) * K + k0 + k] = W.at(n, k);
     }
     void add_bias(const float* bias, int64_t stride, int count, int n0) {
         if (!bias) return;
         for (int n = 0; n < count; ++n) b.p[n0 + n] += bias[n * stride];
     }
     int padded_n() const { return P * NR; }
+
+    size_t nbytes() const { return sizeof(float) * (w.n + b.n + wr.n); }
+
+    // Whether put_weight(W, n0, k0) would write exactly what this layer holds now (bit for bit:
+    // -0.0 vs 0.0 and NaN payloads count as changes). With the row-major copy: a memcmp per row
+    // (memory speed; 2-6x cheaper than repacking); without: the panels, in put_weight's blocked
+    // order (about as costly as repacking, but no stores).
+    bool same_weight(const MatView& W, int n0, int k0) const {
+        if (has_rows() && W.s1 == 1) {
+            for (int n = 0; n < W.rows; ++n)
+                if (std::memcmp(wr.p + size_t(n0 + n) * K + k0, W.p + n * W.s0, sizeof(float) * size_t(W.cols)))
+                    return false;
+            return true;
+        }
+        constexpr int KB = 64;
+        for (int nb = 0; nb < W.rows; nb += NR) {
+            const int ne = std::min(W.rows, nb + NR);
+            for (int kb = 0; kb < W.cols; kb += KB) {
+                const int ke = std::min(W.cols, kb + KB);
+                uint32_t diff = 0;
+                for (int n = nb; n < ne; ++n) {
+                    const int on = n0 + n, q = on / NR, j = on % NR;
+                    const float* dst = w.p + size_t(q) * K * NR + j;
+                    const float* src = W.p + n * W.s0;
+                    for (int k = kb; k < ke; ++k) diff |= bits(dst[size_t(k0 + k) * NR]) ^ bits(src[k * W.s1]);
+                }
+                if (diff) return false;
+            }
+        }
+        return true;
+    }
+    // Whether add_bias(b1, s1, count, n0) then add_bias(b2, s2, count, n0) on a fresh layer would
+    // give exactly the biases held now (either pointer may be null).
+    bool same_bias(const float* b1, int64_t s1, const float* b2, int64_t s2, int count, int n0) const {
+        uint32_t diff = 0;
+        for (int n = 0; n < count; ++n) {
+            float v = 0.0f;
+            if (b1) v += b1[n * s1];
+            if (b2) v += b2[n * s2];
+            diff |= bits(v) ^ bits(b.p[n0 + n]);
+        }
+        return diff == 0;
+    }
+    static uint32_t bits(float f) {
+        uint32_t u;
+        std::memcpy(&u, &f, sizeof u);
+        return u;
+    }
 };
 
 // A stack of packed layers with an activation after each.
 struct PackedMLP {
     std::vector<PackedLinear> layers;
     std::vector<int> acts;
+    bool keep_rows = false;  // every layer keeps a row-major copy (PackedLinear::keep_rows)
     int in_dim() const { return layers.empty() ? 0 : layers.front().K; }
     int out_dim() const { return layers.empty() ? 0 : layers.back().N; }
     int max_padded() const {
         int m = 0;
         for (auto& l : layers) m = std::max(m, l.padded_n());
         return m;
+    }
+    size_t nbytes() const {
+        size_t s = 0;
+        for (auto& l : layers) s += l.nbytes();
+        return s;
     }
 };
 
@@ -151,10 +218,12 @@ struct PackedMLP {
 enum RnnKind : int { RNN_LSTM = 0, RNN_GRU = 1 };
 struct PackedRNN {
     int kind = RNN_LSTM, I = 0, H = 0;
+    bool keep_rows = false;  // every GEMM keeps a row-major copy (PackedLinear::keep_rows)
     PackedLinear gates;     // LSTM: [x, h] -> 4H; GRU: [x, h] -> [r | z] (2H)
     PackedLinear gnx, gnh;  // GRU only: x -> n_x (H), h -> n_h (H)
     int off_nx = 0, off_nh = 0;
     int ld_gates() const { return kind == RNN_GRU ? off_nh + gnh.padded_n() : gates.padded_n(); }
+    size_t nbytes() const { return gates.nbytes() + gnx.nbytes() + gnh.nbytes(); }
 };
 
 // The whole policy network of a PPO-style module, packed (fastpath.PolicyPlan builds it).

@@ -42,10 +42,14 @@ def _policy_tail(out, ls, rows, row_ok, cols, seed, seg_ptr, dist_ptr, act_ptr, 
     out: [BLOCK_B, NP] logits (categorical) or means (Gaussian); ls: [BLOCK_B, NP] log-stds."""
     if DIST == 2:
         valid = row_ok[:, None] & (cols[None, :] < A)
+        # NaN is checked before the clamp: max/min may return the non-NaN operand (they do on
+        # the GPU), which would turn a NaN log-std into the clip bound and a finite action. An
+        # infinite log-std is clamped to the bound, as torch.clamp (the reference) does.
+        ls_nan = ls != ls
         if CLIP:
-            ls = tl.minimum(tl.maximum(ls, -log_std_clip), log_std_clip)
+            ls = tl.where(ls_nan, ls, tl.minimum(tl.maximum(ls, -log_std_clip), log_std_clip))
         bad = valid & ((out != out) | (tl.abs(out) == float("inf"))
-                       | (ls != ls) | (tl.abs(ls) == float("inf")))
+                       | ls_nan | (tl.abs(ls) == float("inf")))
         dbase = dist_ptr + rows[:, None] * (2 * A)
         tl.store(dbase + cols[None, :], out, mask=valid)
         tl.store(dbase + A + cols[None, :], ls, mask=valid)

@@ -24,12 +24,14 @@ _TINY = 1.1754943508222875e-38  # float32 tiny, as the reference clamps the unif
 def _categorical_row_block(x, cols, valid, seed, rows, A, DETERMINISTIC: tl.constexpr):
     """Gumbel-max over a [BLOCK_B, BLOCK_A] tile (invalid entries -inf).
 
-    Returns (action int32 [BLOCK_B], logp [BLOCK_B], lse [BLOCK_B], max [BLOCK_B])."""
+    Returns (action int32 [BLOCK_B], logp [BLOCK_B], max [BLOCK_B], log_sum [BLOCK_B]) with
+    log_softmax(x) = (x - max) - log_sum. logp is formed as (x[a] - max) - log_sum, never as
+    x[a] - (max + log_sum): at logits ~1e4 the float32 sum max + log_sum alone loses ~5e-4."""
     m = tl.max(x, axis=1)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     e = tl.where(valid, tl.exp(x - m_safe[:, None]), 0.0)
     s = tl.sum(e, axis=1)
-    lse = m_safe + tl.log(s)
+    log_s = tl.log(s)
     if DETERMINISTIC:
         a = tl.argmax(x, axis=1)
     else:
@@ -38,7 +40,7 @@ def _categorical_row_block(x, cols, valid, seed, rows, A, DETERMINISTIC: tl.cons
         g = -tl.log(-tl.log(u))
         a = tl.argmax(tl.where(valid, x + g, float("-inf")), axis=1)
     xa = tl.sum(tl.where(cols[None, :] == a[:, None], x, 0.0), axis=1)
-    return a, xa - lse, lse, s
+    return a, (xa - m_safe) - log_s, m_safe, log_s
 
 
 @triton.jit
@@ -60,12 +62,15 @@ def _sample_categorical_fwd_kernel(
         bad = valid & ((x != x) | (tl.abs(x) == float("inf")))
         tl.atomic_max(flag_ptr, tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0))
     seed = tl.load(seed_ptr)
-    a, logp, lse, s = _categorical_row_block(x, cols, valid, seed, rows, A, DETERMINISTIC)
+    a, logp, m, log_s = _categorical_row_block(x, cols, valid, seed, rows, A, DETERMINISTIC)
     tl.store(actions_ptr + rows, a.to(tl.int64), mask=row_ok)
     tl.store(logp_ptr + rows, logp.to(logp_ptr.dtype.element_ty), mask=row_ok)
     if HAS_ENTROPY:
-        p = tl.where(valid, tl.exp(x - lse[:, None]), 0.0)
-        ent = lse - tl.sum(tl.where(valid, p * x, 0.0), axis=1)
+        # H = -sum p log p with log p = z - log_s, z = x - max (shift-invariant, no cancellation
+        # of two large numbers): H = log_s - sum p z
+        z = x - m[:, None]
+        p = tl.where(valid, tl.exp(z - log_s[:, None]), 0.0)
+        ent = log_s - tl.sum(tl.where(valid, p * z, 0.0), axis=1)
         tl.store(entropy_ptr + rows, ent.to(entropy_ptr.dtype.element_ty), mask=row_ok)
 
 

@@ -335,8 +335,11 @@ def test_plan_bad_inputs():
         plan.step(torch.randn(3, 5), {"h": torch.zeros(3, 11)})
     obs = torch.randn(3, 5)
     obs[1, 2] = float("nan")
-    with pytest.raises(ValueError, match=r"action_dist_inputs: contains NaN or inf \(row 1\)"):
+    with pytest.raises(ValueError, match=r"obs: contains NaN or inf \(row 1\)"):
         plan.step(obs)
+    obs[1, 2] = float("inf")  # could saturate to a finite action: refused all the same
+    with pytest.raises(ValueError, match=r"obs: contains NaN or inf \(row 1\)"):
+        plan.step(obs, deterministic=True)
     Lnv = make_layers()
     Lnv.vf = None
     with pytest.raises(ValueError, match="compute_value: this plan has no value head"):

@@ -545,7 +545,7 @@ def test_raw_bindings_reject_bad_arguments(raw_outcomes, cid, code, expected):
 
 def test_sync_threads_clamps_torch_count(monkeypatch):
     """torch's thread count is a hint: beyond _C.max_threads() it is clamped, not an error."""
-    assert _C.max_threads() >= 256
+    assert _C.max_threads() >= 64
     with pytest.raises(ValueError, match=r"num_threads: expected 1 \.\.\."):
         _C.set_num_threads(_C.max_threads() + 1)
     monkeypatch.setattr(cpp_ops, "_MAX_THREADS", 3)
@@ -617,8 +617,10 @@ def test_gru_step_infinite_input_matches_reference(isa, H, bias):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
-def test_policy_step_gru_infinite_obs_matches_reference():
-    """The policy step runs the same GRU body: an infinite observation gives torch's state_out."""
+def test_policy_step_gru_refuses_infinite_obs():
+    """An infinite observation could saturate the GRU to a finite action: the policy step refuses
+    it, naming the row (the GRU body's handling of infinite inputs is pinned by
+    test_gru_step_infinite_input_matches_reference)."""
     from rlmodule_fast.fastpath import EncoderLayers, PolicyLayers, PolicyPlan
 
     torch.manual_seed(0)
@@ -626,12 +628,9 @@ def test_policy_step_gru_infinite_obs_matches_reference():
     L = PolicyLayers(actor=EncoderLayers([], "tanh", gru), critic=None, pi=[torch.nn.Linear(5, 3)], vf=None,
                      head_activation="relu", dist="categorical", action_sizes=[3], log_std_clip=None)
     plan = PolicyPlan(L, backend="cpp")
-    obs = torch.tensor([[float("-inf"), 0.3], [float("inf"), -1.0], [0.1, 0.2]])
-    h0 = torch.randn(3, 5) * 0.3
-    out = plan.step(obs, {"h": h0}, deterministic=True)
-    want = ref.gru_step(obs, h0, gru.weight_ih_l0.detach(), gru.weight_hh_l0.detach(), gru.bias_ih_l0.detach(),
-                        gru.bias_hh_l0.detach())
-    torch.testing.assert_close(out["state_out"]["h"], want, atol=1e-5, rtol=0)
+    obs = torch.tensor([[0.5, 0.3], [float("inf"), -1.0], [0.1, 0.2]])
+    with pytest.raises(ValueError, match=r"obs: contains NaN or inf \(row 1\)"):
+        plan.step(obs, {"h": torch.randn(3, 5) * 0.3}, deterministic=True)
 
 
 # the adapter is the only guard of buffer extents: odd arrays are converted or refused

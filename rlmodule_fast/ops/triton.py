@@ -152,6 +152,8 @@ def _to_tensor(a, what: str):
         import numpy as np
 
         if isinstance(a, np.ndarray):
+            if any(st < 0 for st in a.strides) or not a.flags.writeable:
+                a = np.array(a, order="C")  # torch.from_numpy refuses negative strides (an owned copy)
             return torch.from_numpy(a)
     except ImportError:  # pragma: no cover
         pass
@@ -265,6 +267,7 @@ def _check_mlp_args(x, weights, biases):
         if b is not None:
             if b.shape != (w.shape[0],):
                 raise _shape_err(f"biases[{i}]", f"[{w.shape[0]}]", b.shape)
+            _check_float(b, f"biases[{i}]")
             _check_device(b, f"biases[{i}]", x.device)
         k = w.shape[0]
     return x, weights, biases
@@ -477,6 +480,7 @@ def lstm_step(x, h, c, w_ih, w_hh, b):
     if b is not None:
         if tuple(b.shape) != (4 * H,):
             raise _shape_err("b", f"[{4 * H}]", b.shape)
+        _check_float(b, "b")
         _check_device(b, "b", x.device)
     _refuse_grad("lstm_step", x, h, c, w_ih, w_hh, b)
     h2, c2 = rnn.lstm_step(x, h, c, w_ih, w_hh, b, _precision)
@@ -498,6 +502,7 @@ def gru_step(x, h, w_ih, w_hh, b_ih, b_hh):
         if t is not None:
             if tuple(t.shape) != (3 * H,):
                 raise _shape_err(what, f"[{3 * H}]", t.shape)
+            _check_float(t, what)
             _check_device(t, what, x.device)
     _refuse_grad("gru_step", x, h, w_ih, w_hh, b_ih, b_hh)
     h2 = rnn.gru_step(x, h, w_ih, w_hh, b_ih, b_hh, _precision)
