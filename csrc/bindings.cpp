@@ -615,22 +615,9 @@ PYBIND11_MODULE(_C, m) {
         .def_property_readonly("in_dim", [](PyMLP& s) { return s.h.get()->in_dim(); })
         .def_property_readonly("out_dim", [](PyMLP& s) { return s.h.get()->out_dim(); });
 
-    m.def("rng_seed", [](uint64_t seed) { rng_stream().seed(seed); }, "Re-key the sampler stream, counter 0.");
-    m.def("rng_matches", [](uint64_t p, size_t n) {
-        RngStream& s = rng_stream();
-        std::lock_guard<std::mutex> g(s.mu);
-        RF_CHECK(n == 0 || p != 0, "rng_matches: p: null pointer for n = " + std::to_string(n) + " bytes");
-        return n > 0 && s.fingerprint.size() == n && std::memcmp(s.fingerprint.data(), P<const uint8_t>(p), n) == 0;
-    }, "Whether torch's generator state (bytes) equals the one recorded at the last re-key.");
-    m.def("rng_rekey", [](uint64_t key, uint64_t p, size_t n) {
-        RF_CHECK(n == 0 || p != 0, "rng_rekey: p: null pointer for n = " + std::to_string(n) + " bytes");
-        RngStream& s = rng_stream();
-        std::lock_guard<std::mutex> g(s.mu);
-        s.key = mix64(key ^ 0x243F6A8885A308D3ULL);
-        s.counter = 0;
-        if (n) s.fingerprint.assign(P<const uint8_t>(p), P<const uint8_t>(p) + n);
-        else s.fingerprint.clear();
-    }, "Re-key from a draw of torch's generator and record the generator state after it.");
+    m.def("rng_seed", [](uint64_t seed) { rng_stream().seed(seed); }, "Key the sampler stream from a seed, counter 0.");
+    m.def("rng_set", [](uint64_t key, uint64_t counter) { rng_stream().set(key, counter); },
+          "Restore a (key, counter) position returned by rng_position.");
     m.def("rng_position", []() {
         RngStream& s = rng_stream();
         std::lock_guard<std::mutex> g(s.mu);

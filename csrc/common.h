@@ -284,13 +284,13 @@ inline uint64_t rng_bits(uint64_t key, uint64_t ctr) {
 inline double u01_hi(uint64_t z) { return ((z >> 32) + 0.5) * (1.0 / 4294967296.0); }
 inline double u01_lo(uint64_t z) { return ((z & 0xffffffffULL) + 0.5) * (1.0 / 4294967296.0); }
 
-// The process-wide sampler stream: a key and a counter. Each sampling call reserves a range of
-// counters atomically, so concurrent callers never share draws.
+// The process-wide sampler stream owned by rlmodule_fast: a key and a counter. Each sampling
+// call reserves a range of counters atomically, so concurrent callers never share draws. It
+// never reads or advances torch's generators; ops/cpp.py keys it from a seed.
 struct RngStream {
     std::mutex mu;
     uint64_t key = 0x853c49e6748fea9bULL;
     uint64_t counter = 0;
-    std::vector<uint8_t> fingerprint;  // torch generator state seen at the last (re)key
     void reserve(uint64_t n, uint64_t* key_out, uint64_t* ctr_out) {
         std::lock_guard<std::mutex> g(mu);
         *key_out = key;
@@ -301,6 +301,11 @@ struct RngStream {
         std::lock_guard<std::mutex> g(mu);
         key = mix64(k + 0x9E3779B97F4A7C15ULL);
         counter = 0;
+    }
+    void set(uint64_t k, uint64_t c) {
+        std::lock_guard<std::mutex> g(mu);
+        key = k;
+        counter = c;
     }
 };
 inline RngStream& rng_stream() {

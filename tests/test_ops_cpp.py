@@ -241,29 +241,23 @@ def test_categorical_nonfinite_raises(bad):
         rf.ops.sample_categorical(torch.zeros(2, 3, 4), backend="cpp")
 
 
-def test_samplers_reproducible_under_torch_manual_seed():
+def test_samplers_reproducible_under_seeds():
     lg = torch.randn(64, 5)
     ml = torch.randn(64, 6)
 
     def run():
         out = [rf.ops.sample_categorical(lg, backend="cpp")[0], rf.ops.sample_diag_gaussian(ml, backend="cpp")[0]]
-        torch.rand(3)  # interleaved torch random ops re-key deterministically
+        torch.rand(3)  # torch's own draws in between change nothing in the fused stream
         out.append(rf.ops.sample_categorical(lg, backend="cpp")[0])
         return out
 
-    torch.manual_seed(7)
+    torch.manual_seed(7)  # a new torch seed re-keys the stream
     first = run()
-    torch.manual_seed(7)
+    rf.manual_seed(7)     # the same seed again: rf.manual_seed restarts the stream
     second = run()
     for x, y in zip(first, second):
         assert torch.equal(x, y)
-    assert not torch.equal(first[0], first[2]) or not torch.equal(first[1], run()[1])
-    rf.manual_seed(11)
-    third = run()
-    rf.manual_seed(11)
-    fourth = run()
-    for x, y in zip(third, fourth):
-        assert torch.equal(x, y)
+    assert not torch.equal(first[0], first[2])
     torch.manual_seed(8)
     other = run()
     assert not all(torch.equal(x, y) for x, y in zip(first, other))
@@ -482,8 +476,6 @@ _RAW_CASES = [
     ("gaussian-null-logp", "_C.sample_diag_gaussian(px, 2, 4, 8, True, py, 0)", ("ValueError", r"logp: null")),
     ("gaussian-negative-B", "_C.sample_diag_gaussian(px, -2, 4, 8, True, py, py)", ("ValueError", r"B: expected >= 0")),
     # rng, threads
-    ("rng-rekey-null", "_C.rng_rekey(1, 0, 10)", ("ValueError", r"rng_rekey: p: null")),
-    ("rng-matches-null", "_C.rng_rekey(1, px, 16); _C.rng_matches(0, 16)", ("ValueError", r"rng_matches: p: null")),
     ("threads-huge", "_C.set_num_threads(10**6)", ("ValueError", r"num_threads: expected 1 \.\.\. \d+")),
     ("threads-zero", "_C.set_num_threads(0)", ("ValueError", r"num_threads")),
     # Policy

@@ -514,19 +514,21 @@ def test_weight_updates_are_seen_by_the_next_step(env_id):
 @pytest.mark.parametrize("env_id", ENVS)
 def test_exploration_reproducible_under_seed(env_id, how):
     """torch.manual_seed(s) makes the whole loop reproducible, rf.manual_seed(s) the fused
-    samplers, whichever was called before (users mix them: RLlib seeds torch, we seed rf)."""
+    samplers, whichever was called before (users mix them: RLlib seeds torch, we seed rf).
+    Each repetition starts from another seed in use, as a new run (or process) does: within one
+    process, torch.manual_seed re-keys the fused stream when the seed changes (ops/cpp.py)."""
     env = gym.make(env_id)
     module = build(env, SMALL)
     obs = torch.Tensor(np.stack([env.observation_space.sample() for _ in range(16)]))
-    with torch.no_grad():  # start from the same sampler state whatever ran before this test
-        rf.manual_seed(987654)
-        module.forward_exploration({"obs": obs})
-        if how == "rf.manual_seed-then-torch.manual_seed":
-            rf.manual_seed(123)
-            module.forward_exploration({"obs": obs})
     seed = rf.manual_seed if how == "rf.manual_seed" else torch.manual_seed
     draws = []
     for _ in range(2):
+        with torch.no_grad():  # whatever ran before: another seed, some draws
+            rf.manual_seed(987654)
+            module.forward_exploration({"obs": obs})
+            if how == "rf.manual_seed-then-torch.manual_seed":
+                rf.manual_seed(321)
+                module.forward_exploration({"obs": obs})
         seed(123)
         with torch.no_grad():
             out = module.forward_exploration({"obs": obs})

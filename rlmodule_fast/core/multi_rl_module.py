@@ -1,6 +1,7 @@
 """MultiRLModule: a dict-like container of module_id -> RLModule, and its spec."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import pathlib
 from typing import Any, Callable, Iterator, Mapping, Optional, Type, Union
@@ -155,44 +156,86 @@ class MultiRLModule(RLModule):
         return ckpt.metadata(type(self), kind="multi")
 
     def save_to_path(self, path=None, *, state: Optional[dict] = None) -> str:
-        """Write ``class_and_ctor_args.json`` + ``metadata.json`` and one sub-directory per module."""
+        """Write ``class_and_ctor_args.json`` + ``metadata.json`` and one sub-directory per module,
+        into a fresh directory renamed into place (see ``RLModule.save_to_path``)."""
         path = ckpt.as_dir(path)
-        path.mkdir(parents=True, exist_ok=True)
-        for mid, m in self._rl_modules.items():
-            m.save_to_path(path / mid, state=None if state is None else state.get(mid))
-        ckpt.write_json(path / self.CLASS_AND_CTOR_ARGS_FILE_NAME,
-                        {"class": ckpt.class_path(type(self)), "module_ids": list(self._rl_modules)})
-        ckpt.write_json(path / self.METADATA_FILE_NAME, self.get_metadata())
+
+        def write(d: pathlib.Path) -> None:
+            for mid, m in self._rl_modules.items():
+                m.save_to_path(d / mid, state=None if state is None else state.get(mid))
+            ckpt.write_json(d / self.CLASS_AND_CTOR_ARGS_FILE_NAME,
+                            {"class": ckpt.class_path(type(self)), "module_ids": list(self._rl_modules)})
+            ckpt.write_json(d / self.METADATA_FILE_NAME, self.get_metadata())
+
+        ckpt.replace_dir(path, write)
         return str(path)
 
     def restore_from_path(self, path, **kwargs) -> None:
         path = pathlib.Path(path)
+        if not ckpt.is_dir(path):
+            raise FileNotFoundError(f"checkpoint directory missing: {path}")
         ckpt.check_metadata(path)
         for mid, m in self._rl_modules.items():
             sub = path / mid
-            if not sub.is_dir():
+            if not ckpt.is_dir(sub):
                 raise FileNotFoundError(f"checkpoint directory missing for module {mid!r}: {sub}")
             m.restore_from_path(sub)
 
     @classmethod
-    def from_checkpoint(cls, path, **kwargs) -> "MultiRLModule":
+    def from_checkpoint(cls, path, *, module_class: Optional[type] = None,
+                        trusted_classes: ckpt.ClassSpec = None, **kwargs) -> "MultiRLModule":
+        """Rebuild a MultiRLModule and its modules; see ``RLModule.from_checkpoint`` for how
+        classes are allowed (``module_class`` is the multi-module class here; the sub-modules'
+        classes come from the registry or ``trusted_classes``).
+
+        Bounds: module ids must be unique, valid directory names; multi-module checkpoints nest at
+        most ``checkpoint.MAX_NESTING`` deep; a directory may appear only once in one load."""
+        depth, visited = kwargs.pop("_depth", 0), kwargs.pop("_visited", None)
+        visited = set() if visited is None else visited
+        trusted = ckpt.trusted_map(trusted_classes)
+        if module_class is not None and not (isinstance(module_class, type)
+                                             and issubclass(module_class, MultiRLModule)):
+            raise TypeError(f"module_class: expected a MultiRLModule subclass, got {module_class!r}")
         path = pathlib.Path(path)
-        if not path.is_dir():
+        if not ckpt.is_dir(path):
             raise FileNotFoundError(f"checkpoint directory missing: {path}")
-        ckpt.check_metadata(path)
         ctor_file = path / cls.CLASS_AND_CTOR_ARGS_FILE_NAME
+        if depth >= ckpt.MAX_NESTING:
+            raise ValueError(f"{ctor_file}: multi-module checkpoints nest more than {ckpt.MAX_NESTING} levels deep; "
+                             "refusing it")
+        ckpt.visit_dir(path, visited)
+        meta = ckpt.check_metadata(path)
+        if meta.get("kind") != "multi":
+            raise ValueError(f"{path / cls.METADATA_FILE_NAME}: kind {meta.get('kind')!r:.100} is not 'multi' "
+                             "(a single-module checkpoint: load it with RLModule.from_checkpoint)")
         data = ckpt.read_json(ctor_file)
-        klass = ckpt.resolve_class(data.get("class"), MultiRLModule, source=str(ctor_file))
+        klass = module_class or ckpt.resolve_class(data.get("class"), MultiRLModule, source=str(ctor_file),
+                                                   trusted=trusted)
+        if not issubclass(klass, cls):
+            raise ValueError(f"{ctor_file}: holds a {klass.__name__}, which is not a {cls.__name__}")
         ids = data.get("module_ids")
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise ValueError(f"{ctor_file}: 'module_ids' must be a list of strings")
+        if len(set(ids)) != len(ids):
+            dup = sorted(i for i, n in collections.Counter(ids).items() if n > 1)[:5]
+            raise ValueError(f"{ctor_file}: 'module_ids' lists a module id more than once ({dup})")
         for mid in ids:
             try:
                 _check_module_id(mid)
-            except ValueError as e:
-                raise ValueError(f"{ctor_file}: {e}") from e
-        modules = {mid: RLModule.from_checkpoint(path / mid) for mid in ids}
-        return klass(modules=modules)
+                if len(mid.encode("utf-8", "surrogateescape")) > 255:
+                    raise ValueError(f"module id {mid[:40]!r}... is longer than a directory name may be")
+            except ValueError as e:  # UnicodeEncodeError (a lone surrogate) included
+                raise ValueError(f"{ctor_file}: 'module_ids': {str(e)[:300]}") from None
+        modules = {}
+        for mid in ids:
+            sub = path / mid
+            if not ckpt.is_dir(sub):
+                raise FileNotFoundError(f"checkpoint directory missing for module {mid!r}: {sub}")
+            modules[mid] = RLModule.from_checkpoint(sub, trusted_classes=trusted, _depth=depth + 1, _visited=visited)
+        try:
+            return klass(modules=modules)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"{ctor_file}: cannot rebuild the {klass.__name__}: {type(e).__name__}: {e}") from e
 
 
 @dataclasses.dataclass

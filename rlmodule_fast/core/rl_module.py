@@ -9,6 +9,7 @@ numpy inputs to tensors, check the batch against ``input_specs_*()`` and the res
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
 import inspect
 import pathlib
@@ -51,17 +52,39 @@ class RLModuleConfig:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "RLModuleConfig":
-        from ..models.catalog import Catalog
-
-        catalog = d.get("catalog_class")
+    def from_dict(cls, d: Mapping[str, Any], *, trusted_classes: ckpt.ClassSpec = None) -> "RLModuleConfig":
+        """Inverse of ``to_dict``. ``catalog_class`` must name a known Catalog class (registered
+        when defined, or in ``trusted_classes``; see core/checkpoint.py): nothing is imported.
+        Anything malformed is a ValueError."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"RLModuleConfig.from_dict: expected a dict, got {type(d).__name__}")
         return cls(
             observation_space=space_from_json(d.get("observation_space")),
             action_space=space_from_json(d.get("action_space")),
-            model_config_dict=dict(d.get("model_config_dict") or {}),
-            catalog_class=ckpt.resolve_class(catalog, Catalog, source="RLModuleConfig") if catalog else None,
-            inference_only=bool(d.get("inference_only", False)),
+            model_config_dict=_plain_dict(d.get("model_config_dict"), "RLModuleConfig.model_config_dict"),
+            catalog_class=_catalog_from_name(d.get("catalog_class"), "RLModuleConfig.catalog_class", trusted_classes),
+            inference_only=_plain_bool(d.get("inference_only", False), "RLModuleConfig.inference_only"),
         )
+
+
+def _plain_dict(v: Any, what: str) -> dict:
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise ValueError(f"{what}: expected a dict, got {type(v).__name__}")
+    return dict(v)
+
+
+def _plain_bool(v: Any, what: str) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"{what}: expected true or false, got {v!r:.100}")
+    return v
+
+
+def _catalog_from_name(name: Any, what: str, trusted: ckpt.ClassSpec) -> Optional[type]:
+    from ..models.catalog import Catalog
+
+    return ckpt.resolve_class(name, Catalog, source=what, trusted=trusted) if name else None
 
 
 def _merge_model_config(model_config_dict: Optional[dict], model_config: Optional[dict]) -> dict:
@@ -82,6 +105,11 @@ class RLModule(abc.ABC):
     """
 
     framework: Optional[str] = None
+    #: ``from_checkpoint`` first builds the module on torch's ``meta`` device (no memory) and
+    #: compares its tensors with the state file's header, so a checkpoint cannot make it allocate
+    #: more than the state file holds. A subclass whose ``setup()`` cannot run on the meta device
+    #: may set this False: its checkpoints are then built for real before the state is checked.
+    checkpoint_meta_preflight: bool = True
     STATE_FILE_NAME = ckpt.STATE_FILE_NAME
     METADATA_FILE_NAME = ckpt.METADATA_FILE_NAME
     CLASS_AND_CTOR_ARGS_FILE_NAME = ckpt.CLASS_AND_CTOR_ARGS_FILE_NAME
@@ -120,6 +148,11 @@ class RLModule(abc.ABC):
         self.catalog = config.get_catalog()
         self._spec_checkers: dict[str, tuple[SpecChecker, SpecChecker]] = {}  # per forward kind
         self.setup()
+
+    def __init_subclass__(cls, **kwargs):
+        """Every subclass is registered when defined: checkpoints may name it (core/checkpoint.py)."""
+        super().__init_subclass__(**kwargs)
+        ckpt.register_class(cls)
 
     # ---- to be implemented by subclasses -------------------------------------------------
     def setup(self) -> None:
@@ -252,40 +285,66 @@ class RLModule(abc.ABC):
         return []
 
     def save_to_path(self, path=None, *, state: Optional[dict] = None) -> str:
-        """Write a checkpoint directory (see core/checkpoint.py) and return its path."""
+        """Write a checkpoint directory (see core/checkpoint.py) and return its path.
+
+        The files are written into a fresh directory beside ``path`` that is then renamed into
+        place (an existing checkpoint at ``path`` is replaced, an empty directory filled; a
+        non-empty directory that is not a checkpoint is refused): links already at ``path`` are
+        never written through."""
         path = ckpt.as_dir(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state_file = path / self.STATE_FILE_NAME
-        ckpt.save_tensors(state_file, state if state is not None else self.get_state())
-        _, kwargs = self.get_ctor_args_and_kwargs()
-        ckpt.write_json(path / self.CLASS_AND_CTOR_ARGS_FILE_NAME, {"class": ckpt.class_path(type(self)), "ctor_kwargs": kwargs})
-        ckpt.write_json(path / self.METADATA_FILE_NAME, {**self.get_metadata(), "state_sha256": ckpt.file_sha256(state_file)})
+
+        def write(d: pathlib.Path) -> None:
+            state_file = d / self.STATE_FILE_NAME
+            ckpt.save_tensors(state_file, state if state is not None else self.get_state())
+            _, kwargs = self.get_ctor_args_and_kwargs()
+            ckpt.write_json(d / self.CLASS_AND_CTOR_ARGS_FILE_NAME, {"class": ckpt.class_path(type(self)), "ctor_kwargs": kwargs})
+            ckpt.write_json(d / self.METADATA_FILE_NAME, {**self.get_metadata(), "state_sha256": ckpt.file_sha256(state_file)})
+
+        ckpt.replace_dir(path, write)
         return str(path)
 
     def restore_from_path(self, path, **kwargs) -> None:
         """Load the weights of a checkpoint directory written by ``save_to_path``."""
         path = pathlib.Path(path)
+        if not ckpt.is_dir(path):
+            raise FileNotFoundError(f"checkpoint directory missing: {path}")
         meta = ckpt.check_metadata(path)
         state_file = path / self.STATE_FILE_NAME
+        ckpt.read_state_header(state_file)  # bounded checks before reading the data
         ckpt.verify_sha256(state_file, meta.get("state_sha256"), path / self.METADATA_FILE_NAME)
         state = ckpt.load_tensors(state_file)
         try:
             self.set_state(state)
-        except ValueError as e:
+        except Exception as e:  # noqa: BLE001 -- a state that does not fit is the file's problem
             raise ValueError(f"{state_file}: does not match this module: {e}") from e
 
     @classmethod
-    def from_checkpoint(cls, path, **kwargs) -> "RLModule":
-        """Rebuild a module (class, spaces, config) and its weights from a checkpoint directory."""
+    def from_checkpoint(cls, path, *, module_class: Optional[type] = None,
+                        trusted_classes: ckpt.ClassSpec = None, **kwargs) -> "RLModule":
+        """Rebuild a module (class, spaces, config) and its weights from a checkpoint directory.
+
+        The class the checkpoint names must already be known: an RLModule / Catalog subclass
+        defined in this process (subclasses register themselves), one of ``trusted_classes``
+        (classes, or ``{"old.module:Name": Cls}`` for a renamed class), or declared by an
+        installed package under the ``rlmodule_fast.modules`` entry-point group. Nothing the
+        checkpoint names is imported. ``module_class=Cls`` builds ``Cls`` whatever class the
+        checkpoint names. The module is first built on the meta device and checked against the
+        state file's header, so a load allocates no more than the state file holds.
+        Every problem with the files is a ValueError / FileNotFoundError naming the file.
+        """
         from .multi_rl_module import MultiRLModule
 
+        depth, visited = kwargs.pop("_depth", 0), kwargs.pop("_visited", None)
+        trusted = ckpt.trusted_map(trusted_classes)
+        if module_class is not None and not (isinstance(module_class, type) and issubclass(module_class, RLModule)):
+            raise TypeError(f"module_class: expected an RLModule subclass, got {module_class!r}")
         path = pathlib.Path(path)
-        if not path.is_dir():
+        if not ckpt.is_dir(path):
             raise FileNotFoundError(f"checkpoint directory missing: {path}")
         meta = ckpt.check_metadata(path)
         ctor_file = path / cls.CLASS_AND_CTOR_ARGS_FILE_NAME
         data = ckpt.read_json(ctor_file)
-        klass = ckpt.resolve_class(data.get("class"), RLModule, source=str(ctor_file))
+        klass = module_class or ckpt.resolve_class(data.get("class"), RLModule, source=str(ctor_file), trusted=trusted)
         if not issubclass(klass, cls):
             raise ValueError(f"{ctor_file}: holds a {klass.__name__}, which is not a {cls.__name__}")
         is_multi = issubclass(klass, MultiRLModule)
@@ -293,19 +352,55 @@ class RLModule(abc.ABC):
             raise ValueError(f"{ctor_file}: class {klass.__name__} does not match the checkpoint kind "
                              f"{meta.get('kind')!r} in {path / cls.METADATA_FILE_NAME}")
         if is_multi:
-            return klass.from_checkpoint(path)
-        module = klass._from_ctor_kwargs(data.get("ctor_kwargs") or {}, source=str(ctor_file))
+            return klass.from_checkpoint(path, module_class=klass, trusted_classes=trusted, _depth=depth,
+                                         _visited=visited)
+        if visited is not None:
+            ckpt.visit_dir(path, visited)
+        return klass._load_single(path, data, trusted)
+
+    @classmethod
+    def _load_single(cls, path: pathlib.Path, data: Mapping[str, Any], trusted: dict) -> "RLModule":
+        """Build ``cls`` from a checkpoint's ctor args: parse, preflight on the meta device
+        against the state header, build for real, load the state."""
+        ctor_file = path / cls.CLASS_AND_CTOR_ARGS_FILE_NAME
+        state_file = path / cls.STATE_FILE_NAME
+        config = cls._config_from_ctor_kwargs(data.get("ctor_kwargs"), source=str(ctor_file), trusted=trusted)
+        header = ckpt.read_state_header(state_file)
+        if cls.checkpoint_meta_preflight:
+            import torch
+
+            try:
+                with torch.device("meta"):
+                    own = _construct(cls, dataclasses.replace(
+                        config, model_config_dict=copy.deepcopy(config.model_config_dict))).get_state()
+            except Exception as e:  # noqa: BLE001 -- whatever the ctor args make the class raise
+                raise ValueError(f"{ctor_file}: cannot rebuild the module from its constructor arguments "
+                                 f"(built first on the meta device): {type(e).__name__}: {str(e)[:500]}") from e
+            ckpt.check_state_fits(own, header, described_by=ctor_file)
+        try:
+            module = _construct(cls, config)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"{ctor_file}: cannot rebuild the module from its constructor arguments: "
+                             f"{type(e).__name__}: {str(e)[:500]}") from e
         module.restore_from_path(path)
         return module
 
     @classmethod
-    def _from_ctor_kwargs(cls, kwargs: Mapping[str, Any], *, source: str) -> "RLModule":
+    def _config_from_ctor_kwargs(cls, kwargs: Any, *, source: str, trusted: dict) -> RLModuleConfig:
         try:
             if not isinstance(kwargs, Mapping) or not isinstance(kwargs.get("config"), Mapping):
                 raise ValueError("'ctor_kwargs' must be an object holding a 'config' object")
-            config = RLModuleConfig.from_dict(kwargs["config"])
+            return RLModuleConfig.from_dict(kwargs["config"], trusted_classes=trusted)
+        except Exception as e:  # noqa: BLE001 -- every malformed value is the file's problem
+            raise ValueError(f"{source}: cannot rebuild the module from its constructor arguments: "
+                             f"{type(e).__name__}: {str(e)[:2000]}") from e
+
+    @classmethod
+    def _from_ctor_kwargs(cls, kwargs: Mapping[str, Any], *, source: str) -> "RLModule":
+        config = cls._config_from_ctor_kwargs(kwargs, source=source, trusted={})
+        try:
             return _construct(cls, config)
-        except (KeyError, TypeError, AttributeError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001
             raise ValueError(f"{source}: cannot rebuild the module from its constructor arguments: {e}") from e
 
 
@@ -419,17 +514,25 @@ class RLModuleSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "RLModuleSpec":
-        """Inverse of ``to_dict`` (classes resolved by import; must subclass RLModule / Catalog)."""
-        from ..models.catalog import Catalog
-
-        mc, cc = d.get("module_class"), d.get("catalog_class")
+    def from_dict(cls, d: Mapping[str, Any], *, trusted_classes: ckpt.ClassSpec = None) -> "RLModuleSpec":
+        """Inverse of ``to_dict``. Class names are looked up, never imported: they must name an
+        RLModule / Catalog subclass already defined (registered), one of ``trusted_classes``, or
+        one an installed package declares under the ``rlmodule_fast.modules`` entry points.
+        Anything malformed is a ValueError."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"RLModuleSpec.from_dict: expected a dict, got {type(d).__name__}")
+        mc = d.get("module_class")
+        lsp = d.get("load_state_path")
+        if lsp is not None and not isinstance(lsp, str):
+            raise ValueError(f"RLModuleSpec.from_dict: load_state_path must be a string, got {lsp!r:.100}")
         return cls(
-            module_class=ckpt.resolve_class(mc, RLModule, source="RLModuleSpec.from_dict") if mc else None,
+            module_class=ckpt.resolve_class(mc, RLModule, source="RLModuleSpec.from_dict: module_class",
+                                            trusted=trusted_classes) if mc else None,
             observation_space=space_from_json(d.get("observation_space")),
             action_space=space_from_json(d.get("action_space")),
-            model_config_dict=dict(d.get("model_config_dict") or {}),
-            catalog_class=ckpt.resolve_class(cc, Catalog, source="RLModuleSpec.from_dict") if cc else None,
-            load_state_path=d.get("load_state_path"),
-            inference_only=bool(d.get("inference_only", False)),
+            model_config_dict=_plain_dict(d.get("model_config_dict"), "RLModuleSpec.from_dict: model_config_dict"),
+            catalog_class=_catalog_from_name(d.get("catalog_class"), "RLModuleSpec.from_dict: catalog_class",
+                                             trusted_classes),
+            load_state_path=lsp,
+            inference_only=_plain_bool(d.get("inference_only", False), "RLModuleSpec.from_dict: inference_only"),
         )

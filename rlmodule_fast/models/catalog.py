@@ -23,6 +23,13 @@ class Catalog:
     ``latent_dims`` (encoder output shape), ``action_dist_cls``.
     """
 
+    def __init_subclass__(cls, **kwargs):
+        """Subclasses register when defined, so checkpoints may name them (core/checkpoint.py)."""
+        super().__init_subclass__(**kwargs)
+        from ..core.checkpoint import register_class
+
+        register_class(cls)
+
     def __init__(self, observation_space: gym.Space, action_space: gym.Space,
                  model_config_dict: Optional[Mapping[str, Any]] = None, **kwargs: Any):
         if kwargs:

@@ -5,6 +5,7 @@ RLlib's names and defaults; an unknown key or a bad value is a ValueError that n
 """
 from __future__ import annotations
 
+import reprlib
 from typing import Any, Mapping
 
 from ..ops.reference import canonical_activation
@@ -34,12 +35,20 @@ ALIASES = {
 # existing configs keep working, but only when they hold their RLlib defaults.
 _INERT = {"lstm_use_prev_action": False, "lstm_use_prev_reward": False, "_disable_preprocessor_api": False}
 
+#: Bounds on sizes (a config may come from a checkpoint file: building its model must stay cheap
+#: before the state file is compared with it). Layers per list; units per layer / LSTM cell.
+MAX_HIDDEN_LAYERS = 64
+MAX_LAYER_SIZE = 1 << 24
+MAX_SEQ_LEN = 2**31 - 1
+
 
 def _sizes(key: str, value: Any) -> list[int]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise ValueError(f"model config {key!r}: expected a list of positive ints, got {value!r}")
-    if any(v <= 0 for v in value):
-        raise ValueError(f"model config {key!r}: sizes must be positive, got {list(value)}")
+        raise ValueError(f"model config {key!r}: expected a list of positive ints, got {reprlib.repr(value)}")
+    if len(value) > MAX_HIDDEN_LAYERS:
+        raise ValueError(f"model config {key!r}: at most {MAX_HIDDEN_LAYERS} layers, got {len(value)}")
+    if any(v <= 0 or v > MAX_LAYER_SIZE for v in value):
+        raise ValueError(f"model config {key!r}: sizes must be in [1, {MAX_LAYER_SIZE}], got {list(value)}")
     return list(value)
 
 
@@ -77,12 +86,13 @@ def resolve_model_config(user: Mapping[str, Any] | None) -> dict:
         cfg[key] = _bool(key, cfg[key])
     if cfg["use_lstm"] and cfg["use_gru"]:
         raise ValueError("model config: 'use_lstm' and 'use_gru' are exclusive")
-    for key in ("lstm_cell_size", "max_seq_len"):
+    for key, top in (("lstm_cell_size", MAX_LAYER_SIZE), ("max_seq_len", MAX_SEQ_LEN)):
         v = cfg[key]
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"model config {key!r}: expected a positive int, got {v!r}")
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= top:
+            raise ValueError(f"model config {key!r}: expected an int in [1, {top}], got {v!r:.100}")
     clip = cfg["log_std_clip_param"]
-    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0:
-        raise ValueError(f"model config 'log_std_clip_param': expected a positive number, got {clip!r}")
+    if (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0
+            or (isinstance(clip, int) and clip > 1e308)):  # float(10**400) would be an OverflowError
+        raise ValueError(f"model config 'log_std_clip_param': expected a positive number, got {clip!r:.100}")
     cfg["log_std_clip_param"] = float(clip)
     return cfg

@@ -75,14 +75,33 @@ __all__ += ["sample_categorical", "sample_diag_gaussian", "lstm_step", "gru_step
 
 
 def manual_seed(seed: int) -> None:
-    """Seed every sampler: torch's generators (CPU and CUDA) and the fused backends' RNGs."""
+    """Seed every sampler: torch's generators (CPU and CUDA) and the fused backends' RNGs.
+    Always restarts the fused CPU stream, even with the seed already in use (``torch.manual_seed``
+    alone re-keys it only when the seed changes; see ``ops.cpp``)."""
     import torch
 
     torch.manual_seed(seed)
+    dispatch._backend_module("cpp")  # loaded now, so its stream is keyed from this seed
     for name in dispatch.BACKENDS:
         mod = dispatch._loaded.get(name)
         if mod is not None and hasattr(mod, "manual_seed"):
             mod.manual_seed(seed)
 
 
-__all__ += ["manual_seed"]
+def get_rng_state() -> dict:
+    """The fused CPU samplers' stream position ({"key", "counter", "seed"}: plain ints), for
+    ``set_rng_state`` to replay the draws that follow. (The torch reference draws from torch's
+    generator and the Triton samplers from torch's CUDA generator: save those with torch.)"""
+    from . import cpp
+
+    return cpp.get_rng_state()
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore a position from ``get_rng_state()``; ValueError for anything else."""
+    from . import cpp
+
+    cpp.set_rng_state(state)
+
+
+__all__ += ["manual_seed", "get_rng_state", "set_rng_state"]

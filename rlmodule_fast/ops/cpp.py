@@ -16,11 +16,15 @@ weights were written (in place, through ``.data``, through a numpy view). ``Pack
 ``fastpath.PolicyPlan`` pack once instead. Batches beyond 48 rows are split over
 ``sync_threads()`` threads (torch's count by default).
 
-Sampling draws come from a counter-based stream inside ``_C`` whose key derives from torch's
-default CPU generator: whenever that generator's state differs from the one recorded at the
-last re-key (``torch.manual_seed``, or any torch random op in between), the next draw re-keys
-from one draw of torch's generator. So ``torch.manual_seed(s)`` (or ``rf.manual_seed(s)``)
-reproduces a run exactly, as with the torch reference (the streams differ from torch's own).
+Sampling draws come from rlmodule_fast's own counter-based stream inside ``_C`` (a key and a
+counter; row r of a call uses counters that depend only on r, so results never depend on the
+thread count). It never reads nor advances torch's generators. Its key is a function of a seed:
+``rf.manual_seed(s)`` keys it from ``s`` (counter 0), every time; otherwise it follows torch's
+*initial seed* (``torch.initial_seed()``, one integer): when that differs from the seed the
+stream was keyed from (``torch.manual_seed(s)`` with a new ``s``, or the first draw of the
+process), the next draw re-keys from it. So a script that calls ``torch.manual_seed(s)`` draws
+the same actions on every run; to replay within one process with the *same* seed, call
+``rf.manual_seed(s)`` or restore ``rf.get_rng_state()`` with ``rf.set_rng_state()``.
 """
 from __future__ import annotations
 
@@ -416,32 +420,55 @@ def fused_mlp(x, weights, biases, activation="tanh", output_activation=None):
 _rng_lock = threading.Lock()
 
 
+_initial_seed = torch.default_generator.initial_seed
+_keyed_from = [None]  # the torch initial seed the stream was last keyed from (None: not yet)
+
+
 def _sync_rng() -> None:
-    """Re-key the C++ stream from torch's generator if that generator moved or was re-seeded."""
-    state = torch.default_generator.get_state()
-    if _C.rng_matches(state.data_ptr(), state.numel()):
-        return
-    with _rng_lock:
-        state = torch.default_generator.get_state()
-        if _C.rng_matches(state.data_ptr(), state.numel()):
-            return
-        key = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64)) & (2**64 - 1)
-        state = torch.default_generator.get_state()
-        _C.rng_rekey(key, state.data_ptr(), state.numel())
+    """Key the stream from torch's initial seed when that seed changed since the last keying
+    (one integer compare per stochastic call; torch's generator is neither read nor advanced)."""
+    seed = _initial_seed()
+    if seed != _keyed_from[0]:
+        with _rng_lock:
+            if seed != _keyed_from[0]:
+                _C.rng_seed(seed & (2**64 - 1))
+                _keyed_from[0] = seed
 
 
 def manual_seed(seed: int) -> None:
-    """Restart the C++ sampler stream: the next draw re-keys from torch's default generator.
-
-    ``rf.manual_seed(seed)`` seeds torch first and then calls this, so the stream that follows
-    is a function of ``seed`` alone; ``torch.manual_seed(seed)`` on its own has the same effect
-    (the re-seeded generator state differs from the one recorded at the last re-key). The
-    stream is keyed from torch rather than from ``seed`` directly so that a later
-    ``torch.manual_seed`` with the very same seed still restarts it."""
+    """Key the sampler stream from ``seed``, counter 0 (always, even for the seed in use).
+    ``rf.manual_seed(seed)`` calls ``torch.manual_seed(seed)`` first, then this."""
     if _C is None:
         return
     with _rng_lock:
-        _C.rng_rekey(int(seed) & (2**64 - 1), 0, 0)  # empty fingerprint: never matches
+        _C.rng_seed(int(seed) & (2**64 - 1))
+        _keyed_from[0] = _initial_seed()
+
+
+def get_rng_state() -> dict:
+    """The stream's position: {"key": int, "counter": int, "seed": int | None} (plain ints)."""
+    if _C is None:
+        raise RuntimeError(f"backend 'cpp' is unavailable: {status()[1]}")
+    with _rng_lock:
+        key, counter = _C.rng_position()
+        return {"key": int(key), "counter": int(counter), "seed": _keyed_from[0]}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore a position from ``get_rng_state()``: the draws that followed it are drawn again."""
+    if _C is None:
+        raise RuntimeError(f"backend 'cpp' is unavailable: {status()[1]}")
+    try:
+        key, counter, seed = state["key"], state["counter"], state.get("seed")
+        ok = all(type(v) is int and 0 <= v < 2**64 for v in (key, counter)) and (seed is None or type(seed) is int)
+    except (TypeError, KeyError, AttributeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"state: expected {{'key': int, 'counter': int, 'seed': int | None}} from "
+                         f"get_rng_state(), got {type(state).__name__}")
+    with _rng_lock:
+        _C.rng_set(key, counter)
+        _keyed_from[0] = seed
 
 
 def sample_categorical(logits, deterministic=False):

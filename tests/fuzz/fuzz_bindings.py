@@ -292,27 +292,20 @@ def _child(args) -> int:
         return run, what
 
     def g_rng(rng, invalid):
-        state = torch.default_generator.get_state()
-        if invalid:
-            p, n = int(rng.choice([0, 0, 8])), int(rng.choice([0, 1, 5000]))
-            if p == 8:  # small but non-null pointer with n beyond it is a contract violation; keep n=0
-                n = 0
-        else:
-            p, n = state.data_ptr(), state.numel()
-        key = int(rng.integers(0, 2**63)) * int(rng.choice([1, 2])) % (2**64)
-        op = int(rng.integers(0, 4))
+        # every uint64 key / counter is valid; "invalid" takes the extremes
+        key = int(rng.choice([0, 2**64 - 1])) if invalid else int(rng.integers(0, 2**63)) * int(rng.choice([1, 2]))
+        counter = int(rng.choice([0, 2**64 - 1])) if invalid else int(rng.integers(0, 2**62))
+        op = int(rng.integers(0, 3))
 
         def run():
             if op == 0:
                 _C.rng_seed(key)
             elif op == 1:
-                _C.rng_matches(p, n)
-            elif op == 2:
-                _C.rng_rekey(key, p, n)
+                _C.rng_set(key, counter)
+                assert tuple(_C.rng_position()) == (key, counter)
             else:
                 _C.rng_position()
-            _ = state
-        return run, "valid" if not invalid else f"ptr={p},n={n}"
+        return run, "valid" if not invalid else f"key={key},counter={counter}"
 
     def sampler_case(rng, invalid, gauss):
         B = batch(rng)
