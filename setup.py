@@ -42,10 +42,26 @@ class CMakeBuild(build_ext):
         if ninja and not os.environ.get("CMAKE_GENERATOR"):
             cmake_args += ["-GNinja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
 
+        compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+        if not compiler:
+            raise RuntimeError("rlmodule_fast: no C++ compiler found to build rlmodule_fast._C: install one "
+                               "(g++ or clang++; Debian/Ubuntu: apt install build-essential) or set CXX")
         build_temp = Path(self.build_temp) / ext.name
         build_temp.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["cmake", ext.sourcedir, *cmake_args], cwd=build_temp, check=True)
-        subprocess.run(["cmake", "--build", ".", "--config", cfg], cwd=build_temp, check=True)
+        for cmd in (["cmake", ext.sourcedir, *cmake_args], ["cmake", "--build", ".", "--config", cfg]):
+            done = subprocess.run(cmd, cwd=build_temp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            sys.stdout.write(done.stdout)
+            if done.returncode:
+                raise RuntimeError(f"rlmodule_fast: building rlmodule_fast._C failed: {_first_error(done.stdout)} "
+                                   f"(command: {' '.join(cmd[:2])} ...; full log above)")
+
+
+def _first_error(log: str) -> str:
+    """The first line of a CMake / compiler log that says what went wrong."""
+    for line in log.splitlines():
+        if "CMAKE_CXX_COMPILER" in line or "error" in line.lower():
+            return line.strip()
+    return log.strip().splitlines()[-1] if log.strip() else "no output"
 
 
 setup(

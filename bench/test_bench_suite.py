@@ -8,8 +8,8 @@
 
 Ids are ``<op>-<config>-B<batch>-<provider>`` (e.g. ``policy_step-CartPole-B1-cpp``); benchmarks
 are grouped per case, so each group shows the providers side by side. A provider that cannot
-run here (triton without CUDA, rllib without ray, ...) is skipped with its reason. torch.compile
-cases compile on first use (seconds each): deselect them with ``-k "not torch-compile"``.
+run here (triton without CUDA, rllib without ray, ort without onnxruntime, ...) is skipped with
+its reason. torch.compile cases compile on first use (seconds each): deselect them with ``-k "not torch-compile"``.
 torch runs with one thread (``RLMODULE_FAST_BENCH_THREADS`` overrides), as the CLI's default.
 Not collected by the default test run (``testpaths = ["tests"]``).
 """

@@ -39,7 +39,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .core.torch_rl_module import STRUCTURE_GEN
+from .core.torch_rl_module import STRUCTURE_GEN, WeightsLockMixin
 from .ops import dispatch
 from .ops.reference import canonical_activation
 
@@ -86,8 +86,21 @@ torch.nn.modules.module.register_module_module_registration_hook(_on_registratio
 
 def _stamp(params: list) -> tuple:
     """What a packed copy was made from: (sum of version counters, data pointers). Versions
-    only grow, so their sum moves whenever one does."""
+    only grow, so their sum moves whenever one does. (The cpp plan uses ``_C.weights_stamp``,
+    the same check hashed in C++.)"""
     return sum(map(_VERSION, params)), tuple(map(_DATA_PTR, params))
+
+
+def _step_params(layers: PolicyLayers) -> list:
+    """The parameters a step without the value head reads: actor encoder, pi head, log-std."""
+    ps = []
+    for lin in list(layers.actor.mlp) + list(layers.pi):
+        ps += [lin.weight] + ([lin.bias] if lin.bias is not None else [])
+    if layers.actor.rnn is not None:
+        ps += list(layers.actor.rnn.parameters())
+    if layers.free_log_std is not None:
+        ps.append(layers.free_log_std)
+    return ps
 _F32 = np.dtype(np.float32)
 _NO_STATE = (None, None, None, None)
 _NULL_LOCK = contextlib.nullcontext()
@@ -208,16 +221,25 @@ class PolicyPlan:
         self._validate(layers)
         self._lock = threading.Lock()
         self._net = None
-        self._packed = None            # _stamp() of the parameters the packed copy was made from
+        self._watch()
         self._recurrent = self.actor_rnn is not None or self.critic_rnn is not None
         self._sync_rng = cpp._sync_rng
         self._sync_threads = cpp.sync_threads
+        self._stamp_of = cpp._C.weights_stamp
         self._repack()
 
     def __reduce__(self):
         """Pickle / deepcopy rebuild the plan from its layers (packed buffers never travel; nor
         does the weights lock, which belongs to the module)."""
         return (PolicyPlan, (self.layers, self.backend))
+
+    def _watch(self) -> None:
+        """What the freshness check reads: every parameter (steps with the value head) and the
+        policy's own (steps without it; RLlib's default separate critic halves the work), with
+        the stamps of the packed copy (None: stale)."""
+        self._watch_all = tuple(self._params)
+        self._watch_policy = tuple(_step_params(self.layers))
+        self._packed_all = self._packed_policy = None
 
     @staticmethod
     def _check_devices(params: list) -> None:
@@ -237,7 +259,7 @@ class PolicyPlan:
                 self._impl = self._triton.TritonPolicyPlan(self.layers)
                 return
             with self._lock:
-                self._packed = None
+                self._packed_all = self._packed_policy = None
                 self._repack_locked()
 
     def _reread_layers(self, force: bool = False) -> None:
@@ -257,8 +279,9 @@ class PolicyPlan:
             self._check_devices(params)
             self._validate(layers)
             self._recurrent = self.actor_rnn is not None or self.critic_rnn is not None
-            self._packed = None
         self.layers, self._params = layers, params
+        if self._impl is None:
+            self._watch()
 
     # -- description ------------------------------------------------------------------------------
     def _validate(self, L: PolicyLayers) -> None:
@@ -371,9 +394,10 @@ class PolicyPlan:
                 self._repack_locked()
 
     def _repack_locked(self) -> None:
+        stamp_of = self._cpp._C.weights_stamp
         for _ in range(4):
-            stamp = _stamp(self._params)
-            if stamp == self._packed and self._net is not None:
+            stamp = stamp_of(self._watch_all)
+            if stamp == self._packed_all and self._net is not None:
                 return
             self._check_devices(self._params)  # e.g. module.to("cuda") / to("meta") since the last pack
             spec, keep = self._spec()
@@ -382,10 +406,20 @@ class PolicyPlan:
             else:
                 self._net.load(spec)
             del keep
-            if _stamp(self._params) == stamp:
-                self._packed = stamp
+            if stamp_of(self._watch_all) == stamp:
+                self._packed_all, self._packed_policy = stamp, stamp_of(self._watch_policy)
                 return
-        self._packed = None  # still moving: stale, the next step repacks
+        self._packed_all = self._packed_policy = None  # still moving: stale, the next step repacks
+
+    def _fresh(self, compute_value: bool) -> None:
+        """Repack unless the packed copy matches what this step reads (one C++ call)."""
+        if self._gen != _STRUCTURE_GEN[0]:
+            self._repack()
+        elif compute_value:
+            if self._stamp_of(self._watch_all) != self._packed_all:
+                self._repack()
+        elif self._stamp_of(self._watch_policy) != self._packed_policy:
+            self._repack()
 
     # -- the hot path ------------------------------------------------------------------------------
     def _state_arg(self, st, H: int, B: int, what: str):
@@ -451,13 +485,32 @@ class PolicyPlan:
             x = np.ascontiguousarray(x)
         return x, x.shape[0], 0, as_tensor, x
 
-    def step(self, obs, state=None, *, deterministic: bool = False, compute_value: bool = False, out=None) -> dict:
-        if self._gen != _STRUCTURE_GEN[0] or (self._impl is None and _stamp(self._params) != self._packed):
+    def step_flat(self, obs, deterministic: bool) -> tuple:
+        """The env-runner hot path of a feed-forward cpp plan: obs [B, O] (numpy or CPU tensor)
+        -> (action_dist_inputs, actions, action_logp) as fresh torch tensors, no value head."""
+        if self._gen != _STRUCTURE_GEN[0] or self._stamp_of(self._watch_policy) != self._packed_policy:
             self._repack()
+        if type(obs) is np.ndarray and obs.dtype == _F32 and obs.ndim == 2 and obs.flags.c_contiguous:
+            if obs.shape[1] != self.obs_dim:
+                raise ValueError(f"obs: expected shape [B, {self.obs_dim}], got {tuple(obs.shape)}")
+            obs_arg, B, ld = obs, obs.shape[0], 0
+        else:
+            obs_arg, B, ld, _, _ = self._obs(obs)
+        if not deterministic:
+            self._sync_rng()
+        self._sync_threads()
+        r = self._net.step(obs_arg, B, ld, _NO_STATE, deterministic, False, None)
+        from_np = torch.from_numpy
+        return from_np(r[0]), from_np(r[1]), from_np(r[2])
+
+    def step(self, obs, state=None, *, deterministic: bool = False, compute_value: bool = False, out=None) -> dict:
         if self._impl is not None:
+            if self._gen != _STRUCTURE_GEN[0]:
+                self._repack()
             if out is not None:
                 raise ValueError("out=: not supported by the triton plan")
             return self._impl.step(obs, state, deterministic=deterministic, compute_value=compute_value)
+        self._fresh(compute_value)
         if type(obs) is np.ndarray and obs.dtype == _F32 and obs.ndim == 2 and obs.flags.c_contiguous:
             # the common case (an env's float32 batch), as _obs would return it; _C checks the width
             obs_arg, B, ld, as_tensor, keep_obs = obs, obs.shape[0], 0, False, None
@@ -536,10 +589,31 @@ class PolicyPlan:
         return out
 
 
-# module -> {backend name: plan}; weak keys, so that plans never travel with a module that is
-# pickled or deep-copied (RLlib ships modules to env runners) and die with it
+# Plans cached per module: {(RLMODULE_FAST_BACKEND's raw value, CUDA input?): plan or None}. Our
+# modules (WeightsLockMixin) keep them in their __dict__ under _CACHE_ATTR, which their
+# __getstate__ drops, so plans never travel with a pickled or deep-copied module (RLlib ships
+# modules to env runners); any other module's plans live in a dict with weak keys.
+_CACHE_ATTR = "_rf_plans"
 _PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_PLANS_LOCK = threading.Lock()
+_PLANS_LOCK = threading.RLock()
+_MISSING = object()
+
+
+def _plan_cache(module, create: bool) -> Optional[dict]:
+    """The module's plan cache (None if it has none and not ``create``); creating one takes
+    _PLANS_LOCK (an RLock: plan_for holds it when it stores a plan)."""
+    if isinstance(module, WeightsLockMixin):
+        d = module.__dict__
+        cache = d.get(_CACHE_ATTR)
+        if cache is None and create:
+            with _PLANS_LOCK:
+                cache = d.setdefault(_CACHE_ATTR, {})
+        return cache
+    cache = _PLANS.get(module)
+    if cache is None and create:
+        with _PLANS_LOCK:
+            cache = _PLANS.setdefault(module, {})
+    return cache
 
 
 def plan_for(module, example) -> Optional[PolicyPlan]:
@@ -547,27 +621,34 @@ def plan_for(module, example) -> Optional[PolicyPlan]:
     (anything with ``policy_layers()``), or None when the torch reference should run: the
     chosen backend is torch (``RLMODULE_FAST_BACKEND=torch``) or, under "auto", the preferred
     backend is unavailable (``rf.backend_info()`` says why). A backend forced by the environment
-    but unavailable raises RuntimeError (no silent fallback). Plan outputs carry no autograd
-    graph, as RLlib's exploration/inference forwards (run under ``torch.no_grad()``) do not."""
+    but unavailable raises RuntimeError (no silent fallback). The choice is made by
+    ``ops.dispatch`` once per (environment value, CPU/CUDA input) and cached on the module.
+    Plan outputs carry no autograd graph, as RLlib's exploration/inference forwards (run under
+    ``torch.no_grad()``) do not."""
+    key = (dispatch.env_token(), getattr(getattr(example, "device", None), "type", None) == "cuda")
+    cache = _plan_cache(module, False)
+    if cache is not None:
+        plan = cache.get(key, _MISSING)
+        if plan is not _MISSING:
+            return plan
     name = dispatch.choose("policy_step", "auto", example)
-    if name == "torch":
-        return None
-    plans = _PLANS.get(module)
-    plan = plans.get(name) if plans is not None else None
-    if plan is None:
-        lock_of = getattr(module, "weights_lock", None)
-        plan = PolicyPlan(module.policy_layers(), backend=name, weights_lock=lock_of() if callable(lock_of) else None,
-                          source=weakref.WeakMethod(module.policy_layers))
-        with _PLANS_LOCK:
-            plans = _PLANS.setdefault(module, {})
-            plan = plans.setdefault(name, plan)
-    return plan
+    plan = None
+    if name != "torch":
+        cache = _plan_cache(module, True)
+        plan = next((p for p in cache.values() if p is not None and p.backend == name), None)
+        if plan is None:
+            lock_of = getattr(module, "weights_lock", None)
+            plan = PolicyPlan(module.policy_layers(), backend=name,
+                              weights_lock=lock_of() if callable(lock_of) else None,
+                              source=weakref.WeakMethod(module.policy_layers))
+    with _PLANS_LOCK:
+        return _plan_cache(module, True).setdefault(key, plan)
 
 
 def refresh(module) -> None:
     """Re-read ``module``'s layers and repack the weights of every plan cached for it (after
     writes a step cannot detect; see the module docstring)."""
-    for plan in list((_PLANS.get(module) or {}).values()):
+    for plan in {id(p): p for p in (_plan_cache(module, False) or {}).values() if p is not None}.values():
         plan.refresh()
 
 

@@ -348,7 +348,6 @@ def test_shape_caches_are_bounded():
     mod = _module()
     for B in range(1, 600):
         mod.forward_exploration({"obs": np.zeros((B, 6), np.float32)})
-    assert len(mod._lean_shapes) <= 64
     assert all(len(c._ok) <= 256 for pair in mod._spec_checkers.values() for c in pair)
 
 

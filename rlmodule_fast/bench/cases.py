@@ -18,7 +18,15 @@ computing the same thing on the same weights:
 ``triton``         the Triton backend, CUDA only
 ``rllib``          policy step only: RLlib's own ``DefaultPPOTorchRLModule`` with the same
                    weights, ``forward_exploration`` + its distribution's ``sample`` / ``logp``
+``ort``            ONNX Runtime (``bench/ort.py``): the same layers exported with
+                   ``torch.onnx.export``, one intra-op thread (``--threads``); policy step:
+                   the logits only, from numpy obs; ``fused_mlp``: the MLP
+``ort-sampling``   policy step only: ``ort`` logits, then action + logp sampled in numpy
+                   (Gumbel-max / Gaussian), i.e. the whole step on ONNX Runtime + numpy
 =================  ==========================================================================
+
+``--checkpoint DIR`` builds policy-step cases from a saved module (:func:`load_checkpoint`,
+:func:`checkpoint_cases`), observations sampled from its observation space.
 
 Shape legend: B batch, I input, H hidden, A actions.
 """
@@ -35,7 +43,7 @@ import torch
 
 from .timing import Bench
 
-PROVIDERS = ("torch-eager", "torch-compile", "rf-torch", "cpp", "triton", "rllib")
+PROVIDERS = ("torch-eager", "torch-compile", "rf-torch", "cpp", "triton", "rllib", "ort", "ort-sampling")
 BASELINE = "torch-eager"
 OPS = ("fused_mlp", "sample_categorical", "sample_diag_gaussian", "lstm_step", "gru_step", "policy_step")
 QUICK_BATCHES = (1, 256)
@@ -101,6 +109,13 @@ def _need_triton(ctx: Context) -> None:
     e = backend_info()["triton"]
     if not e["available"]:
         raise Unavailable(f"triton backend unavailable: {e['reason']}")
+
+
+def ort_status() -> tuple:
+    """(usable, reason) of the ONNX Runtime providers (onnxruntime and onnx importable)."""
+    from .ort import ort_status as st
+
+    return st()
 
 
 def ray_status() -> tuple:
@@ -195,12 +210,23 @@ def _fused_mlp(case: Case, ctx: Context) -> dict:
         c, s = _compiled(seq, ctx, lambda f: f(x))
         return Bench(lambda: c(x), cuda=cuda, graphable=cuda, note=f"compile {s:.1f} s")
 
+    def ort():
+        from .ort import OrtUnavailable, mlp_session
+
+        try:
+            sess, exporter, diff = mlp_session(seq, x)
+        except OrtUnavailable as e:
+            raise Unavailable(str(e))
+        feed = {"x": x.detach().cpu().numpy()}
+        return Bench(lambda: sess.run(["y"], feed), note=f"{exporter}, max abs diff vs torch {diff:.1e}, numpy in/out")
+
     return {
         "torch-eager": lambda: Bench(lambda: seq(x), cuda=cuda, graphable=cuda),
         "torch-compile": compiled,
         "rf-torch": lambda: Bench(lambda: ops.fused_mlp(x, W, b, act, backend="torch"), cuda=cuda, graphable=cuda),
         "cpp": cpp,
         "triton": triton,
+        "ort": ort,
     }
 
 
@@ -316,12 +342,18 @@ def ppo_module(env_id: str, hiddens=(256, 256), seed: int = 0, **model_config):
     return m
 
 
+#: activation name (model config) -> torch module, as rlmodule_fast's encoders build them
+_ACT = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "silu": torch.nn.SiLU, "swish": torch.nn.SiLU,
+        "elu": torch.nn.ELU, "linear": torch.nn.Identity, None: torch.nn.Identity}
+
+
 def eager_lstm_policy(module) -> Callable:
-    """The torch-eager peer of one LSTM policy step of ``module`` (use_lstm, shared encoder):
+    """The torch-eager peer of one LSTM policy step of ``module`` (use_lstm; the actor's encoder):
     tokenizer ``nn.Sequential``, an ``nn.LSTMCell`` sharing the module's ``nn.LSTM`` weights,
-    pi head, ``Categorical``. Returns step(obs [B, O], h [B, H], c [B, H]) -> (a, logp, h', c')."""
+    pi head, ``torch.distributions`` (as ``eager_policy``).
+    Returns step(obs [B, O], h [B, H], c [B, H]) -> (a, logp, h', c')."""
     enc = module.encoder.actor
-    act = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "linear": torch.nn.Identity}[enc.tokenizer.activation]
+    act = _ACT[enc.tokenizer.activation]
     layers = []
     for lin in enc.tokenizer.net.linears:
         layers += [lin, act()]
@@ -331,43 +363,66 @@ def eager_lstm_policy(module) -> Callable:
     cell.weight_ih, cell.weight_hh = rnn.weight_ih_l0, rnn.weight_hh_l0  # shared, not copied
     cell.bias_ih, cell.bias_hh = rnn.bias_ih_l0, rnn.bias_hh_l0
     pis = module.pi.net.linears
-    head_act = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU,
-                "linear": torch.nn.Identity}[module.catalog.model_config_dict["head_fcnet_activation"]]
+    head_act = _ACT[module.catalog.model_config_dict["head_fcnet_activation"]]
     pi = torch.nn.Sequential(*[m for lin in pis[:-1] for m in (lin, head_act())], pis[-1])
+    sample = _eager_sampler(module)
 
     def step(x, h, c):
         h2, c2 = cell(tok(x), (h, c))
-        a, logp = _eager_categorical(pi(h2))
+        a, logp = sample(pi(h2))
         return a, logp, h2, c2
     return step
 
 
 def eager_policy(module, device: str = "cpu") -> Callable:
     """The torch-eager peer of ``module.forward_exploration`` + sampling, on the same weights:
-    ``nn.Sequential`` + ``torch.distributions`` (Categorical, or Normal for Box actions).
+    ``nn.Sequential`` + ``torch.distributions`` (Categorical; per component for MultiDiscrete;
+    Normal for Box actions).
     Returns step(obs_tensor [B, O]) -> (actions, logp) tensors."""
-    import gymnasium as gym
-
     enc = module.encoder.actor.net
     layers = []
-    act = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "linear": torch.nn.Identity}
+    cfg = module.catalog.model_config_dict
     for lin in enc.linears:
-        layers += [lin, act.get(module.catalog.model_config_dict["fcnet_activation"], torch.nn.Tanh)()]
+        layers += [lin, _ACT[cfg["fcnet_activation"]]()]
     pis = module.pi.net.linears
     for lin in pis[:-1]:
-        layers += [lin, act.get(module.catalog.model_config_dict["head_fcnet_activation"], torch.nn.ReLU)()]
+        layers += [lin, _ACT[cfg["head_fcnet_activation"]]()]
     layers.append(pis[-1])
     seq = torch.nn.Sequential(*layers)
     if device != "cpu":  # a copy: .to() would move the module's own layers
         import copy
 
         seq = copy.deepcopy(seq).to(device)
-    if isinstance(module.action_space, gym.spaces.Discrete):
-        return lambda x: _eager_categorical(seq(x))
-    clip = float(module.catalog.model_config_dict["log_std_clip_param"])
+    sample = _eager_sampler(module, device)
+    return lambda x: sample(seq(x))
 
-    def gauss(x):
-        mean, log_std = seq(x).chunk(2, dim=-1)
+
+def _eager_sampler(module, device: str = "cpu") -> Callable:
+    """fn(pi's linear output) -> (actions, logp) with ``torch.distributions``: Categorical
+    (Discrete), one Categorical per component (MultiDiscrete), Normal from [mean, log_std]
+    halves or from the head's free log-std parameter (Box), log-std clamped as the head does."""
+    import gymnasium as gym
+
+    space = module.action_space
+    if isinstance(space, gym.spaces.Discrete):
+        return _eager_categorical
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        sizes = [int(n) for n in np.asarray(space.nvec).ravel()]
+
+        def multi(logits):
+            acts, logps = zip(*(_eager_categorical(p) for p in logits.split(sizes, dim=-1)))
+            return torch.stack(acts, dim=-1), sum(logps)
+        return multi
+    clip = float(module.catalog.model_config_dict["log_std_clip_param"])
+    free_log_std = getattr(module.pi, "log_std", None)  # free_log_std=True: a parameter, not an output
+    if free_log_std is not None and device != "cpu":
+        free_log_std = free_log_std.detach().to(device)
+
+    def gauss(out):
+        if free_log_std is None:
+            mean, log_std = out.chunk(2, dim=-1)
+        else:
+            mean, log_std = out, free_log_std.expand_as(out)
         d = torch.distributions.Normal(mean, log_std.clamp(-clip, clip).exp())
         a = d.sample()
         return a, d.log_prob(a).sum(-1)
@@ -375,55 +430,108 @@ def eager_policy(module, device: str = "cpu") -> Callable:
 
 
 def _policy_step(case: Case, ctx: Context) -> dict:
+    """A registry policy-step case: our PPOTorchRLModule for a gymnasium env (seeded weights),
+    standard-normal observations (LSTM: and a small random state)."""
     env_id, extra = case._params
     key = ("module", case.config_id, ctx.seed)
     if key not in ctx._cache:
         ctx._cache[key] = ppo_module(env_id, seed=ctx.seed, **dict(extra))
     module = ctx._cache[key]
-    if module.is_stateful():
-        return _policy_step_lstm(case, ctx, module)
+    rng = np.random.default_rng(ctx.seed)
     O = module.observation_space.shape[0]
-    obs = np.random.default_rng(ctx.seed).standard_normal((case.batch, O), dtype=np.float32)
+    B = case.batch
+
+    def on_cuda():
+        ckey = ("module-cuda", case.config_id, ctx.seed)
+        if ckey not in ctx._cache:
+            ctx._cache[ckey] = ppo_module(env_id, seed=ctx.seed, **dict(extra)).to(_dev(ctx))
+        return ctx._cache[ckey]
+
+    if module.is_stateful():
+        H = module.get_initial_state()["h"].shape[-1]
+        obs = rng.standard_normal((B, 1, O), dtype=np.float32)
+        h = (0.1 * rng.standard_normal((B, 1, H))).astype(np.float32)
+        c = (0.1 * rng.standard_normal((B, 1, H))).astype(np.float32)
+        return module_policy_step(module, {"obs": obs, "state_in": {"h": h, "c": c}}, ctx)
+    obs = rng.standard_normal((B, O), dtype=np.float32)
+    return module_policy_step(module, {"obs": obs}, ctx, cuda_module=on_cuda)
+
+
+def module_policy_step(module, batch: dict, ctx: Context, cuda_module: Optional[Callable] = None) -> dict:
+    """{provider: factory of its Bench} for one policy step of ``module`` on ``batch`` (numpy:
+    {"obs": [B, ...]}, recurrent modules also {"state_in": {...}} of [B, 1, H] arrays), the same
+    weights everywhere. ``cuda_module``: a factory of the module's copy on CUDA (triton)."""
+    obs = batch["obs"]
+    state = batch.get("state_in")
+    stateful = state is not None
     cuda = ctx.device == "cuda"
     dev = _dev(ctx)
+    dist_cls = module.get_exploration_action_dist_cls()
+
+    def flat_obs() -> torch.Tensor:
+        if not (isinstance(obs, np.ndarray) and obs.dtype.kind == "f" and obs.ndim == (3 if stateful else 2)):
+            raise Unavailable("the torch-eager peer takes flat float observations (a 1-d Box space)")
+        return torch.from_numpy(obs[:, 0] if stateful else obs)
+
+    def lstm_state() -> tuple:
+        st = state.get("actor", state)  # separate actor / critic encoders: the actor's state
+        if not (isinstance(st, dict) and set(st) == {"h", "c"}):
+            raise Unavailable("the torch-eager peer is built for LSTM encoders (state {'h', 'c'})")
+        return torch.from_numpy(st["h"][:, 0]), torch.from_numpy(st["c"][:, 0])
+
+    def peer():
+        try:
+            return eager_lstm_policy(module) if stateful else eager_policy(module, ctx.device)
+        except Exception as e:  # a module whose layers are not the PPO layout
+            raise Unavailable(f"no torch-eager peer for {type(module).__name__} (built for PPOTorchRLModule "
+                              f"MLP / LSTM policies): {type(e).__name__}: {_line(e)}")
 
     def eager():
-        step = eager_policy(module, ctx.device)
+        step, x = peer(), flat_obs()
+        if stateful:
+            ht, ct = lstm_state()
+            return Bench(lambda: tuple(t.numpy() for t in step(x, ht, ct)))
         if ctx.device == "cpu":
-            return Bench(lambda: tuple(t.numpy() for t in step(torch.from_numpy(obs))))
-        return Bench(lambda: tuple(t.cpu().numpy() for t in step(torch.from_numpy(obs).to(dev))), cuda=True)
+            return Bench(lambda: tuple(t.numpy() for t in step(x)))
+        return Bench(lambda: tuple(t.cpu().numpy() for t in step(x.to(dev))), cuda=True)
 
     def compiled():
-        step = eager_policy(module, ctx.device)
-        c, s = _compiled(step, ctx, lambda f: f(torch.from_numpy(obs).to(dev)))
-        return Bench(lambda: tuple(t.cpu().numpy() for t in c(torch.from_numpy(obs).to(dev))), cuda=cuda,
-                     note=f"compile {s:.1f} s")
+        step, x = peer(), flat_obs()
+        if stateful:
+            ht, ct = lstm_state()
+            cc, s = _compiled(step, ctx, lambda f: f(x, ht, ct))
+            return Bench(lambda: tuple(t.numpy() for t in cc(x, ht, ct)), note=f"compile {s:.1f} s")
+        c, s = _compiled(step, ctx, lambda f: f(x.to(dev)))
+        return Bench(lambda: tuple(t.cpu().numpy() for t in c(x.to(dev))), cuda=cuda, note=f"compile {s:.1f} s")
 
-    dist_cls = module.get_exploration_action_dist_cls()
+    def outputs(out: dict, d=None) -> tuple:
+        if d is not None:
+            a = d.sample()
+            res = (a.numpy(), d.logp(a).numpy())
+        else:
+            res = (out["actions"].numpy(), out["action_logp"].numpy())
+        if stateful:
+            res += tuple(_leaf_arrays(out["state_out"]))
+        return res
 
     def rf_torch():
         def f():
-            out = module.forward_exploration({"obs": obs})
-            d = dist_cls.from_logits(out["action_dist_inputs"])
-            a = d.sample()
-            return a.numpy(), d.logp(a).numpy()
+            out = module.forward_exploration(batch)
+            return outputs(out, dist_cls.from_logits(out["action_dist_inputs"]))
         return Bench(f, context=lambda: forced_backend("torch"))
 
     def cpp():
         _need_cpp()
-        _check_fast(module, {"obs": obs}, "cpp")
-
-        def f():
-            out = module.forward_exploration({"obs": obs})
-            return out["actions"].numpy(), out["action_logp"].numpy()
-        return Bench(f, context=lambda: forced_backend("cpp"))
+        _check_fast(module, batch, "cpp")
+        return Bench(lambda: outputs(module.forward_exploration(batch)), context=lambda: forced_backend("cpp"))
 
     def triton():
         _need_triton(ctx)
-        ckey = ("module-cuda", case.config_id, ctx.seed)
-        if ckey not in ctx._cache:
-            ctx._cache[ckey] = ppo_module(env_id, seed=ctx.seed, **dict(extra)).to(dev)
-        m = ctx._cache[ckey]
+        if stateful:
+            raise Unavailable("not wired for the LSTM policy step yet (the bench steps it on CPU only)")
+        if cuda_module is None:
+            raise Unavailable("no CUDA copy of this module was set up")
+        m = cuda_module()
 
         def f():
             out = m.forward_exploration({"obs": torch.from_numpy(obs).to(dev, non_blocking=True)})
@@ -433,20 +541,77 @@ def _policy_step(case: Case, ctx: Context) -> dict:
     def rllib():
         rm = _rllib_module(module)
         rcls = rm.get_exploration_action_dist_cls()
+        tb = {"obs": torch.from_numpy(obs) if isinstance(obs, np.ndarray) else obs}
+        if stateful:
+            tb["state_in"] = _map_leaves(state, torch.from_numpy)
 
         def f():
-            out = rm.forward_exploration({"obs": torch.from_numpy(obs)})
-            d = rcls.from_logits(out["action_dist_inputs"])
-            a = d.sample()
-            return a.numpy(), d.logp(a).numpy()
+            out = rm.forward_exploration(tb)
+            return outputs(out, rcls.from_logits(out["action_dist_inputs"]))
         return Bench(f)
 
+    held: dict = {}  # one exported session for both ORT providers of this case
+
+    def ort_policy():
+        if "ort" not in held:
+            from .ort import OrtPolicy, OrtUnavailable
+
+            try:
+                st = _map_leaves(state, lambda v: v[:, 0]) if stateful else None
+                held["ort"] = OrtPolicy(module, obs[:, 0] if stateful else obs, st, seed=ctx.seed)
+            except OrtUnavailable as e:
+                held["ort"] = Unavailable(str(e))
+        p = held["ort"]
+        if isinstance(p, Unavailable):
+            raise p
+        return p
+
+    def ort_args(p) -> tuple:
+        x = np.ascontiguousarray(obs[:, 0] if stateful else obs)
+        if not stateful:
+            return (x,)
+        st = _map_leaves(state, lambda v: np.ascontiguousarray(v[:, 0]))
+        from .ort import _get, _state_leaves
+
+        return (x, *[_get(st, path) for _, path in _state_leaves(st)])
+
+    def ort_logits():
+        p = ort_policy()
+        args = ort_args(p)
+        return Bench(lambda: p.logits(*args), note=f"{p.exporter}, max abs diff vs torch {p.max_abs_diff:.1e}")
+
+    def ort_sampling():
+        p = ort_policy()
+        args = ort_args(p)
+        return Bench(lambda: p.step(*args), note=f"{p.exporter}, numpy sampling")
+
     return {"torch-eager": eager, "torch-compile": compiled, "rf-torch": rf_torch, "cpp": cpp,
-            "triton": triton, "rllib": rllib}
+            "triton": triton, "rllib": rllib, "ort": ort_logits, "ort-sampling": ort_sampling}
+
+
+def _line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:160]
+
+
+def _map_leaves(d: dict, fn) -> dict:
+    return {k: (_map_leaves(v, fn) if isinstance(v, dict) else fn(v)) for k, v in d.items()}
+
+
+def _leaf_arrays(d: dict) -> list:
+    out = []
+    for k in sorted(d):
+        v = d[k]
+        out += _leaf_arrays(v) if isinstance(v, dict) else [v.numpy()]
+    return out
 
 
 def _check_fast(module, batch: dict, backend: str) -> None:
+    info = getattr(module, "fast_path_info", None)
     with torch.no_grad(), forced_backend(backend):
+        if info is not None:
+            fi = info()
+            if not fi.get("active"):
+                raise Unavailable(f"no fused {backend} step for this module: {fi.get('reason')}")
         if "actions" not in module.forward_exploration(batch):
             raise Unavailable(f"forward_exploration returned no actions under RLMODULE_FAST_BACKEND={backend}")
 
@@ -455,74 +620,147 @@ def _rllib_module(module):
     ok, why = ray_status()
     if not ok:
         raise Unavailable(why)
-    try:
-        from ..rllib.convert import to_rllib_module
+    import logging
 
+    try:
+        # imported first: importing ray configures its loggers (resetting levels set before)
+        from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule  # noqa: F401
+
+        from ..rllib.convert import to_rllib_module
+    except Exception as e:
+        raise Unavailable(f"RLlib import: {type(e).__name__}: {_line(e)}")
+    quiet = [logging.getLogger(n) for n in ("ray", "ray.rllib", "ray._common.deprecation")]
+    levels = [lg.level for lg in quiet]
+    try:
+        for lg in quiet:  # RLlib warns about its own RLModuleConfig use while building its module
+            lg.setLevel(logging.ERROR)
         return to_rllib_module(module)
     except Exception as e:
-        raise Unavailable(f"RLlib module: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}")
+        raise Unavailable(f"RLlib module: {type(e).__name__}: {_line(e)}")
+    finally:
+        for lg, lv in zip(quiet, levels):
+            lg.setLevel(lv)
 
 
-def _policy_step_lstm(case: Case, ctx: Context, module) -> dict:
-    """One env step of an LSTM policy in RLlib's layout: obs [B, 1, O], state_in {"h", "c"}
-    [B, 1, H] (numpy), returning actions, logp and state_out. CPU only (triton: n/a)."""
+# --------------------------------------------------------------------------------------------
+# the user's own policy: --checkpoint DIR
+# --------------------------------------------------------------------------------------------
+def checkpoint_kind(path) -> str:
+    """"rlmodule_fast" (``class_and_ctor_args.json``: ``RLModule.save_to_path``) or "rllib"
+    (``module_state.pkl`` / ``class_and_ctor_args.pkl``, or an RLlib Algorithm / MultiRLModule
+    checkpoint holding one); FileNotFoundError / ValueError otherwise."""
+    import pathlib
+
+    from ..core import checkpoint as ckpt
+
+    p = pathlib.Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {p}")
+    if (p / ckpt.CLASS_AND_CTOR_ARGS_FILE_NAME).is_file():
+        return "rlmodule_fast"
+    names = {"module_state.pkl", "module_state.msgpack", "class_and_ctor_args.pkl", "rllib_checkpoint.json"}
+    if any((p / n).is_file() for n in names) or (p / "learner_group").is_dir() or (p / "rl_module").is_dir() \
+            or any((sub / "module_state.pkl").is_file() for sub in p.iterdir() if sub.is_dir()):
+        return "rllib"
+    raise ValueError(f"{p}: neither an rlmodule_fast checkpoint ({ckpt.CLASS_AND_CTOR_ARGS_FILE_NAME}) nor an "
+                     "RLlib one (module_state.pkl, rl_module/, learner_group/)")
+
+
+def load_checkpoint(path, module_id: Optional[str] = None) -> tuple:
+    """(module, kind, module id or None) of a checkpoint directory: ours through
+    ``RLModule.from_checkpoint`` (a MultiRLModule: its ``module_id`` module, or its only one),
+    RLlib's through ``rlmodule_fast.rllib.load_rllib_checkpoint``."""
+    from .. import DEFAULT_MODULE_ID, MultiRLModule, RLModule
+
+    kind = checkpoint_kind(path)
+    if kind == "rllib":
+        from ..rllib import load_rllib_checkpoint
+
+        mid = module_id or DEFAULT_MODULE_ID
+        return load_rllib_checkpoint(path, module_id=mid), kind, mid
+    m = RLModule.from_checkpoint(path)
+    if isinstance(m, MultiRLModule):
+        ids = list(m.keys())
+        mid = module_id or (ids[0] if len(ids) == 1 else DEFAULT_MODULE_ID)
+        if mid not in m:
+            raise ValueError(f"{path}: a MultiRLModule with modules {ids}; pick one with --module-id")
+        return m[mid], kind, mid
+    if module_id is not None:
+        raise ValueError(f"{path}: --module-id {module_id!r} given, but the checkpoint holds a single module")
+    return m, kind, None
+
+
+def sample_obs(space, batch: int, seed: int = 0):
+    """A batch [B, ...] of observations sampled from a gymnasium space (Dict / Tuple: nested)."""
+    import gymnasium as gym
+
+    if isinstance(space, gym.spaces.Dict):
+        return {k: sample_obs(s, batch, seed + i) for i, (k, s) in enumerate(space.spaces.items())}
+    if isinstance(space, gym.spaces.Tuple):
+        return tuple(sample_obs(s, batch, seed + i) for i, s in enumerate(space.spaces))
+    space.seed(seed)
+    return np.stack([np.asarray(space.sample()) for _ in range(batch)]).astype(
+        space.dtype if space.dtype is not None else np.float32, copy=False)
+
+
+def describe_module(module) -> str:
+    """A short label: class, observation and action spaces, encoder / head sizes if PPO."""
+    import gymnasium as gym
+
+    def sp(s):
+        if isinstance(s, gym.spaces.Box):
+            return f"Box{tuple(s.shape)}"
+        if isinstance(s, gym.spaces.Discrete):
+            return f"Discrete({int(s.n)})"
+        if isinstance(s, gym.spaces.MultiDiscrete):
+            return f"MultiDiscrete({list(np.asarray(s.nvec).ravel())})"
+        return type(s).__name__
+    cfg = getattr(getattr(module, "catalog", None), "model_config_dict", None) or {}
+    arch = ""
+    if "fcnet_hiddens" in cfg:
+        arch = f" {list(cfg['fcnet_hiddens'])}"
+        if cfg.get("use_lstm"):
+            arch += f" LSTM {cfg.get('lstm_cell_size')}"
+        elif cfg.get("use_gru"):
+            arch += f" GRU {cfg.get('lstm_cell_size')}"
+    return f"{type(module).__name__} {sp(module.observation_space)}->{arch.strip() or '?'}->{sp(module.action_space)}"
+
+
+def checkpoint_cases(module, label: str, batches, seed: int = 0) -> list:
+    """Policy-step cases of a loaded module at the given batch sizes (obs sampled from its
+    observation space; a recurrent module steps from its initial state plus small noise)."""
+    import functools
+
+    out = []
+    for b in batches:
+        out.append(Case("policy_step", label, "checkpoint", int(b), POLICY_PROVIDERS,
+                        functools.partial(_checkpoint_setup, module), (seed,)))
+    return out
+
+
+def _checkpoint_setup(module, case: Case, ctx: Context) -> dict:
     B = case.batch
-    O = module.observation_space.shape[0]
-    H = module.get_initial_state()["h"].shape[-1]
-    rng = np.random.default_rng(ctx.seed)
-    obs = rng.standard_normal((B, 1, O), dtype=np.float32)
-    h = (0.1 * rng.standard_normal((B, 1, H))).astype(np.float32)
-    c = (0.1 * rng.standard_normal((B, 1, H))).astype(np.float32)
-    batch = {"obs": obs, "state_in": {"h": h, "c": c}}
-    dist_cls = module.get_exploration_action_dist_cls()
+    obs = sample_obs(module.observation_space, B, ctx.seed)
+    batch = {"obs": obs}
+    if module.is_stateful():
+        rng = np.random.default_rng(ctx.seed)
 
-    def eager():
-        step = eager_lstm_policy(module)
-        x, ht, ct = torch.from_numpy(obs[:, 0]), torch.from_numpy(h[:, 0]), torch.from_numpy(c[:, 0])
-        return Bench(lambda: tuple(t.numpy() for t in step(x, ht, ct)))
+        def init(v):
+            v = np.asarray(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v, dtype=np.float32)
+            v = np.broadcast_to(v.reshape(-1), (B, 1, v.size)).copy()
+            return v + (0.1 * rng.standard_normal(v.shape)).astype(np.float32)
+        batch["state_in"] = _map_leaves(module.get_initial_state(), init)
+        if isinstance(obs, np.ndarray):
+            batch["obs"] = obs[:, None]
 
-    def compiled():
-        step = eager_lstm_policy(module)
-        x, ht, ct = torch.from_numpy(obs[:, 0]), torch.from_numpy(h[:, 0]), torch.from_numpy(c[:, 0])
-        cc, s = _compiled(step, ctx, lambda f: f(x, ht, ct))
-        return Bench(lambda: tuple(t.numpy() for t in cc(x, ht, ct)), note=f"compile {s:.1f} s")
+    def on_cuda():
+        import copy
 
-    def rf_torch():
-        def f():
-            out = module.forward_exploration(batch)
-            d = dist_cls.from_logits(out["action_dist_inputs"])
-            a = d.sample()
-            return a.numpy(), d.logp(a).numpy(), out["state_out"]["h"].numpy(), out["state_out"]["c"].numpy()
-        return Bench(f, context=lambda: forced_backend("torch"))
-
-    def cpp():
-        _need_cpp()
-        _check_fast(module, batch, "cpp")
-
-        def f():
-            out = module.forward_exploration(batch)
-            return (out["actions"].numpy(), out["action_logp"].numpy(), out["state_out"]["h"].numpy(),
-                    out["state_out"]["c"].numpy())
-        return Bench(f, context=lambda: forced_backend("cpp"))
-
-    def triton():
-        _need_triton(ctx)
-        raise Unavailable("not wired for the LSTM policy step yet (the bench steps it on CPU only)")
-
-    def rllib():
-        rm = _rllib_module(module)
-        rcls = rm.get_exploration_action_dist_cls()
-
-        def f():
-            out = rm.forward_exploration({"obs": torch.from_numpy(obs),
-                                          "state_in": {"h": torch.from_numpy(h), "c": torch.from_numpy(c)}})
-            d = rcls.from_logits(out["action_dist_inputs"])
-            a = d.sample()
-            return a.numpy(), d.logp(a).numpy(), out["state_out"]["h"].numpy(), out["state_out"]["c"].numpy()
-        return Bench(f)
-
-    return {"torch-eager": eager, "torch-compile": compiled, "rf-torch": rf_torch, "cpp": cpp,
-            "triton": triton, "rllib": rllib}
+        key = ("checkpoint-cuda", id(module))
+        if key not in ctx._cache:
+            ctx._cache[key] = copy.deepcopy(module).to(_dev(ctx))
+        return ctx._cache[key]
+    return module_policy_step(module, batch, ctx, cuda_module=on_cuda)
 
 
 _SETUPS = {"fused_mlp": _fused_mlp, "sample_categorical": _sampler, "sample_diag_gaussian": _sampler,
@@ -530,13 +768,18 @@ _SETUPS = {"fused_mlp": _fused_mlp, "sample_categorical": _sampler, "sample_diag
 
 
 def _setup(case: Case, ctx: Context) -> dict:
-    key = ("setup", case.id)
+    key = ("setup", case.id, case.config)
     if key not in ctx._cache:
-        ctx._cache[key] = _SETUPS[case.op](case, ctx)
+        ctx._cache[key] = (case._make or _SETUPS[case.op])(case, ctx)
     return ctx._cache[key]
 
 
 _OP_PROVIDERS = ("torch-eager", "torch-compile", "rf-torch", "cpp", "triton")
+#: which providers apply to which op ("-" in a table where one does not)
+OP_PROVIDERS = {op: _OP_PROVIDERS for op in OPS}
+OP_PROVIDERS["fused_mlp"] = _OP_PROVIDERS + ("ort",)
+OP_PROVIDERS["policy_step"] = PROVIDERS
+POLICY_PROVIDERS = PROVIDERS
 
 # (op, config label, config id, params, quick?) -- quick configs run under --quick too
 _CONFIGS = [
@@ -569,7 +812,7 @@ def cases(ops=None, batches=None, quick: bool = False) -> list:
     for op, label, cid, params, in_quick in _CONFIGS:
         if op not in ops or (quick and not in_quick):
             continue
-        provs = PROVIDERS if op == "policy_step" else _OP_PROVIDERS
+        provs = OP_PROVIDERS[op]
         for b in batches:
             out.append(Case(op, label, cid, int(b), provs, None, params))
     return out

@@ -1,31 +1,42 @@
 """What ``rlmodule-fast-bench`` prints and writes: machine info, tables, JSON, CSV, PNG, progress.
 
+Terminal output goes through :class:`Out`: ``rich`` tables and a rich progress bar when rich is
+installed (the ``bench`` extra), plain text otherwise or with ``--plain``; lines are at most
+``MAX_WIDTH`` (100) columns.
+
 JSON schema (``SCHEMA``): {"schema", "started_utc", "elapsed_s", "argv", "machine": {...},
 "versions": {...}, "commit": {...}, "backends": rf.backend_info(), "clocks": {clock: "ok" | "n/a:
-reason"}, "providers": {provider: "ok" | "n/a: reason"}, "ops": [row, ...], "sampling": [row, ...]}.
+reason"}, "providers": {provider: "ok" | "n/a: reason"}, "checkpoint": null | {"path", "kind",
+"module_id", "module"}, "ops": [row, ...], "sampling": [row, ...]}.
 An op row: {"case", "op", "config", "batch", "provider", "clock", "median_us", "min_us", "q1_us",
-"q3_us", "calls_per_block", "blocks", "speedup_vs_eager", "note"} or, instead of the timings,
-{"na": reason}. A sampling row: {"env", "num_envs", "driver", "steps_per_s", "all", "goal",
-"policy_us_per_iter", "env_us_per_iter"} or {"na": reason}. The CSV has one line per op or sampling row with the machine columns repeated.
+"q3_us", "calls_per_block", "blocks", "speedup_vs_eager", "speedup_vs_ort", "note"} or, instead
+of the timings, {"na": reason}; ``speedup_vs_ort`` is against ``ort-sampling`` where that applies
+(policy step), else ``ort`` (None when neither ran). A sampling row: {"env", "num_envs",
+"driver", "steps_per_s", "all", "goal", "policy_us_per_iter", "env_us_per_iter"} or {"na":
+reason}. The CSV has one line per op or sampling row with the machine columns repeated.
 """
 from __future__ import annotations
 
 import csv
 import datetime as _dt
+import importlib.util
 import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
+import textwrap
 import time
+from dataclasses import dataclass, field
 from typing import Optional
 
 SCHEMA = "rlmodule_fast.bench/1"
 
 CSV_FIELDS = ["kind", "case", "op", "config", "batch", "provider", "clock", "median_us", "min_us", "q1_us",
-              "q3_us", "speedup_vs_eager", "env", "num_envs", "driver", "steps_per_s", "policy_us_per_iter",
-              "env_us_per_iter", "na", "note",
+              "q3_us", "speedup_vs_eager", "speedup_vs_ort", "env", "num_envs", "driver", "steps_per_s",
+              "policy_us_per_iter", "env_us_per_iter", "na", "note",
               "device", "cpu_model", "torch", "rlmodule_fast", "commit", "threads", "started_utc"]
 
 
@@ -105,7 +116,7 @@ def versions() -> dict:
 
     v = {"python": platform.python_version(), "rlmodule_fast": __version__, "torch": torch.__version__,
          "numpy": numpy.__version__}
-    for name in ("gymnasium", "triton", "ray"):
+    for name in ("gymnasium", "triton", "ray", "onnxruntime", "onnx", "rich"):
         try:
             from importlib.metadata import version
 
@@ -136,30 +147,191 @@ def machine_tag(m: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# progress
+# terminal output: rich when installed (tables, progress bar), plain text otherwise
 # --------------------------------------------------------------------------------------------
-class Progress:
-    """A one-line progress bar on a terminal (stderr), one line per step elsewhere; silent
-    when disabled."""
+#: the widest line the CLI prints (a terminal narrower than this gets its own width)
+MAX_WIDTH = 100
 
-    def __init__(self, total: int, enabled: bool = True, stream=None):
+
+def rich_status() -> tuple:
+    """(usable, reason): rich importable (``pip install rich``, or ``rlmodule_fast[bench]``)."""
+    if importlib.util.find_spec("rich") is None:
+        return False, "rich not installed (pip install rich, or pip install 'rlmodule_fast[bench]')"
+    return True, ""
+
+
+def _encodable(stream, text: str) -> bool:
+    enc = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        text.encode(enc)
+        return True
+    except (UnicodeEncodeError, LookupError):
+        return False
+
+
+@dataclass
+class Table:
+    """A table to print: ``columns`` are (header, "left" | "right"); ``rows`` lists of cells;
+    ``sections``: row indices that start a new group (a rule is drawn above them)."""
+
+    title: str
+    columns: list
+    rows: list = field(default_factory=list)
+    sections: set = field(default_factory=set)
+
+    def add(self, cells: list, new_section: bool = False) -> None:
+        if new_section and self.rows:
+            self.sections.add(len(self.rows))
+        self.rows.append([str(c) for c in cells])
+
+
+class Out:
+    """Where the CLI prints: a ``rich`` console (tables with rules, colour on a terminal, plain
+    characters in a pipe) when rich is installed and ``plain`` is False, else plain text.
+    Lines are at most ``MAX_WIDTH`` columns (or the terminal's width, if narrower)."""
+
+    def __init__(self, stream=None, plain: bool = False, width: Optional[int] = None):
+        self._stream = stream
+        self.rich = not plain and rich_status()[0]
+        self._console = None
+        if width is None:
+            width = MAX_WIDTH
+            if self.tty:
+                width = min(MAX_WIDTH, shutil.get_terminal_size((MAX_WIDTH, 24)).columns)
+        self.width = max(40, width)
+        self.mu = "µ" if _encodable(self.stream, "µ") else "u"
+
+    @property
+    def stream(self):
+        return self._stream if self._stream is not None else sys.stdout  # pytest swaps sys.stdout
+
+    @property
+    def tty(self) -> bool:
+        return bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def _rich_console(self):
+        from rich.console import Console
+
+        if self._console is None or self._console.file is not self.stream:
+            self._console = Console(file=self.stream, width=self.width, markup=False, emoji=False,
+                                    highlight=False, soft_wrap=True, force_terminal=self.tty or None)
+        return self._console
+
+    def line(self, text: str = "", indent: int = 0, hang: int = 0) -> None:
+        """``text`` wrapped to the width; continuation lines indented by ``indent + hang``."""
+        if not text:
+            self._write("")
+            return
+        lines = textwrap.wrap(text, width=self.width, initial_indent=" " * indent,
+                              subsequent_indent=" " * (indent + hang), break_long_words=True,
+                              break_on_hyphens=False) or [""]
+        for ln in lines:
+            self._write(ln)
+
+    def _write(self, text: str) -> None:
+        if self.rich:
+            self._rich_console().print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            self.stream.write(text + "\n")
+
+    def table(self, t: Table) -> None:
+        if self.rich:
+            self._rich_console().print(rich_table(t))
+        else:
+            self.stream.write(plain_table(t, self.width) + "\n")
+        self.stream.flush()
+
+
+def _rich_box():
+    from rich.box import Box
+
+    # rich's SIMPLE_HEAD with a rule between sections too (SIMPLE_HEAD leaves a blank line)
+    return Box("    \n    \n ── \n    \n ╌╌ \n    \n    \n    \n")
+
+
+def rich_table(t: Table):
+    from rich.table import Table as RTable
+    from rich.text import Text
+
+    rt = RTable(title=Text(t.title, style="bold"), title_justify="left", box=_rich_box(),
+                show_edge=False, pad_edge=False, header_style="bold")
+    for head, justify in t.columns:
+        rt.add_column(Text(head), justify=justify, overflow="fold")
+    for i, row in enumerate(t.rows):
+        if i in t.sections:
+            rt.add_section()
+        rt.add_row(*[Text(c) for c in row])
+    return rt
+
+
+def plain_table(t: Table, width: int = MAX_WIDTH) -> str:
+    """The table as text: title, header, a rule, rows (a blank line between sections); cells
+    wider than the width allows are cut with "~"."""
+    heads = [h.split("\n") for h, _ in t.columns]
+    nh = max(len(h) for h in heads)
+    heads = [[""] * (nh - len(h)) + h for h in heads]
+    ws = [max([len(x) for x in heads[j]] + [len(r[j]) for r in t.rows]) for j in range(len(t.columns))]
+    while sum(ws) + 2 * (len(ws) - 1) > width and max(ws) > 8:
+        j = ws.index(max(ws))
+        ws[j] -= 1
+
+    def fit(s: str, w: int, justify: str) -> str:
+        s = s if len(s) <= w else s[:w - 1] + "~"
+        return s.rjust(w) if justify == "right" else s.ljust(w)
+
+    lines = textwrap.wrap(t.title, width=width) or [""]
+    for k in range(nh):
+        lines.append("  ".join(fit(heads[j][k], ws[j], t.columns[j][1]) for j in range(len(ws))).rstrip())
+    lines.append("-" * min(width, sum(ws) + 2 * (len(ws) - 1)))
+    for i, r in enumerate(t.rows):
+        if i in t.sections:
+            lines.append("")
+        lines.append("  ".join(fit(r[j], ws[j], t.columns[j][1]) for j in range(len(ws))).rstrip())
+    return "\n".join(lines)
+
+
+class Progress:
+    """Progress on ``stream`` (stderr): a rich progress bar on a terminal (when rich is
+    installed), one line per step ("[3/12] label") elsewhere (pipes, CI logs); silent when
+    disabled."""
+
+    def __init__(self, total: int, enabled: bool = True, stream=None, plain: bool = False):
         self.total = max(total, 1)
         self.done = 0
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.tty = enabled and getattr(self.stream, "isatty", lambda: False)()
+        self._bar = None
+        if self.tty and not plain and rich_status()[0]:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RProgress, TextColumn,
+                                       TimeElapsedColumn)
+
+            con = Console(file=self.stream, width=min(MAX_WIDTH, shutil.get_terminal_size((MAX_WIDTH, 24)).columns),
+                          force_terminal=True)
+            # auto_refresh=False: no refresh thread waking up while the providers are timed;
+            # the bar is redrawn at each step instead
+            self._bar = RProgress(BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
+                                  TextColumn("{task.description}", markup=False), console=con, transient=True,
+                                  auto_refresh=False, redirect_stdout=False, redirect_stderr=False)
+            self._task = self._bar.add_task("", total=self.total)
+            self._bar.start()
+            self._bar.refresh()
 
     def step(self, label: str) -> None:
         self.done = min(self.done + 1, self.total)
-        self._show(label)
+        self._show(label, advance=True)
 
     def note(self, label: str) -> None:
-        self._show(label)
+        self._show(label, advance=False)
 
-    def _show(self, label: str) -> None:
+    def _show(self, label: str, advance: bool) -> None:
         if not self.enabled:
             return
-        if self.tty:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done, description=label[:60], refresh=True)
+            return
+        if self.tty:  # a terminal without rich: one line rewritten in place
             w = 24
             k = int(w * self.done / self.total)
             self.stream.write(f"\r[{'#' * k}{'.' * (w - k)}] {self.done}/{self.total} {label[:60]:<60s}")
@@ -168,56 +340,109 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled and self.tty:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+        elif self.enabled and self.tty:
             self.stream.write("\r" + " " * 100 + "\r")
             self.stream.flush()
 
 
 # --------------------------------------------------------------------------------------------
-# tables
+# the op tables
 # --------------------------------------------------------------------------------------------
 def _us(v: float) -> str:
-    if v >= 10_000:
-        return f"{v / 1000:.1f}ms"
+    """Microseconds, about 3 significant digits, thousands separated (never switching unit)."""
     if v >= 100:
-        return f"{v:.0f}"
-    return f"{v:.1f}"
+        return f"{v:,.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
 
 
-def ops_table(rows: list, providers: list, clock: str = "host") -> str:
-    """The op rows of one clock as a text table: median per call (microseconds) and, in
-    parentheses, the speed-up over torch-eager in the same run (2.0x = twice as fast)."""
-    keys, cells = [], {}
+def _ratio(v: Optional[float]) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f}x" if v < 0.995 else f"{v:.1f}x"
+
+
+def ort_reference(providers) -> Optional[str]:
+    """The ONNX Runtime row the "vs ORT" ratios of a case compare with: ``ort-sampling`` (the
+    whole policy step) where it applies, else ``ort`` (logits / MLP only), else None."""
+    for p in ("ort-sampling", "ort"):
+        if p in providers:
+            return p
+    return None
+
+
+def ops_tables(rows: list, providers: list, clock: str = "host", mu: str = "µ") -> list:
+    """One Table per (op, config) for ``clock``: a row per batch size and provider with the
+    median per-call time, its spread and the ratios vs torch-eager and vs ONNX Runtime."""
+    groups: dict = {}
     for r in rows:
-        if r["clock"] != clock:
-            continue
-        k = (r["op"], r["config"], r["batch"])
-        if k not in cells:
-            keys.append(k)
-            cells[k] = {}
-        cells[k][r["provider"]] = r
-    provs = [p for p in providers if any(p in c for c in cells.values())]
-    if not keys:
-        return ""
-    w0 = max(len(f"{op} {cfg}") for op, cfg, _ in keys)
-    head = f"{'op / config':<{w0}s} {'B':>5s} " + " ".join(f"{p:>15s}" for p in provs)
-    lines = [head, "-" * len(head)]
-    for k in keys:
-        op, cfg, b = k
-        out = []
-        for p in provs:
-            r = cells[k].get(p)
-            if r is None:
-                s = "-"
-            elif "na" in r:
-                s = "n/a"
-            else:
-                s = _us(r["median_us"])
-                if r.get("speedup_vs_eager") is not None and p != "torch-eager":
-                    s += f" ({r['speedup_vs_eager']:.1f}x)"
-            out.append(f"{s:>15s}")
-        lines.append(f"{op + ' ' + cfg:<{w0}s} {b:>5d} " + " ".join(out))
-    return "\n".join(lines)
+        if r["clock"] == clock:
+            groups.setdefault((r["op"], r["config"]), []).append(r)
+    out = []
+    for (op, cfg), rs in groups.items():
+        present = [p for p in providers if any(r["provider"] == p for r in rs)]
+        ref = ort_reference(present)
+        with_ort = ref is not None and any(r["provider"] == ref and "na" not in r for r in rs)
+        cols = [("B", "right"), ("provider", "left"), (f"{mu}s/call", "right"), ("spread", "right"),
+                ("vs torch-eager", "right")]
+        if with_ort:
+            cols.append((f"vs {ref}", "right"))
+        t = Table(f"{op}: {cfg}" + ("" if clock == "host" else f" ({clock} clock)"), cols)
+        batches = []
+        for r in rs:
+            if r["batch"] not in batches:
+                batches.append(r["batch"])
+        for b in batches:
+            first = True
+            for p in present:
+                r = next((x for x in rs if x["batch"] == b and x["provider"] == p), None)
+                if r is None:
+                    continue
+                if "na" in r:
+                    cells = [b, p, "n/a", "", "-"] + (["-"] if with_ort else [])
+                else:
+                    med = r["median_us"]
+                    spread = "-"
+                    if r.get("q1_us") is not None and r.get("q3_us") is not None and med > 0:
+                        spread = f"±{50 * (r['q3_us'] - r['q1_us']) / med:.0f}%"
+                    cells = [b, p, _us(med), spread, _ratio(r.get("speedup_vs_eager"))]
+                    if with_ort:
+                        cells.append(_ratio(r.get("speedup_vs_ort")))
+                t.add(cells if first else [""] + cells[1:], new_section=first)
+                first = False
+        out.append(t)
+    return out
+
+
+def ops_legend(mu: str = "µ", ort_ref: bool = True) -> list:
+    """(term, explanation) pairs printed under the op tables."""
+    items = [
+        ("B", "batch size: observations (rows) per call"),
+        ("provider", "what computes the same thing on the same weights (see 'providers' above; "
+                     "rlmodule-fast-bench --help lists them)"),
+        (f"{mu}s/call", "median host latency of one call in microseconds: the whole Python call, numpy "
+                        "in and out for policy_step and for the ort rows, torch tensors otherwise "
+                        "(median over timed blocks; each block's figure is its mean per call)"),
+        ("spread", "half the interquartile range of the blocks, relative to the median: how noisy "
+                   "that figure is"),
+        ("vs torch-eager", "torch-eager's time / this row's time: 2.0x = twice as fast as plain torch "
+                           "(nn.Sequential + torch.distributions), 0.50x = half as fast"),
+    ]
+    if ort_ref:
+        items.append(("vs ort-sampling / vs ort", "the same ratio against ONNX Runtime: ort-sampling "
+                      "(ORT logits + numpy sampling, the whole policy step) where it applies, "
+                      "else ort (the MLP / logits only)"))
+    items += [
+        ("n/a", "the provider applies here but cannot run on this machine; the reason is listed "
+                "under 'n/a'"),
+        ("-", "no figure: the ratio's reference is n/a or not part of this run"),
+        ("(row absent)", "the provider does not apply to this op (e.g. rllib times the policy step only)"),
+    ]
+    return items
 
 
 def na_reasons(rows: list) -> list:
@@ -230,29 +455,83 @@ def na_reasons(rows: list) -> list:
     return out
 
 
-def sampling_table(rows: list) -> str:
+# --------------------------------------------------------------------------------------------
+# the sampling-loop table
+# --------------------------------------------------------------------------------------------
+def sampling_tables(rows: list, mu: str = "µ") -> list:
+    """One Table per env id: a row per (number of envs, driver)."""
+    envs = []
+    for r in rows:
+        if r["env"] not in envs:
+            envs.append(r["env"])
+    return [sampling_table([r for r in rows if r["env"] == e], mu, title=f"sampling loop: {e}") for e in envs]
+
+
+def sampling_table(rows: list, mu: str = "µ", title: str = "sampling loop") -> Optional[Table]:
     if not rows:
-        return ""
+        return None
     base = {(r["env"], r["num_envs"]): r.get("steps_per_s") for r in rows if r["driver"] == "env-alone"}
     eager = {(r["env"], r["num_envs"]): r.get("steps_per_s") for r in rows if r["driver"] == "torch-eager"}
-    head = (f"{'env':<12s} {'envs':>4s} {'driver':<18s} {'steps/s':>10s} {'% of env alone':>14s} "
-            f"{'vs torch-eager':>14s} {'policy us/it':>12s} {'env us/it':>9s}  goal")
-    lines = [head, "-" * len(head)]
+    ort = {(r["env"], r["num_envs"]): r.get("steps_per_s") for r in rows if r["driver"] == "ort-sampling"}
+    one_env = len({r["env"] for r in rows}) == 1
+    cols = ([] if one_env else [("env", "left")]) + [
+        ("envs", "right"), ("driver", "left"), ("steps/s", "right"), ("% of\nenv alone", "right"),
+        ("vs\ntorch-eager", "right")]
+    with_ort = any(v for v in ort.values())
+    if with_ort:
+        cols.append(("vs\nort-sampling", "right"))
+    cols += [(f"policy\n{mu}s/it", "right"), (f"env\n{mu}s/it", "right")]
+    t = Table(title, cols)
+    last = None
     for r in rows:
         k = (r["env"], r["num_envs"])
+        lead = ([] if one_env else [r["env"]]) + [r["num_envs"]]
+        if k == last:
+            lead = [""] * len(lead)
         if "na" in r:
-            lines.append(f"{r['env']:<12s} {r['num_envs']:>4d} {r['driver']:<18s} {'n/a':>10s}  {r['na']}")
-            continue
-        v = r["steps_per_s"]
-        pct = f"{100 * v / base[k]:.0f}%" if base.get(k) else "-"
-        vs = f"{v / eager[k]:.1f}x" if eager.get(k) and r["driver"] not in ("torch-eager", "env-alone") else "-"
-        pol = f"{r['policy_us_per_iter']:.1f}" if r.get("policy_us_per_iter") is not None else "-"
-        envt = f"{r['env_us_per_iter']:.1f}" if r.get("env_us_per_iter") is not None else "-"
-        goal = ""
-        if r.get("goal"):
-            goal = f">= {r['goal'] / 1000:.0f}k: {'met' if v >= r['goal'] else 'NOT met'}"
-        lines.append(f"{r['env']:<12s} {r['num_envs']:>4d} {r['driver']:<18s} {v:>10,.0f} {pct:>14s} {vs:>14s} {pol:>12s} {envt:>9s}  {goal}")
-    return "\n".join(lines)
+            cells = lead + [r["driver"], "n/a", "", "-"] + (["-"] if with_ort else []) + ["", ""]
+        else:
+            v = r["steps_per_s"]
+            pct = f"{100 * v / base[k]:.0f}%" if base.get(k) else "-"
+            vs = _ratio(v / eager[k]) if eager.get(k) and r["driver"] != "env-alone" else "-"
+            vo = _ratio(v / ort[k]) if ort.get(k) and r["driver"] != "env-alone" else "-"
+            pol = f"{r['policy_us_per_iter']:.1f}" if r.get("policy_us_per_iter") is not None else "-"
+            envt = f"{r['env_us_per_iter']:.1f}" if r.get("env_us_per_iter") is not None else "-"
+            cells = lead + [r["driver"], f"{v:,.0f}", pct, vs] + ([vo] if with_ort else []) + [pol, envt]
+        t.add(cells, new_section=k != last)
+        last = k
+    return t
+
+
+def sampling_legend(mu: str = "µ", repeats: int = 0, seconds: float = 0.0, ort: bool = True) -> list:
+    med = (f"median of {repeats} stretch{'es' if repeats != 1 else ''} of {seconds:g} s" if repeats
+           else "median over the timed stretches")
+    return [
+        ("envs", "sub-environments in the vector env; one loop iteration steps all of them"),
+        ("driver", "what picks the actions: env-alone = precomputed random actions (the env's own cost, "
+                   "the ceiling); the others run the policy (see 'sampling drivers' in --help)"),
+        ("steps/s", f"env steps per second = envs x loop iterations per second ({med})"),
+        ("% of env alone", "steps/s as a share of env-alone's: how much of the ceiling is left "
+                           "after the policy's cost"),
+        ("vs torch-eager / vs ort-sampling" if ort else "vs torch-eager",
+         "this driver's steps/s / that driver's (2.0x = twice as many steps per second)"),
+        (f"policy {mu}s/it", "time per loop iteration in the policy call (observations of all envs -> "
+                             "actions), median over the stretches"),
+        (f"env {mu}s/it", "time per loop iteration in env.step of all envs"),
+        ("-", "not measured for this driver (RLlib's env runners are timed as a whole) or the ratio's "
+              "reference is n/a; n/a = cannot run here (reason in the row)"),
+    ]
+
+
+def print_legend(out: "Out", title: str, items: list) -> None:
+    out.line(title)
+    w = min(max(len(k) for k, _ in items), 18)
+    for k, v in items:
+        if len(k) > w:
+            out.line(k, indent=2)
+            out.line(v, indent=4 + w, hang=0)
+        else:
+            out.line(f"{k:<{w}s}  {v}", indent=2, hang=w + 2)
 
 
 # --------------------------------------------------------------------------------------------

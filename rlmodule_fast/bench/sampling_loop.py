@@ -9,6 +9,8 @@ Drivers (one row each, per env id and number of envs):
                        ``RLMODULE_FAST_BACKEND=torch`` + the distribution's ``sample``
 ``rf-fast``            ``module.forward_exploration({"obs": obs})`` under
                        ``RLMODULE_FAST_BACKEND=cpp``: one fused call returns the actions
+``ort-sampling``       the same layers exported to ONNX and run by ONNX Runtime (one intra-op
+                       thread), actions sampled in numpy (needs onnxruntime and onnx)
 ``rllib-runner``       RLlib's ``SingleAgentEnvRunner.sample(num_timesteps=N, explore=True)``
                        with its ``DefaultPPOTorchRLModule`` (needs ray[rllib]; CartPole only)
 ``rllib-runner-fast``  the same runner with ``rlmodule_fast.rllib.FastPPOTorchRLModule``
@@ -32,9 +34,10 @@ import torch
 
 from .cases import eager_policy, forced_backend, ppo_module, ray_status
 
-DRIVERS = ("env-alone", "torch-eager", "rf-torch", "rf-fast", "rllib-runner", "rllib-runner-fast")
+DRIVERS = ("env-alone", "torch-eager", "rf-torch", "rf-fast", "ort-sampling", "rllib-runner", "rllib-runner-fast")
 ENVS = ("CartPole-v1", "Pendulum-v1")
-#: the issue's goals for rf-fast (CartPole, 4 -> [256, 256] -> 2, one thread): env steps/s
+#: the project's targets for rf-fast (CartPole, 4 -> [256, 256] -> 2, one thread): env steps/s;
+#: recorded in the JSON rows ("goal"), not printed
 GOALS = {("CartPole-v1", 1): 40_000, ("CartPole-v1", 16): 110_000}
 
 
@@ -44,8 +47,9 @@ def _vec_env(env_id: str, n: int):
     return gym.make_vec(env_id, num_envs=n, vectorization_mode="sync")
 
 
-def _drivers(env, module, names, seed: int) -> dict:
-    """{name: (step(obs) -> actions, context factory or None)} for the in-process drivers."""
+def _drivers(env, module, names, seed: int, na: dict) -> dict:
+    """{name: (step(obs) -> actions, context factory or None)} for the in-process drivers; a
+    driver that cannot run here goes to ``na`` {name: reason} instead."""
     import gymnasium as gym
 
     n = env.num_envs
@@ -75,6 +79,15 @@ def _drivers(env, module, names, seed: int) -> dict:
     if "rf-fast" in names:
         out["rf-fast"] = (lambda obs: module.forward_exploration({"obs": obs})["actions"].numpy(),
                           lambda: forced_backend("cpp"))
+    if "ort-sampling" in names:
+        from .ort import OrtPolicy, OrtUnavailable
+
+        try:
+            obs0 = np.zeros((n, *env.single_observation_space.shape), dtype=np.float32)
+            pol = OrtPolicy(module, obs0, seed=seed)
+            out["ort-sampling"] = (lambda obs: pol.step(obs)[0], None)
+        except OrtUnavailable as e:
+            na["ort-sampling"] = str(e)
     return out
 
 
@@ -167,10 +180,10 @@ def run(env_ids=ENVS, num_envs=(1, 16), drivers=DRIVERS, *, time_s: float = 0.5,
         for n in num_envs:
             env = _vec_env(env_id, n)
             obs, _ = env.reset(seed=seed)
-            local = _drivers(env, module, drivers, seed)
+            na: dict = {}
+            local = _drivers(env, module, drivers, seed, na)
             rates: dict = {d: [] for d in local}
             split: dict = {d: [] for d in local}
-            na: dict = {}
             with torch.no_grad():
                 for d, (step, ctx) in local.items():  # warm-up (and a failing driver is n/a)
                     try:
@@ -214,7 +227,9 @@ def run(env_ids=ENVS, num_envs=(1, 16), drivers=DRIVERS, *, time_s: float = 0.5,
 
 def count_steps(env_ids, num_envs, drivers, repeats: int) -> int:
     """Progress-bar units of ``run`` (timed stretches of in-process drivers)."""
-    local = [d for d in drivers if not d.startswith("rllib")]
+    from .ort import ort_status
+
+    local = [d for d in drivers if not d.startswith("rllib") and (d != "ort-sampling" or ort_status()[0])]
     return len(env_ids) * len(num_envs) * len(local) * repeats
 
 

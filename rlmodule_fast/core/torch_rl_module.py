@@ -101,6 +101,7 @@ class WeightsLockMixin:
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())
         state.pop("_weights_lock", None)  # locks do not pickle; a copy gets its own
+        state.pop("_rf_plans", None)      # fused plans (fastpath) are rebuilt where the copy runs
         return state
 
 

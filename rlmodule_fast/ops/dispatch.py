@@ -59,6 +59,13 @@ def _getenv() -> str:
     return "" if raw is None else os.environ.decodevalue(raw)  # type: ignore[attr-defined]
 
 
+def env_token() -> Optional[bytes]:
+    """RLMODULE_FAST_BACKEND's raw value (None when unset): a cheap key for caching a choice."""
+    if _ENV_DATA is None:
+        return os.environ.get(ENV_VAR)
+    return _ENV_DATA.get(_ENV_KEY)
+
+
 def forced_backend() -> Optional[str]:
     """The backend forced by RLMODULE_FAST_BACKEND, or None. Invalid values raise ValueError."""
     value = _getenv().strip().lower()

@@ -50,13 +50,9 @@ class PPOTorchRLModule(TorchRLModule):
         self.action_dist_cls = cat.action_dist_cls
         self._recurrent = cat.recurrent_kind
         self._obs_rank = obs_lead_dims(self.observation_space)
-        self._flat_obs = isinstance(self.observation_space, gym.spaces.Box) and self._obs_rank == 1
-        # The lean lane applies only where a subclass has not overridden the _forward_* it replaces.
-        lean = self._flat_obs and not self._recurrent
-        cls = type(self)
-        self._lean_explore = lean and cls._forward_exploration is PPOTorchRLModule._forward_exploration
-        self._lean_infer = lean and cls._forward_inference is PPOTorchRLModule._forward_inference
-        self._lean_shapes: set = set()
+        # [B, D] batches of a feed-forward module with a 1-D Box observation: the env-runner hot path
+        self._flat_step = isinstance(self.observation_space, gym.spaces.Box) and self._obs_rank == 1 \
+            and not self._recurrent
 
     # ---- distributions & state --------------------------------------------------------------
     def get_inference_action_dist_cls(self):
@@ -253,14 +249,10 @@ class PPOTorchRLModule(TorchRLModule):
         plan = plan_for(self, obs)
         if plan is None:
             return self._forward_torch(to_torch(batch), deterministic)
-        if self._flat_obs and not self._recurrent and obs.ndim == 2:
+        if self._flat_step and obs.ndim == 2 and plan.backend == "cpp":
             # The hot path: [B, D] Box observations go to the plan as they are (numpy or tensor).
-            res = plan.step(obs, None, deterministic=deterministic)
-            return _as_tensors({
-                Columns.ACTION_DIST_INPUTS: res["action_dist_inputs"],
-                Columns.ACTIONS: res["actions"],
-                Columns.ACTION_LOGP: res["action_logp"],
-            })
+            adi, actions, logp = plan.step_flat(obs, deterministic)
+            return {Columns.ACTION_DIST_INPUTS: adi, Columns.ACTIONS: actions, Columns.ACTION_LOGP: logp}
         batch = to_torch(batch)
         x, added_t = self._features(batch[Columns.OBS])
         if added_t:
@@ -288,45 +280,6 @@ class PPOTorchRLModule(TorchRLModule):
 
     def _forward_exploration(self, batch: dict, **kwargs) -> dict:
         return self._forward_fast_or_torch(batch, deterministic=False)
-
-    # The public wrappers, with a lean lane for the env-runner hot path: a plain {"obs": [B, D]}
-    # batch of a feed-forward module goes to the fused plan after a cached (shape, dtype) check;
-    # everything else takes the general path of RLModule.forward_* (same checks, same results).
-    def forward_exploration(self, batch, **kwargs) -> dict:
-        if not kwargs and type(batch) is dict and len(batch) == 1 and self._lean_explore:
-            out = self._lean_step(batch, False)
-            if out is not None:
-                return out
-        return super().forward_exploration(batch, **kwargs)
-
-    def forward_inference(self, batch, **kwargs) -> dict:
-        if not kwargs and type(batch) is dict and len(batch) == 1 and self._lean_infer:
-            out = self._lean_step(batch, True)
-            if out is not None:
-                return out
-        return super().forward_inference(batch, **kwargs)
-
-    def _lean_step(self, batch: dict, deterministic: bool) -> Optional[dict]:
-        obs = batch.get(Columns.OBS)
-        try:
-            key = (obs.shape, obs.dtype, deterministic)
-        except AttributeError:
-            return None  # the general path raises the spec error
-        if key not in self._lean_shapes:
-            if obs.ndim != 2:
-                return None
-            self._run_checks_only("inference" if deterministic else "exploration", batch)
-            if len(self._lean_shapes) >= 64:  # bounded: a stream of new batch sizes cannot grow it
-                self._lean_shapes.clear()
-            self._lean_shapes.add(key)
-        plan = plan_for(self, obs)
-        if plan is None:
-            return None
-        r = plan.step(obs, None, deterministic=deterministic)
-        adi, act, logp = r["action_dist_inputs"], r["actions"], r["action_logp"]
-        if type(adi) is np.ndarray:
-            adi, act, logp = torch.from_numpy(adi), torch.from_numpy(act), torch.from_numpy(logp)
-        return {Columns.ACTION_DIST_INPUTS: adi, Columns.ACTIONS: act, Columns.ACTION_LOGP: logp}
 
     def _forward_inference(self, batch: dict, **kwargs) -> dict:
         return self._forward_fast_or_torch(batch, deterministic=True)
