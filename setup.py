@@ -57,11 +57,14 @@ class CMakeBuild(build_ext):
 
 
 def _first_error(log: str) -> str:
-    """The first line of a CMake / compiler log that says what went wrong."""
-    for line in log.splitlines():
-        if "CMAKE_CXX_COMPILER" in line or "error" in line.lower():
-            return line.strip()
-    return log.strip().splitlines()[-1] if log.strip() else "no output"
+    """The first error of a CMake / compiler log, with the line that explains it (CMake puts the
+    reason on the line after "CMake Error at ...")."""
+    lines = [line.strip() for line in log.splitlines()]
+    for i, line in enumerate(lines):
+        if "error" in line.lower():
+            reason = next((nxt for nxt in lines[i + 1:i + 4] if nxt), "")
+            return f"{line} {reason}".strip() if line.endswith(":") else line
+    return lines[-1] if lines else "no output"
 
 
 setup(
