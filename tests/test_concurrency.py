@@ -146,8 +146,9 @@ def _two_states(mod):
     return s0, s1
 
 
-def _race(mod, obs, outs, update, seconds=2.0):
-    """Step in this thread while ``update(i)`` runs in another; count results matching no state."""
+def race(step, update, outs, seconds=2.0):
+    """Call ``step()`` in this thread while ``update(i)`` runs in a loop in another; return
+    (steps, torn): how many results matched none of ``outs`` (the outputs of the weight sets)."""
     stop = threading.Event()
     errors = []
 
@@ -166,7 +167,7 @@ def _race(mod, obs, outs, update, seconds=2.0):
     t_end = time.perf_counter() + seconds
     try:
         while time.perf_counter() < t_end:
-            o = mod.forward_inference({"obs": obs})["action_dist_inputs"]
+            o = step()
             steps += 1
             if not any(torch.equal(o, w) for w in outs):
                 torn += 1
@@ -177,6 +178,10 @@ def _race(mod, obs, outs, update, seconds=2.0):
         th.join()
     assert not errors, errors[0]
     return steps, torn
+
+
+def _race(mod, obs, outs, update, seconds=2.0):
+    return race(lambda: mod.forward_inference({"obs": obs})["action_dist_inputs"], update, outs, seconds)
 
 
 def _outputs(mod, states, obs):

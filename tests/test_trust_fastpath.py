@@ -14,8 +14,6 @@
 from __future__ import annotations
 
 import datetime
-import threading
-import time
 import warnings
 
 import gymnasium as gym
@@ -157,35 +155,10 @@ def test_plans_are_not_kept_alive_by_their_module_reference():
 
 # -------------------------------------------------------------------------------------- torn
 
-def _race(step, update, outs, seconds=1.5):
-    stop = threading.Event()
-    errors = []
+def _race(step, update, outs):
+    from test_concurrency import race  # one torn-result race for every update path
 
-    def updater():
-        i = 0
-        try:
-            while not stop.is_set():
-                update(i)
-                i += 1
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-
-    th = threading.Thread(target=updater)
-    th.start()
-    steps = torn = 0
-    t_end = time.perf_counter() + seconds
-    try:
-        while time.perf_counter() < t_end:
-            o = step()
-            steps += 1
-            torn += not any(torch.equal(o, w) for w in outs)
-            if torn >= 5:
-                break
-    finally:
-        stop.set()
-        th.join()
-    assert not errors, errors[0]
-    return steps, torn
+    return race(step, update, outs, seconds=1.5)
 
 
 def _exact_states(mod):
