@@ -24,7 +24,7 @@ import torch
 from ..core.columns import DEFAULT_MODULE_ID
 from ..models.config import DEFAULTS
 from ..ppo import PPOCatalog, PPOTorchRLModule
-from ._pickle import ClassRef, Record, restricted_load, space_from_record
+from ._pickle import ClassRef, Record, _describe, restricted_load, space_from_record
 
 PathLike = Union[str, pathlib.Path]
 
@@ -55,6 +55,31 @@ _IRRELEVANT_SUFFIXES = ("_initializer", "_initializer_kwargs", "_initializer_con
 _IRRELEVANT = {"conv_filters", "conv_activation", "fusionnet_hiddens", "fusionnet_activation",
                "_disable_preprocessor_api", "_disable_action_flattening"}
 
+# Messages show file data through these (and ``_pickle._describe``): by type and size, names cut
+# short, lists cut to a few items, other errors' messages cut: never the repr of what a file holds.
+_MAX_LISTED = 8
+_MAX_NAME_CHARS = 100
+_MAX_CAUSE_CHARS = 500
+
+
+def _name(k: Any) -> str:
+    """A parameter / config key for a message: its repr if short, else its start and length."""
+    if type(k) is not str:
+        return _describe(k)
+    return repr(k) if len(k) <= _MAX_NAME_CHARS else f"{k[:_MAX_NAME_CHARS]!r}... ({len(k)} long)"
+
+
+def _names(keys: Any) -> str:
+    """The first few of ``keys`` (sorted) and how many there are."""
+    keys = sorted(keys)
+    shown = "[" + ", ".join(_name(k) for k in keys[:_MAX_LISTED]) + "]"
+    return shown if len(keys) <= _MAX_LISTED else f"{shown[:-1]}, ...] ({len(keys)} in all)"
+
+
+def _cut(e: BaseException) -> str:
+    msg = str(e)
+    return msg if len(msg) <= _MAX_CAUSE_CHARS else msg[:_MAX_CAUSE_CHARS] + "..."
+
 
 def rllib_model_config(cfg: Any, *, source: str = "model_config") -> dict:
     """Our model config from RLlib's (a dict, a ``DefaultModelConfig``, or its pickle record).
@@ -77,60 +102,110 @@ def rllib_model_config(cfg: Any, *, source: str = "model_config") -> dict:
     ignored = []
     for key, value in cfg.items():
         if not isinstance(key, str):
-            raise ValueError(f"{source}: keys must be strings, got {key!r}")
+            raise ValueError(f"{source}: keys must be strings, got {_describe(key)}")
         if key in DEFAULTS:
             out[key] = list(value) if isinstance(value, tuple) else value
         elif key in _MUST_BE:
-            if bool(value) != _MUST_BE[key]:
-                raise ValueError(f"{source}: {key}={value!r} is not supported by rlmodule_fast's PPO module")
+            try:
+                unsupported = bool(value) != _MUST_BE[key]
+            except Exception:  # noqa: BLE001 -- bool() of an array of several values, ...
+                unsupported = True
+            if unsupported:
+                raise ValueError(f"{source}: {key}={_describe(value)} is not supported by rlmodule_fast's PPO module")
         elif key in _IRRELEVANT or key.endswith(_IRRELEVANT_SUFFIXES) or key.startswith("conv_"):
             continue
         else:
             ignored.append(key)
     if ignored:
-        warnings.warn(f"{source}: ignoring model config keys RLlib's PPO module does not use: {sorted(ignored)}",
+        warnings.warn(f"{source}: ignoring model config keys RLlib's PPO module does not use: {_names(ignored)}",
                       stacklevel=3)
     return out
 
 
-def _build_ours(obs_space, act_space, model_config: dict, inference_only: bool, source: str) -> PPOTorchRLModule:
+def _build_ours(obs_space, act_space, model_config: dict, inference_only: bool, source: str, *,
+                meta: bool = False) -> PPOTorchRLModule:
+    """Our PPO module for these spaces and config; ``meta``: on torch's meta device (no memory:
+    sizes from a file are checked against its weights before anything is allocated). Any
+    failure -> ValueError naming ``source``."""
     from ..core.rl_module import RLModuleSpec
 
+    spec = RLModuleSpec(
+        module_class=PPOTorchRLModule, observation_space=obs_space, action_space=act_space,
+        model_config_dict=model_config, catalog_class=PPOCatalog, inference_only=inference_only,
+    )
+    where = " (on the meta device: nothing allocated)" if meta else ""
     try:
-        return RLModuleSpec(
-            module_class=PPOTorchRLModule, observation_space=obs_space, action_space=act_space,
-            model_config_dict=model_config, catalog_class=PPOCatalog, inference_only=inference_only,
-        ).build()
+        if meta:
+            with torch.device("meta"):
+                return spec.build()
+        return spec.build()
     except ValueError as e:
-        raise ValueError(f"{source}: cannot build rlmodule_fast's PPOTorchRLModule: {e}") from e
+        raise ValueError(f"{source}: cannot build rlmodule_fast's PPOTorchRLModule{where}: {_cut(e)}") from e
+    except Exception as e:  # noqa: BLE001 -- torch's size overflow (RuntimeError), OverflowError, TypeError, ...
+        raise ValueError(f"{source}: cannot build rlmodule_fast's PPOTorchRLModule{where}: {type(e).__name__}: "
+                         f"{_cut(e)}") from e
 
 
-def _load_weights(module: PPOTorchRLModule, state: Any, source: str) -> None:
+def _as_tensors(state: Any, source: str) -> dict[str, torch.Tensor]:
+    """Parameter name -> CPU tensor from RLlib's state (numpy arrays in native byte order)."""
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
-        raise ValueError(f"{source}: expected a dict of parameter name -> array, got {type(state).__name__}")
-    arrays = {}
+        raise ValueError(f"{source}: expected a dict of parameter name -> array, got {_describe(state)}")
+    out = {}
     for k, v in state.items():
         if isinstance(v, torch.Tensor):
             v = v.detach().cpu()
         elif isinstance(v, (np.ndarray, np.generic)):
-            v = torch.from_numpy(np.array(v, copy=True))
+            a = np.asarray(v)
+            # a copy (torch shares numpy's memory) in native byte order (torch refuses the other)
+            a = a.astype(a.dtype.newbyteorder("=")) if not a.dtype.isnative else np.array(a, copy=True)
+            try:
+                v = torch.from_numpy(a)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise ValueError(f"{source}: {_name(k)}: {_describe(a)} is not a tensor torch can hold: "
+                                 f"{_cut(e)}") from None
         else:
-            raise ValueError(f"{source}: {k!r} is a {type(v).__name__}, expected an array")
-        arrays[k] = v
+            raise ValueError(f"{source}: {_name(k)} is a {type(v).__name__}, expected an array")
+        out[k] = v
+    return out
+
+
+def _check_fits(module: PPOTorchRLModule, arrays: Mapping[str, torch.Tensor], source: str, described_by: str) -> None:
+    """Refuse weights that do not fill ``module`` (built from ``described_by``, on the meta device
+    when loading a file): names, shapes and float/non-float as ``set_state`` will require them.
+    Passing this bounds the module's real build by the weights' own size."""
     own = module.state_dict()
-    extra = sorted(set(arrays) - set(own))
-    optional = module.get_non_inference_attributes() if module.inference_only else []
-    extra = [k for k in extra if not any(k == p or k.startswith(p + ".") for p in optional)]
-    missing = sorted(set(own) - set(arrays))
+    extra = [k for k in arrays if k not in own]
+    if module.inference_only:  # a learner's full state loaded into an inference-only module
+        optional = module.get_non_inference_attributes()
+        extra = [k for k in extra if not any(k == p or k.startswith(p + ".") for p in optional)]
+    missing = [k for k in own if k not in arrays]
     if extra or missing:
         raise ValueError(
-            f"{source}: the weights do not fit a PPO module built from its config (not a "
-            f"DefaultPPOTorchRLModule layout?): missing {missing}, unexpected {extra}"
+            f"{source}: the weights do not fit a PPO module built from its config in {described_by} (not a "
+            f"DefaultPPOTorchRLModule layout?): missing {_names(missing)}, unexpected {_names(extra)}"
         )
+    for k, t in own.items():
+        v = arrays[k]
+        if tuple(v.shape) != tuple(t.shape):
+            raise ValueError(f"{source}: {_name(k)} has shape {tuple(v.shape)} but the module built from "
+                             f"{described_by} expects {tuple(t.shape)}")
+        if v.dtype.is_floating_point != t.dtype.is_floating_point:
+            raise ValueError(f"{source}: {_name(k)} has dtype {v.dtype} but the module built from "
+                             f"{described_by} expects {t.dtype}")
+
+
+def _set_weights(module: PPOTorchRLModule, arrays: Mapping[str, torch.Tensor], source: str) -> None:
+    own = module.state_dict()
     try:
         module.set_state({k: v for k, v in arrays.items() if k in own})
     except ValueError as e:
-        raise ValueError(f"{source}: {e}") from e
+        raise ValueError(f"{source}: {_cut(e)}") from e
+
+
+def _load_weights(module: PPOTorchRLModule, state: Any, source: str) -> None:
+    arrays = _as_tensors(state, source)
+    _check_fits(module, arrays, source, "its config")
+    _set_weights(module, arrays, source)
 
 
 def _has_state(d: pathlib.Path) -> bool:
@@ -171,7 +246,12 @@ def load_rllib_checkpoint(path: PathLike, *, module_id: str = DEFAULT_MODULE_ID,
     ``Discrete`` / ``MultiDiscrete`` / ``Box`` actions. The pickles are read with a restricted
     unpickler (numpy arrays, gymnasium spaces, builtins): a file naming any other class or
     function raises ``UnsafeCheckpointError`` naming the file and the global, and runs nothing.
-    Missing files -> FileNotFoundError; anything else wrong -> ValueError naming the file.
+    The module is first built on torch's meta device (no memory) from the sizes in
+    ``class_and_ctor_args.pkl`` and compared with the weights in ``module_state.pkl`` (names,
+    shapes, float or not): it is built for real only when the weights fill it exactly, so a load
+    allocates about what the state file holds. Big-endian arrays are converted to native order.
+    Missing files -> FileNotFoundError; anything else wrong -> ValueError naming the file (its
+    message describes the file's data by type and size, never by repr).
 
     Example::
 
@@ -190,24 +270,40 @@ def load_rllib_checkpoint(path: PathLike, *, module_id: str = DEFAULT_MODULE_ID,
         raise ValueError(f"{src}: expected RLlib's {{'class', 'ctor_args_and_kwargs'}} dict")
     cls = info["class"]
     if not isinstance(cls, ClassRef) or cls.path not in RLLIB_PPO_CLASSES:
-        raise ValueError(f"{src}: module class {getattr(cls, 'path', cls)!r} is not a PPO module this loader "
+        raise ValueError(f"{src}: module class {_describe(cls)} is not a PPO module this loader "
                          f"knows ({sorted(RLLIB_PPO_CLASSES)})")
     try:
         args, kwargs = info["ctor_args_and_kwargs"]
     except (TypeError, ValueError):
         raise ValueError(f"{src}: 'ctor_args_and_kwargs' must be (args, kwargs)") from None
-    if args or not isinstance(kwargs, dict):
-        raise ValueError(f"{src}: expected keyword constructor arguments only, got args={args!r}")
+    if type(args) not in (tuple, list) or len(args) or not isinstance(kwargs, dict):
+        raise ValueError(f"{src}: expected keyword constructor arguments only, got args={_describe(args)}, "
+                         f"kwargs={_describe(kwargs)}")
     cat = kwargs.get("catalog_class")
     if cat is not None and (not isinstance(cat, ClassRef) or cat.path not in RLLIB_PPO_CATALOGS):
-        raise ValueError(f"{src}: catalog class {getattr(cat, 'path', cat)!r} is not RLlib's PPOCatalog")
+        raise ValueError(f"{src}: catalog class {_describe(cat)} is not RLlib's PPOCatalog")
     obs_space = space_from_record(kwargs.get("observation_space"), f"{src}: observation_space")
     act_space = space_from_record(kwargs.get("action_space"), f"{src}: action_space")
     cfg = rllib_model_config(kwargs.get("model_config"), source=f"{src}: model_config")
-    inf = bool(kwargs.get("inference_only", False)) if inference_only is None else bool(inference_only)
-    module = _build_ours(obs_space, act_space, cfg, inf, src)
+    if inference_only is None:
+        inf = kwargs.get("inference_only", False)
+        if inf is None:
+            inf = False
+        if type(inf) not in (bool, np.bool_):
+            raise ValueError(f"{src}: inference_only must be a bool, got {_describe(inf)}")
+        inf = bool(inf)
+    else:
+        inf = bool(inference_only)
+    # Sizes come from the file: build on the meta device first (no memory, and torch's own size
+    # checks become a ValueError), read the weights (bounded by module_state.pkl's size), check that
+    # they fill that module exactly, and only then build it for real.
+    preview = _build_ours(obs_space, act_space, cfg, inf, src, meta=True)
     state_file = mdir / STATE_FILE
-    _load_weights(module, restricted_load(state_file), str(state_file))
+    arrays = _as_tensors(restricted_load(state_file), str(state_file))
+    _check_fits(preview, arrays, str(state_file), src)
+    del preview
+    module = _build_ours(obs_space, act_space, cfg, inf, src)
+    _set_weights(module, arrays, str(state_file))
     module.eval()
     return module
 
@@ -273,11 +369,16 @@ def to_rllib_module(module: PPOTorchRLModule, module_class: Any = None):
 
 
 def read_rllib_metadata(path: PathLike) -> dict:
-    """RLlib's ``metadata.json`` of a module checkpoint directory (plain JSON), or {} if absent."""
+    """RLlib's ``metadata.json`` of a module checkpoint directory (plain JSON), or {} if absent.
+    Read up to ``core.checkpoint.MAX_METADATA_BYTES`` (1 MiB; RLlib's: well under 1 KB)."""
+    from ..core.checkpoint import MAX_METADATA_BYTES, read_bytes
+
     f = pathlib.Path(path) / "metadata.json"
     if not f.is_file():
         return {}
     try:
-        return json.loads(f.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{f}: not valid JSON: {e}") from e
+        return json.loads(read_bytes(f, MAX_METADATA_BYTES))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError; over-deep nesting
+        if str(f) in str(e):  # read_bytes' own (too large, unreadable)
+            raise
+        raise ValueError(f"{f}: not valid JSON: {type(e).__name__}: {_cut(e)}") from None

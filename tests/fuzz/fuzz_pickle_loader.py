@@ -41,7 +41,8 @@ one). The child runs under ``RLIMIT_AS`` (its size after imports + ``--mem-mb``)
 kills it when one input takes more than ``--input-timeout`` seconds; the child is restarted
 after the input that killed it. Failures: *crash* (killed by a signal), *hang* (timeout),
 *memory* (a MemoryError, raw or inside the loader's message), *unclean* (any other exception
-type, or a ValueError not naming the file), *slow* (an input over ``--slow`` seconds), *seed
+type, a ValueError not naming the file, or one longer than ``MAX_MESSAGE_CHARS``: messages
+describe file data, never repeat it), *slow* (an input over ``--slow`` seconds), *seed
 refused* (an unmutated seed does not load: checked first), *harness* (a bug here).
 Output: one JSON summary (also ``--json PATH``) with counts per mutator and target, the slowest
 input, the largest RSS growth, and each failure with its replay command. Exit status 1 if any
@@ -63,6 +64,7 @@ import time
 import traceback
 
 HARNESS_ERROR = 3
+MAX_MESSAGE_CHARS = 4000  # a longer error message repeats the file's data (its repr): a failure
 SEED_REFUSED = 4  # child exit status: an unmutated seed did not load (a loader regression)
 MUTATORS = ["bitflip", "bytes", "splice", "opstream"]
 MODULE_REF = "ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module.DefaultPPOTorchRLModule"
@@ -430,6 +432,8 @@ def _child(args) -> int:
                         r.update(outcome="memory", detail=msg[:500])
                     elif not (path in msg if target != "checkpoint" else (fname in msg or pname in msg)):
                         r.update(outcome="unclean", detail=f"ValueError not naming the file: {msg[:500]}")
+                    elif len(msg) > MAX_MESSAGE_CHARS:
+                        r.update(outcome="unclean", detail=f"a message of {len(msg)} characters: {msg[:500]}")
                     else:
                         r["outcome"] = "unsafe" if isinstance(e, rr.UnsafeCheckpointError) else "value_error"
                 except Exception as e:  # noqa: BLE001 -- the contract allows ValueError only
