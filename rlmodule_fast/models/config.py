@@ -10,6 +10,16 @@ from typing import Any, Mapping
 
 from ..ops.reference import canonical_activation
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = 8
+
+
+def _short(value) -> str:
+    """A bounded repr for messages: config values may come from a file of any size."""
+    return _REPR.repr(value)
+
+
 DEFAULTS: dict[str, Any] = {
     "fcnet_hiddens": [256, 256],
     "fcnet_activation": "tanh",
@@ -44,17 +54,17 @@ MAX_SEQ_LEN = 2**31 - 1
 
 def _sizes(key: str, value: Any) -> list[int]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise ValueError(f"model config {key!r}: expected a list of positive ints, got {reprlib.repr(value)}")
+        raise ValueError(f"model config {_short(key)}: expected a list of positive ints, got {_short(value)}")
     if len(value) > MAX_HIDDEN_LAYERS:
         raise ValueError(f"model config {key!r}: at most {MAX_HIDDEN_LAYERS} layers, got {len(value)}")
     if any(v <= 0 or v > MAX_LAYER_SIZE for v in value):
-        raise ValueError(f"model config {key!r}: sizes must be in [1, {MAX_LAYER_SIZE}], got {list(value)}")
+        raise ValueError(f"model config {_short(key)}: sizes must be in [1, {MAX_LAYER_SIZE}], got {_short(list(value))}")
     return list(value)
 
 
 def _bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"model config {key!r}: expected a bool, got {value!r}")
+        raise ValueError(f"model config {_short(key)}: expected a bool, got {_short(value)}")
     return value
 
 
@@ -70,10 +80,10 @@ def resolve_model_config(user: Mapping[str, Any] | None) -> dict:
         canon = ALIASES.get(key, key)
         if canon in _INERT:
             if value != _INERT[canon]:
-                raise ValueError(f"model config {key!r}={value!r} is not supported (only {_INERT[canon]!r})")
+                raise ValueError(f"model config {_short(key)}={_short(value)} is not supported (only {_INERT[canon]!r})")
             continue
         if canon not in DEFAULTS:
-            raise ValueError(f"unknown model config key {key!r}; known keys: {sorted(DEFAULTS) + sorted(ALIASES)}")
+            raise ValueError(f"unknown model config key {_short(key)}; known keys: {sorted(DEFAULTS) + sorted(ALIASES)}")
         if canon in seen:
             raise ValueError(f"model config gives both {seen[canon]!r} and {key!r} (aliases of {canon!r})")
         seen[canon] = key
