@@ -74,6 +74,7 @@ setup(
         "rlmodule_fast.models",
         "rlmodule_fast.ppo",
         "rlmodule_fast.ops",
+        "rlmodule_fast.fastpath",
         "rlmodule_fast.rllib",
         "rlmodule_fast.bench",
         "rlmodule_fast.kernels",

@@ -52,4 +52,4 @@ def test_policy_step(benchmark, model, threads, provider, B):
         benchmark(plan.step, obs)
     else:
         o = obs.numpy()
-        benchmark(plan._net.step, o, B, 4, (None, None, None, None), False, False, None)
+        benchmark(plan.impl._net.step, o, B, 4, (None, None, None, None), False, False, None)

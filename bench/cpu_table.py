@@ -69,7 +69,7 @@ def measure(fn, samples: int, min_sample_s: float = 2e-3) -> float:
 def providers(seq, plan, obs_t):
     obs_np = obs_t.numpy()
     B = obs_t.shape[0]
-    net = plan._net
+    net = plan.impl._net
     none4 = (None, None, None, None)
     return {
         "torch-eager": lambda: torch_eager_step(seq, obs_t),

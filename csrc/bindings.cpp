@@ -541,6 +541,17 @@ PYBIND11_MODULE(_C, m) {
     m.attr("__version__") = "0.1.0";
     m.attr("ROW_BLOCK") = ROW_BLOCK;
     m.attr("GEMV_ROWS") = kGemvRows;
+    // The codes Python passes in (common.h's enums are their one definition; ops/codes.py mirrors
+    // them for the Triton kernels and tests/test_codes.py checks the two agree).
+    py::dict acts, dists, rnns;
+    acts["linear"] = int(ACT_LINEAR); acts["tanh"] = int(ACT_TANH); acts["relu"] = int(ACT_RELU);
+    acts["silu"] = int(ACT_SILU); acts["elu"] = int(ACT_ELU);
+    dists["categorical"] = int(DIST_CATEGORICAL); dists["multi_categorical"] = int(DIST_MULTI_CATEGORICAL);
+    dists["diag_gaussian"] = int(DIST_DIAG_GAUSSIAN);
+    rnns["lstm"] = int(RNN_LSTM); rnns["gru"] = int(RNN_GRU);
+    m.attr("ACTIVATIONS") = acts;
+    m.attr("DISTRIBUTIONS") = dists;
+    m.attr("RNN_KINDS") = rnns;
 
     m.def("isa", []() { return std::string(isa_name(current_isa())); }, "ISA the kernels run with now.");
     m.def("best_isa", []() { return std::string(isa_name(detect_isa())); }, "Best ISA this CPU supports.");

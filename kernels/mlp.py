@@ -27,8 +27,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-#: Activation name -> constexpr code used by every kernel here.
-ACT_CODES = {"linear": 0, "tanh": 1, "relu": 2, "silu": 3, "elu": 4}
+from ..ops.codes import ACTIVATIONS
+
+#: Activation name -> constexpr code used by every kernel here (ops/codes.py: _C's codes, mirrored).
+ACT_CODES = ACTIVATIONS
 
 #: Widest padded layer that ``_fused_mlp_fwd_kernel`` keeps in registers: a [D, D] float32
 #: weight tile beyond 64 spills on sm_90 (checked with AOT compiles: D=64, BLOCK_B=64, 4 warps,

@@ -27,10 +27,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..ops.codes import DISTRIBUTIONS
 from .mlp import _dense_staged, _dense_tile, _load_rows
 from .sampling import _categorical_row_block
 
-DIST_CODES = {"categorical": 0, "multi_categorical": 1, "diag_gaussian": 2}
+#: PolicyLayers.dist -> the kernels' DIST constexpr (ops/codes.py: _C's codes, mirrored).
+DIST_CODES = DISTRIBUTIONS
 
 
 @triton.jit

@@ -11,7 +11,7 @@ import torch
 
 import rlmodule_fast as rf
 from rlmodule_fast.fastpath import EncoderLayers, PolicyLayers, PolicyPlan, plan_for
-from rlmodule_fast.ops.reference import activation_fn
+from rlmodule_fast.ops import reference as ref
 
 CPP = rf.backend_info()["cpp"]
 pytestmark = pytest.mark.skipif(not CPP["available"], reason=f"cpp backend unavailable: {CPP['reason']}")
@@ -60,53 +60,10 @@ def make_layers(obs=5, hid=(17, 9), act="tanh", head=(), head_act="relu", dist="
                         dist=dist, action_sizes=list(sizes), log_std_clip=clip, free_log_std=fls)
 
 
-def _mlp_ref(lins, x, act, last_linear):
-    f = activation_fn(act)
-    for i, lin in enumerate(lins):
-        x = torch.nn.functional.linear(x, lin.weight.double(), lin.bias.double())
-        if not (last_linear and i == len(lins) - 1):
-            x = f(x)
-    return x
-
-
-def _enc_ref(E, x, st):
-    x = _mlp_ref(E.mlp, x, E.activation, False)
-    if E.rnn is None:
-        return x, None
-    r = copy.deepcopy(E.rnn).double()  # never touch the module the plan reads
-    B, H = x.shape[0], r.hidden_size
-    h = torch.zeros(1, B, H, dtype=torch.float64) if st is None else torch.as_tensor(st["h"]).double()[None]
-    if isinstance(r, torch.nn.LSTM):
-        c = torch.zeros(1, B, H, dtype=torch.float64) if st is None else torch.as_tensor(st["c"]).double()[None]
-        y, (h2, c2) = r(x[:, None], (h, c))
-        so = {"h": h2[0], "c": c2[0]}
-    else:
-        y, h2 = r(x[:, None], h)
-        so = {"h": h2[0]}
-    return y[:, 0], so
-
-
-@torch.no_grad()
 def reference_step(L: PolicyLayers, obs, state=None):
-    """float64 torch composition: (dist_inputs, vf, state_out)."""
-    x = torch.as_tensor(obs).double()
-    nested = L.critic is not None and L.critic.rnn is not None
-    sa = state.get("actor") if (nested and state is not None) else state
-    lat, so_a = _enc_ref(L.actor, x, sa)
-    d = _mlp_ref(L.pi, lat, L.head_activation, True)
-    if L.free_log_std is not None:
-        d = torch.cat([d, L.free_log_std.double().expand(d.shape[0], -1)], -1)
-    if L.dist == "diag_gaussian" and L.log_std_clip is not None:
-        A = d.shape[1] // 2
-        d = torch.cat([d[:, :A], d[:, A:].clamp(-L.log_std_clip, L.log_std_clip)], -1)
-    so = so_a
-    lat_c = lat
-    if L.critic is not None:
-        lat_c, so_c = _enc_ref(L.critic, x, state.get("critic") if (nested and state is not None) else None)
-        if nested:
-            so = {"actor": so_a, "critic": so_c}
-    v = _mlp_ref(L.vf, lat_c, L.head_activation, True)[:, 0]
-    return d, v, so
+    """The float64 truth (ops.reference.policy_step): (dist_inputs, vf, state_out)."""
+    r = ref.policy_step(L, obs, state, deterministic=True, compute_value=True)
+    return r["action_dist_inputs"], r["vf_preds"], r.get("state_out")
 
 
 def _close(got, want, scale=1.0):
@@ -117,18 +74,7 @@ def _close(got, want, scale=1.0):
 
 
 def _logp_ref(L, d, actions):
-    d = torch.as_tensor(d).double()
-    a = torch.as_tensor(actions)
-    if L.dist == "categorical":
-        return torch.log_softmax(d, -1).gather(-1, a[:, None])[:, 0]
-    if L.dist == "multi_categorical":
-        out, off = 0, 0
-        for j, n in enumerate(L.action_sizes):
-            out = out + torch.log_softmax(d[:, off:off + n], -1).gather(-1, a[:, j:j + 1])[:, 0]
-            off += n
-        return out
-    A = d.shape[1] // 2
-    return torch.distributions.Normal(d[:, :A], d[:, A:].exp()).log_prob(a.double()).sum(-1)
+    return ref.action_logp(L.dist, L.action_sizes, d, actions)
 
 
 CONFIGS = {

@@ -16,6 +16,7 @@ import torch
 import rlmodule_fast as rf
 from rlmodule_fast.ops import reference as ref
 from rlmodule_fast.ops import triton as tri
+from rlmodule_fast.fastpath.triton_plan import TritonPolicyPlan
 
 ok, why = tri.status()
 pytestmark = [
@@ -465,34 +466,14 @@ def _policy(dist, shared, device, hidden=(33, 17), head=(16,), obs=7, rnn=None, 
         free_log_std=torch.nn.Parameter(torch.randn(3, device=device)) if dist == "free_gaussian" else None)
 
 
-def _ref_encode(e, x, st):
-    h = x
-    for lin in e.mlp:
-        h = ref.activation_fn(e.activation)(lin(h))
-    if e.rnn is None:
-        return h, None
-    if isinstance(e.rnn, torch.nn.LSTM):
-        out, (hn, cn) = e.rnn(h[:, None], (st["h"][None], st["c"][None]))
-        return out[:, 0], {"h": hn[0], "c": cn[0]}
-    out, hn = e.rnn(h[:, None], st["h"][None])
-    return out[:, 0], {"h": hn[0]}
-
-
 def _ref_policy(L, x, state):
-    shared = L.critic is None
-    lat, so_a = _ref_encode(L.actor, x, state if shared or state is None else state["actor"])
-    p = ref.fused_mlp(lat, [l.weight for l in L.pi], [l.bias for l in L.pi], L.head_activation, None)
-    if L.dist == "diag_gaussian":
-        if L.free_log_std is not None:
-            p = torch.cat([p, L.free_log_std.expand_as(p)], -1)
-        A = p.shape[1] // 2
-        p = torch.cat([p[:, :A], p[:, A:].clamp(-L.log_std_clip, L.log_std_clip)], -1)
-    lat_c, so = lat, so_a
-    if not shared:
-        lat_c, so_c = _ref_encode(L.critic, x, None if state is None else state["critic"])
-        so = None if so_a is None else {"actor": so_a, "critic": so_c}
-    v = ref.fused_mlp(lat_c, [l.weight for l in L.vf], [l.bias for l in L.vf], L.head_activation, None)
-    return p, v[:, 0], so
+    """The float64 truth (ops.reference.policy_step) in x's dtype: (dist_inputs, vf, state_out)."""
+    r = ref.policy_step(L, x, state, deterministic=True, compute_value=True)
+    cast = lambda t: t.to(x.dtype)  # noqa: E731
+    so = r.get("state_out")
+    if so is not None:
+        so = {k: ({kk: cast(vv) for kk, vv in v.items()} if isinstance(v, dict) else cast(v)) for k, v in so.items()}
+    return cast(r["action_dist_inputs"]), cast(r["vf_preds"]), so
 
 
 def _check_logp(L, out):
@@ -526,7 +507,7 @@ def test_policy_plan_one_launch_matches_reference(dist, shared, B, kernel, devic
         monkeypatch.setattr(mlp, "REG_MAX_WIDTH", 16)  # force the staged kernel on small widths
     torch.manual_seed(B)
     L = _policy(dist, shared, device)
-    plan = tri.TritonPolicyPlan(L)
+    plan = TritonPolicyPlan(L)
     assert plan.mode == "fused"
     x = torch.randn(B, 7, device=device)
     with torch.no_grad():
@@ -570,7 +551,7 @@ def test_policy_plan_recurrent_over_steps(kind, shared, kernel, device, monkeypa
         monkeypatch.setattr(mlp, "REG_MAX_WIDTH", 16)
     torch.manual_seed(5)
     L = _policy("categorical", shared, device, hidden=(17,), rnn=kind, cell=20)
-    plan = tri.TritonPolicyPlan(L)
+    plan = TritonPolicyPlan(L)
     assert plan.mode == "recurrent"
     B = 3
     state = ref_state = None
@@ -602,7 +583,7 @@ def test_policy_plan_wide_nets(hidden, mode, device):
     torch.manual_seed(2)
     for dist in ("multi_categorical", "diag_gaussian"):
         L = _policy(dist, False, device, hidden=hidden, head=())
-        plan = tri.TritonPolicyPlan(L)
+        plan = TritonPolicyPlan(L)
         assert plan.mode == mode
         x = torch.randn(5, 7, device=device)
         out = plan.step(x, deterministic=True, compute_value=True)
@@ -625,7 +606,7 @@ def test_policy_plan_multi_categorical_chi_square(device):
         L.pi[-1].bias.copy_(torch.tensor([0.0, 1.0, 2.0, 0.5, -1.0, 0.0, 1.5, 0.3, -0.3]))
     n = 2048
     torch.manual_seed(0)
-    out = tri.TritonPolicyPlan(L).step(torch.randn(n, 7, device=device))
+    out = TritonPolicyPlan(L).step(torch.randn(n, 7, device=device))
     lo = 0
     for j, k in enumerate(L.action_sizes):
         probs = torch.softmax(L.pi[-1].bias.detach()[lo:lo + k].double().cpu(), 0).numpy()
@@ -637,7 +618,7 @@ def test_policy_plan_multi_categorical_chi_square(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_policy_plan_sees_weight_updates_and_rejects_nan(device):
     L = _policy("categorical", True, device)
-    plan = tri.TritonPolicyPlan(L)
+    plan = TritonPolicyPlan(L)
     x = torch.randn(3, 7, device=device)
     before = plan.step(x, deterministic=True)["action_dist_inputs"]
     with torch.no_grad():
@@ -656,16 +637,16 @@ def test_policy_plan_bad_arguments():
     if not _CPU_OK:
         pytest.skip("CPU tensors: interpreter only")
     L = _policy("categorical", True, "cpu")
-    plan = tri.TritonPolicyPlan(L)
+    plan = TritonPolicyPlan(L)
     with pytest.raises(ValueError, match=r"obs: expected shape \[B, 7\]"):
         plan.step(torch.zeros(3, 6))
     L.vf = None
     with pytest.raises(ValueError, match="compute_value"):
-        tri.TritonPolicyPlan(L).step(torch.zeros(3, 7), compute_value=True)
+        TritonPolicyPlan(L).step(torch.zeros(3, 7), compute_value=True)
     L2 = _policy("categorical", True, "cpu")
     L2.action_sizes = [4]
     with pytest.raises(ValueError, match="pi: last layer has 5 outputs"):
-        tri.TritonPolicyPlan(L2)
+        TritonPolicyPlan(L2)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -857,6 +838,6 @@ def test_zero_batch_everywhere(device):
     assert a.shape == (0,) and lp.shape == (0,)
     a, lp = rf.ops.sample_diag_gaussian(torch.zeros(0, 4, device=device), backend="triton")
     assert a.shape == (0, 2) and lp.shape == (0,)
-    out = tri.TritonPolicyPlan(_policy("multi_categorical", False, device)).step(
+    out = TritonPolicyPlan(_policy("multi_categorical", False, device)).step(
         torch.zeros(0, 7, device=device), compute_value=True)
     assert out["actions"].shape == (0, 3) and out["vf_preds"].shape == (0,)

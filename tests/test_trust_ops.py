@@ -608,12 +608,12 @@ def _gauss_policy(free: bool, clip=0.5):
 @pytest.mark.parametrize("free", [False, True], ids=["head_log_std", "free_log_std"])
 @pytest.mark.parametrize("kernel", ["regs", "staged"])
 def test_triton_policy_nan_log_std_raises_despite_clip(free, det, kernel, monkeypatch):
+    from rlmodule_fast.fastpath.triton_plan import TritonPolicyPlan
     from rlmodule_fast.kernels import mlp
-    from rlmodule_fast.ops import triton as tri
     if kernel == "staged":
         monkeypatch.setattr(mlp, "REG_MAX_WIDTH", 16)  # force the staged kernel on small widths
     L = _gauss_policy(free)
-    plan = tri.TritonPolicyPlan(L)
+    plan = TritonPolicyPlan(L)
     x = torch.randn(5, 7)
     plan.step(x, deterministic=det)  # finite: fine
     with torch.no_grad():
@@ -658,7 +658,7 @@ def test_triton_categorical_logp_and_entropy_at_large_logits():
 def test_triton_policy_logp_at_large_logits(dist):
     from types import SimpleNamespace
 
-    from rlmodule_fast.ops import triton as tri
+    from rlmodule_fast.fastpath.triton_plan import TritonPolicyPlan
     torch.manual_seed(0)
     sizes = [5] if dist == "categorical" else [3, 4]
     lins = lambda ws: [torch.nn.Linear(a, b) for a, b in zip(ws[:-1], ws[1:])]  # noqa: E731
@@ -667,7 +667,7 @@ def test_triton_policy_logp_at_large_logits(dist):
                         log_std_clip=None, free_log_std=None)
     with torch.no_grad():
         L.pi[-1].bias.add_(1e4)
-    out = tri.TritonPolicyPlan(L).step(torch.randn(33, 7))
+    out = TritonPolicyPlan(L).step(torch.randn(33, 7))
     d, a = out["action_dist_inputs"].double(), out["actions"]
     cols = a if a.dim() == 2 else a[:, None]
     want, lo = 0.0, 0

@@ -43,8 +43,6 @@ from .reference import canonical_activation
 OPS: frozenset = frozenset({"fused_mlp", "sample_categorical", "sample_diag_gaussian", "lstm_step", "gru_step",
                             "policy_step"})
 
-ACT_CODES = {"linear": 0, "tanh": 1, "relu": 2, "silu": 3, "elu": 4}
-
 try:
     from .. import _C
 except ImportError as _e:  # reported by status(); the dispatcher then never calls in here
@@ -52,6 +50,10 @@ except ImportError as _e:  # reported by status(); the dispatcher then never cal
     _IMPORT_ERROR = str(_e)
 else:
     _IMPORT_ERROR = ""
+
+# The codes are defined once, in C++ (csrc/common.h), and read from _C.
+ACT_CODES: dict = dict(_C.ACTIVATIONS) if _C is not None else {}
+_RNN_KINDS: dict = dict(_C.RNN_KINDS) if _C is not None else {}
 
 
 def status() -> tuple[bool, str]:
@@ -314,7 +316,7 @@ def _mlp_nbytes(descs) -> int:
 
 
 def _rnn_nbytes(kind: int, I: int, H: int) -> int:
-    if kind == 0:
+    if kind == _RNN_KINDS["lstm"]:
         return _layer_nbytes(4 * H, I + H)
     return _layer_nbytes(2 * H, I + H) + _layer_nbytes(H, I) + _layer_nbytes(H, H)
 
@@ -594,7 +596,7 @@ def lstm_step(x, h, c, w_ih, w_hh, b):
     h_out = torch.empty((B, H), dtype=torch.float32)
     c_out = torch.empty((B, H), dtype=torch.float32)
     if B:
-        desc = _rnn_desc(0, I, H, wi, wh, bt, None)
+        desc = _rnn_desc(_RNN_KINDS["lstm"], I, H, wi, wh, bt, None)
         sync_threads()
         cell = _packed_rnn(desc, w_ih, w_hh)
         args = (x32.data_ptr(), B, _ld(x32), h32.data_ptr(), _ld(h32), c32.data_ptr(), _ld(c32),
@@ -618,7 +620,7 @@ def gru_step(x, h, w_ih, w_hh, b_ih, b_hh):
     x32, h32 = _f32_rows(xt), _f32_rows(ht)
     h_out = torch.empty((B, H), dtype=torch.float32)
     if B:
-        desc = _rnn_desc(1, I, H, wi, wh, bi, bh)
+        desc = _rnn_desc(_RNN_KINDS["gru"], I, H, wi, wh, bi, bh)
         sync_threads()
         cell = _packed_rnn(desc, w_ih, w_hh)
         args = (x32.data_ptr(), B, _ld(x32), h32.data_ptr(), _ld(h32), 0, 0, h_out.data_ptr(), 0)

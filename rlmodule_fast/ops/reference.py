@@ -143,3 +143,125 @@ def gru_step(
     z = torch.sigmoid(i_z + h_z)
     n = torch.tanh(i_n + r * h_n)
     return (1 - z) * n + z * h
+
+
+# ----------------------------------------------------------------------------- the policy step
+
+def _f64(t: torch.Tensor, device) -> torch.Tensor:
+    return t.detach().to(device=device, dtype=torch.float64)
+
+
+def _linear_chain(lins, x: torch.Tensor, act: Optional[str], last_linear: bool) -> torch.Tensor:
+    """nn.Linear layers, each followed by ``act`` (the last one linear when ``last_linear``)."""
+    f = activation_fn(act)
+    n = len(lins)
+    for i, lin in enumerate(lins):
+        b = None if lin.bias is None else _f64(lin.bias, x.device)
+        x = F.linear(x, _f64(lin.weight, x.device), b)
+        if not (last_linear and i == n - 1):
+            x = f(x)
+    return x
+
+
+def _state_in(st, key: str, B: int, H: int, x: torch.Tensor) -> torch.Tensor:
+    if st is None:
+        return torch.zeros(B, H, dtype=torch.float64, device=x.device)
+    return torch.as_tensor(st[key]).detach().to(device=x.device, dtype=torch.float64).reshape(B, H)
+
+
+def _encode(enc, x: torch.Tensor, st) -> tuple[torch.Tensor, Optional[dict]]:
+    """An encoder (mlp, then an optional 1-layer LSTM/GRU step): (latent, state_out or None)."""
+    x = _linear_chain(enc.mlp, x, enc.activation, False)
+    r = enc.rnn
+    if r is None:
+        return x, None
+    B, H, dev = x.shape[0], r.hidden_size, x.device
+    w_ih, w_hh = _f64(r.weight_ih_l0, dev), _f64(r.weight_hh_l0, dev)
+    b_ih = _f64(r.bias_ih_l0, dev) if r.bias else None
+    b_hh = _f64(r.bias_hh_l0, dev) if r.bias else None
+    h = _state_in(st, "h", B, H, x)
+    if isinstance(r, torch.nn.LSTM):
+        c = _state_in(st, "c", B, H, x)
+        h2, c2 = lstm_step(x, h, c, w_ih, w_hh, None if b_ih is None else b_ih + b_hh)
+        return h2, {"h": h2, "c": c2}
+    h2 = gru_step(x, h, w_ih, w_hh, b_ih, b_hh)
+    return h2, {"h": h2}
+
+
+def _segments(dist: str, action_sizes) -> list:
+    return [int(a) for a in action_sizes] if dist == "multi_categorical" else [int(action_sizes[0])]
+
+
+def action_logp(dist: str, action_sizes, dist_inputs, actions) -> torch.Tensor:
+    """log-probability [B] (float64) of ``actions`` under the distribution that ``dist_inputs``
+    [B, D] parametrise (``dist``: "categorical" | "multi_categorical" | "diag_gaussian", with
+    ``action_sizes`` as in ``fastpath.PolicyLayers``; diag_gaussian inputs are mean then log-std)."""
+    d = torch.as_tensor(dist_inputs).detach().double()
+    a = torch.as_tensor(actions).to(d.device)
+    if dist == "diag_gaussian":
+        mean, log_std = d.chunk(2, dim=-1)
+        z = (a.double() - mean) / torch.exp(log_std)
+        return (-0.5 * z * z - log_std - _LOG_SQRT_2PI).sum(-1)
+    cols = a if a.dim() == 2 else a[:, None]
+    out, lo = torch.zeros(d.shape[0], dtype=torch.float64, device=d.device), 0
+    for j, n in enumerate(_segments(dist, action_sizes)):
+        out = out + torch.log_softmax(d[:, lo:lo + n], -1).gather(-1, cols[:, j:j + 1].long())[:, 0]
+        lo += n
+    return out
+
+
+@torch.no_grad()
+def policy_step(layers, obs, state=None, *, deterministic: bool = False, compute_value: bool = False,
+                generator: Optional[torch.Generator] = None) -> dict:
+    """The whole policy step of a ``fastpath.PolicyLayers`` description, in float64: the truth
+    that ``PolicyPlan.step`` (cpp and triton) is tested against.
+
+    ``layers`` is read duck-typed: ``actor`` / ``critic`` (None: the value head reads the actor
+    latent) with ``mlp`` (nn.Linear list, each followed by ``activation``) and ``rnn`` (None or a
+    1-layer nn.LSTM / nn.GRU stepped once after the mlp); ``pi`` / ``vf`` (hidden layers use
+    ``head_activation``, the last is linear); ``dist`` in {"categorical", "multi_categorical",
+    "diag_gaussian"}, ``action_sizes``, ``log_std_clip`` (clamps the log-std to [-c, c]) and
+    ``free_log_std`` ([A], appended after pi's mean output).
+
+    obs: [B, O] tensor or numpy (computed on the parameters' device). state: None (zeros), {"h": [B, H]
+    [, "c": [B, H]]} ([B, 1, H] accepted), nested {"actor": ..., "critic": ...} when the critic
+    has its own rnn. Returns {"action_dist_inputs": [B, D] f64, "actions": [B] int64 |
+    [B, n] int64 | [B, A] f64, "action_logp": [B] f64[, "vf_preds": [B] f64][, "state_out":
+    nested like state]} (the actor has an rnn: "state_out"). Draws use this file's samplers
+    (Gumbel-max / ``torch.randn``) on ``generator``; ``deterministic`` takes
+    the mode (argmax / mean).
+    """
+    L = layers
+    x = torch.as_tensor(obs).detach().to(device=L.pi[0].weight.device, dtype=torch.float64)
+    nested = L.critic is not None and L.critic.rnn is not None
+    sa = state.get("actor") if (nested and state is not None) else state
+    lat, so_a = _encode(L.actor, x, sa)
+    d = _linear_chain(L.pi, lat, L.head_activation, True)
+    if L.free_log_std is not None:
+        d = torch.cat([d, _f64(L.free_log_std, x.device).expand(d.shape[0], -1)], -1)
+    if L.dist == "diag_gaussian" and L.log_std_clip is not None:
+        A, c = d.shape[1] // 2, float(L.log_std_clip)
+        d = torch.cat([d[:, :A], d[:, A:].clamp(-c, c)], -1)
+    if L.dist == "diag_gaussian":
+        actions, logp = sample_diag_gaussian(d, deterministic, generator)
+    elif L.dist in ("categorical", "multi_categorical"):
+        acts, logp, lo = [], torch.zeros(d.shape[0], dtype=torch.float64, device=d.device), 0
+        for n in _segments(L.dist, L.action_sizes):
+            a, lp = sample_categorical(d[:, lo:lo + n], deterministic, generator)
+            acts.append(a)
+            logp = logp + lp
+            lo += n
+        actions = acts[0] if L.dist == "categorical" else torch.stack(acts, -1)
+    else:
+        raise ValueError(f"dist: expected 'categorical', 'multi_categorical' or 'diag_gaussian', got {L.dist!r}")
+    out = {"action_dist_inputs": d, "actions": actions, "action_logp": logp}
+    lat_c, so_c = lat, None
+    if L.critic is not None and (compute_value or nested):
+        lat_c, so_c = _encode(L.critic, x, state.get("critic") if (nested and state is not None) else None)
+    if compute_value:
+        if not L.vf:
+            raise ValueError("compute_value: these layers have no value head (vf is None)")
+        out["vf_preds"] = _linear_chain(L.vf, lat_c, L.head_activation, True)[:, 0]
+    if so_a is not None:
+        out["state_out"] = {"actor": so_a, "critic": so_c} if nested else so_a
+    return out

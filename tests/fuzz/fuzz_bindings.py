@@ -34,7 +34,7 @@ Two modes (``--mode valid|invalid|both``):
   activation / rnn / distribution code, mismatched layer chain, missing buffer). Expected: a
   Python exception. A silent success is counted as *accepted* (reported, not a crash).
 
-``_C`` takes raw data pointers by design (ops/cpp.py and fastpath.py are the checked border), so
+``_C`` takes raw data pointers by design (ops/cpp.py and fastpath/cpp_plan.py are the checked border), so
 a pointer to a too-small buffer is outside what any fuzzer can ask of it; the adapter targets
 (``ops.*`` and ``PolicyPlan``) get arbitrary Python objects instead: any dtype, shape, stride,
 list, None, numpy or tensor. Their contract: a result equal to the torch reference or a
@@ -515,7 +515,7 @@ def _child(args) -> int:
     def g_policy(rng, invalid):
         """_C.Policy(spec) / .load(spec) with a valid spec, or one field broken."""
         plan, layers, obs = a_plan(rng)
-        spec, keep = plan._spec()
+        spec, keep = plan.impl._spec()
         what = "valid"
         if invalid:
             key = ["obs_dim", "pi", "pi_acts", "dist", "action_sizes", "actor_acts", "vf", "free_log_std",
@@ -555,20 +555,20 @@ def _child(args) -> int:
     def g_policy_step(rng, invalid):
         """_C.Policy.step through its numpy-array interface (checked) and pointer interface."""
         plan, layers, obs = a_plan(rng)
-        net = plan._net
+        net = plan.impl._net
         B = batch(rng)
         special = rng.random() < 0.1
         x = data(rng, (B, obs), special)
-        Ha = plan.actor_rnn.hidden_size if plan.actor_rnn is not None else 0
-        Hc = plan.critic_rnn.hidden_size if plan.critic_rnn is not None else 0
-        lstm_a = isinstance(plan.actor_rnn, torch.nn.LSTM)
-        lstm_c = isinstance(plan.critic_rnn, torch.nn.LSTM)
+        Ha = plan.impl.actor_rnn.hidden_size if plan.impl.actor_rnn is not None else 0
+        Hc = plan.impl.critic_rnn.hidden_size if plan.impl.critic_rnn is not None else 0
+        lstm_a = isinstance(plan.impl.actor_rnn, torch.nn.LSTM)
+        lstm_c = isinstance(plan.impl.critic_rnn, torch.nn.LSTM)
         st = [np.zeros((B, Ha), F32) if Ha else None, np.zeros((B, Ha), F32) if lstm_a else None,
               np.zeros((B, Hc), F32) if Hc else None, np.zeros((B, Hc), F32) if lstm_c else None]
         if rng.random() < 0.3:
             st = [None] * 4
         det = bool(rng.random() < 0.5)
-        want_value = plan.has_vf and rng.random() < 0.5
+        want_value = plan.impl.has_vf and rng.random() < 0.5
         obs_arg = x
         what = "valid"
         if invalid:
@@ -584,7 +584,7 @@ def _child(args) -> int:
             elif k == 4 and Ha:
                 st[0], what = np.zeros((B + 1, Ha), F32), "state h wrong B"
             elif k == 5:
-                want_value, what = True, "want_value" if not plan.has_vf else "valid"
+                want_value, what = True, "want_value" if not plan.impl.has_vf else "valid"
             elif k == 6:
                 st, what = (None, None, None), "3 states"
             else:
@@ -604,7 +604,7 @@ def _child(args) -> int:
     def _state_dict(plan, st):
         def one(h, c):
             return {"h": h} if c is None else {"h": h, "c": c}
-        if plan.critic_rnn is not None:
+        if plan.impl.critic_rnn is not None:
             return {"actor": one(st[0], st[1]) if st[0] is not None else None, "critic": one(st[2], st[3])}
         return one(st[0], st[1])
 
@@ -846,14 +846,14 @@ def _child(args) -> int:
         B = batch(rng)
         x = weird(rng, (B, obs))
         state = None
-        if plan.actor_rnn is not None and rng.random() < 0.5:
-            H = plan.actor_rnn.hidden_size
+        if plan.impl.actor_rnn is not None and rng.random() < 0.5:
+            H = plan.impl.actor_rnn.hidden_size
             st = {"h": weird(rng, (B, H))}
-            if isinstance(plan.actor_rnn, torch.nn.LSTM):
+            if isinstance(plan.impl.actor_rnn, torch.nn.LSTM):
                 st["c"] = weird(rng, (B, H))
-            state = st if plan.critic_rnn is None else {"actor": st, "critic": None}
+            state = st if plan.impl.critic_rnn is None else {"actor": st, "critic": None}
         det = bool(rng.random() < 0.5)
-        cv = plan.has_vf and rng.random() < 0.5
+        cv = plan.impl.has_vf and rng.random() < 0.5
 
         def run():
             try:

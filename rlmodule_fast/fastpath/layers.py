@@ -1,0 +1,186 @@
+"""A module's policy layers described once (``PolicyLayers``), the checks and dims read from
+them, the parameter lists a plan watches, and the process-wide structure generation that tells
+a plan its module registered new parameters or layers.
+
+Shape legend: B batch, O flattened obs dim, H rnn hidden, D dist-input dim, A action columns.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..core.torch_rl_module import STRUCTURE_GEN
+from ..ops.codes import DISTRIBUTIONS
+from ..ops.reference import canonical_activation
+
+
+@dataclass
+class EncoderLayers:
+    mlp: list            # list[nn.Linear]; every layer followed by `activation`
+    activation: str      # canonical name (see ops.reference.canonical_activation)
+    rnn: object = None   # None, or an nn.LSTM / nn.GRU (1 layer, batch_first=True) applied after the mlp
+
+
+@dataclass
+class PolicyLayers:
+    actor: EncoderLayers
+    critic: Optional[EncoderLayers]   # None: the value head reads the actor latent (vf_share_layers=True)
+    pi: list                          # list[nn.Linear]; hidden layers use head_activation, last is linear
+    vf: Optional[list]                # value head layers (last linear, out 1), same head_activation
+    head_activation: str
+    dist: str                         # "categorical" | "multi_categorical" | "diag_gaussian"
+    action_sizes: list                # categorical [A]; multi_categorical [n1, n2, ...]; diag_gaussian [A]
+    log_std_clip: Optional[float]     # diag gaussian: clamp log-std to [-c, c]
+    free_log_std: object = None       # nn.Parameter [A] or None: state-independent log-std appended after pi's mean output
+
+
+DIST_NAMES = tuple(DISTRIBUTIONS)  # the names; each backend reads the codes (cpp: from _C)
+_VERSION = operator.attrgetter("_version")
+_DATA_PTR = torch.Tensor.data_ptr
+
+# Structure generation: bumped whenever any nn.Module registers a parameter or a submodule
+# (``lin.weight = nn.Parameter(...)``, ``load_state_dict(assign=True)``, ``seq[i] = layer``) and
+# whenever a TorchRLModule is moved (``.to(device)`` replaces Parameter objects without
+# registering them), so a step notices a replaced parameter with one integer compare; the plan
+# then re-reads its module's layers. The hooks return None, which keeps the registered value.
+_STRUCTURE_GEN = STRUCTURE_GEN
+
+
+def _on_registration(*_args) -> None:
+    _STRUCTURE_GEN[0] += 1
+
+
+torch.nn.modules.module.register_module_parameter_registration_hook(_on_registration)
+torch.nn.modules.module.register_module_module_registration_hook(_on_registration)
+
+
+def _stamp(params: list) -> tuple:
+    """What a packed copy was made from: (sum of version counters, data pointers). Versions
+    only grow, so their sum moves whenever one does. (The cpp plan uses ``_C.weights_stamp``,
+    the same check hashed in C++.)"""
+    return sum(map(_VERSION, params)), tuple(map(_DATA_PTR, params))
+
+
+def _step_params(layers: PolicyLayers) -> list:
+    """The parameters a step without the value head reads: actor encoder, pi head, log-std."""
+    ps = []
+    for lin in list(layers.actor.mlp) + list(layers.pi):
+        ps += [lin.weight] + ([lin.bias] if lin.bias is not None else [])
+    if layers.actor.rnn is not None:
+        ps += list(layers.actor.rnn.parameters())
+    if layers.free_log_std is not None:
+        ps.append(layers.free_log_std)
+    return ps
+
+
+def _linears(layers, what: str) -> list:
+    layers = list(layers) if layers is not None else []
+    for i, lin in enumerate(layers):
+        if not isinstance(lin, torch.nn.Linear):
+            raise ValueError(f"{what}[{i}]: expected nn.Linear, got {type(lin).__name__}")
+    return layers
+
+
+def _check_rnn(rnn, what: str):
+    if rnn is None:
+        return None
+    if not isinstance(rnn, (torch.nn.LSTM, torch.nn.GRU)):
+        raise ValueError(f"{what}: expected None, nn.LSTM or nn.GRU, got {type(rnn).__name__}")
+    if rnn.num_layers != 1 or rnn.bidirectional or getattr(rnn, "proj_size", 0):
+        raise ValueError(f"{what}: only 1-layer, unidirectional, proj_size=0 RNNs are supported")
+    return rnn
+
+
+def _chain(lins: list, in_dim: int, what: str) -> int:
+    for i, lin in enumerate(lins):
+        if lin.in_features != in_dim:
+            raise ValueError(f"{what}[{i}]: expected in_features {in_dim}, got {lin.in_features}")
+        in_dim = lin.out_features
+    return in_dim
+
+
+def _encoder_dims(enc: EncoderLayers, what: str) -> tuple[int, int]:
+    """(obs dim, latent dim) of an encoder; obs dim 0 when it is empty (latent = obs)."""
+    mlp = _linears(enc.mlp, f"{what}.mlp")
+    rnn = _check_rnn(enc.rnn, f"{what}.rnn")
+    canonical_activation(enc.activation, what=f"{what}.activation")
+    if mlp:
+        obs_dim = mlp[0].in_features
+        lat = _chain(mlp, obs_dim, f"{what}.mlp")
+    elif rnn is not None:
+        obs_dim = lat = rnn.input_size
+    else:
+        return 0, 0
+    if rnn is not None:
+        if rnn.input_size != lat:
+            raise ValueError(f"{what}.rnn: expected input_size {lat} (the mlp's output), got {rnn.input_size}")
+        lat = rnn.hidden_size
+    return obs_dim, lat
+
+
+def _params(layers: PolicyLayers) -> list:
+    ps = []
+    for enc in [layers.actor] + ([layers.critic] if layers.critic is not None else []):
+        for lin in enc.mlp:
+            ps += [lin.weight] + ([lin.bias] if lin.bias is not None else [])
+        if enc.rnn is not None:
+            ps += list(enc.rnn.parameters())
+    for lin in list(layers.pi) + list(layers.vf or []):
+        ps += [lin.weight] + ([lin.bias] if lin.bias is not None else [])
+    if layers.free_log_std is not None:
+        ps.append(layers.free_log_std)
+    return ps
+
+
+def validate(L: PolicyLayers) -> dict:
+    """Check a description and return what a plan reads from it: action_sizes, head_act,
+    obs_dim, dist_dim, has_vf, actor_rnn, critic_rnn. Raises ValueError naming the bad field."""
+    d = {}
+    if L.dist not in DIST_NAMES:
+        raise ValueError(f"dist: expected one of {sorted(DIST_NAMES)}, got {L.dist!r}")
+    sizes = [int(a) for a in L.action_sizes]
+    if not sizes or min(sizes) < 1 or (L.dist != "multi_categorical" and len(sizes) != 1):
+        raise ValueError(f"action_sizes: expected positive sizes ([A] for {L.dist}), got {L.action_sizes}")
+    d["action_sizes"] = sizes
+    d["head_act"] = canonical_activation(L.head_activation, what="head_activation")
+    a_obs, a_lat = _encoder_dims(L.actor, "actor")
+    pi = _linears(L.pi, "pi")
+    if not pi:
+        raise ValueError("pi: expected at least one nn.Linear")
+    if a_obs == 0:  # empty actor encoder: the heads read the observation
+        a_obs = a_lat = pi[0].in_features
+    d["obs_dim"] = a_obs
+    npi = _chain(pi, a_lat, "pi")
+    A = sum(sizes) if L.dist != "diag_gaussian" else sizes[0]
+    if L.dist == "diag_gaussian":
+        want = A if L.free_log_std is not None else 2 * A
+    else:
+        want = A
+        if L.free_log_std is not None:
+            raise ValueError(f"free_log_std: only for diag_gaussian, got dist {L.dist!r}")
+    if npi != want:
+        raise ValueError(f"pi: last layer has {npi} outputs, expected {want} for {L.dist} with action_sizes {sizes}")
+    if L.free_log_std is not None and tuple(L.free_log_std.shape) != (A,):
+        raise ValueError(f"free_log_std: expected shape [{A}], got {tuple(L.free_log_std.shape)}")
+    if L.log_std_clip is not None and not float(L.log_std_clip) >= 0:
+        raise ValueError(f"log_std_clip: expected None or >= 0, got {L.log_std_clip}")
+    d["dist_dim"] = npi + (A if L.free_log_std is not None else 0)
+    c_lat = a_lat
+    d["critic_rnn"] = None
+    if L.critic is not None:
+        c_obs, c_lat = _encoder_dims(L.critic, "critic")
+        if c_obs == 0:
+            c_obs = c_lat = d["obs_dim"]
+        if c_obs != d["obs_dim"]:
+            raise ValueError(f"critic: expected input size {d['obs_dim']} (the actor's), got {c_obs}")
+        d["critic_rnn"] = L.critic.rnn
+    vf = _linears(L.vf, "vf")
+    if L.vf is not None:
+        if not vf or _chain(vf, c_lat, "vf") != 1:
+            raise ValueError(f"vf: expected layers ending in 1 output, got {[tuple(l.weight.shape) for l in vf]}")
+    d["has_vf"] = bool(vf)
+    d["actor_rnn"] = L.actor.rnn
+    return d

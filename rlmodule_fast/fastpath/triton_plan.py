@@ -1,0 +1,319 @@
+"""The policy step on the triton backend: ``TritonPolicyPlan`` runs encoder, heads and sampling
+in one kernel launch where the widths allow (see the class docstring for the launch modes). Built
+through ``fastpath.PolicyPlan`` (backend "triton"); uses the op adapters of ``ops.triton`` for
+the pieces (fused MLP, argument checks) and the kernels in ``kernels/``.
+
+Shape legend: B batch, I actor-input features, H rnn hidden, NL logits, A action columns.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+import torch
+
+from ..ops import triton as tri
+from ..ops.reference import canonical_activation
+
+
+class TritonPolicyPlan:
+    """The whole policy step on the triton backend, built from a ``fastpath.PolicyLayers``
+    description (read duck-typed: ``actor``/``critic`` = EncoderLayers(mlp, activation, rnn),
+    ``pi``, ``vf``, ``head_activation``, ``dist``, ``action_sizes``, ``log_std_clip``,
+    ``free_log_std``). It holds the layers themselves, packs their weights once and repacks
+    when any parameter's storage or version changes (optimizer step, ``set_state``).
+
+    ``step(obs [B, I], state=None, *, deterministic=False, compute_value=False)`` returns
+    {"action_dist_inputs" [B, NL | 2A] f32, "actions" ([B] int64 | [B, NSEG] int64 | [B, A] f32),
+    "action_logp" [B] f32[, "vf_preds" [B] f32][, "state_out"]}; fresh tensors every call.
+
+    Launches (``self.mode``): "fused" -- MLP encoders with every width padding to <= 256: encoder,
+    pi head, sampling and value head in ONE kernel; "recurrent" -- tokenizer MLP(s) and
+    LSTM/GRU step kernel(s), then the same one-kernel heads over h'; "sequence" -- wider
+    nets: one kernel per MLP and one per sampler.
+    """
+
+    def __init__(self, layers, device=None):
+        from ..kernels import mlp, policy_step
+
+        self.layers = layers
+        if layers.dist not in policy_step.DIST_CODES:
+            raise ValueError(f"dist: expected one of {sorted(policy_step.DIST_CODES)}, got {layers.dist!r}")
+        self.dist = layers.dist
+        self.action_sizes = [int(a) for a in layers.action_sizes]
+        self.actor, self.critic = layers.actor, layers.critic
+        self.shared = layers.critic is None
+        self.recurrent = layers.actor.rnn is not None
+        self.rnn_kind = None
+        if self.recurrent:
+            self.rnn_kind = "lstm" if isinstance(layers.actor.rnn, torch.nn.LSTM) else "gru"
+        self.pi = list(layers.pi)
+        self.vf = list(layers.vf) if layers.vf else None
+        self.enc_act = canonical_activation(layers.actor.activation, what="actor.activation")
+        self.crit_act = self.enc_act if self.shared else canonical_activation(
+            layers.critic.activation, what="critic.activation")
+        if not self.shared and (layers.critic.rnn is None) != (layers.actor.rnn is None):
+            raise ValueError("critic.rnn: the triton plan needs the critic to be recurrent exactly when "
+                             "the actor is (as PPO's separate encoders are)")
+        for e, who in [(layers.actor, "actor")] + ([] if self.shared else [(layers.critic, "critic")]):
+            r = e.rnn
+            if r is not None and (not isinstance(r, (torch.nn.LSTM, torch.nn.GRU)) or r.num_layers != 1
+                                  or r.bidirectional or getattr(r, "proj_size", 0)
+                                  or type(r) is not type(layers.actor.rnn)):
+                raise ValueError(f"{who}.rnn: expected a 1-layer unidirectional nn.LSTM / nn.GRU "
+                                 f"(the same kind for actor and critic), got {r!r}")
+        if layers.free_log_std is not None and layers.dist != "diag_gaussian":
+            raise ValueError(f"free_log_std: only for diag_gaussian, got dist {layers.dist!r}")
+        if not self.action_sizes or min(self.action_sizes) < 1 or (
+                layers.dist != "multi_categorical" and len(self.action_sizes) != 1):
+            raise ValueError(f"action_sizes: expected positive sizes ([A] for {layers.dist}), "
+                             f"got {layers.action_sizes}")
+        self.head_act = canonical_activation(layers.head_activation, what="head_activation")
+        self.free_log_std = layers.free_log_std
+        self.log_std_clip = layers.log_std_clip
+        params = self._param_list = self._params()
+        if not params:
+            raise ValueError("layers: no parameters")
+        self.device = params[0].device if device is None else torch.device(device)
+        tri._check_input_device(params[0], "policy parameters")
+        if self.dist == "diag_gaussian":
+            self.A = self.action_sizes[0]
+            self.NL = self.A
+        else:
+            self.NL = sum(self.action_sizes)
+            self.A = 1 if self.dist == "categorical" else len(self.action_sizes)
+        if self.free_log_std is not None and tuple(self.free_log_std.shape) != (self.A,):
+            raise ValueError(f"free_log_std: expected shape [{self.A}], got {tuple(self.free_log_std.shape)}")
+        npi = self.pi[-1].out_features
+        expect_npi = self.A if (self.dist == "diag_gaussian" and self.free_log_std is not None) else (
+            2 * self.A if self.dist == "diag_gaussian" else self.NL)
+        if npi != expect_npi:
+            raise ValueError(f"pi: last layer has {npi} outputs, expected {expect_npi} for {self.dist} "
+                             f"with action_sizes {self.action_sizes}")
+        self.seg = torch.tensor([0] + list(torch.tensor(self.action_sizes).cumsum(0).tolist()),
+                                dtype=torch.int32, device=self.device)
+        self._build_table(mlp, policy_step)
+        self._stamp = None
+        self._packed = None
+        self._lstm_bias = {}
+        self._lock = threading.Lock()
+
+    # -- layout --------------------------------------------------------------------------
+    def _params(self) -> list:
+        ps = []
+        encs = [self.actor] + ([] if self.critic is None else [self.critic])
+        for e in encs:
+            for lin in e.mlp:
+                ps += [lin.weight] + ([lin.bias] if lin.bias is not None else [])
+            if e.rnn is not None:
+                ps += [p for p in e.rnn.parameters()]
+        for lin in self.pi + (self.vf or []):
+            ps += [lin.weight] + ([lin.bias] if lin.bias is not None else [])
+        if self.free_log_std is not None:
+            ps.append(self.free_log_std)
+        return ps
+
+    def _build_table(self, mlp, policy_step) -> None:
+        """The packed layer list (weights, biases) and the kernel's constexpr layer table."""
+        ws, bs = [], []
+
+        def add(lins):
+            for lin in lins:
+                ws.append(lin.weight)
+                bs.append(lin.bias)
+
+        enc = [] if self.recurrent else list(self.actor.mlp)
+        add(enc)
+        pi0 = len(ws)
+        add(self.pi[:-1])
+        last = self.pi[-1]
+        pi_out = len(ws)
+        pi_ls = pi_out
+        if self.dist == "diag_gaussian" and self.free_log_std is None:
+            A = self.A
+            ws += [last.weight[:A], last.weight[A:]]
+            bs += [None if last.bias is None else last.bias[:A], None if last.bias is None else last.bias[A:]]
+            pi_ls = pi_out + 1
+        else:
+            add([last])
+        c0 = len(ws)
+        crit = [] if (self.shared or self.recurrent) else list(self.critic.mlp)
+        add(crit)
+        v0 = len(ws)
+        if self.vf:
+            add(self.vf)
+        self._ws, self._bs = ws, bs
+        rnn_h = self.actor.rnn.hidden_size if self.recurrent else None
+        in_actor = rnn_h if self.recurrent else self._obs_dim()
+        widths = [in_actor] + [w.shape[0] for w in ws] + [w.shape[1] for w in ws]
+        if not self.shared:
+            widths.append(self.critic.rnn.hidden_size if self.recurrent else self._obs_dim())
+        plan = mlp.fused_tile_plan(widths)
+        out_cols = self.A if self.dist == "diag_gaussian" else self.NL
+        if plan is not None and out_cols <= plan[0]:
+            self.mode = "recurrent" if self.recurrent else "fused"
+            self.D, self.kernel_kind = plan
+            self.dims = policy_step.layer_dims(ws, self.device)
+        else:
+            self.mode = "sequence"
+            self.D, self.kernel_kind, self.dims = None, None, None
+        self.meta = dict(
+            N_ENC=len(enc), PI0=pi0, N_PI_HID=len(self.pi) - 1, PI_OUT=pi_out, PI_LS=pi_ls,
+            C0=c0, N_CRIT=len(crit), V0=v0, N_VF_HID=len(self.vf) - 1 if self.vf else 0,
+            VF_OUT=v0 + len(self.vf) - 1 if self.vf else 0,
+            ENC_ACT=mlp.ACT_CODES[self.enc_act], CRIT_ACT=mlp.ACT_CODES[self.crit_act], HEAD_ACT=mlp.ACT_CODES[self.head_act],
+            DIST=policy_step.DIST_CODES[self.dist], NSEG=len(self.action_sizes),
+            FREE_LOG_STD=self.free_log_std is not None,
+            CLIP=self.dist == "diag_gaussian" and self.log_std_clip is not None,
+            SHARED=self.shared, D=self.D, NL=self.NL, A=self.A,
+            log_std_clip=float(self.log_std_clip or 0.0), PRECISION=tri._precision,
+        )
+
+    def _obs_dim(self) -> int:
+        if self.actor.mlp:
+            return self.actor.mlp[0].in_features
+        if self.actor.rnn is not None:
+            return self.actor.rnn.input_size
+        return self.pi[0].in_features
+
+    def _refresh(self) -> None:
+        from ..kernels import mlp
+
+        stamp = tuple((p.data_ptr(), p._version) for p in self._param_list)
+        if stamp == self._stamp:
+            return
+        with self._lock:  # steps from several threads: one repack, never a half-written buffer
+            if stamp == self._stamp:
+                return
+            packed = None
+            if self.mode != "sequence":
+                packed = mlp.pack_mlp(self._ws, self._bs, self.D, device=self.device)
+            self._packed = packed
+            self._lstm_bias = {}
+            self._stamp = stamp
+
+    # -- pieces --------------------------------------------------------------------------
+    @staticmethod
+    def _mlp(x, lins, act):
+        if not lins:
+            return x
+        return tri.fused_mlp(x, [l.weight for l in lins], [l.bias for l in lins], act, act)
+
+    def _rnn(self, which: str, enc, x, st: Optional[dict]):
+        from ..kernels import rnn as rk
+
+        rnn = enc.rnn
+        B, H = x.shape[0], rnn.hidden_size
+        tokens = self._mlp(x, list(enc.mlp), canonical_activation(enc.activation))
+        who = "state" if self.shared else f"state[{which!r}]"
+
+        def get(key):
+            if st is None:
+                return torch.zeros(B, H, device=x.device)
+            if not isinstance(st, dict) or key not in st:
+                raise ValueError(f"{who}: missing key {key!r}")
+            v = tri._to_tensor(st[key], f"{who}[{key!r}]")
+            if v.numel() != B * H or v.shape[0] != B:
+                raise tri._shape_err(f"{who}[{key!r}]", f"[{B}, {H}] or [{B}, 1, {H}]", v.shape)
+            tri._check_device(v, f"{who}[{key!r}]", x.device)
+            return v.reshape(B, H)
+
+        h = get("h")
+        if self.rnn_kind == "lstm":
+            c = get("c")
+            b = self._lstm_bias.get(which)
+            if b is None:
+                b = (rnn.bias_ih_l0 + rnn.bias_hh_l0).detach() if rnn.bias else None
+                self._lstm_bias[which] = b
+            h2, c2 = rk.lstm_step(tokens, h, c, rnn.weight_ih_l0, rnn.weight_hh_l0, b, tri._precision)
+            return h2, {"h": h2, "c": c2}
+        h2 = rk.gru_step(tokens, h, rnn.weight_ih_l0, rnn.weight_hh_l0,
+                         getattr(rnn, "bias_ih_l0", None), getattr(rnn, "bias_hh_l0", None), tri._precision)
+        return h2, {"h": h2}
+
+    def _sequence_heads(self, lat, lat_c, deterministic, compute_value):
+        from ..kernels import sampling
+
+        out = {}
+        pi_out = tri.fused_mlp(lat, [l.weight for l in self.pi], [l.bias for l in self.pi],
+                           self.head_act, None)
+        if self.dist == "diag_gaussian":
+            if self.free_log_std is not None:
+                pi_out = torch.cat([pi_out, self.free_log_std.detach().to(pi_out.dtype).expand_as(pi_out)], -1)
+            if self.log_std_clip is not None:
+                c = float(self.log_std_clip)
+                pi_out = torch.cat([pi_out[:, :self.A], pi_out[:, self.A:].clamp(-c, c)], -1)
+            actions, logp, flag = sampling.sample_diag_gaussian(pi_out, deterministic)
+        elif self.dist == "categorical":
+            actions, logp, flag = sampling.sample_categorical(pi_out, deterministic)
+        else:
+            acts, logp, flag = [], 0.0, torch.zeros(1, dtype=torch.int32, device=lat.device)
+            lo = 0
+            for n in self.action_sizes:
+                a, lp, f = sampling.sample_categorical(pi_out[:, lo:lo + n], deterministic)
+                acts.append(a)
+                logp = logp + lp
+                flag = torch.maximum(flag, f)
+                lo += n
+            actions = torch.stack(acts, -1)
+        out["action_dist_inputs"], out["actions"], out["action_logp"] = pi_out, actions, logp
+        if compute_value:
+            out["vf_preds"] = tri.fused_mlp(lat_c, [l.weight for l in self.vf], [l.bias for l in self.vf],
+                                        self.head_act, None)[:, 0]
+        return out, flag
+
+    # -- the step ------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, obs, state: Optional[dict] = None, *, deterministic: bool = False,
+             compute_value: bool = False) -> dict:
+        """One policy step (see the class docstring). obs [B, I] float (tensor or numpy)."""
+        from ..kernels import policy_step, sampling
+
+        is_numpy = not isinstance(obs, torch.Tensor)
+        x = tri._to_tensor(obs, "obs")
+        if x.dim() != 2 or x.shape[1] != self._obs_dim():
+            raise tri._shape_err("obs", f"[B, {self._obs_dim()}]", x.shape)
+        tri._check_device(x, "obs", self.device)
+        if compute_value and not self.vf:
+            raise ValueError("compute_value: this policy has no value head (vf is None)")
+        self._refresh()
+        state_out = None
+        x_actor, x_critic = x, None
+        if self.recurrent:
+            st_a = state if (state is None or self.shared) else state.get("actor")
+            x_actor, so_a = self._rnn("actor", self.actor, x, st_a)
+            if self.shared:
+                state_out = so_a
+            else:
+                st_c = None if state is None else state.get("critic")
+                x_critic, so_c = self._rnn("critic", self.critic, x, st_c)
+                state_out = {"actor": so_a, "critic": so_c}
+        elif not self.shared:
+            x_critic = x
+        if self.mode == "sequence":
+            lat = self._mlp(x_actor, [] if self.recurrent else list(self.actor.mlp), self.enc_act)
+            lat_c = lat
+            if compute_value and not self.shared:
+                lat_c = x_critic if self.recurrent else self._mlp(x_critic, list(self.critic.mlp), self.crit_act)
+            out, flag = self._sequence_heads(lat, lat_c, deterministic, compute_value)
+        else:
+            wp, bp = self._packed
+            seed = None if deterministic else sampling.draw_seed(x.device)
+            dist, actions, logp, value, flag = policy_step.policy_step(
+                x_actor, x_critic, wp, bp, self.dims, self.meta, seed=seed if seed is not None else self.seg,
+                log_std=None if self.free_log_std is None else self.free_log_std.detach(),
+                seg=self.seg, deterministic=deterministic, compute_value=compute_value)
+            out = {"action_dist_inputs": dist, "actions": actions, "action_logp": logp}
+            if compute_value:
+                out["vf_preds"] = value
+        if int(flag.item()):
+            raise ValueError("action_dist_inputs: the policy produced NaN or inf")
+        if state_out is not None:
+            out["state_out"] = state_out
+        if is_numpy:
+            out = _map_nested(out, lambda t: t.numpy())
+        return out
+
+
+def _map_nested(d: dict, fn) -> dict:
+    return {k: (_map_nested(v, fn) if isinstance(v, dict) else fn(v)) for k, v in d.items()}
