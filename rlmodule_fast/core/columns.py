@@ -34,3 +34,7 @@ class Columns:
     INTRINSIC_REWARDS = "intrinsic_rewards"
     RETURNS_TO_GO = "returns_to_go"
     LOSS_MASK = "loss_mask"
+
+
+#: The key an encoder's output is returned under (RLlib's ``ray.rllib.core.models.base.ENCODER_OUT``).
+ENCODER_OUT = "encoder_out"

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import collections
-import dataclasses
 import pathlib
-from typing import Any, Callable, Iterator, Mapping, Optional, Type, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Type, Union
 
 from . import checkpoint as ckpt
 from .columns import DEFAULT_MODULE_ID
-from .rl_module import RLModule, RLModuleSpec
+from .rl_module import RLModule, RLModuleSpec, _refuse_rllib_checkpoint
+from .specs import to_torch
 
 
 def _check_module_id(module_id: object) -> None:
@@ -94,24 +94,48 @@ class MultiRLModule(RLModule):
             yield from m.parameters()
 
     # ---- forwards ----------------------------------------------------------------------------
-    def _forward_each(self, kind: str, batch: Mapping[str, Any], kwargs: dict) -> dict:
+    # ``forward_{kind}`` runs ``self._forward_{kind}``, which by default runs each sub-module's
+    # public ``forward_{kind}`` (its conversion and spec checks included). A subclass that
+    # overrides ``_forward_{kind}`` (e.g. RLlib's shared-encoder example) gets a copy of the batch
+    # whose per-module numpy arrays are already tensors, and decides itself what to call.
+    def _run_multi(self, kind: str, batch: Mapping[str, Any], kwargs: dict) -> dict:
+        if not isinstance(batch, Mapping):
+            raise ValueError(f"{type(self).__name__}.forward_{kind}: expected {{module_id: batch}}, "
+                             f"got {type(batch).__name__}")
+        method = getattr(self, f"_forward_{kind}")
+        if getattr(type(self), f"_forward_{kind}") is getattr(MultiRLModule, f"_forward_{kind}"):
+            return method(batch, **kwargs)
+        prepared = {mid: to_torch(sub) if isinstance(sub, Mapping) else sub for mid, sub in batch.items()}
+        return method(prepared, **kwargs)
+
+    def _forward_each(self, kind: str, batch: Mapping[str, Any], kwargs: dict, *, public: bool = True) -> dict:
         if not isinstance(batch, Mapping):
             raise ValueError(f"MultiRLModule.forward_{kind}: expected {{module_id: batch}}, got {type(batch).__name__}")
+        name = f"forward_{kind}" if public else f"_forward{'' if kind is None else '_' + kind}"
         out = {}
         for mid, sub in batch.items():
             if mid not in self._rl_modules:
                 raise ValueError(f"MultiRLModule.forward_{kind}: unknown module id {mid!r}; have {sorted(self._rl_modules)}")
-            out[mid] = getattr(self._rl_modules[mid], f"forward_{kind}")(sub, **kwargs)
+            out[mid] = getattr(self._rl_modules[mid], name)(sub, **kwargs)
         return out
 
     def forward_inference(self, batch, **kwargs) -> dict:
-        return self._forward_each("inference", batch, kwargs)
+        """``{module_id: batch}`` -> ``{module_id: outputs}`` (each as ``RLModule.forward_inference``)."""
+        return self._run_multi("inference", batch, kwargs)
 
     def forward_exploration(self, batch, **kwargs) -> dict:
-        return self._forward_each("exploration", batch, kwargs)
+        """``{module_id: batch}`` -> ``{module_id: outputs}`` (each as ``RLModule.forward_exploration``)."""
+        return self._run_multi("exploration", batch, kwargs)
 
     def forward_train(self, batch, **kwargs) -> dict:
-        return self._forward_each("train", batch, kwargs)
+        """``{module_id: batch}`` -> ``{module_id: outputs}``; RuntimeError when inference_only."""
+        if self.inference_only:
+            raise RuntimeError(f"{type(self).__name__} was built with inference_only=True; forward_train is unavailable")
+        return self._run_multi("train", batch, kwargs)
+
+    def _forward(self, batch, **kwargs):
+        """Each sub-module's ``_forward`` on its batch (RLlib's default; no conversion or checks)."""
+        return self._forward_each(None, batch, kwargs, public=False)
 
     def _forward_inference(self, batch, **kwargs):
         return self._forward_each("inference", batch, kwargs)
@@ -174,6 +198,7 @@ class MultiRLModule(RLModule):
         path = pathlib.Path(path)
         if not ckpt.is_dir(path):
             raise FileNotFoundError(f"checkpoint directory missing: {path}")
+        _refuse_rllib_checkpoint(path, self.CLASS_AND_CTOR_ARGS_FILE_NAME)
         ckpt.check_metadata(path)
         for mid, m in self._rl_modules.items():
             sub = path / mid
@@ -204,6 +229,7 @@ class MultiRLModule(RLModule):
             raise ValueError(f"{ctor_file}: multi-module checkpoints nest more than {ckpt.MAX_NESTING} levels deep; "
                              "refusing it")
         ckpt.visit_dir(path, visited)
+        _refuse_rllib_checkpoint(path, cls.CLASS_AND_CTOR_ARGS_FILE_NAME)
         meta = ckpt.check_metadata(path)
         if meta.get("kind") != "multi":
             raise ValueError(f"{path / cls.METADATA_FILE_NAME}: kind {meta.get('kind')!r:.100} is not 'multi' "
@@ -238,25 +264,76 @@ class MultiRLModule(RLModule):
             raise ValueError(f"{ctor_file}: cannot rebuild the {klass.__name__}: {type(e).__name__}: {e}") from e
 
 
-@dataclasses.dataclass
 class MultiRLModuleSpec:
     """How to build a MultiRLModule: ``rl_module_specs`` is {module_id: RLModuleSpec} (or one
-    RLModuleSpec, used for ``DEFAULT_MODULE_ID``). Fields set here (spaces, model config,
-    inference_only) fill the sub-specs where those leave them unset."""
+    RLModuleSpec, used for ``DEFAULT_MODULE_ID``; RLlib 2.10's ``module_specs=`` keyword is
+    accepted as an alias, giving both is a ValueError). Fields set here (spaces, model config,
+    inference_only) fill the sub-specs where those leave them unset.
 
-    multi_rl_module_class: Type[MultiRLModule] = MultiRLModule
-    observation_space: Any = None
-    action_space: Any = None
-    inference_only: bool = False
-    model_config: Optional[dict] = None
-    rl_module_specs: Union[None, RLModuleSpec, Mapping[str, RLModuleSpec]] = None
-    load_state_path: Optional[str] = None
+    ``module_specs`` and ``rl_module_specs`` name the same dict.
+    """
+
+    _FIELDS = ("multi_rl_module_class", "observation_space", "action_space", "inference_only", "model_config",
+               "rl_module_specs", "load_state_path")
+
+    def __init__(
+        self,
+        multi_rl_module_class: Type[MultiRLModule] = MultiRLModule,
+        observation_space: Any = None,
+        action_space: Any = None,
+        inference_only: bool = False,
+        model_config: Optional[dict] = None,
+        rl_module_specs: Union[None, RLModuleSpec, Mapping[str, RLModuleSpec]] = None,
+        load_state_path: Optional[str] = None,
+        *,
+        module_specs: Union[None, RLModuleSpec, Mapping[str, RLModuleSpec]] = None,
+        marl_module_class: Optional[Type[MultiRLModule]] = None,
+    ):
+        if module_specs is not None:
+            if rl_module_specs is not None and rl_module_specs is not module_specs:
+                raise ValueError("give either rl_module_specs or module_specs (its RLlib 2.10 alias), not both")
+            rl_module_specs = module_specs
+        if marl_module_class is not None:  # RLlib 2.10's name of multi_rl_module_class
+            multi_rl_module_class = marl_module_class
+        self.multi_rl_module_class = multi_rl_module_class
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.inference_only = inference_only
+        self.model_config = model_config
+        self.rl_module_specs = rl_module_specs
+        self.load_state_path = load_state_path
 
     @property
-    def module_specs(self) -> dict:
-        if isinstance(self.rl_module_specs, RLModuleSpec):
-            return {DEFAULT_MODULE_ID: self.rl_module_specs}
-        return dict(self.rl_module_specs or {})
+    def rl_module_specs(self) -> dict:
+        """{module_id: RLModuleSpec} (a single spec given is held under DEFAULT_MODULE_ID)."""
+        return self._rl_module_specs
+
+    @rl_module_specs.setter
+    def rl_module_specs(self, value: Union[None, RLModuleSpec, Mapping[str, RLModuleSpec]]) -> None:
+        if isinstance(value, RLModuleSpec):
+            value = {DEFAULT_MODULE_ID: value}
+        elif value is not None and not isinstance(value, Mapping):
+            raise ValueError(f"MultiRLModuleSpec.rl_module_specs: expected a dict of module_id -> RLModuleSpec, "
+                             f"got {type(value).__name__}")
+        self._rl_module_specs = value if isinstance(value, dict) else dict(value or {})
+
+    #: RLlib 2.10's name of ``rl_module_specs`` (the same dict).
+    module_specs = rl_module_specs
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MultiRLModuleSpec):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self._FIELDS if f != "model_config") \
+            and (self.model_config or {}) == (other.model_config or {})
+
+    def __repr__(self) -> str:
+        return "MultiRLModuleSpec(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in self._FIELDS) + ")"
+
+    def __contains__(self, module_id: object) -> bool:
+        return module_id in self.rl_module_specs
+
+    def __getitem__(self, module_id: str) -> RLModuleSpec:
+        return self.rl_module_specs[module_id]
 
     def build(self, module_id: Optional[str] = None) -> Union[MultiRLModule, RLModule]:
         """Build all modules (or only ``module_id``'s RLModule)."""
@@ -275,14 +352,58 @@ class MultiRLModuleSpec:
             if module_id not in specs:
                 raise ValueError(f"MultiRLModuleSpec.build: unknown module id {module_id!r}; have {sorted(specs)}")
             return specs[module_id].build()
-        module = self.multi_rl_module_class(rl_module_specs=specs)
+        module = self.multi_rl_module_class(observation_space=self.observation_space, action_space=self.action_space,
+                                            inference_only=bool(self.inference_only),
+                                            model_config=dict(self.model_config or {}), rl_module_specs=specs)
         if self.load_state_path is not None:
             module.restore_from_path(self.load_state_path)
         return module
 
     def add_modules(self, module_specs: Mapping[str, RLModuleSpec], override: bool = True) -> None:
-        specs = self.module_specs
+        """Add ``module_specs``; an id already here is replaced with ``override``, otherwise its
+        spec is updated from the new one (``RLModuleSpec.update``), as in RLlib."""
+        specs = self.rl_module_specs
         for mid, spec in module_specs.items():
             if override or mid not in specs:
+                if not spec.inference_only:
+                    self.inference_only = False
                 specs[mid] = spec
-        self.rl_module_specs = specs
+            else:
+                specs[mid].update(spec)
+
+    def remove_modules(self, module_ids: Union[str, Iterable[str]]) -> None:
+        """Drop these module ids (absent ones are ignored)."""
+        for mid in [module_ids] if isinstance(module_ids, str) else list(module_ids):
+            self.rl_module_specs.pop(mid, None)
+
+    def update(self, other: Union["MultiRLModuleSpec", RLModuleSpec], override: bool = False) -> None:
+        """Update from ``other`` as RLlib does: an RLModuleSpec fills the unset fields of every
+        sub-spec; a MultiRLModuleSpec's sub-specs are added (``add_modules(..., override)``)."""
+        if isinstance(other, RLModuleSpec):
+            if not other.inference_only:
+                self.inference_only = False
+            for spec in self.rl_module_specs.values():
+                spec.update(other, override=False)
+        elif isinstance(other, MultiRLModuleSpec):
+            self.add_modules(other.rl_module_specs, override=override)
+        else:
+            raise ValueError(f"MultiRLModuleSpec.update: expected a (Multi)RLModuleSpec, got {type(other).__name__}")
+
+    def as_multi_rl_module_spec(self) -> "MultiRLModuleSpec":
+        """``self`` (as ``RLModuleSpec.as_multi_rl_module_spec`` gives a MultiRLModuleSpec)."""
+        return self
+
+    @classmethod
+    def from_module(cls, module: MultiRLModule) -> "MultiRLModuleSpec":
+        """The spec that builds a MultiRLModule like ``module``: its class, spaces, model config,
+        inference_only and one ``RLModuleSpec.from_module`` per sub-module (not the weights)."""
+        if not isinstance(module, MultiRLModule):
+            raise ValueError(f"MultiRLModuleSpec.from_module: expected a MultiRLModule, got {type(module).__name__}")
+        return cls(
+            multi_rl_module_class=type(module),
+            observation_space=module.observation_space,
+            action_space=module.action_space,
+            inference_only=module.inference_only,
+            model_config=dict(module.model_config) if module.model_config else None,
+            rl_module_specs={mid: RLModuleSpec.from_module(m.unwrapped()) for mid, m in module.items()},
+        )

@@ -1,10 +1,11 @@
 """RLModule, RLModuleConfig and RLModuleSpec: the framework-agnostic RLModule contract.
 
 Semantics follow RLlib's new API stack (2.10-2.38), with newer RLlib's keyword constructor
-accepted as well (see API.md). Subclasses implement ``_forward_inference``,
-``_forward_exploration`` and ``_forward_train``; the public ``forward_*`` wrappers convert
-numpy inputs to tensors, check the batch against ``input_specs_*()`` and the result against
-``output_specs_*()``.
+accepted as well (see API.md). Subclasses implement either ``_forward`` (RLlib >= 2.40: the
+default of all three phases) or each of ``_forward_inference``, ``_forward_exploration`` and
+``_forward_train`` (RLlib 2.10-2.38), or ``_forward`` plus the phases that differ; the public
+``forward_*`` wrappers convert numpy inputs to tensors, check the batch against
+``input_specs_*()`` and the result against ``output_specs_*()``.
 """
 from __future__ import annotations
 
@@ -87,6 +88,42 @@ def _catalog_from_name(name: Any, what: str, trusted: ckpt.ClassSpec) -> Optiona
     return ckpt.resolve_class(name, Catalog, source=what, trusted=trusted) if name else None
 
 
+def _default_forward(fn):
+    """Marks a base-class ``_forward_*`` as the default that runs ``_forward`` (see
+    ``RLModule._missing_forwards``)."""
+    fn._rf_default_forward = True
+    return fn
+
+
+#: RLlib's files in its own module checkpoints (``Checkpointable.save_to_path``) and in
+#: Algorithm checkpoints; ours are JSON + safetensors (core/checkpoint.py).
+_RLLIB_CHECKPOINT_FILES = ("class_and_ctor_args.pkl", "module_state.pkl", "module_state.pt",
+                           "rllib_checkpoint.json", "algorithm_state.pkl")
+
+
+def _refuse_rllib_checkpoint(path: pathlib.Path, ctor_file_name: str) -> None:
+    """A checkpoint RLlib wrote (pickles) is not ours: say so, and where to load it, instead of
+    reporting our own files missing."""
+    if ckpt.is_dir(path) and not (path / ctor_file_name).exists():
+        found = [n for n in _RLLIB_CHECKPOINT_FILES if (path / n).exists()]
+        if found:
+            raise ValueError(
+                f"{path}: this is a checkpoint written by RLlib ({', '.join(found)}), not by rlmodule_fast; "
+                "load it with rlmodule_fast.rllib.load_rllib_checkpoint(path) (which reads RLlib's pickles "
+                "without running code from them) or rlmodule_fast.rllib.from_rllib_module(module)")
+
+
+def _spec_model_config(model_config_dict: Any, model_config: Any) -> Any:
+    """A spec's model config: a copied dict, {} for None, anything else kept as given (RLlib's
+    specs hold any value; ``build()`` validates it)."""
+    if model_config_dict is not None and model_config is not None and model_config_dict != model_config:
+        raise ValueError("give either model_config_dict or model_config (its alias), not both")
+    cfg = model_config if model_config is not None else model_config_dict
+    if cfg is None:
+        return {}
+    return dict(cfg) if isinstance(cfg, Mapping) else cfg
+
+
 def _merge_model_config(model_config_dict: Optional[dict], model_config: Optional[dict]) -> dict:
     if model_config_dict is not None and model_config is not None and model_config_dict != model_config:
         raise ValueError("give either model_config_dict or model_config (its alias), not both")
@@ -105,6 +142,10 @@ class RLModule(abc.ABC):
     """
 
     framework: Optional[str] = None
+    #: The action distribution class the default ``get_*_action_dist_cls`` return (RLlib's
+    #: attribute): the catalog's when the module has one, else None (TorchRLModule then picks
+    #: TorchCategorical / TorchDiagGaussian from the action space). ``setup()`` may set it.
+    action_dist_cls: Optional[type] = None
     #: ``from_checkpoint`` first builds the module on torch's ``meta`` device (no memory) and
     #: compares its tensors with the state file's header, so a checkpoint cannot make it allocate
     #: more than the state file holds. A subclass whose ``setup()`` cannot run on the meta device
@@ -126,6 +167,12 @@ class RLModule(abc.ABC):
         catalog_class: Optional[type] = None,
         model_config_dict: Optional[dict] = None,
     ):
+        missing = type(self)._missing_forwards()
+        if missing:
+            raise TypeError(
+                f"Can't instantiate abstract class {type(self).__name__}: define _forward(batch) (RLlib >= 2.40: "
+                f"used by all three phases) or each of _forward_inference, _forward_exploration, _forward_train; "
+                f"missing {', '.join(missing)}")
         if config is not None:
             if not isinstance(config, RLModuleConfig):
                 raise TypeError(f"config: expected an RLModuleConfig, got {type(config).__name__}")
@@ -146,6 +193,8 @@ class RLModule(abc.ABC):
         self.learner_only = learner_only
         self.model_config = config.model_config_dict
         self.catalog = config.get_catalog()
+        if self.catalog is not None and getattr(self.catalog, "action_dist_cls", None) is not None:
+            self.action_dist_cls = self.catalog.action_dist_cls
         self._spec_checkers: dict[str, tuple[SpecChecker, SpecChecker]] = {}  # per forward kind
         self.setup()
 
@@ -158,17 +207,42 @@ class RLModule(abc.ABC):
     def setup(self) -> None:
         """Build the layers (called by the constructor)."""
 
-    @abc.abstractmethod
+    def _forward(self, batch: dict, **kwargs) -> dict:
+        """The forward pass of every phase, unless a subclass overrides the phase's own
+        ``_forward_inference`` / ``_forward_exploration`` / ``_forward_train`` (RLlib >= 2.40).
+
+        A subclass defines this, or each of the three (RLlib 2.10-2.38 style); a class that
+        does neither cannot be instantiated (TypeError naming what is missing)."""
+        return {}
+
+    @_default_forward
     def _forward_inference(self, batch: dict, **kwargs) -> dict:
-        """Greedy/deterministic forward pass (serving, evaluation)."""
+        """Greedy/deterministic forward pass (serving, evaluation). Default: ``_forward``."""
+        return self._forward(batch, **kwargs)
 
-    @abc.abstractmethod
+    @_default_forward
     def _forward_exploration(self, batch: dict, **kwargs) -> dict:
-        """Forward pass used while collecting experience."""
+        """Forward pass used while collecting experience. Default: ``_forward``."""
+        return self._forward(batch, **kwargs)
 
-    @abc.abstractmethod
+    @_default_forward
     def _forward_train(self, batch: dict, **kwargs) -> dict:
-        """Differentiable forward pass for the learner."""
+        """Differentiable forward pass for the learner. Default: ``_forward``."""
+        return self._forward(batch, **kwargs)
+
+    @classmethod
+    def _missing_forwards(cls) -> tuple:
+        """The ``_forward_*`` methods this class would inherit as a default calling a ``_forward``
+        it does not define (empty: the class can be instantiated). Cached per class."""
+        cached = cls.__dict__.get("_rf_missing_forwards")
+        if cached is None:
+            if cls._forward is not RLModule._forward:
+                cached = ()
+            else:
+                cached = tuple(name for name in ("_forward_inference", "_forward_exploration", "_forward_train")
+                               if getattr(getattr(cls, name), "_rf_default_forward", False))
+            cls._rf_missing_forwards = cached
+        return cached
 
     # ---- specs ---------------------------------------------------------------------------
     def input_specs_inference(self) -> SpecType:
@@ -211,18 +285,37 @@ class RLModule(abc.ABC):
     def _run(self, kind: str, batch: Mapping[str, Any], kwargs: dict) -> dict:
         checkers = self._checkers(kind)
         if not self._forward_accepts_numpy and isinstance(batch, Mapping):
-            batch = to_torch(batch)
+            batch = to_torch(batch, checkers[0].keys)
         checkers[0].check(batch)
         out = getattr(self, f"_forward_{kind}")(batch, **kwargs)
         checkers[1].check(out)
         return out
 
     def forward_inference(self, batch: Mapping[str, Any], **kwargs) -> dict:
-        """Deterministic forward: batch {"obs": [B, ...], ...} -> {"action_dist_inputs": [B, D], ...}."""
+        """Deterministic forward pass (evaluation, serving); runs ``_forward_inference``.
+
+        ``batch``: ``{"obs": [B, *obs_shape]}`` (recurrent modules: obs ``[B, 1, *obs_shape]`` or
+        ``[B, *obs_shape]``, plus ``"state_in"``: the ``get_initial_state()`` dict batched, each
+        tensor ``[B, ...]``, e.g. ``{"h": [B, 1, H], "c": [B, 1, H]}``). Torch tensors or numpy
+        arrays (converted without a copy where possible); columns the input specs do not name
+        are passed to ``_forward_inference`` as they are.
+
+        Returns a new dict: ``"action_dist_inputs"`` ``[B, D]`` (D: the distribution's input
+        width, e.g. the number of actions, or 2 * action dims for a Gaussian); the fused modules
+        also return ``"actions"`` ``[B, *action_shape]`` (the deterministic action) and
+        ``"action_logp"`` ``[B]``; recurrent modules ``"state_out"`` (the layout of ``state_in``).
+        ValueError naming the key on a missing or mis-shaped input."""
         return self._run("inference", batch, kwargs)
 
     def forward_exploration(self, batch: Mapping[str, Any], **kwargs) -> dict:
-        """Exploration forward: batch {"obs": [B, ...], ...} -> {"action_dist_inputs": [B, D], ...}."""
+        """Forward pass while collecting experience; runs ``_forward_exploration``.
+
+        ``batch`` as for ``forward_inference``: ``{"obs": [B, *obs_shape]}`` (+ ``"state_in"``,
+        each tensor ``[B, ...]``, for recurrent modules). Returns a new dict:
+        ``"action_dist_inputs"`` ``[B, D]``; the fused modules also return sampled ``"actions"``
+        ``[B, *action_shape]`` and their ``"action_logp"`` ``[B]`` (RLlib's env runners use them
+        when present); recurrent modules ``"state_out"``. No gradient is recorded by the
+        default ``_forward`` path of a TorchRLModule."""
         return self._run("exploration", batch, kwargs)
 
     def forward_train(self, batch: Mapping[str, Any], **kwargs) -> dict:
@@ -233,19 +326,32 @@ class RLModule(abc.ABC):
 
     # ---- distributions / state ----------------------------------------------------------------
     def get_inference_action_dist_cls(self):
-        raise NotImplementedError(f"{type(self).__name__} does not define get_inference_action_dist_cls")
+        """The distribution class for ``forward_inference``'s ``action_dist_inputs``:
+        ``self.action_dist_cls`` when set (TorchRLModule also picks one from the action space)."""
+        if self.action_dist_cls is not None:
+            return self.action_dist_cls
+        raise NotImplementedError(f"{type(self).__name__} does not define get_inference_action_dist_cls "
+                                  "(or set self.action_dist_cls in setup())")
 
     def get_exploration_action_dist_cls(self):
-        raise NotImplementedError(f"{type(self).__name__} does not define get_exploration_action_dist_cls")
+        """The distribution class for ``forward_exploration``; default: the inference one."""
+        return self.get_inference_action_dist_cls()
 
     def get_train_action_dist_cls(self):
-        raise NotImplementedError(f"{type(self).__name__} does not define get_train_action_dist_cls")
+        """The distribution class for ``forward_train``; default: the inference one."""
+        return self.get_inference_action_dist_cls()
 
     def get_initial_state(self) -> dict:
-        """Initial recurrent state (dict of [1, ...] tensors); {} for stateless modules."""
+        """The initial recurrent state of ONE sequence: a dict of tensors without the batch axis
+        (e.g. LSTM ``{"h": [1, H], "c": [1, H]}``, GRU ``{"h": [1, H]}``, nested
+        ``{"actor": {...}, "critic": {...}}`` with separate encoders); ``{}`` when stateless.
+        Callers stack it to ``[B, 1, H]`` for ``batch["state_in"]``; ``"state_out"`` comes
+        back in that layout."""
         return {}
 
     def is_stateful(self) -> bool:
+        """True when ``get_initial_state()`` is not empty: the forward passes then take
+        ``batch["state_in"]`` (each tensor ``[B, ...]``) and return ``"state_out"``."""
         return bool(self.get_initial_state())
 
     def update_default_view_requirements(self, defaults: dict) -> dict:
@@ -308,6 +414,7 @@ class RLModule(abc.ABC):
         path = pathlib.Path(path)
         if not ckpt.is_dir(path):
             raise FileNotFoundError(f"checkpoint directory missing: {path}")
+        _refuse_rllib_checkpoint(path, self.CLASS_AND_CTOR_ARGS_FILE_NAME)
         meta = ckpt.check_metadata(path)
         state_file = path / self.STATE_FILE_NAME
         ckpt.read_state_header(state_file)  # bounded checks before reading the data
@@ -341,6 +448,7 @@ class RLModule(abc.ABC):
         path = pathlib.Path(path)
         if not ckpt.is_dir(path):
             raise FileNotFoundError(f"checkpoint directory missing: {path}")
+        _refuse_rllib_checkpoint(path, cls.CLASS_AND_CTOR_ARGS_FILE_NAME)
         meta = ckpt.check_metadata(path)
         ctor_file = path / cls.CLASS_AND_CTOR_ARGS_FILE_NAME
         data = ckpt.read_json(ctor_file)
@@ -424,7 +532,9 @@ class RLModuleSpec:
     action_space=..., model_config_dict={...}, catalog_class=...).build()``.
 
     ``model_config`` is accepted as an alias of ``model_config_dict`` (giving both, with
-    different values, is a ValueError); both names read and write the same dict.
+    different values, is a ValueError); both names read and write the same dict. As in RLlib,
+    a spec holds whatever model config it is given (``update()`` may replace it); ``build()``
+    requires a dict (ValueError otherwise).
     ``load_state_path``: a checkpoint directory whose weights ``build()`` loads.
     """
 
@@ -445,7 +555,7 @@ class RLModuleSpec:
         self.module_class = module_class
         self.observation_space = observation_space
         self.action_space = action_space
-        self.model_config_dict = _merge_model_config(model_config_dict, model_config)
+        self.model_config_dict = _spec_model_config(model_config_dict, model_config)
         self.catalog_class = catalog_class
         self.load_state_path = load_state_path
         self.inference_only = inference_only
@@ -457,7 +567,33 @@ class RLModuleSpec:
 
     @model_config.setter
     def model_config(self, value: Optional[dict]) -> None:
-        self.model_config_dict = _merge_model_config(value, None)
+        self.model_config_dict = _spec_model_config(value, None)
+
+    @classmethod
+    def from_module(cls, module: RLModule) -> "RLModuleSpec":
+        """The spec that builds a module like ``module`` (class, spaces, model config, catalog
+        class, inference_only; not its weights). ValueError for a MultiRLModule (use
+        ``MultiRLModuleSpec.from_module``)."""
+        from .multi_rl_module import MultiRLModule
+
+        if isinstance(module, MultiRLModule):
+            raise ValueError("MultiRLModule cannot be converted to RLModuleSpec; use MultiRLModuleSpec.from_module")
+        module = module.unwrapped()
+        config = module.config
+        return cls(
+            module_class=type(module),
+            observation_space=config.observation_space,
+            action_space=config.action_space,
+            model_config_dict=copy.deepcopy(config.model_config_dict),
+            catalog_class=config.catalog_class,
+            inference_only=config.inference_only,
+        )
+
+    def as_multi_rl_module_spec(self):
+        """A MultiRLModuleSpec holding this spec under DEFAULT_MODULE_ID (and its load_state_path)."""
+        from .multi_rl_module import MultiRLModuleSpec
+
+        return MultiRLModuleSpec(rl_module_specs={DEFAULT_MODULE_ID: self}, load_state_path=self.load_state_path)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RLModuleSpec) and all(getattr(self, f) == getattr(other, f) for f in self._FIELDS)
@@ -467,14 +603,15 @@ class RLModuleSpec:
 
     def copy(self) -> "RLModuleSpec":
         """A shallow copy (the model config dict copied)."""
+        cfg = self.model_config_dict
         return RLModuleSpec(**{f: getattr(self, f) for f in self._FIELDS if f != "model_config_dict"},
-                            model_config_dict=dict(self.model_config_dict))
+                            model_config_dict=dict(cfg) if isinstance(cfg, Mapping) else cfg)
 
     def get_rl_module_config(self) -> RLModuleConfig:
         return RLModuleConfig(
             observation_space=self.observation_space,
             action_space=self.action_space,
-            model_config_dict=dict(self.model_config_dict or {}),
+            model_config_dict=_merge_model_config(self.model_config_dict, None),
             catalog_class=self.catalog_class,
             inference_only=self.inference_only,
         )
@@ -493,13 +630,22 @@ class RLModuleSpec:
         return module
 
     def update(self, other: "RLModuleSpec", override: bool = True) -> None:
-        """Fill (or with ``override`` replace) fields from ``other`` where it sets them."""
+        """Update from ``other`` like RLlib's ``RLModuleSpec.update``: with ``override`` every
+        field ``other`` sets (not None / empty) replaces ours, and ``inference_only`` becomes
+        True if either is; without it only our unset fields are filled (``inference_only`` kept).
+        ValueError if ``other`` is not an RLModuleSpec."""
+        if not isinstance(other, RLModuleSpec):
+            raise ValueError(f"RLModuleSpec.update: expected an RLModuleSpec, got {type(other).__name__}")
         for f in self._FIELDS:
-            theirs = getattr(other, f)
-            if theirs is None or (f == "model_config_dict" and not theirs):
+            if f == "inference_only":
+                if override:
+                    self.inference_only = bool(other.inference_only or self.inference_only)
                 continue
-            if override or getattr(self, f) in (None, {}):
-                setattr(self, f, theirs)
+            mine, theirs = getattr(self, f), getattr(other, f)
+            if override:
+                setattr(self, f, theirs or mine)
+            else:
+                setattr(self, f, mine or theirs)
 
     def to_dict(self) -> dict:
         """Plain-data form: class paths as strings, spaces as JSON."""

@@ -84,6 +84,8 @@ class SpecChecker:
             spec = {k: None for k in spec}
         self.spec: Mapping[str, Any] = spec
         self._entries = self._compile(spec, "")
+        #: The top-level keys this spec names (``to_torch`` converts these strictly).
+        self.keys = frozenset(spec)
         self._ok: set = set()
 
     @classmethod
@@ -140,24 +142,40 @@ class SpecChecker:
             ok.add(cache_key)
 
 
-def to_torch(batch: Mapping[str, Any]) -> dict:
+def to_torch(batch: Mapping[str, Any], strict: Optional[Iterable[str]] = None) -> dict:
     """A new dict where numpy arrays (also nested in dicts) become torch tensors without a copy
-    where numpy allows it. The input dict is not modified."""
+    where numpy allows it. The input dict is not modified.
+
+    ``strict``: the keys the module's input specs name (e.g. ``{"obs", "state_in"}``). An array
+    under one of them that cannot become a tensor (object, string, datetime dtype) is a
+    ValueError naming the key. Every other column is converted when it can be and otherwise
+    passed through unchanged, as are values that are not arrays (None, strings, lists, infos):
+    a batch may carry columns the module never reads (RLlib's connectors add several)."""
+    strict = () if strict is None else strict
     out = {}
     for k, v in batch.items():
         if isinstance(v, np.ndarray):
-            try:
-                v = torch.from_numpy(v)
-            except (ValueError, TypeError):  # negative strides, read-only or object arrays
-                try:
-                    v = torch.as_tensor(np.ascontiguousarray(v))
-                except (ValueError, TypeError, RuntimeError) as e:
-                    raise ValueError(f"{k!r}: a numpy array of dtype {v.dtype} cannot become a tensor "
-                                     f"(expected a numeric dtype): {e}") from None
+            v = _array_to_tensor(k, v, k in strict)
         elif isinstance(v, Mapping):
-            v = to_torch(v)
+            v = to_torch(v, v.keys() if k in strict else None)
         out[k] = v
     return out
+
+
+def _array_to_tensor(key: Any, v: np.ndarray, strict: bool) -> Any:
+    try:
+        return torch.from_numpy(v)
+    except (ValueError, TypeError):  # negative strides, read-only or object arrays
+        pass
+    if not strict and v.dtype.kind not in "biufc":
+        return v  # a column the specs do not name, of a dtype torch has no tensor for
+    try:
+        return torch.as_tensor(np.ascontiguousarray(v))
+    except (ValueError, TypeError, RuntimeError) as e:
+        if not strict:
+            return v
+        raise ValueError(f"{key!r}: a numpy array of dtype {v.dtype} cannot become a tensor "
+                         f"(expected a numeric dtype): {e}") from None
 
 
 def iter_keys(spec: SpecType) -> Iterable[str]:

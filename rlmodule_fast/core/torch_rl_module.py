@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .rl_module import RLModule
+from .rl_module import RLModule, _default_forward
 
 
 def _matches(name: str, prefixes: Sequence[str]) -> bool:
@@ -123,6 +123,38 @@ class TorchRLModule(WeightsLockMixin, nn.Module, RLModule):
     def forward(self, batch: Mapping[str, Any], **kwargs) -> dict:
         """``module(batch)`` runs ``forward_train`` (as RLlib's TorchRLModule does)."""
         return self.forward_train(batch, **kwargs)
+
+    @_default_forward
+    def _forward_inference(self, batch: dict, **kwargs) -> dict:
+        """Default: ``_forward`` without recording gradients (as RLlib >= 2.40)."""
+        with torch.no_grad():
+            return self._forward(batch, **kwargs)
+
+    @_default_forward
+    def _forward_exploration(self, batch: dict, **kwargs) -> dict:
+        """Default: ``_forward`` without recording gradients (as RLlib >= 2.40)."""
+        with torch.no_grad():
+            return self._forward(batch, **kwargs)
+
+    def get_inference_action_dist_cls(self):
+        """``self.action_dist_cls`` when set (by the catalog or in ``setup()``), else RLlib's
+        default for the action space: ``TorchCategorical`` for ``Discrete``, ``TorchDiagGaussian``
+        for ``Box``. Other spaces: ValueError (set ``action_dist_cls`` or override the three
+        ``get_*_action_dist_cls``)."""
+        if self.action_dist_cls is not None:
+            return self.action_dist_cls
+        import gymnasium as gym
+
+        from .. import distributions
+
+        if isinstance(self.action_space, gym.spaces.Discrete):
+            return distributions.TorchCategorical
+        if isinstance(self.action_space, gym.spaces.Box):
+            return distributions.TorchDiagGaussian
+        raise ValueError(
+            f"{type(self).__name__}: no default action distribution for action space {self.action_space}; set "
+            "self.action_dist_cls in setup() or override get_inference_action_dist_cls, "
+            "get_exploration_action_dist_cls and get_train_action_dist_cls")
 
     def get_state(
         self,
