@@ -18,9 +18,10 @@ indices are constexpr, so the layer loops are unrolled. Two variants:
   layers are tiled GEMMs through this program's four scratch slots (L1/L2-resident, written
   and re-read by the same CTA), the head outputs come back into registers for the sampling.
 
-RNG: the counters are those of ``kernels.sampling`` (row * NL + column for categorical logits,
-row * A + column for Gaussian noise), so for the same seed tensor the fused step draws exactly
-what the standalone samplers draw from its distribution inputs.
+RNG: ``seed_ptr`` is the int64 [2] (key, counter) Philox state of ``kernels.sampling`` and the
+element offsets are its (row * NL + column for categorical logits, row * A + column for Gaussian
+noise), so for the same state tensor the fused step draws exactly what the standalone samplers
+draw from its distribution inputs. Non-finite distribution inputs OR ERR_POLICY into flag.
 """
 from __future__ import annotations
 
@@ -29,14 +30,16 @@ import triton.language as tl
 
 from ..ops.codes import DISTRIBUTIONS
 from .mlp import _dense_staged, _dense_tile, _load_rows
-from .sampling import _categorical_row_block
+from .sampling import ERR_POLICY, _categorical_row_block, _rng_normal
+
+_ERR_POLICY = tl.constexpr(ERR_POLICY)  # a jit-visible global must be constexpr
 
 #: PolicyLayers.dist -> the kernels' DIST constexpr (ops/codes.py: _C's codes, mirrored).
 DIST_CODES = DISTRIBUTIONS
 
 
 @triton.jit
-def _policy_tail(out, ls, rows, row_ok, cols, seed, seg_ptr, dist_ptr, act_ptr, logp_ptr, flag_ptr,
+def _policy_tail(out, ls, rows, row_ok, cols, rng_ptr, seg_ptr, dist_ptr, act_ptr, logp_ptr, flag_ptr,
                  NL, A, log_std_clip, DIST: tl.constexpr, NSEG: tl.constexpr, CLIP: tl.constexpr,
                  DETERMINISTIC: tl.constexpr, BLOCK_B: tl.constexpr, NP: tl.constexpr):
     """Distribution inputs -> stores of dist, actions, logp; non-finite inputs set flag.
@@ -58,7 +61,7 @@ def _policy_tail(out, ls, rows, row_ok, cols, seed, seg_ptr, dist_ptr, act_ptr, 
         if DETERMINISTIC:
             eps = tl.zeros((BLOCK_B, NP), dtype=tl.float32)
         else:
-            eps = tl.randn(seed, rows[:, None] * A + cols[None, :])
+            eps = _rng_normal(rng_ptr, rows[:, None] * A + cols[None, :])
         act = out + tl.exp(ls) * eps
         lp = tl.sum(tl.where(valid, -0.5 * eps * eps - ls - 0.9189385332046727, 0.0), axis=1)
         tl.store(act_ptr + rows[:, None] * A + cols[None, :], act, mask=valid)
@@ -68,7 +71,7 @@ def _policy_tail(out, ls, rows, row_ok, cols, seed, seg_ptr, dist_ptr, act_ptr, 
         tl.store(dist_ptr + rows[:, None] * NL + cols[None, :], out, mask=valid)
         if DIST == 0:
             x = tl.where(valid, out, float("-inf"))
-            a, lp, _l, _s = _categorical_row_block(x, cols, valid, seed, rows, NL, DETERMINISTIC)
+            a, lp, _l, _s = _categorical_row_block(x, cols, valid, rng_ptr, rows, NL, DETERMINISTIC)
             tl.store(act_ptr + rows, a.to(tl.int64), mask=row_ok)
         else:
             lp = tl.zeros((BLOCK_B,), dtype=tl.float32)
@@ -77,12 +80,12 @@ def _policy_tail(out, ls, rows, row_ok, cols, seed, seg_ptr, dist_ptr, act_ptr, 
                 hi = tl.load(seg_ptr + s + 1)
                 seg_valid = valid & (cols[None, :] >= lo) & (cols[None, :] < hi)
                 x = tl.where(seg_valid, out, float("-inf"))
-                a, lps, _l, _s = _categorical_row_block(x, cols, seg_valid, seed, rows, NL,
+                a, lps, _l, _s = _categorical_row_block(x, cols, seg_valid, rng_ptr, rows, NL,
                                                          DETERMINISTIC)
                 lp += lps
                 tl.store(act_ptr + rows * NSEG + s, (a - lo).to(tl.int64), mask=row_ok)
     tl.store(logp_ptr + rows, lp, mask=row_ok)
-    tl.atomic_max(flag_ptr, tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0))
+    tl.atomic_or(flag_ptr, tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0) * _ERR_POLICY)
 
 
 @triton.jit
@@ -127,8 +130,7 @@ def _policy_step_fwd_kernel(
             ls = _dense_tile(p, w_ptr + PI_LS * D * D, b_ptr + PI_LS * D, D, 0, PRECISION)
     else:
         ls = out
-    seed = tl.load(seed_ptr)
-    _policy_tail(out, ls, rows, row_ok, cols, seed, seg_ptr, dist_ptr, act_ptr, logp_ptr, flag_ptr,
+    _policy_tail(out, ls, rows, row_ok, cols, seed_ptr, seg_ptr, dist_ptr, act_ptr, logp_ptr, flag_ptr,
                  NL, A, log_std_clip, DIST, NSEG, CLIP, DETERMINISTIC, BLOCK_B, D)
     if COMPUTE_VALUE:
         if SHARED:
@@ -233,8 +235,7 @@ def _policy_step_staged_fwd_kernel(
                                 b_ptr + PI_LS * D, D, NP, PRECISION, BLOCK_B, BK)
     else:
         ls = out
-    seed = tl.load(seed_ptr)
-    _policy_tail(out, ls, rows, row_ok, cols, seed, seg_ptr, dist_ptr, act_ptr, logp_ptr, flag_ptr,
+    _policy_tail(out, ls, rows, row_ok, cols, seed_ptr, seg_ptr, dist_ptr, act_ptr, logp_ptr, flag_ptr,
                  NL, A, log_std_clip, DIST, NSEG, CLIP, DETERMINISTIC, BLOCK_B, NP)
 
     if COMPUTE_VALUE:
@@ -273,13 +274,27 @@ def layer_dims(weights, device):
     return torch.tensor(vals, dtype=torch.int32, device=device)
 
 
+def block_rows(meta: dict, B: int, staged: bool) -> int:
+    """Rows per program, per variant, chosen so that no variant spills on sm_90 (ptxas -v,
+    tests/test_triton_ops.py::test_policy_kernels_do_not_spill_on_sm90): 32 rows for the staged
+    variant (221-246 registers), 16 for the D=64 register variant (at 32 rows, triton 3.9,
+    value head on: Gaussian shared 255 registers + 244 B spill stores, multi-categorical
+    shared 255 + 336 B, categorical shared 255 + 0 B; at 16 rows Gaussian uses 168-180)."""
+    cap = 32
+    if not staged and meta["D"] >= 64:
+        cap = 16
+    return min(cap, max(16, triton.next_power_of_2(max(int(B), 1))))
+
+
 def policy_step(x, xc, w_packed, b_packed, dims, meta: dict, *, seed, log_std=None, seg=None,
-                deterministic: bool = False, compute_value: bool = False):
+                deterministic: bool = False, compute_value: bool = False, flag=None):
     """Launch the policy kernel (register variant for D <= REG_MAX_WIDTH, staged otherwise).
 
     ``meta``: the constexpr layer table and sizes built by the host plan (keys N_ENC, PI0,
     N_PI_HID, PI_OUT, PI_LS, C0, N_CRIT, V0, N_VF_HID, VF_OUT, ENC_ACT, CRIT_ACT, HEAD_ACT, DIST,
     NSEG, FREE_LOG_STD, CLIP, SHARED, D, NL, A, log_std_clip, PRECISION).
+    ``seed``: int64 [2] (key, counter) Philox state (any tensor when deterministic); ``flag``:
+    an int32 [1] device tensor to OR the error bit into (fresh zeros when None).
     Returns (dist [B, NL | 2A] f32, actions, logp [B] f32, value [B] f32 or None, flag [1] i32).
     """
     import torch
@@ -299,14 +314,14 @@ def policy_step(x, xc, w_packed, b_packed, dims, meta: dict, *, seed, log_std=No
         actions = torch.empty((B,), dtype=torch.int64, device=dev)
     logp = torch.empty((B,), dtype=torch.float32, device=dev)
     value = torch.empty((B,), dtype=torch.float32, device=dev) if compute_value else None
-    flag = torch.zeros((1,), dtype=torch.int32, device=dev)
+    if flag is None:
+        flag = torch.zeros((1,), dtype=torch.int32, device=dev)
     if B == 0:
         return dist, actions, logp, value, flag
     xc = x if xc is None else xc
     D = meta["D"]
     staged = D > REG_MAX_WIDTH
-    # 32 rows: the D=64 register variant then needs ~200 registers/thread with no spill (sm_90)
-    block_b = min(32, max(16, triton.next_power_of_2(B)))
+    block_b = block_rows(meta, B, staged)
     grid = (triton.cdiv(B, block_b),)
     if staged:
         kernel = _policy_step_staged_fwd_kernel

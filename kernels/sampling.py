@@ -5,12 +5,19 @@ input row being [mean (A) | log_std (A)]).
 
 One launch reads each row once and writes the action, its log-probability (and optionally the
 entropy); the reference needs log_softmax, rand, log, log, argmax and gather (six launches and
-four [B, A] temporaries). Randomness is Triton's counter-based Philox (``tl.rand`` /
-``tl.randn``) keyed by a seed that is read from a device tensor drawn from torch's generator of
-that device (``torch.randint``): no host sync, CUDA-graph safe (each replay draws a new seed),
-and ``torch.manual_seed`` reproduces a run. The counter of element (b, a) is ``b * A + a``.
+four [B, A] temporaries).
 
-Non-finite inputs set ``flag[0]`` (an int32 the host checks) instead of failing in the kernel.
+RNG: Philox4x32-10 (Triton's constants, ``tl.philox``) read from an int64 [2] device tensor
+``rng = (key, counter)``: the 64-bit key is Philox's (k0, k1), the element index ``b * A + a``
+its c0, the 64-bit counter its (c1, c2). Eager calls draw both words from torch's generator of
+the device (``draw_seed``: 128 random bits a call, no host sync, ``torch.manual_seed``
+reproduces a run); graph mode keeps one persistent ``rng`` per device whose counter a tiny
+in-place add advances on the device after every launch (``advance_rng``), so a captured CUDA
+graph draws fresh numbers at every replay. Draws repeat only if (key, counter) does: never in
+practice (the old 31-bit per-call seed collided after ~46k calls by the birthday bound).
+
+Non-finite inputs OR ``ERR`` into ``flag[0]`` (an int32 on the device) instead of failing in the
+kernel; the host reads it (default) or leaves it for a later ``raise_if_error``.
 """
 from __future__ import annotations
 
@@ -19,9 +26,40 @@ import triton.language as tl
 
 _TINY = 1.1754943508222875e-38  # float32 tiny, as the reference clamps the uniform
 
+#: error bits OR-ed into the flag by each kernel (ops.triton.raise_if_error names them)
+ERR_LOGITS, ERR_GAUSSIAN, ERR_POLICY = 1, 2, 4
+
 
 @triton.jit
-def _categorical_row_block(x, cols, valid, seed, rows, A, DETERMINISTIC: tl.constexpr):
+def _philox_bits(rng_ptr, offsets):
+    """Four uint32 Philox blocks for int32 ``offsets``: key = rng[0] (64 bit), counter =
+    (offset, rng[1] low, rng[1] high, 0)."""
+    key = tl.load(rng_ptr)
+    ctr = tl.load(rng_ptr + 1).to(tl.uint64, bitcast=True)
+    c0 = offsets.to(tl.uint32)
+    z = c0 * 0
+    c1 = z + ctr.to(tl.uint32)
+    c2 = z + (ctr >> 32).to(tl.uint32)
+    return tl.philox(key, c0, c1, c2, z)
+
+
+@triton.jit
+def _rng_uniform(rng_ptr, offsets):
+    """U[0, 1) float32 block (``tl.rand``'s conversion of Philox's first word)."""
+    i1, _i2, _i3, _i4 = _philox_bits(rng_ptr, offsets)
+    return tl.uint_to_uniform_float(i1)
+
+
+@triton.jit
+def _rng_normal(rng_ptr, offsets):
+    """N(0, 1) float32 block (``tl.randn``'s Box-Muller of Philox's first two words)."""
+    i1, i2, _i3, _i4 = _philox_bits(rng_ptr, offsets)
+    n1, _n2 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(i1), tl.uint_to_uniform_float(i2))
+    return n1
+
+
+@triton.jit
+def _categorical_row_block(x, cols, valid, rng_ptr, rows, A, DETERMINISTIC: tl.constexpr):
     """Gumbel-max over a [BLOCK_B, BLOCK_A] tile (invalid entries -inf).
 
     Returns (action int32 [BLOCK_B], logp [BLOCK_B], max [BLOCK_B], log_sum [BLOCK_B]) with
@@ -35,7 +73,7 @@ def _categorical_row_block(x, cols, valid, seed, rows, A, DETERMINISTIC: tl.cons
     if DETERMINISTIC:
         a = tl.argmax(x, axis=1)
     else:
-        u = tl.rand(seed, rows[:, None] * A + cols[None, :])
+        u = _rng_uniform(rng_ptr, rows[:, None] * A + cols[None, :])
         u = tl.maximum(u, 1.1754943508222875e-38)
         g = -tl.log(-tl.log(u))
         a = tl.argmax(tl.where(valid, x + g, float("-inf")), axis=1)
@@ -48,7 +86,7 @@ def _sample_categorical_fwd_kernel(
     logits_ptr, actions_ptr, logp_ptr, entropy_ptr, flag_ptr, seed_ptr,
     B, A, stride_b, stride_a,
     DETERMINISTIC: tl.constexpr, HAS_ENTROPY: tl.constexpr, CHECK: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_A: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_A: tl.constexpr, ERR: tl.constexpr = 1,
 ):
     """actions[B] (int64), logp[B] (= log softmax(logits)[action]), entropy[B] optional."""
     pid = tl.program_id(0)
@@ -60,9 +98,8 @@ def _sample_categorical_fwd_kernel(
                 mask=valid, other=float("-inf")).to(tl.float32)
     if CHECK:
         bad = valid & ((x != x) | (tl.abs(x) == float("inf")))
-        tl.atomic_max(flag_ptr, tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0))
-    seed = tl.load(seed_ptr)
-    a, logp, m, log_s = _categorical_row_block(x, cols, valid, seed, rows, A, DETERMINISTIC)
+        tl.atomic_or(flag_ptr, tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0) * ERR)
+    a, logp, m, log_s = _categorical_row_block(x, cols, valid, seed_ptr, rows, A, DETERMINISTIC)
     tl.store(actions_ptr + rows, a.to(tl.int64), mask=row_ok)
     tl.store(logp_ptr + rows, logp.to(logp_ptr.dtype.element_ty), mask=row_ok)
     if HAS_ENTROPY:
@@ -79,7 +116,7 @@ def _sample_diag_gaussian_fwd_kernel(
     inp_ptr, actions_ptr, logp_ptr, flag_ptr, seed_ptr,
     B, A, stride_b, stride_a, stride_ob, stride_oa,
     DETERMINISTIC: tl.constexpr, CHECK: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_A: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_A: tl.constexpr, ERR: tl.constexpr = 2,
 ):
     """inp [B, 2A] = [mean | log_std] -> actions [B, A] = mean + exp(log_std) * eps, logp [B]."""
     pid = tl.program_id(0)
@@ -93,12 +130,11 @@ def _sample_diag_gaussian_fwd_kernel(
     if CHECK:
         bad = valid & ((mean != mean) | (tl.abs(mean) == float("inf"))
                        | (log_std != log_std) | (tl.abs(log_std) == float("inf")))
-        tl.atomic_max(flag_ptr, tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0))
+        tl.atomic_or(flag_ptr, tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0) * ERR)
     if DETERMINISTIC:
         eps = tl.zeros((BLOCK_B, BLOCK_A), dtype=tl.float32)
     else:
-        seed = tl.load(seed_ptr)
-        eps = tl.randn(seed, rows[:, None] * A + cols[None, :])
+        eps = _rng_normal(seed_ptr, rows[:, None] * A + cols[None, :])
     act = mean + tl.exp(log_std) * eps
     lp = tl.where(valid, -0.5 * eps * eps - log_std - 0.9189385332046727, 0.0)
     tl.store(actions_ptr + rows[:, None] * stride_ob + cols[None, :] * stride_oa,
@@ -115,17 +151,32 @@ def _blocks(B: int, A: int) -> tuple[int, int]:
 
 
 def draw_seed(device):
-    """A 1-element int64 device tensor from torch's generator of ``device`` (no host sync)."""
+    """int64 [2] (key, counter) device tensor, 128 bits from torch's generator of ``device``
+    (no host sync; ``torch.manual_seed`` reproduces it)."""
     import torch
 
-    return torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64, device=device)
+    return torch.randint(-2**63, 2**63 - 1, (2,), dtype=torch.int64, device=device)
+
+
+def advance_rng(rng) -> None:
+    """Advance the counter word of a persistent ``rng`` by one on its device (a tiny in-place
+    kernel on the current stream: no host sync, captured by a CUDA graph)."""
+    rng[1:].add_(1)
+
+
+def _check_offsets(B: int, A: int) -> None:
+    if B * A >= 2**31:
+        raise ValueError(f"sampler: B * A = {B * A} elements exceed the int32 Philox offsets "
+                         f"(split the batch)")
 
 
 def sample_categorical(logits, deterministic: bool = False, *, entropy: bool = False,
-                       check: bool = True, seed=None):
+                       check: bool = True, seed=None, flag=None):
     """logits [B, A] -> (actions [B] int64, logp [B], flag [1] int32[, entropy [B]]).
 
-    ``flag`` is nonzero when an input was NaN/inf (only with ``check``); the caller raises."""
+    ``flag`` (fresh zeros unless given: then OR-ed into) gets ERR_LOGITS when an input was
+    NaN/inf (only with ``check``); the caller raises. ``seed``: an int64 [2] (key, counter)
+    tensor (``draw_seed`` when None)."""
     import torch
 
     B, A = logits.shape
@@ -134,8 +185,10 @@ def sample_categorical(logits, deterministic: bool = False, *, entropy: bool = F
     actions = torch.empty((B,), dtype=torch.int64, device=dev)
     logp = torch.empty((B,), dtype=out_dtype, device=dev)
     ent = torch.empty((B,), dtype=out_dtype, device=dev) if entropy else logp
-    flag = torch.zeros((1,), dtype=torch.int32, device=dev)
+    if flag is None:
+        flag = torch.zeros((1,), dtype=torch.int32, device=dev)
     if B:
+        _check_offsets(B, A)
         if seed is None:
             seed = flag if deterministic else draw_seed(dev)
         block_b, block_a = _blocks(B, A)
@@ -148,8 +201,9 @@ def sample_categorical(logits, deterministic: bool = False, *, entropy: bool = F
 
 
 def sample_diag_gaussian(mean_logstd, deterministic: bool = False, *, check: bool = True,
-                         seed=None):
-    """mean_logstd [B, 2A] -> (actions [B, A], logp [B], flag [1] int32)."""
+                         seed=None, flag=None):
+    """mean_logstd [B, 2A] -> (actions [B, A], logp [B], flag [1] int32) (flag, seed: as
+    ``sample_categorical``; the flag bit is ERR_GAUSSIAN)."""
     import torch
 
     B, A2 = mean_logstd.shape
@@ -158,8 +212,10 @@ def sample_diag_gaussian(mean_logstd, deterministic: bool = False, *, check: boo
     out_dtype = mean_logstd.dtype
     actions = torch.empty((B, A), dtype=out_dtype, device=dev)
     logp = torch.empty((B,), dtype=out_dtype, device=dev)
-    flag = torch.zeros((1,), dtype=torch.int32, device=dev)
+    if flag is None:
+        flag = torch.zeros((1,), dtype=torch.int32, device=dev)
     if B:
+        _check_offsets(B, A)
         if seed is None:
             seed = flag if deterministic else draw_seed(dev)
         block_b, block_a = _blocks(B, A)

@@ -735,16 +735,18 @@ def test_fastpath_triton_plan_matches_ppo_module(case, device, monkeypatch):
 
 # ----------------------------------------------------------------------------- exact RNG replay
 
-def _philox_uniform(seed: int, offsets: np.ndarray) -> np.ndarray:
-    """numpy replay of ``tl.rand(seed, offsets)`` for int32 offsets (Philox4x32-10, Triton's
-    constants and its uint -> [0, 1) float conversion)."""
+def _philox_uniform(key: int, counter: int, offsets: np.ndarray) -> np.ndarray:
+    """numpy replay of the kernels' uniform draw (``sampling._rng_uniform``) for int32 offsets:
+    Philox4x32-10 with Triton's constants, key (k0, k1) = the 64-bit key, counter (c0, c1, c2,
+    c3) = (offset, counter low, counter high, 0), and ``tl.rand``'s uint -> [0, 1) conversion."""
     M = np.uint64(0xFFFFFFFF)
+    key, counter = key & (2**64 - 1), counter & (2**64 - 1)
     c0 = offsets.astype(np.uint64) & M
-    c1 = np.zeros_like(c0)
-    c2 = np.zeros_like(c0)
+    c1 = np.full_like(c0, counter & 0xFFFFFFFF)
+    c2 = np.full_like(c0, counter >> 32)
     c3 = np.zeros_like(c0)
-    k0 = np.uint64(seed & 0xFFFFFFFF)
-    k1 = np.uint64((seed >> 32) & 0xFFFFFFFF)
+    k0 = np.uint64(key & 0xFFFFFFFF)
+    k1 = np.uint64(key >> 32)
     A, B = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
     for _ in range(10):
         _c0, _c2 = c0, c2
@@ -761,8 +763,9 @@ def _philox_uniform(seed: int, offsets: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_categorical_equals_gumbel_max_in_torch_for_the_same_seed(device):
-    """The kernel's draw is exactly argmax(logits - log(-log(u))) with u = tl.rand(seed, b*A + a),
-    replayed here in numpy; the seed is what torch's generator yields after torch.manual_seed."""
+    """The kernel's draw is exactly argmax(logits - log(-log(u))) with u = Philox(key, (b*A + a,
+    counter)), replayed here in numpy; (key, counter) is what torch's generator yields after
+    torch.manual_seed."""
     from rlmodule_fast.kernels import sampling
 
     B, A = 63, 17
@@ -770,8 +773,8 @@ def test_categorical_equals_gumbel_max_in_torch_for_the_same_seed(device):
     torch.manual_seed(21)
     actions, _ = rf.ops.sample_categorical(logits.to(device), backend="triton")
     torch.manual_seed(21)
-    seed = int(sampling.draw_seed("cpu" if device == "cpu" else device).item())
-    u = torch.from_numpy(_philox_uniform(seed, np.arange(B * A).reshape(B, A)))
+    key, counter = sampling.draw_seed("cpu" if device == "cpu" else device).tolist()
+    u = torch.from_numpy(_philox_uniform(key, counter, np.arange(B * A).reshape(B, A)))
     u = u.clamp_min(torch.finfo(torch.float32).tiny)
     expect = torch.argmax(logits - torch.log(-torch.log(u)), dim=-1)
     assert torch.equal(actions.cpu(), expect)
@@ -783,7 +786,7 @@ _AOT_SCRIPT = r"""
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from rlmodule_fast.kernels import mlp, policy_step, rnn
+from rlmodule_fast.kernels import mlp, policy_step, rnn, sampling
 
 def build(fn, consts, types=None, num_warps=4):
     types = types or {}
@@ -806,6 +809,11 @@ build(policy_step._policy_step_staged_fwd_kernel, dict(
       COMPUTE_VALUE=True, DETERMINISTIC=False, D=32, NP=16, PRECISION=P, BLOCK_B=16, BN=32, BK=16,
       VF_SLOT=0), {"dims_ptr": "*i32", "seg_ptr": "*i32", "seed_ptr": "*i64", "flag_ptr": "*i32",
       "log_std_clip": "fp32"})
+build(sampling._sample_categorical_fwd_kernel, dict(DETERMINISTIC=False, HAS_ENTROPY=True,
+      CHECK=True, BLOCK_B=16, BLOCK_A=16, ERR=1), {"actions_ptr": "*i64", "flag_ptr": "*i32",
+      "seed_ptr": "*i64"})
+build(sampling._sample_diag_gaussian_fwd_kernel, dict(DETERMINISTIC=False, CHECK=True,
+      BLOCK_B=16, BLOCK_A=16, ERR=2), {"flag_ptr": "*i32", "seed_ptr": "*i64"})
 print("AOT-OK")
 """
 
@@ -841,3 +849,82 @@ def test_zero_batch_everywhere(device):
     out = TritonPolicyPlan(_policy("multi_categorical", False, device)).step(
         torch.zeros(0, 7, device=device), compute_value=True)
     assert out["actions"].shape == (0, 3) and out["vf_preds"].shape == (0,)
+
+
+# ----------------------------------------------------------------------------- register pressure
+
+_SPILL_SCRIPT = r"""
+import json, os, subprocess, sys, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.backends.nvidia.compiler import get_ptxas
+from rlmodule_fast.kernels import policy_step
+
+try:
+    ptxas = get_ptxas(90).path
+except TypeError:  # older triton: get_ptxas() without the arch
+    ptxas = get_ptxas().path
+T = {"dims_ptr": "*i32", "seg_ptr": "*i32", "seed_ptr": "*i64", "flag_ptr": "*i32",
+     "log_std_clip": "fp32", "act_ptr": "*fp32"}
+rows = []
+for staged, D in ((False, 64), (True, 256)):
+    fn = policy_step._policy_step_staged_fwd_kernel if staged else policy_step._policy_step_fwd_kernel
+    for dist in (0, 1, 2):
+        for shared in (True, False):
+            meta = dict(D=D, DIST=dist)
+            bb = policy_step.block_rows(meta, 4096, staged)
+            c = dict(N_ENC=2, PI0=2, N_PI_HID=0, PI_OUT=2, PI_LS=3 if dist == 2 else 2,
+                     C0=4, N_CRIT=0 if shared else 2, V0=4 if shared else 6, N_VF_HID=0,
+                     VF_OUT=4 if shared else 6, ENC_ACT=1, CRIT_ACT=1, HEAD_ACT=1, DIST=dist,
+                     NSEG=3 if dist == 1 else 1, FREE_LOG_STD=False, CLIP=dist == 2,
+                     SHARED=shared, COMPUTE_VALUE=True, DETERMINISTIC=False, D=D,
+                     NP=16 if staged else D, PRECISION="tf32x3", BLOCK_B=bb,
+                     BN=min(64, D), BK=32, VF_SLOT=2 if shared else 0)
+            types = dict(T, act_ptr="*fp32" if dist == 2 else "*i64")
+            sig = {n: ("constexpr" if n in c else types.get(n, "*fp32" if n.endswith("_ptr") else "i32"))
+                   for n in fn.arg_names}
+            k = triton.compile(ASTSource(fn, sig, c), target=GPUTarget("cuda", 90, 32),
+                               options={"num_warps": 4})
+            with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+                f.write(k.asm["ptx"])
+            r = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", f.name, "-o", os.devnull],
+                               capture_output=True, text=True)
+            os.unlink(f.name)
+            out = r.stdout + r.stderr
+            import re
+            regs = re.search(r"Used (\d+) registers", out)
+            spill = re.search(r"(\d+) bytes spill stores", out)
+            rows.append(dict(staged=staged, D=D, dist=dist, shared=shared, block_b=bb,
+                             rc=r.returncode, n_regs=int(regs.group(1)) if regs else None,
+                             spill_bytes=int(spill.group(1)) if spill else None,
+                             log=out[-300:] if r.returncode else ""))
+print("SPILLS-JSON", json.dumps(rows))
+"""
+
+
+def test_policy_kernels_do_not_spill_on_sm90():
+    """Compile the policy-step kernels (register D=64 and staged D=256; categorical,
+    multi-categorical, Gaussian; shared / separate critic; value head on) for sm_90 without a
+    GPU, at the block sizes the host launcher picks, and check with triton's ptxas (-v) that
+    none spills and none exceeds 255 registers."""
+    import json
+    import subprocess
+    import sys
+
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"triton's NVIDIA backend is not importable: {e}")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    r = subprocess.run([sys.executable, "-c", _SPILL_SCRIPT], env=env, capture_output=True,
+                       text=True, timeout=600)
+    if r.returncode != 0 or "SPILLS-JSON" not in r.stdout:
+        if "ptxas" in r.stderr and ("not found" in r.stderr or "No such file" in r.stderr):
+            pytest.skip(f"compile for sm_90 unavailable: {r.stderr[-300:]}")
+        raise AssertionError(r.stderr[-3000:])
+    rows = json.loads(r.stdout.split("SPILLS-JSON", 1)[1])
+    bad = [row for row in rows if row["rc"] != 0 or row["spill_bytes"] is None
+           or row["spill_bytes"] > 0 or row["n_regs"] > 255]
+    assert not bad, bad

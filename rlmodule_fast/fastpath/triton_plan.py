@@ -231,9 +231,16 @@ class TritonPolicyPlan:
                          getattr(rnn, "bias_ih_l0", None), getattr(rnn, "bias_hh_l0", None), tri._precision)
         return h2, {"h": h2}
 
-    def _sequence_heads(self, lat, lat_c, deterministic, compute_value):
+    def _sequence_heads(self, lat, lat_c, deterministic, compute_value, seed=None, flag=None):
+        """The heads as separate kernels. ``seed``/``flag``: the graph-mode Philox state (advanced
+        on the device after each sampler) and error flag; None = eager (fresh per call)."""
         from ..kernels import sampling
 
+        def adv():
+            if seed is not None and not deterministic and lat.shape[0]:
+                sampling.advance_rng(seed)
+
+        kw = dict(seed=seed, flag=flag)
         out = {}
         pi_out = tri.fused_mlp(lat, [l.weight for l in self.pi], [l.bias for l in self.pi],
                            self.head_act, None)
@@ -243,17 +250,22 @@ class TritonPolicyPlan:
             if self.log_std_clip is not None:
                 c = float(self.log_std_clip)
                 pi_out = torch.cat([pi_out[:, :self.A], pi_out[:, self.A:].clamp(-c, c)], -1)
-            actions, logp, flag = sampling.sample_diag_gaussian(pi_out, deterministic)
+            actions, logp, flag = sampling.sample_diag_gaussian(pi_out, deterministic, **kw)
+            adv()
         elif self.dist == "categorical":
-            actions, logp, flag = sampling.sample_categorical(pi_out, deterministic)
+            actions, logp, flag = sampling.sample_categorical(pi_out, deterministic, **kw)
+            adv()
         else:
-            acts, logp, flag = [], 0.0, torch.zeros(1, dtype=torch.int32, device=lat.device)
+            acts, logp = [], 0.0
+            if flag is None:
+                flag = torch.zeros(1, dtype=torch.int32, device=lat.device)
             lo = 0
             for n in self.action_sizes:
-                a, lp, f = sampling.sample_categorical(pi_out[:, lo:lo + n], deterministic)
+                a, lp, _f = sampling.sample_categorical(pi_out[:, lo:lo + n], deterministic,
+                                                        seed=seed, flag=flag)
+                adv()
                 acts.append(a)
                 logp = logp + lp
-                flag = torch.maximum(flag, f)
                 lo += n
             actions = torch.stack(acts, -1)
         out["action_dist_inputs"], out["actions"], out["action_logp"] = pi_out, actions, logp
@@ -265,8 +277,13 @@ class TritonPolicyPlan:
     # -- the step ------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, obs, state: Optional[dict] = None, *, deterministic: bool = False,
-             compute_value: bool = False) -> dict:
-        """One policy step (see the class docstring). obs [B, I] float (tensor or numpy)."""
+             compute_value: bool = False, check: bool = True) -> dict:
+        """One policy step (see the class docstring). obs [B, I] float (tensor or numpy).
+
+        ``check=False`` (graph mode, CUDA-graph capturable): no host sync -- NaN/inf distribution
+        inputs set a bit of ``ops.triton.error_flag(device)`` (``ops.triton.raise_if_error``
+        raises the ValueError later) and sampling draws from ``ops.triton.rng_state(device)``,
+        whose counter is advanced on the device after each launch."""
         from ..kernels import policy_step, sampling
 
         is_numpy = not isinstance(obs, torch.Tensor)
@@ -277,6 +294,7 @@ class TritonPolicyPlan:
         if compute_value and not self.vf:
             raise ValueError("compute_value: this policy has no value head (vf is None)")
         self._refresh()
+        gseed, gflag = tri._graph_args(self.device, check)
         state_out = None
         x_actor, x_critic = x, None
         if self.recurrent:
@@ -295,18 +313,22 @@ class TritonPolicyPlan:
             lat_c = lat
             if compute_value and not self.shared:
                 lat_c = x_critic if self.recurrent else self._mlp(x_critic, list(self.critic.mlp), self.crit_act)
-            out, flag = self._sequence_heads(lat, lat_c, deterministic, compute_value)
+            out, flag = self._sequence_heads(lat, lat_c, deterministic, compute_value, gseed, gflag)
         else:
             wp, bp = self._packed
-            seed = None if deterministic else sampling.draw_seed(x.device)
+            seed = gseed
+            if seed is None and not deterministic:
+                seed = sampling.draw_seed(x.device)
             dist, actions, logp, value, flag = policy_step.policy_step(
                 x_actor, x_critic, wp, bp, self.dims, self.meta, seed=seed if seed is not None else self.seg,
                 log_std=None if self.free_log_std is None else self.free_log_std.detach(),
-                seg=self.seg, deterministic=deterministic, compute_value=compute_value)
+                seg=self.seg, deterministic=deterministic, compute_value=compute_value, flag=gflag)
+            if gseed is not None and not deterministic and x.shape[0]:
+                sampling.advance_rng(gseed)
             out = {"action_dist_inputs": dist, "actions": actions, "action_logp": logp}
             if compute_value:
                 out["vf_preds"] = value
-        if int(flag.item()):
+        if check and int(flag.item()):
             raise ValueError("action_dist_inputs: the policy produced NaN or inf")
         if state_out is not None:
             out["state_out"] = state_out

@@ -137,9 +137,83 @@ def details() -> dict:
 
 
 def manual_seed(seed: int) -> None:
-    """Nothing of our own to seed: every Triton sampler draws its Philox seed from torch's
-    generator of the input's device, which ``rf.manual_seed`` / ``torch.manual_seed`` seed."""
-    return None
+    """Eager calls draw their Philox state from torch's generator of the input's device, which
+    ``rf.manual_seed`` / ``torch.manual_seed`` seed. Graph-mode calls (``check=False``) use one
+    persistent state per device: drop them, so that the next graph-mode call draws a new key
+    from the (just seeded) torch generator -- a fixed seed reproduces both modes."""
+    _rng_states.clear()
+
+
+# ----------------------------------------------------------------------------- graph mode
+
+#: per device: int32 [1] error flag the ``check=False`` calls OR their error bits into
+_error_flags: dict = {}
+#: per device: int64 [2] (key, counter) Philox state of the ``check=False`` calls
+_rng_states: dict = {}
+
+_ERR_WHAT = ((1, "logits (sample_categorical)"), (2, "mean_logstd (sample_diag_gaussian)"),
+             (4, "action_dist_inputs (policy step)"))
+
+
+def _dev_key(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return str(device)
+
+
+def error_flag(device="cuda") -> torch.Tensor:
+    """The persistent int32 [1] device flag that ``check=False`` calls on ``device`` write
+    (bits: 1 categorical logits, 2 Gaussian inputs, 4 policy-step distribution inputs were
+    NaN/inf). The same storage for the whole process: safe to capture in a CUDA graph."""
+    k = _dev_key(device)
+    f = _error_flags.get(k)
+    if f is None:
+        f = _error_flags[k] = torch.zeros((1,), dtype=torch.int32, device=k)
+    return f
+
+
+def rng_state(device="cuda") -> torch.Tensor:
+    """The persistent int64 [2] (key, counter) Philox state of ``check=False`` calls on
+    ``device``: the key is drawn once from torch's generator, the counter advanced on the device
+    after every launch (a captured graph draws fresh numbers at each replay). Call it (or make one
+    ``check=False`` call) before capturing, so that the key is drawn outside the graph."""
+    k = _dev_key(device)
+    st = _rng_states.get(k)
+    if st is None:
+        from ..kernels import sampling
+
+        st = _rng_states[k] = sampling.draw_seed(k)
+        st[1:].zero_()
+    return st
+
+
+def last_error(device="cuda") -> int:
+    """The error bits accumulated by ``check=False`` calls on ``device`` (reads the flag: one
+    4-byte device->host copy, a sync -- call it outside graph capture). 0 = no error."""
+    k = _dev_key(device)
+    f = _error_flags.get(k)
+    return 0 if f is None else int(f.item())
+
+
+def raise_if_error(device="cuda", *, reset: bool = True) -> None:
+    """Raise the ValueError a checked call would have raised if any ``check=False`` call on
+    ``device`` since the last reset saw NaN/inf inputs; ``reset`` clears the flag (on the
+    device) either way."""
+    bits = last_error(device)
+    if reset and bits:
+        _error_flags[_dev_key(device)].zero_()
+    if bits:
+        what = ", ".join(w for b, w in _ERR_WHAT if bits & b) or f"error bits {bits}"
+        raise ValueError(f"{what}: contains NaN or inf (reported by a check=False call)")
+
+
+def _graph_args(device, check: bool):
+    """(seed, flag) for a launch: None, None in the default checked mode (fresh seed and
+    flag per call), the persistent per-device state and flag with ``check=False``."""
+    if check:
+        return None, None
+    return rng_state(device), error_flag(device)
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -388,11 +462,13 @@ def _check_sampler_input(t, what: str):
     return t
 
 
-def sample_categorical(logits, deterministic: bool = False):
+def sample_categorical(logits, deterministic: bool = False, *, check: bool = True):
     """Triton Gumbel-max: logits [..., A] -> (actions [...] int64, logp [...] logits' dtype).
 
     One kernel (plus a seed draw from torch's generator); NaN/inf logits raise ValueError
-    (checked by a flag the kernel sets: one 4-byte device->host read)."""
+    (checked by a flag the kernel sets: one 4-byte device->host read). ``check=False`` (graph
+    mode): no host sync -- the kernel ORs its error bit into ``error_flag(device)`` (read by
+    ``raise_if_error``) and draws from ``rng_state(device)``, advanced on the device."""
     from ..kernels import sampling
 
     is_numpy = not isinstance(logits, torch.Tensor)
@@ -401,19 +477,24 @@ def sample_categorical(logits, deterministic: bool = False):
     if A == 0:
         raise ValueError(f"logits: expected at least one action in the last dim, got {tuple(logits.shape)}")
     flat = logits.reshape(-1, A)
-    actions, logp, flag = sampling.sample_categorical(flat.detach(), deterministic)
-    if int(flag.item()):
-        raise ValueError("logits: contains NaN or inf")
+    seed, gflag = _graph_args(flat.device, check)
+    actions, logp, flag = sampling.sample_categorical(flat.detach(), deterministic, seed=seed,
+                                                      flag=gflag)
+    if check:
+        if int(flag.item()):
+            raise ValueError("logits: contains NaN or inf")
+    elif seed is not None and not deterministic and flat.shape[0]:
+        sampling.advance_rng(seed)
     if _needs_grad(logits):
         logp = torch.log_softmax(flat, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     actions, logp = actions.reshape(lead), logp.reshape(lead)
     return (actions.numpy(), logp.detach().numpy()) if is_numpy else (actions, logp)
 
 
-def sample_diag_gaussian(mean_logstd, deterministic: bool = False):
+def sample_diag_gaussian(mean_logstd, deterministic: bool = False, *, check: bool = True):
     """Triton diagonal Gaussian: mean_logstd [..., 2A] -> (actions [..., A], logp [...]).
 
-    NaN/inf inputs raise ValueError. With grad enabled the actions are reparameterised
+    NaN/inf inputs raise ValueError (``check=False``: see ``sample_categorical``). With grad enabled the actions are reparameterised
     (mean + std * eps, eps from the kernel) and logp is differentiable."""
     from ..kernels import sampling
 
@@ -423,9 +504,14 @@ def sample_diag_gaussian(mean_logstd, deterministic: bool = False):
         raise ValueError(f"mean_logstd: last dim must be even (mean, log_std), got {tuple(t.shape)}")
     lead, A2 = t.shape[:-1], t.shape[-1]
     flat = t.reshape(-1, A2)
-    actions, logp, flag = sampling.sample_diag_gaussian(flat.detach(), deterministic)
-    if int(flag.item()):
-        raise ValueError("mean_logstd: contains NaN or inf")
+    seed, gflag = _graph_args(flat.device, check)
+    actions, logp, flag = sampling.sample_diag_gaussian(flat.detach(), deterministic, seed=seed,
+                                                        flag=gflag)
+    if check:
+        if int(flag.item()):
+            raise ValueError("mean_logstd: contains NaN or inf")
+    elif seed is not None and not deterministic and flat.shape[0]:
+        sampling.advance_rng(seed)
     if _needs_grad(t):
         mean, log_std = flat.chunk(2, dim=-1)
         eps = ((actions - mean) * torch.exp(-log_std)).detach()
