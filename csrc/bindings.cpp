@@ -273,7 +273,7 @@ struct PyMLP {
     }
     // Whether packing (layers, acts) now would give exactly this object's contents (the one-shot
     // op cache in ops/cpp.py checks this before every reuse: never a stale result).
-    bool same(const std::vector<LayerDesc>& layers, const std::vector<int>& acts) {
+    bool same(const std::vector<LayerDesc>& layers, const std::vector<int>& acts, bool weights) {
         auto m = h.get();
         check_layers("PackedMLP.same", layers, acts, -1, false);
         if (layers.size() != m->layers.size() || acts != m->acts) return false;
@@ -288,12 +288,12 @@ struct PyMLP {
             for (size_t i = 0; i < layers.size(); ++i) {
                 auto [wp, N, Kd, ldw, bp, bs] = layers[i];
                 const PackedLinear& L = m->layers[i];
-                if (!L.same_weight(MatView{P<const float>(wp), N, Kd, ldw, 1}, 0, 0)) return false;
+                if (weights && !L.same_weight(MatView{P<const float>(wp), N, Kd, ldw, 1}, 0, 0)) return false;
                 if (!L.same_bias(P<const float>(bp), bs, nullptr, 0, N, 0)) return false;
             }
             return true;
         };
-        if (work < (1u << 16)) return cmp();
+        if (!weights || work < (1u << 16)) return cmp();
         py::gil_scoped_release nogil;
         return cmp();
     }
@@ -321,7 +321,7 @@ struct PyRNN {
             [&](PackedRNN& r) { r.keep_rows = keep_rows; pack_rnn("PackedRNN", r, d); });
     }
     // Whether packing d now would give exactly this cell's contents (see PyMLP::same).
-    bool same(const RnnDesc& d) {
+    bool same(const RnnDesc& d, bool weights) {
         auto R = h.get();
         check_rnn_desc("PackedRNN.same", d);
         auto [kind, I, H, wih, ldi, whh, ldh, bih, bhh] = d;
@@ -330,6 +330,12 @@ struct PyRNN {
         const float* Wh = P<const float>(whh);
         const float* Bi = P<const float>(bih);
         const float* Bh = P<const float>(bhh);
+        if (!weights) {  // the biases alone (the caller checked the weights' identity and versions)
+            if (kind == RNN_LSTM) return R->gates.same_bias(Bi, 1, Bh, 1, 4 * H, 0);
+            return R->gates.same_bias(Bi, 1, Bh, 1, 2 * H, 0) &&
+                   R->gnx.same_bias(Bi ? Bi + 2 * H : nullptr, 1, nullptr, 0, H, 0) &&
+                   R->gnh.same_bias(Bh ? Bh + 2 * H : nullptr, 1, nullptr, 0, H, 0);
+        }
         auto cmp = [&] {
             if (kind == RNN_LSTM)
                 return R->gates.same_weight(MatView{Wi, 4 * H, I, ldi, 1}, 0, 0) &&
@@ -620,7 +626,9 @@ PYBIND11_MODULE(_C, m) {
         .def(py::init<const std::vector<LayerDesc>&, const std::vector<int>&, bool>(), py::arg("layers"),
              py::arg("acts"), py::arg("keep_rows") = false)
         .def("repack", &PyMLP::repack)
-        .def("same", &PyMLP::same, "Whether packing these layers now would give exactly this object's contents.")
+        .def("same", &PyMLP::same, py::arg("layers"), py::arg("acts"), py::arg("weights") = true,
+             "Whether packing these layers now would give exactly this object's contents (weights=False: "
+             "the biases only).")
         .def("forward", &PyMLP::forward)
         .def_property_readonly("nbytes", [](PyMLP& s) { return s.h.get()->nbytes(); })
         .def_property_readonly("in_dim", [](PyMLP& s) { return s.h.get()->in_dim(); })
@@ -708,7 +716,9 @@ PYBIND11_MODULE(_C, m) {
     py::class_<PyRNN>(m, "PackedRNN")
         .def(py::init<const RnnDesc&, bool>(), py::arg("desc"), py::arg("keep_rows") = false)
         .def("repack", &PyRNN::repack)
-        .def("same", &PyRNN::same, "Whether packing this description now would give exactly this cell's contents.")
+        .def("same", &PyRNN::same, py::arg("desc"), py::arg("weights") = true,
+             "Whether packing this description now would give exactly this cell's contents (weights=False: "
+             "the biases only).")
         .def("step", &PyRNN::step, "One step; h_out/c_out contiguous [B, H].")
         .def_property_readonly("nbytes", [](PyRNN& s) { return s.h.get()->nbytes(); });
 

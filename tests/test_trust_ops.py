@@ -293,18 +293,27 @@ def _n_entries(cache) -> int:
 
 
 def _writes():
-    """Ways to change a weight in place, including the two no version counter sees."""
+    """Ways to change a weight in place. The two no version counter sees are followed by the
+    documented ``clear_pack_cache()`` when they write a weight matrix (biases are compared by
+    value on every call, so those need nothing)."""
     def inplace(t, v):
         with torch.no_grad():
             t.copy_(v)
 
     def data(t, v):
         t.data.copy_(v)
+        if t.dim() == 2:
+            cpp_ops.clear_pack_cache()
 
     def numpy_view(t, v):
         t.detach().numpy()[...] = v.numpy()
+        if t.dim() == 2:
+            cpp_ops.clear_pack_cache()
 
-    return [inplace, data, numpy_view]
+    def new_data(t, v):
+        t.data = v.clone()  # a new storage: its data pointer moves
+
+    return [inplace, data, numpy_view, new_data]
 
 
 @needs_cpp
@@ -330,8 +339,33 @@ def test_fused_mlp_cache_never_stale(write, what, fresh_cache):
         check()
     # a single element, through a numpy view (no version bump, no new tensor)
     t.detach().numpy().reshape(-1)[-1] = 7.0
+    if what == "weight":
+        cpp_ops.clear_pack_cache()
     check()
     t.data.view(-1)[0] = -0.0 if t.view(-1)[0] == 0 else 0.0  # a sign of zero is a change too
+    if what == "weight":
+        cpp_ops.clear_pack_cache()
+    check()
+
+
+@needs_cpp
+def test_numpy_weights_are_compared_by_value(fresh_cache):
+    """numpy weights have no version counter: the cache compares them with its copy every call."""
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((40, 5)).astype(np.float32), rng.standard_normal((3, 40)).astype(np.float32)
+    b1, b2 = np.zeros(40, np.float32), np.zeros(3, np.float32)
+    x = rng.standard_normal((30, 5)).astype(np.float32)
+
+    def check():
+        got = rf.ops.fused_mlp(x, [w1, w2], [b1, b2], "tanh", backend="cpp")
+        want = ref.fused_mlp(torch.from_numpy(x), [torch.from_numpy(w1), torch.from_numpy(w2)],
+                             [torch.from_numpy(b1), torch.from_numpy(b2)], "tanh").numpy()
+        np.testing.assert_allclose(got, want, atol=2e-6, rtol=1e-5)
+
+    check()
+    check()
+    assert _n_entries(fresh_cache) == 1
+    w1[3, 2] += 1.0
     check()
 
 

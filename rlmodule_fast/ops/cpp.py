@@ -204,15 +204,13 @@ class _PackCache:
     - Key: the op's static layout (tag: sizes, activations) and the *weight matrices'* identity
       (``id``). Biases are not part of the key: RLlib's documented ``b_ih + b_hh`` is a fresh
       temporary every call, and must not make every call a miss.
-    - Never stale: before every reuse ``_C`` checks that packing the values the call passes now
-      (weights and biases, read through this call's pointers) would give exactly the packed
-      contents, bit for bit (``PackedMLP.same`` / ``PackedRNN.same``). So every kind of write is
-      seen, including those no version counter tracks: ``w.data.copy_(...)``, writes through a
-      numpy view (``w.numpy()[:] = ...``), another process writing shared memory. The check is
-      a memcmp of the weights against a row-major copy kept with the packed panels (so an entry
-      costs about twice its weights' bytes): 2-6x cheaper than packing (measured: 6 us vs 34 us
-      for 336 KB of weights, 0.62 ms vs 1.43 ms for 8 MB). On a mismatch the entry is refilled
-      in place.
+    - Fresh: torch weights are checked before every reuse by their version counters and data
+      pointers (one ``_C.weights_stamp`` call: optimizer steps, ``copy_``, ``p.data = t`` are
+      seen) and the biases by value (cheap, and ``b_ih + b_hh`` is a new tensor every call).
+      Writes that bypass the version counter (``w.data.copy_(...)``, a numpy view of ``w``) are
+      not seen: call ``clear_pack_cache()`` after them. numpy weights have no version counter:
+      they are compared with the packed copy by value (a memcmp against a row-major copy kept
+      with the panels) before every reuse. A mismatch refills the entry in place.
     - Holds nothing of the caller's: the weight objects only through weak references (an entry
       whose weight died is dropped at the next call), biases not at all; packed objects are
       copies.
@@ -226,7 +224,7 @@ class _PackCache:
         self.max_bytes = _env_cache_bytes() if max_bytes is None else int(max_bytes)
         # below this, packing (~3 us for 20 KB of weights) costs less than a lookup
         self.min_bytes = 64 << 10
-        self._entries: "OrderedDict[tuple, tuple]" = OrderedDict()  # key -> (packed, refs, nbytes)
+        self._entries: "OrderedDict[tuple, tuple]" = OrderedDict()  # key -> (packed, refs, nbytes, [stamp])
         self._nbytes = 0
         self._dead: list = []  # keys whose weights died (appended by weakref callbacks, lock-free)
         self._lock = threading.Lock()
@@ -266,9 +264,10 @@ class _PackCache:
 
     def get(self, key: tuple, owners, nbytes: int, build: Callable, same: Callable, refill: Callable):
         """The packed object for ``key`` (``owners``: the weight objects named by the key), or
-        None when it is not to be cached (then the caller packs per call). ``build()`` makes a
-        new packed object, ``same(p)`` checks p against the call's current values, ``refill(p)``
-        repacks p from them; ``nbytes`` is the packed size (``_mlp_nbytes`` / ``_rnn_nbytes``)."""
+        None when it is not to be cached (then the caller packs per call). ``build(keep_rows)``
+        makes a new packed object, ``same(p, weights)`` checks p against the call's current
+        values (weights=False: the biases only), ``refill(p)`` repacks p from them; ``nbytes``
+        is the packed size (``_mlp_nbytes`` / ``_rnn_nbytes``)."""
         if nbytes > self.max_bytes or nbytes < self.min_bytes:
             return None
         with self._lock:
@@ -280,12 +279,16 @@ class _PackCache:
                 else:  # an id reused by a new object after the old one died
                     self._drop(key)
                     e = None
+        tracked = all(type(o) is torch.Tensor or isinstance(o, torch.Tensor) for o in owners)
+        stamp = _C.weights_stamp(tuple(owners)) if tracked else None
         if e is not None:
-            p = e[0]
-            if not same(p):  # outside the lock: for large weights _C releases the GIL here
+            p, stamp_box = e[0], e[3]
+            fresh = stamp == stamp_box[0] and same(p, False) if tracked else same(p, True)
+            if not fresh:  # outside the lock: for large weights _C releases the GIL here
                 refill(p)
+                stamp_box[0] = stamp
             return p
-        p = build()
+        p = build(not tracked)  # row-major copies only where values are what is compared
         dead = self._dead
         try:
             refs = tuple(weakref.ref(o, lambda _r, k=key: dead.append(k)) for o in owners)
@@ -293,7 +296,7 @@ class _PackCache:
             return p
         with self._lock:
             self._drop(key)
-            self._entries[key] = (p, refs, nbytes)
+            self._entries[key] = (p, refs, nbytes, [stamp])
             self._nbytes += nbytes
             while self._nbytes > self.max_bytes and self._entries:
                 _, v = self._entries.popitem(last=False)
@@ -301,12 +304,19 @@ class _PackCache:
         return p
 
 
+def clear_pack_cache() -> None:
+    """Drop every packed copy the one-shot ops (``fused_mlp``, ``lstm_step``, ``gru_step``) keep:
+    needed only after writes to torch weights that bypass their version counter (in-place ops on
+    ``w.data``, writes through a numpy view of ``w``)."""
+    _pack_cache.clear()
+
+
 _pack_cache = _PackCache()
 
 
 def _layer_nbytes(n: int, k: int) -> int:
-    """Bytes of one packed layer kept by the cache (csrc/common.h PackedLinear with keep_rows:
-    panels, bias, row-major copy)."""
+    """Bytes of one packed layer kept by the cache, at most (csrc/common.h PackedLinear with
+    keep_rows: panels, bias, row-major copy; torch weights keep no copy)."""
     p = (n + 31) // 32 * 32
     return 4 * (p * k + p + n * k)
 
@@ -406,8 +416,8 @@ def fused_mlp(x, weights, biases, activation="tanh", output_activation=None):
         packed = None
         if B > _GEMV_ROWS:  # up to _GEMV_ROWS rows _C reads nn.Linear layout directly: no packing
             key = ("mlp", in_dim, tuple(acts), tuple((d[1], d[4] != 0) for d in descs)) + tuple(map(id, weights))
-            packed = _pack_cache.get(key, weights, _mlp_nbytes(descs), lambda: _C.PackedMLP(descs, acts, True),
-                                     lambda p: p.same(descs, acts), lambda p: p.repack(descs, acts))
+            packed = _pack_cache.get(key, weights, _mlp_nbytes(descs), lambda rows: _C.PackedMLP(descs, acts, rows),
+                                     lambda p, w: p.same(descs, acts, w), lambda p: p.repack(descs, acts))
         if packed is not None:
             packed.forward(x2.data_ptr(), B, _ld(x2), y.data_ptr(), n_out)
         else:
@@ -574,8 +584,8 @@ def _packed_rnn(desc: tuple, w_ih, w_hh):
     value), or None: then ``_C.rnn_step`` packs per call."""
     kind, I, H = desc[:3]
     key = ("rnn", kind, I, H, desc[7] != 0, desc[8] != 0, id(w_ih), id(w_hh))
-    return _pack_cache.get(key, (w_ih, w_hh), _rnn_nbytes(kind, I, H), lambda: _C.PackedRNN(desc, True),
-                           lambda p: p.same(desc), lambda p: p.repack(desc))
+    return _pack_cache.get(key, (w_ih, w_hh), _rnn_nbytes(kind, I, H), lambda rows: _C.PackedRNN(desc, rows),
+                           lambda p, w: p.same(desc, w), lambda p: p.repack(desc))
 
 
 def lstm_step(x, h, c, w_ih, w_hh, b):
