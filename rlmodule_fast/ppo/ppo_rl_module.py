@@ -14,6 +14,7 @@ call them under no_grad); ``forward_train`` always runs the torch layers with au
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import gymnasium as gym
@@ -117,10 +118,17 @@ class PPOTorchRLModule(TorchRLModule):
     def _features(self, obs: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """Flattened float features [B, (T,) D] and whether a T=1 axis was added."""
         n_lead = obs.dim() - self._obs_rank
-        x = flatten_obs(obs, self.observation_space, n_lead, self.pi.log_std_clip_param_const.dtype)
+        x = flatten_obs(obs, self.observation_space, n_lead, self._float_dtype())
         if self._recurrent and n_lead == 1:
             return x.unsqueeze(1), True
         return x, False
+
+    def _float_dtype(self) -> torch.dtype:
+        """The dtype the layers compute in (their first floating parameter's)."""
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.get_default_dtype()
 
     @staticmethod
     def _state_3d(state: dict) -> dict:
@@ -189,13 +197,26 @@ class PPOTorchRLModule(TorchRLModule):
     # ---- exploration / inference: the fast path ---------------------------------------------------
     def policy_layers(self):
         """This module's layers described for a fused backend (``fastpath.PolicyLayers``);
-        the layers themselves, not copies, so in-place weight updates are seen."""
+        the layers themselves, not copies, so in-place weight updates are seen. ``ValueError``
+        naming the part when a layer is not one the fused step runs (e.g. a catalog subclass
+        whose ``build_pi_head`` returns its own module): the torch forward runs then."""
         from ..fastpath import EncoderLayers, PolicyLayers
+        from ..models.heads import TorchMLPHead
 
-        def enc(e) -> EncoderLayers:
-            if self._recurrent:
-                return EncoderLayers(mlp=e.tokenizer.net.linears, activation=e.tokenizer.activation, rnn=e.rnn)
-            return EncoderLayers(mlp=e.net.linears, activation=e.activation)
+        def enc(e, what: str) -> EncoderLayers:
+            try:
+                if self._recurrent:
+                    return EncoderLayers(mlp=e.tokenizer.net.linears, activation=e.tokenizer.activation, rnn=e.rnn)
+                return EncoderLayers(mlp=e.net.linears, activation=e.activation)
+            except AttributeError:
+                raise ValueError(f"{what}: a {type(e).__name__} is not an encoder the fused step runs "
+                                 "(an MLP / LSTM / GRU encoder from PPOCatalog)") from None
+
+        def head(h, what: str) -> list:
+            if not isinstance(h, TorchMLPHead):
+                raise ValueError(f"{what}: a {type(h).__name__} head (from {type(self.catalog).__name__}."
+                                 f"build_{what}_head) is not a head the fused step runs (TorchMLPHead)")
+            return h.net.linears
 
         cfg = self.catalog.model_config_dict
         space = self.action_space
@@ -206,18 +227,40 @@ class PPOTorchRLModule(TorchRLModule):
         else:
             dist, sizes = "diag_gaussian", [int(space.shape[0])]
         shared = self.encoder.shared
-        critic = None if shared or self.encoder.critic is None else enc(self.encoder.critic)
+        critic = None if shared or self.encoder.critic is None else enc(self.encoder.critic, "encoder.critic")
+        vf = None
+        if not self.inference_only and isinstance(self.vf, TorchMLPHead):
+            vf = self.vf.net.linears  # a custom value head only costs the fused value output
         return PolicyLayers(
-            actor=enc(self.encoder.actor),
+            actor=enc(self.encoder.actor, "encoder.actor"),
             critic=critic,
-            pi=self.pi.net.linears,
-            vf=None if self.inference_only else self.vf.net.linears,
+            pi=head(self.pi, "pi"),
+            vf=vf,
             head_activation=cfg["head_fcnet_activation"],
             dist=dist,
             action_sizes=sizes,
             log_std_clip=cfg["log_std_clip_param"] if dist == "diag_gaussian" else None,
             free_log_std=getattr(self.pi, "log_std", None),
         )
+
+    def _plan(self, obs):
+        """The fused plan for ``obs`` (None: the torch forward runs). Layers the fused step cannot
+        run (``policy_layers`` raises ValueError) make the torch forward run for good, after one
+        warning; ``fast_path_info()`` says why."""
+        d = self.__dict__
+        if d.get("_unfusable"):
+            return None
+        if not d.get("_layers_ok"):
+            try:
+                self.policy_layers()
+            except ValueError as e:
+                d["_unfusable"] = f"{type(e).__name__}: {e}"
+                warnings.warn(f"{type(self).__name__}: the fused step cannot run this module ({e}); "
+                              "forward_exploration / forward_inference run its torch layers",
+                              RuntimeWarning, stacklevel=4)
+                return None
+            d["_layers_ok"] = True
+        return plan_for(self, obs)
 
     def fast_path_info(self) -> dict:
         """{"backend": "cpp" | "triton" | "torch", "active": bool, "reason": str}: which path
@@ -226,6 +269,9 @@ class PPOTorchRLModule(TorchRLModule):
         from ..ops import dispatch
 
         example = next(self.parameters(), None)
+        self._plan(example)  # records why, when the layers are not ones the fused step runs
+        if self.__dict__.get("_unfusable"):
+            return {"backend": "torch", "active": False, "reason": self.__dict__["_unfusable"]}
         try:
             name, reason = dispatch.explain("policy_step", example)
             if name == "torch":
@@ -242,11 +288,13 @@ class PPOTorchRLModule(TorchRLModule):
         replaced parameters or layers and ``.to()`` are detected (see ``rlmodule_fast.fastpath``)."""
         from ..fastpath import refresh
 
+        self.__dict__.pop("_unfusable", None)  # layers replaced by fusable ones are tried again
+        self.__dict__.pop("_layers_ok", None)
         refresh(self)
 
     def _forward_fast_or_torch(self, batch: dict, deterministic: bool) -> dict:
         obs = batch[Columns.OBS]
-        plan = plan_for(self, obs)
+        plan = self._plan(obs)
         if plan is None:
             return self._forward_torch(to_torch(batch), deterministic)
         if self._flat_step and obs.ndim == 2 and plan.backend == "cpp":
