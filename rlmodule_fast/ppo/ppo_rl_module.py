@@ -201,7 +201,9 @@ class PPOTorchRLModule(TorchRLModule):
         naming the part when a layer is not one the fused step runs (e.g. a catalog subclass
         whose ``build_pi_head`` returns its own module): the torch forward runs then."""
         from ..fastpath import EncoderLayers, PolicyLayers
-        from ..models.heads import TorchMLPHead
+        from ..models.heads import TorchFreeLogStdMLPHead, TorchMLPHead
+
+        fusable_heads = (TorchMLPHead, TorchFreeLogStdMLPHead)
 
         def enc(e, what: str) -> EncoderLayers:
             try:
@@ -213,9 +215,9 @@ class PPOTorchRLModule(TorchRLModule):
                                  "(an MLP / LSTM / GRU encoder from PPOCatalog)") from None
 
         def head(h, what: str) -> list:
-            if not isinstance(h, TorchMLPHead):
+            if not isinstance(h, fusable_heads):
                 raise ValueError(f"{what}: a {type(h).__name__} head (from {type(self.catalog).__name__}."
-                                 f"build_{what}_head) is not a head the fused step runs (TorchMLPHead)")
+                                 f"build_{what}_head) is not a head the fused step runs (PPOCatalog's MLP heads)")
             return h.net.linears
 
         cfg = self.catalog.model_config_dict
@@ -229,7 +231,7 @@ class PPOTorchRLModule(TorchRLModule):
         shared = self.encoder.shared
         critic = None if shared or self.encoder.critic is None else enc(self.encoder.critic, "encoder.critic")
         vf = None
-        if not self.inference_only and isinstance(self.vf, TorchMLPHead):
+        if not self.inference_only and isinstance(self.vf, fusable_heads):
             vf = self.vf.net.linears  # a custom value head only costs the fused value output
         return PolicyLayers(
             actor=enc(self.encoder.actor, "encoder.actor"),
