@@ -140,7 +140,7 @@ class CppPolicyPlan:
                 self._repack_locked()
 
     def _repack_locked(self) -> None:
-        stamp_of = self._cpp._C.weights_stamp
+        stamp_of = self._stamp_of
         for _ in range(4):
             stamp = stamp_of(self._watch_all)
             if stamp == self._packed_all and self._net is not None:

@@ -6,7 +6,6 @@ Shape legend: B batch, O flattened obs dim, H rnn hidden, D dist-input dim, A ac
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from typing import Optional
 
@@ -38,8 +37,6 @@ class PolicyLayers:
 
 
 DIST_NAMES = tuple(DISTRIBUTIONS)  # the names; each backend reads the codes (cpp: from _C)
-_VERSION = operator.attrgetter("_version")
-_DATA_PTR = torch.Tensor.data_ptr
 
 # Structure generation: bumped whenever any nn.Module registers a parameter or a submodule
 # (``lin.weight = nn.Parameter(...)``, ``load_state_dict(assign=True)``, ``seq[i] = layer``) and
@@ -57,23 +54,27 @@ torch.nn.modules.module.register_module_parameter_registration_hook(_on_registra
 torch.nn.modules.module.register_module_module_registration_hook(_on_registration)
 
 
-def _stamp(params: list) -> tuple:
-    """What a packed copy was made from: (sum of version counters, data pointers). Versions
-    only grow, so their sum moves whenever one does. (The cpp plan uses ``_C.weights_stamp``,
-    the same check hashed in C++.)"""
-    return sum(map(_VERSION, params)), tuple(map(_DATA_PTR, params))
+def _linear_params(lins) -> list:
+    ps = []
+    for lin in lins:
+        ps += [lin.weight] + ([lin.bias] if lin.bias is not None else [])
+    return ps
+
+
+def _encoder_params(enc: EncoderLayers) -> list:
+    return _linear_params(enc.mlp) + (list(enc.rnn.parameters()) if enc.rnn is not None else [])
 
 
 def _step_params(layers: PolicyLayers) -> list:
     """The parameters a step without the value head reads: actor encoder, pi head, log-std."""
-    ps = []
-    for lin in list(layers.actor.mlp) + list(layers.pi):
-        ps += [lin.weight] + ([lin.bias] if lin.bias is not None else [])
-    if layers.actor.rnn is not None:
-        ps += list(layers.actor.rnn.parameters())
-    if layers.free_log_std is not None:
-        ps.append(layers.free_log_std)
-    return ps
+    fls = [layers.free_log_std] if layers.free_log_std is not None else []
+    return _encoder_params(layers.actor) + _linear_params(layers.pi) + fls
+
+
+def _params(layers: PolicyLayers) -> list:
+    """Every parameter of the description: the step's (``_step_params``), then critic and vf."""
+    critic = _encoder_params(layers.critic) if layers.critic is not None else []
+    return _step_params(layers) + critic + _linear_params(layers.vf or [])
 
 
 def _linears(layers, what: str) -> list:
@@ -119,20 +120,6 @@ def _encoder_dims(enc: EncoderLayers, what: str) -> tuple[int, int]:
             raise ValueError(f"{what}.rnn: expected input_size {lat} (the mlp's output), got {rnn.input_size}")
         lat = rnn.hidden_size
     return obs_dim, lat
-
-
-def _params(layers: PolicyLayers) -> list:
-    ps = []
-    for enc in [layers.actor] + ([layers.critic] if layers.critic is not None else []):
-        for lin in enc.mlp:
-            ps += [lin.weight] + ([lin.bias] if lin.bias is not None else [])
-        if enc.rnn is not None:
-            ps += list(enc.rnn.parameters())
-    for lin in list(layers.pi) + list(layers.vf or []):
-        ps += [lin.weight] + ([lin.bias] if lin.bias is not None else [])
-    if layers.free_log_std is not None:
-        ps.append(layers.free_log_std)
-    return ps
 
 
 def validate(L: PolicyLayers) -> dict:

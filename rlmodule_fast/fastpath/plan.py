@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import threading
+import warnings
 import weakref
 from typing import Optional
 
@@ -86,9 +87,9 @@ class PolicyPlan:
         self._source = source          # weakref.WeakMethod -> the module's policy_layers (or None)
         self._gen = _STRUCTURE_GEN[0]
         self._params = params
-        self.impl = self._build(layers, params)
+        self.impl = self._build(layers)
 
-    def _build(self, layers: PolicyLayers, params: list):
+    def _build(self, layers: PolicyLayers):
         """The backend's plan for ``layers`` (cpp_plan.CppPolicyPlan or triton_plan.TritonPolicyPlan)."""
         if self.backend == "triton":
             from .triton_plan import TritonPolicyPlan
@@ -112,7 +113,7 @@ class PolicyPlan:
             replaced = self._reread_layers(force=True)
             if self.backend == "triton":
                 if not replaced:  # a new TritonPolicyPlan packs on its first step
-                    self.impl = self._build(self.layers, self._params)
+                    self.impl = self._build(self.layers)
                 return
             self.impl._repack(force=True)
 
@@ -129,7 +130,7 @@ class PolicyPlan:
         if not force and len(params) == len(self._params) and all(map(operator.is_, params, self._params)):
             return False
         if self.backend == "triton":
-            self.impl = self._build(layers, params)
+            self.impl = self._build(layers)
         else:
             self.impl.set_layers(layers, params)
         self.layers, self._params = layers, params
@@ -212,16 +213,55 @@ def plan_for(module, example) -> Optional[PolicyPlan]:
         plan = next((p for p in cache.values() if p is not None and p.backend == name), None)
         if plan is None:
             lock_of = getattr(module, "weights_lock", None)
-            plan = PolicyPlan(module.policy_layers(), backend=name,
-                              weights_lock=lock_of() if callable(lock_of) else None,
-                              source=weakref.WeakMethod(module.policy_layers))
+            try:
+                layers = module.policy_layers()
+                plan = PolicyPlan(layers, backend=name, weights_lock=lock_of() if callable(lock_of) else None,
+                                  source=weakref.WeakMethod(module.policy_layers))
+            except ValueError as e:  # layers no fused step runs (not a bad batch or environment)
+                raise UnfusableLayers(str(e)) from e
     with _PLANS_LOCK:
         return _plan_cache(module, True).setdefault(key, plan)
 
 
+class UnfusableLayers(ValueError):
+    """A module's layers are not ones the fused step runs (``policy_layers()`` or the plan's
+    checks refused them)."""
+
+
+_UNFUSABLE_ATTR = "_rf_unfusable"
+
+
+def fused_plan(module, example) -> Optional[PolicyPlan]:
+    """``plan_for``, except that a module whose layers no fused step runs (``UnfusableLayers``,
+    e.g. a catalog that builds its own heads) gets None from then on, after one UserWarning:
+    its own torch forward runs, and ``unfusable_reason(module)`` says why. Any other error (a
+    forced backend that cannot run, a bad RLMODULE_FAST_BACKEND value) propagates."""
+    if module.__dict__.get(_UNFUSABLE_ATTR):
+        return None
+    try:
+        return plan_for(module, example)
+    except UnfusableLayers as e:
+        mark_unfusable(module, f"{type(e.__cause__ or e).__name__}: {e}")
+        return None
+
+
+def mark_unfusable(module, reason: str) -> None:
+    """Make ``fused_plan`` return None for ``module`` (until ``refresh``), warning once."""
+    module.__dict__[_UNFUSABLE_ATTR] = reason
+    warnings.warn(f"{type(module).__name__}: the fused step cannot run this module ({reason}); "
+                  "forward_exploration / forward_inference run its torch layers", UserWarning, stacklevel=4)
+
+
+def unfusable_reason(module) -> str:
+    """Why ``fused_plan`` returns None for ``module`` ("" when nothing was refused)."""
+    return module.__dict__.get(_UNFUSABLE_ATTR, "")
+
+
 def refresh(module) -> None:
     """Re-read ``module``'s layers and repack the weights of every plan cached for it (after
-    writes a step cannot detect; see the module docstring)."""
+    writes a step cannot detect; see the module docstring); layers refused before are tried
+    again."""
+    module.__dict__.pop(_UNFUSABLE_ATTR, None)
     for plan in {id(p): p for p in (_plan_cache(module, False) or {}).values() if p is not None}.values():
         plan.refresh()
 

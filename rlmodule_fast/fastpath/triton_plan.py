@@ -14,6 +14,7 @@ import torch
 
 from ..ops import triton as tri
 from ..ops.reference import canonical_activation
+from .layers import _params, validate
 
 
 class TritonPolicyPlan:
@@ -37,10 +38,9 @@ class TritonPolicyPlan:
         from ..kernels import mlp, policy_step
 
         self.layers = layers
-        if layers.dist not in policy_step.DIST_CODES:
-            raise ValueError(f"dist: expected one of {sorted(policy_step.DIST_CODES)}, got {layers.dist!r}")
+        described = validate(layers)  # the checks every backend shares (dims, sizes, heads)
         self.dist = layers.dist
-        self.action_sizes = [int(a) for a in layers.action_sizes]
+        self.action_sizes = described["action_sizes"]
         self.actor, self.critic = layers.actor, layers.critic
         self.shared = layers.critic is None
         self.recurrent = layers.actor.rnn is not None
@@ -62,16 +62,10 @@ class TritonPolicyPlan:
                                   or type(r) is not type(layers.actor.rnn)):
                 raise ValueError(f"{who}.rnn: expected a 1-layer unidirectional nn.LSTM / nn.GRU "
                                  f"(the same kind for actor and critic), got {r!r}")
-        if layers.free_log_std is not None and layers.dist != "diag_gaussian":
-            raise ValueError(f"free_log_std: only for diag_gaussian, got dist {layers.dist!r}")
-        if not self.action_sizes or min(self.action_sizes) < 1 or (
-                layers.dist != "multi_categorical" and len(self.action_sizes) != 1):
-            raise ValueError(f"action_sizes: expected positive sizes ([A] for {layers.dist}), "
-                             f"got {layers.action_sizes}")
-        self.head_act = canonical_activation(layers.head_activation, what="head_activation")
+        self.head_act = described["head_act"]
         self.free_log_std = layers.free_log_std
         self.log_std_clip = layers.log_std_clip
-        params = self._param_list = self._params()
+        params = self._param_list = _params(layers)
         if not params:
             raise ValueError("layers: no parameters")
         self.device = params[0].device if device is None else torch.device(device)
@@ -82,14 +76,6 @@ class TritonPolicyPlan:
         else:
             self.NL = sum(self.action_sizes)
             self.A = 1 if self.dist == "categorical" else len(self.action_sizes)
-        if self.free_log_std is not None and tuple(self.free_log_std.shape) != (self.A,):
-            raise ValueError(f"free_log_std: expected shape [{self.A}], got {tuple(self.free_log_std.shape)}")
-        npi = self.pi[-1].out_features
-        expect_npi = self.A if (self.dist == "diag_gaussian" and self.free_log_std is not None) else (
-            2 * self.A if self.dist == "diag_gaussian" else self.NL)
-        if npi != expect_npi:
-            raise ValueError(f"pi: last layer has {npi} outputs, expected {expect_npi} for {self.dist} "
-                             f"with action_sizes {self.action_sizes}")
         self.seg = torch.tensor([0] + list(torch.tensor(self.action_sizes).cumsum(0).tolist()),
                                 dtype=torch.int32, device=self.device)
         self._build_table(mlp, policy_step)
@@ -99,20 +85,6 @@ class TritonPolicyPlan:
         self._lock = threading.Lock()
 
     # -- layout --------------------------------------------------------------------------
-    def _params(self) -> list:
-        ps = []
-        encs = [self.actor] + ([] if self.critic is None else [self.critic])
-        for e in encs:
-            for lin in e.mlp:
-                ps += [lin.weight] + ([lin.bias] if lin.bias is not None else [])
-            if e.rnn is not None:
-                ps += [p for p in e.rnn.parameters()]
-        for lin in self.pi + (self.vf or []):
-            ps += [lin.weight] + ([lin.bias] if lin.bias is not None else [])
-        if self.free_log_std is not None:
-            ps.append(self.free_log_std)
-        return ps
-
     def _build_table(self, mlp, policy_step) -> None:
         """The packed layer list (weights, biases) and the kernel's constexpr layer table."""
         ws, bs = [], []

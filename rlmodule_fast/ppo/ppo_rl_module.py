@@ -14,7 +14,6 @@ call them under no_grad); ``forward_train`` always runs the torch layers with au
 """
 from __future__ import annotations
 
-import warnings
 from typing import Optional
 
 import gymnasium as gym
@@ -23,7 +22,7 @@ import torch
 
 from ..core.columns import Columns
 from ..core.specs import TensorSpec, to_torch
-from ..fastpath import plan_for
+from ..fastpath import fused_plan, refresh, unfusable_reason
 from ..core.torch_rl_module import TorchRLModule
 from ..models.encoders import flatten_obs, obs_lead_dims
 from .ppo_catalog import PPOCatalog
@@ -245,25 +244,6 @@ class PPOTorchRLModule(TorchRLModule):
             free_log_std=getattr(self.pi, "log_std", None),
         )
 
-    def _plan(self, obs):
-        """The fused plan for ``obs`` (None: the torch forward runs). Layers the fused step cannot
-        run (``policy_layers`` raises ValueError) make the torch forward run for good, after one
-        warning; ``fast_path_info()`` says why."""
-        d = self.__dict__
-        if d.get("_unfusable"):
-            return None
-        if not d.get("_layers_ok"):
-            try:
-                self.policy_layers()
-            except ValueError as e:
-                d["_unfusable"] = f"{type(e).__name__}: {e}"
-                warnings.warn(f"{type(self).__name__}: the fused step cannot run this module ({e}); "
-                              "forward_exploration / forward_inference run its torch layers",
-                              RuntimeWarning, stacklevel=4)
-                return None
-            d["_layers_ok"] = True
-        return plan_for(self, obs)
-
     def fast_path_info(self) -> dict:
         """{"backend": "cpp" | "triton" | "torch", "active": bool, "reason": str}: which path
         ``forward_exploration`` / ``forward_inference`` take for a batch on this module's
@@ -271,14 +251,12 @@ class PPOTorchRLModule(TorchRLModule):
         from ..ops import dispatch
 
         example = next(self.parameters(), None)
-        self._plan(example)  # records why, when the layers are not ones the fused step runs
-        if self.__dict__.get("_unfusable"):
-            return {"backend": "torch", "active": False, "reason": self.__dict__["_unfusable"]}
         try:
             name, reason = dispatch.explain("policy_step", example)
             if name == "torch":
                 return {"backend": "torch", "active": False, "reason": reason}
-            plan_for(self, example)
+            if fused_plan(self, example) is None:
+                return {"backend": "torch", "active": False, "reason": unfusable_reason(self)}
         except (RuntimeError, ValueError) as e:
             return {"backend": "torch", "active": False, "reason": f"{type(e).__name__}: {e}"}
         return {"backend": name, "active": True, "reason": reason}
@@ -288,15 +266,11 @@ class PPOTorchRLModule(TorchRLModule):
         a step cannot detect (in-place ops on ``p.data``, writes through a numpy view of a
         parameter); optimizer steps, ``set_state``, ``load_state_dict`` (also ``assign=True``),
         replaced parameters or layers and ``.to()`` are detected (see ``rlmodule_fast.fastpath``)."""
-        from ..fastpath import refresh
-
-        self.__dict__.pop("_unfusable", None)  # layers replaced by fusable ones are tried again
-        self.__dict__.pop("_layers_ok", None)
-        refresh(self)
+        refresh(self)  # layers refused before are tried again
 
     def _forward_fast_or_torch(self, batch: dict, deterministic: bool) -> dict:
         obs = batch[Columns.OBS]
-        plan = self._plan(obs)
+        plan = fused_plan(self, obs)
         if plan is None:
             return self._forward_torch(to_torch(batch), deterministic)
         if self._flat_step and obs.ndim == 2 and plan.backend == "cpp":

@@ -32,9 +32,7 @@ and ``state_out`` in the same layout.
 """
 from __future__ import annotations
 
-import os
-import warnings
-from typing import Any, Optional
+from typing import Optional
 
 import gymnasium as gym
 import torch
@@ -44,11 +42,10 @@ from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPP
 from ray.rllib.core.columns import Columns
 
 from ..core.torch_rl_module import WeightsLockMixin
-from ..fastpath import EncoderLayers, PolicyLayers, plan_for, refresh
+from ..fastpath import EncoderLayers, PolicyLayers, fused_plan, mark_unfusable, refresh, unfusable_reason
 from ..models.config import resolve_model_config
+from ..ops import dispatch
 from .convert import rllib_model_config
-
-_ENV = "RLMODULE_FAST_BACKEND"
 
 
 def _linears(seq: nn.Module, what: str) -> list:
@@ -72,7 +69,6 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
 
     def setup(self) -> None:
         super().setup()
-        self._plan_error = ""      # why the fused step cannot run for this module ("" : it can)
         self._calls = [0]          # steps that ran fused (a list: nn.Module.__setattr__ is slow)
         e = self.encoder
         self._recurrent = hasattr(e.encoder if hasattr(e, "encoder") else e.actor_encoder, "lstm")
@@ -81,8 +77,7 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
                 rllib_model_config(self.model_config, source="FastPPOTorchRLModule model_config"))
         except ValueError as err:  # RLlib built it; only the fused step cannot describe it
             self._fast_cfg = None
-            self._plan_error = f"model config: {err}"
-            _warn_fallback(self._plan_error)
+            mark_unfusable(self, f"model config: {err}")
 
     # ---- the layers, described for the fused backend ----------------------------------------
     def policy_layers(self):
@@ -129,29 +124,20 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
             free_log_std=getattr(self.pi, "log_std", None),
         )
 
-    def _get_plan(self, obs) -> Any:
-        """fastpath.plan_for's plan for this obs (None: RLlib's torch forward runs), remembering
-        why the fused step cannot run for this module."""
-        if self._plan_error:
-            return None
-        try:
-            return plan_for(self, obs)
-        except ValueError as e:  # a layout or space the fused step does not support
-            self._plan_error = f"{type(e).__name__}: {e}"
-            _warn_fallback(self._plan_error)
-            return None
-
     def fast_path_info(self) -> dict:
         """{"active": bool, "backend": str | None, "reason": str, "calls": int}: whether
         forward_exploration / forward_inference run a fused step for a CPU batch (as RLlib's env
         runners give), which backend, why not if not, and how many steps ran fused so far."""
-        forced = os.environ.get(_ENV)
-        plan = self._get_plan(torch.zeros(1, 1))
-        if plan is None:
-            reason = self._plan_error or (f"{_ENV}={forced}" if forced else "the cpp backend is unavailable "
-                                          "(see rlmodule_fast.backend_info())")
-        else:
-            reason = ""
+        example = torch.zeros(1, 1)
+        plan, reason = None, unfusable_reason(self)
+        if not reason:
+            try:
+                name, reason = dispatch.explain("policy_step", example)
+                if name != "torch":
+                    plan = fused_plan(self, example)
+                    reason = "" if plan is not None else unfusable_reason(self)
+            except (RuntimeError, ValueError) as e:
+                reason = f"{type(e).__name__}: {e}"
         return {"active": plan is not None, "backend": getattr(plan, "backend", None), "reason": reason,
                 "calls": self._calls[0]}
 
@@ -165,7 +151,7 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
     def _fast(self, batch: dict, deterministic: bool) -> Optional[dict]:
         """The fused step's outputs in RLlib's layout, or None to run RLlib's forward."""
         obs = batch[Columns.OBS]
-        plan = self._get_plan(obs)
+        plan = fused_plan(self, obs)
         if plan is None:
             return None
         if not self._recurrent:
@@ -207,11 +193,6 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
     def _forward_inference(self, batch: dict, **kwargs) -> dict:
         out = self._fast(batch, deterministic=True)
         return out if out is not None else super()._forward_inference(batch, **kwargs)
-
-
-def _warn_fallback(reason: str) -> None:
-    warnings.warn(f"FastPPOTorchRLModule: the fused step cannot run this module ({reason}); "
-                  "forward_exploration / forward_inference run RLlib's torch forward", stacklevel=3)
 
 
 def _map(state: dict, fn) -> dict:
