@@ -103,6 +103,17 @@ def _int_in(v: Any, lo: int, hi: int, what: str) -> int:
     return int(v)
 
 
+def is_plain_dtype(dt: Any) -> bool:
+    """Whether ``dt`` is a plain scalar numeric dtype and nothing more, judged by its value: a
+    dtype whose state was forged (a pickle's ``__setstate__``) can claim kind 'f' while carrying
+    fields, a sub-array, flags or metadata. (Kind, size and byte order are the caller's policy.)"""
+    if not (isinstance(dt, np.dtype) and dt.fields is None and dt.names is None and dt.subdtype is None
+            and dt.shape == () and dt.flags == 0 and not dt.hasobject and dt.metadata is None):
+        return False
+    canon = np.dtype(dt.str)  # and it equals the dtype its own type string names, alignment included
+    return dt == canon and dt.alignment == canon.alignment and dt.itemsize == canon.itemsize
+
+
 def _dtype(v: Any, kinds: str, what: str) -> np.dtype:
     if isinstance(v, np.dtype):
         dt = v
@@ -113,8 +124,7 @@ def _dtype(v: Any, kinds: str, what: str) -> np.dtype:
             dt = np.dtype(v)
         except (TypeError, ValueError, SyntaxError) as e:
             raise ValueError(f"{what}: {v!r} is not a dtype ({e})") from None
-    if (dt.kind not in kinds or dt.fields is not None or dt.subdtype is not None or not dt.isnative
-            or dt.itemsize > 8 or dt.metadata):
+    if dt.kind not in kinds or not is_plain_dtype(dt) or not dt.isnative or dt.itemsize > 8:
         raise ValueError(f"{what}: dtype {str(v)!r} is not a plain {'/'.join(_KIND_NAMES[k] for k in kinds)} dtype")
     return dt
 

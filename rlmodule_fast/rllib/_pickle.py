@@ -42,6 +42,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..core.spaces import is_plain_dtype
+
 try:  # numpy 2
     from numpy._core import multiarray as _ma
     from numpy._core import numeric as _nu
@@ -178,13 +180,7 @@ def _rng(*args: Any) -> RngRecord:
 def _check_plain(dtype: Any, what: str) -> None:
     """Refuse any dtype but a plain bool/int/uint/float/complex one, judged by its value (a dtype
     whose state was forged can claim kind 'f' while carrying a subarray, fields or flags)."""
-    ok = (isinstance(dtype, np.dtype) and dtype.itemsize in _PLAIN_SIZES.get(dtype.kind, ())
-          and dtype.fields is None and dtype.names is None and dtype.subdtype is None and dtype.shape == ()
-          and dtype.flags == 0 and not dtype.hasobject and dtype.metadata is None)
-    if ok:  # and it equals the dtype its own type string names, alignment included
-        canon = np.dtype(dtype.str)
-        ok = dtype == canon and dtype.alignment == canon.alignment and dtype.itemsize == canon.itemsize
-    if not ok:
+    if not (is_plain_dtype(dtype) and dtype.itemsize in _PLAIN_SIZES.get(dtype.kind, ())):
         raise pickle.UnpicklingError(f"{what}: {_describe(dtype)} refused (only plain numeric dtypes)")
 
 
