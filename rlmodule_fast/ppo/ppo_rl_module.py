@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from ..apis import InferenceOnlyAPI, ValueFunctionAPI
 from ..core.columns import Columns
 from ..core.specs import TensorSpec, to_torch
 from ..fastpath import fused_plan, refresh, unfusable_reason
@@ -28,7 +29,7 @@ from ..models.encoders import flatten_obs, obs_lead_dims
 from .ppo_catalog import PPOCatalog
 
 
-class PPOTorchRLModule(TorchRLModule):
+class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
     """Actor-critic PPO module; see the module docstring for shapes and the fast path."""
 
     _forward_accepts_numpy = True  # numpy obs go to the fused plan without a torch round trip

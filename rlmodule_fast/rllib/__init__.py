@@ -22,9 +22,15 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name == "FastPPOTorchRLModule":  # imports ray: only on demand
-        from .module import FastPPOTorchRLModule
+# Names whose modules import ray: imported on first access only. name -> submodule
+_LAZY = {
+    "FastPPOTorchRLModule": "module",
+}
 
-        return FastPPOTorchRLModule
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'rlmodule_fast.rllib' has no attribute {name!r}")
