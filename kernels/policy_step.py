@@ -5,6 +5,8 @@ Shape legend: B batch, I actor-input features (the observation, or the RNN's h' 
 policies), IC critic-input features, D padded width of every packed layer, NL pi outputs
 (categorical: logits; multi-categorical: all segments' logits; Gaussian: A means), A action
 columns (categorical 1, multi-categorical NSEG, Gaussian A dims), NP padded head width.
+Distributions (DIST, ops/codes.py): 0 categorical, 1 multi-categorical, 2 diagonal Gaussian,
+3 SAC's tanh-squashed Gaussian (actions in [-1, 1], exact logp with the tanh Jacobian).
 
 An env-runner step at batch 1..1024 through a small policy is launch- and latency-bound: the
 torch module runs ~15 kernels (linears, activations, log_softmax, rand, argmax, gather, the
@@ -29,7 +31,7 @@ import triton
 import triton.language as tl
 
 from ..ops.codes import DISTRIBUTIONS
-from .mlp import _dense_staged, _dense_tile, _load_rows
+from .mlp import _dense_staged, _dense_tile, _load_rows, _tanh
 from .sampling import ERR_POLICY, _categorical_row_block, _rng_normal
 
 _ERR_POLICY = tl.constexpr(ERR_POLICY)  # a jit-visible global must be constexpr
@@ -44,8 +46,28 @@ def _policy_tail(out, ls, rows, row_ok, cols, rng_ptr, seg_ptr, dist_ptr, act_pt
                  DETERMINISTIC: tl.constexpr, BLOCK_B: tl.constexpr, NP: tl.constexpr):
     """Distribution inputs -> stores of dist, actions, logp; non-finite inputs set flag.
 
-    out: [BLOCK_B, NP] logits (categorical) or means (Gaussian); ls: [BLOCK_B, NP] log-stds."""
-    if DIST == 2:
+    out: [BLOCK_B, NP] logits (categorical) or means (Gaussian); ls: [BLOCK_B, NP] log-stds.
+    DIST 3 (SAC's squashed Gaussian): dist gets the raw log-std; the draw uses it clamped to
+    [-5, 2] (RLlib's TorchSquashedGaussian), actions tanh(u), logp minus the tanh Jacobian."""
+    if DIST == 3:
+        valid = row_ok[:, None] & (cols[None, :] < A)
+        # every non-finite input is an error here (the clamp would hide an infinite log-std)
+        bad = valid & ((out != out) | (tl.abs(out) == float("inf")) | (ls != ls) | (tl.abs(ls) == float("inf")))
+        dbase = dist_ptr + rows[:, None] * (2 * A)
+        tl.store(dbase + cols[None, :], out, mask=valid)
+        tl.store(dbase + A + cols[None, :], ls, mask=valid)
+        lsc = tl.minimum(tl.maximum(ls, -5.0), 2.0)
+        if DETERMINISTIC:
+            eps = tl.zeros((BLOCK_B, NP), dtype=tl.float32)
+        else:
+            eps = _rng_normal(rng_ptr, rows[:, None] * A + cols[None, :])
+        u = out + tl.exp(lsc) * eps
+        x = -2.0 * u  # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))
+        softplus = tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+        log_det = 2.0 * (0.6931471805599453 - u - softplus)
+        lp = tl.sum(tl.where(valid, -0.5 * eps * eps - lsc - 0.9189385332046727 - log_det, 0.0), axis=1)
+        tl.store(act_ptr + rows[:, None] * A + cols[None, :], _tanh(u), mask=valid)
+    elif DIST == 2:
         valid = row_ok[:, None] & (cols[None, :] < A)
         # NaN is checked before the clamp: max/min may return the non-NaN operand (they do on
         # the GPU), which would turn a NaN log-std into the clip bound and a finite action. An
@@ -122,7 +144,7 @@ def _policy_step_fwd_kernel(
     lat = _layers(h, w_ptr, b_ptr, 0, N_ENC, ENC_ACT, D, PRECISION)
     p = _layers(lat, w_ptr, b_ptr, PI0, N_PI_HID, HEAD_ACT, D, PRECISION)
     out = _dense_tile(p, w_ptr + PI_OUT * D * D, b_ptr + PI_OUT * D, D, 0, PRECISION)
-    if DIST == 2:
+    if DIST >= 2:  # Gaussians: the log-std half (its own packed layer) or the free log-std
         if FREE_LOG_STD:
             ls = tl.zeros((BLOCK_B, D), dtype=tl.float32) + tl.load(
                 logstd_ptr + cols, mask=cols < A, other=0.0).to(tl.float32)[None, :]
@@ -226,7 +248,7 @@ def _policy_step_staged_fwd_kernel(
         p_K = tl.load(dims_ptr + 2 * (PI0 + N_PI_HID - 1) + 1)
     out = _dense_to_regs(p, p_b, p_k, p_rows, p_ok, p_K, w_ptr + PI_OUT * D * D, b_ptr + PI_OUT * D,
                          D, NP, PRECISION, BLOCK_B, BK)
-    if DIST == 2:
+    if DIST >= 2:  # Gaussians: the log-std half (its own packed layer) or the free log-std
         if FREE_LOG_STD:
             ls = tl.zeros((BLOCK_B, NP), dtype=tl.float32) + tl.load(
                 logstd_ptr + cols, mask=cols < A, other=0.0).to(tl.float32)[None, :]
@@ -305,8 +327,9 @@ def policy_step(x, xc, w_packed, b_packed, dims, meta: dict, *, seed, log_std=No
     dev = x.device
     dist_code = meta["DIST"]
     NL, A = meta["NL"], meta["A"]
-    dist = torch.empty((B, 2 * A if dist_code == 2 else NL), dtype=torch.float32, device=dev)
-    if dist_code == 2:
+    gauss = dist_code in (DIST_CODES["diag_gaussian"], DIST_CODES["squashed_gaussian"])
+    dist = torch.empty((B, 2 * A if gauss else NL), dtype=torch.float32, device=dev)
+    if gauss:
         actions = torch.empty((B, A), dtype=torch.float32, device=dev)
     elif dist_code == 1:
         actions = torch.empty((B, meta["NSEG"]), dtype=torch.int64, device=dev)
@@ -326,7 +349,7 @@ def policy_step(x, xc, w_packed, b_packed, dims, meta: dict, *, seed, log_std=No
     if staged:
         kernel = _policy_step_staged_fwd_kernel
         scratch = torch.empty((grid[0], 4, block_b, D), dtype=torch.float32, device=dev)
-        NP = max(16, triton.next_power_of_2(A if dist_code == 2 else NL))
+        NP = max(16, triton.next_power_of_2(A if gauss else NL))
     else:
         kernel = _policy_step_fwd_kernel
         scratch, NP = flag, D

@@ -278,7 +278,7 @@ class CppPolicyPlan:
         return res
 
     def _step_out(self, obs_arg, B, ld, states, deterministic, compute_value, out: dict) -> dict:
-        gauss = self.layers.dist == "diag_gaussian"
+        gauss = self.layers.dist in ("diag_gaussian", "squashed_gaussian")
         na = len(self.action_sizes) if self.layers.dist == "multi_categorical" else None
         A = self.action_sizes[0]
 
