@@ -1,0 +1,46 @@
+"""SAC's Q-function encoder for continuous actions: RLlib 2.60's ``TorchMultiStreamEncoder``
+with its parameter names (``base_encoders.{actions,obs}.net.mlp.N.*``, ``fusion_layers.N.*``,
+``output_layer.*``), so state dicts move between RLlib's SAC module and ours unchanged.
+
+Shape legend: B batch, D flattened obs, A action dims, H latent, F fusion widths.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from ..ops.reference import activation_fn
+
+
+class TorchMultiStreamEncoder(nn.Module):
+    """One encoder per input stream, their outputs concatenated (``embeds``, in sorted key order)
+    and fused: ``fusion_layers[0](embeds)``, then each further fusion layer and the output layer
+    read ``cat([out, embeds])`` (RLlib's skip connections); every layer is followed by
+    ``activation``.
+
+    forward({"actions": [B, A], "obs": [B, D]}) -> [B, H] (``output_dim``).
+    """
+
+    def __init__(self, base_encoders: Mapping[str, nn.Module], fusion_hiddens: list[int], activation: str,
+                 output_dim: int):
+        super().__init__()
+        self.keys = sorted(base_encoders)
+        self.base_encoders = nn.ModuleDict({k: base_encoders[k] for k in self.keys})
+        self.activation = activation
+        embed = sum(int(base_encoders[k].output_dim) for k in self.keys)
+        dims = [embed] + [h + embed for h in fusion_hiddens[:-1]]
+        self.fusion_layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, fusion_hiddens))
+        self.output_layer = nn.Linear(fusion_hiddens[-1] + embed if fusion_hiddens else embed, output_dim)
+        self.output_dim = output_dim
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        act = activation_fn(self.activation)
+        embeds = torch.cat([self.base_encoders[k](inputs[k]) for k in self.keys], dim=-1)
+        out = embeds
+        for i, layer in enumerate(self.fusion_layers):
+            out = act(layer(embeds if i == 0 else torch.cat([out, embeds], dim=-1)))
+        if len(self.fusion_layers):
+            out = torch.cat([out, embeds], dim=-1)
+        return act(self.output_layer(out))
