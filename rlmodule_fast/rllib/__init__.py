@@ -15,16 +15,26 @@ from .convert import (
     to_rllib_module,
     to_rllib_state,
 )
+from .sac_convert import (
+    from_rllib_sac_module,
+    rllib_sac_model_config,
+    rllib_sac_module_kwargs,
+    to_rllib_sac_module,
+    to_rllib_sac_state,
+)
 
 __all__ = [
-    "FastPPOTorchRLModule", "UnsafeCheckpointError", "from_rllib_module", "load_rllib_checkpoint",
-    "rllib_model_config", "rllib_module_kwargs", "to_rllib_module", "to_rllib_state",
+    "FastPPOTorchRLModule", "FastSACTorchRLModule", "UnsafeCheckpointError", "from_rllib_module",
+    "from_rllib_sac_module", "load_rllib_checkpoint", "rllib_model_config", "rllib_module_kwargs",
+    "rllib_sac_model_config", "rllib_sac_module_kwargs", "to_rllib_module", "to_rllib_sac_module",
+    "to_rllib_sac_state", "to_rllib_state",
 ]
 
 
 # Names whose modules import ray: imported on first access only. name -> submodule
 _LAZY = {
     "FastPPOTorchRLModule": "module",
+    "FastSACTorchRLModule": "sac_module",
 }
 
 
