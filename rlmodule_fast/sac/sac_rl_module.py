@@ -143,6 +143,11 @@ class SACTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
 
     # ---- the torch layers -----------------------------------------------------------------------
     def _float_dtype(self) -> torch.dtype:
+        """The dtype the layers compute in: the pi head's output weight's (one lookup, not a walk
+        over every submodule: this runs several times per training step)."""
+        lins = self.pi.net.linears if hasattr(self.pi, "net") else []
+        if lins:
+            return lins[-1].weight.dtype
         for p in self.parameters():
             if p.is_floating_point():
                 return p.dtype
