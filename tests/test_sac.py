@@ -246,3 +246,15 @@ def test_fused_step_sees_weight_updates_and_checkpoint_roundtrip(tmp_path):
     m2 = rf.RLModule.from_checkpoint(tmp_path / "ckpt")
     assert type(m2) is SACTorchRLModule and m2.twin_q
     torch.testing.assert_close(m2.forward_inference({"obs": obs})["actions"], a1)
+
+
+def test_sac_bench_runs():
+    """``python -m rlmodule_fast.bench.sac``: every provider that can run here gives a time (tiny sizes)."""
+    from rlmodule_fast.bench import sac as bench
+
+    res = bench.run(batches=(2,), hiddens=(8,), budget_s=0.02, blocks=2)
+    row = res["rows"][0]
+    assert row["batch"] == 2 and set(bench.PROVIDERS) <= set(row)
+    assert isinstance(row["torch-eager"], float)
+    if INFO["cpp"]["available"]:
+        assert isinstance(row["rf-cpp"], float), row["rf-cpp"]
