@@ -186,8 +186,11 @@ def test_fused_step_matches_torch_layers(backend, name, B, monkeypatch):
     act, cfg = CASES[name]
     m = build(act, cfg)
     obs = np.random.default_rng(B).uniform(-1, 1, (B, 5)).astype(np.float32)
+    if backend == "triton" and torch.cuda.is_available():  # else: the interpreter on CPU tensors
+        m = m.to("cuda")
+        obs = torch.from_numpy(obs).cuda()
     with torch.no_grad():
-        logits = m.pi(m.pi_encoder(torch.from_numpy(obs)))
+        logits = m.pi(m.pi_encoder(torch.as_tensor(obs)))
     monkeypatch.setenv("RLMODULE_FAST_BACKEND", backend)
     info = m.fast_path_info()
     assert info["backend"] == backend and info["active"] == (backend != "torch"), info
@@ -203,7 +206,7 @@ def test_fused_step_matches_torch_layers(backend, name, B, monkeypatch):
         torch.testing.assert_close(det["action_logp"].double(), dist.logp(det["actions"]), atol=2e-6, rtol=1e-5)
     rf.manual_seed(0)
     torch.manual_seed(0)
-    out = m.forward_exploration({"obs": torch.from_numpy(obs)})
+    out = m.forward_exploration({"obs": torch.as_tensor(obs)})
     a = out["actions"]
     if act is BOX:
         assert a.shape == (B, 3) and bool((a.abs() <= 1).all())

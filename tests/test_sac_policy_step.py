@@ -52,6 +52,7 @@ def _as_diag(L: PolicyLayers) -> PolicyLayers:
 
 
 def _plan(L, backend, mode, monkeypatch):
+    _to(L, backend)
     if backend == "triton":
         from rlmodule_fast.kernels import mlp
 
@@ -66,6 +67,20 @@ def _plan(L, backend, mode, monkeypatch):
 
 
 MODES = {"cpp": ["one"], "triton": ["regs", "staged", "sequence"]}
+#: triton runs on CUDA where there is a GPU, else in the interpreter on CPU tensors (conftest.py)
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _to(L: PolicyLayers, backend: str) -> PolicyLayers:
+    """The layers (moved in place) on the backend's device."""
+    if backend == "triton":
+        for lin in [*L.actor.mlp, *L.pi, *(L.vf or []), *((L.critic.mlp if L.critic else []))]:
+            lin.to(TRITON_DEVICE)
+    return L
+
+
+def _dev(backend: str) -> str:
+    return TRITON_DEVICE if backend == "triton" else "cpu"
 CASES = [(b, m) for b in ("cpp", "triton") for m in MODES[b]]
 
 
@@ -89,7 +104,7 @@ def test_squashed_deterministic_matches_reference(backend, mode, B, monkeypatch)
     # log-std biases -7 and +4: RLlib's clamp to [-5, 2] is exercised on both sides
     L = make_layers(seed=B, ls_bias=[-7.0, 4.0, 0.0], shared=B != 63)
     plan = _plan(L, backend, mode, monkeypatch)
-    obs = torch.randn(B, 5, generator=torch.Generator().manual_seed(B)) * 2
+    obs = (torch.randn(B, 5, generator=torch.Generator().manual_seed(B)) * 2).to(_dev(backend))
     want = ref.policy_step(L, obs, deterministic=True, compute_value=True)
     got = plan.step(obs, deterministic=True, compute_value=True)
     d = want["action_dist_inputs"]
@@ -111,7 +126,7 @@ def test_squashed_sample_is_tanh_of_the_gaussian_draw(backend, mode, B, monkeypa
     float rounding), logp = Normal logp(u) - sum log(1 - tanh(u)^2) (log-stds inside [-5, 2])."""
     L = make_layers(seed=B + 3, A=4)
     squashed, diag = _plan(L, backend, mode, monkeypatch), PolicyPlan(_as_diag(L), backend=backend)
-    obs = torch.randn(B, 5, generator=torch.Generator().manual_seed(7))
+    obs = torch.randn(B, 5, generator=torch.Generator().manual_seed(7)).to(_dev(backend))
     torch.manual_seed(5)
     rf.manual_seed(5)
     s = squashed.step(obs)
@@ -135,16 +150,16 @@ def test_squashed_sample_is_tanh_of_the_gaussian_draw(backend, mode, B, monkeypa
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_squashed_distribution_kolmogorov_smirnov(backend):
     """Actions of one observation repeated N times follow tanh(N(mean, std)) per dimension."""
-    L = make_layers(seed=1, A=2, ls_bias=-0.5)  # std ~0.6: tanh does not saturate to +-1 in float32
+    L = _to(make_layers(seed=1, A=2, ls_bias=-0.5), backend)  # std ~0.6: tanh does not saturate in float32
     plan = PolicyPlan(L, backend=backend)
-    N = 4000 if backend == "cpp" else 1024
-    obs = torch.randn(1, 5, generator=torch.Generator().manual_seed(2)).expand(N, 5).contiguous()
+    N = 1024 if (backend == "triton" and TRITON_DEVICE == "cpu") else 4000
+    obs = torch.randn(1, 5, generator=torch.Generator().manual_seed(2)).expand(N, 5).contiguous().to(_dev(backend))
     rf.manual_seed(11)
     torch.manual_seed(11)
     out = plan.step(obs)
-    a = np.sort(_t(out["actions"]).double().numpy(), axis=0)
+    a = np.sort(_t(out["actions"]).double().cpu().numpy(), axis=0)
     assert np.abs(a).max() < 1  # no ties at the saturated bounds (the CDF below assumes none)
-    d = _t(out["action_dist_inputs"])[0].double()
+    d = _t(out["action_dist_inputs"])[0].double().cpu()
     mean, std = d[:2], d[2:].clamp(-5, 2).exp()
     for j in range(2):
         # CDF of tanh(U), U ~ N(m, s): P(U <= atanh(a))
@@ -157,17 +172,17 @@ def test_squashed_distribution_kolmogorov_smirnov(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_squashed_rejects_nonfinite(backend):
-    L = make_layers(seed=4)
+    L = _to(make_layers(seed=4), backend)
     plan = PolicyPlan(L, backend=backend)
     obs = torch.randn(6, 5)
     obs[3, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        plan.step(obs)
+        plan.step(obs.to(_dev(backend)))
     # an infinite log-std (the clamp would turn it into 2.0) is refused too
     with torch.no_grad():
         L.pi[-1].bias[4] = float("inf")
     with pytest.raises(ValueError, match="NaN or inf"):
-        plan.step(torch.randn(6, 5))
+        plan.step(torch.randn(6, 5, device=_dev(backend)))
 
 
 def test_squashed_layers_are_validated():
