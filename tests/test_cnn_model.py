@@ -105,6 +105,16 @@ def close(got, want, what: str, rtol=RTOL, atol=ATOL) -> None:
     torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # As RLlib's env-runner actors (OMP_NUM_THREADS=1): on a busy machine two intra-op threads
+    # stall small convs for milliseconds.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_unfused():
     # Until the conv stage is merged a CNN module warns once that its torch layers run.
