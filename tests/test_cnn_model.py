@@ -442,3 +442,37 @@ def test_fast_rllib_module_on_images(name):
     with torch.no_grad():
         close(fast.forward_inference(dict(b))[Columns.ACTION_DIST_INPUTS],
               rl.forward_inference(dict(b))[Columns.ACTION_DIST_INPUTS], f"{name} FastPPO inference")
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmark rows (rlmodule-fast-bench): the vision cases run, their peers compute the same thing
+# --------------------------------------------------------------------------------------------
+def test_bench_vision_cases_and_peers():
+    from rlmodule_fast.bench import cases as C
+    from rlmodule_fast.bench.cases import _EagerCNNPolicy, eager_policy, image_module
+
+    ids = {c.id for c in C.cases(ops=["policy_step"], configs=["AtariCNN", "NatureCNN", "RLlibDefaultCNN"])}
+    assert ids == {f"policy_step-{k}-B{b}" for k in ("AtariCNN", "NatureCNN", "RLlibDefaultCNN") for b in (1, 32)}
+    assert not any(c.config_id.endswith("CNN") for c in C.cases(quick=True))
+    # the torch-eager peer computes the module's logits on the same weights
+    m = image_module(conv_filters=C.NATURE_FILTERS)
+    x = torch.rand(2, 84, 84, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        want = m.forward_inference({Columns.OBS: x})[Columns.ACTION_DIST_INPUTS]
+        close(_EagerCNNPolicy(m)(x), want, "torch-eager CNN peer")
+        actions, logp = eager_policy(m)(x)
+    assert actions.shape == (2,) and logp.shape == (2,) and bool((logp <= 0).all())
+    case = next(c for c in C.cases(ops=["policy_step"], batches=[1], configs=["AtariCNN"]))
+    ctx = C.Context(device="cpu", quick=True)
+    for provider in ("torch-eager", "rf-torch", "rllib", "ort", "ort-sampling"):
+        try:
+            bench = case.build(provider, ctx)
+        except C.Unavailable as e:
+            assert provider.startswith("ort") or provider == "rllib", (provider, str(e))
+            continue
+        with torch.no_grad(), bench.ctx():
+            out = bench.fn()
+        assert out is not None, provider
+    # no fused conv step in this build: the cpp row says why instead of timing the torch layers
+    with pytest.raises(C.Unavailable, match="conv encoder: not fused in this build"):
+        case.build("cpp", ctx)

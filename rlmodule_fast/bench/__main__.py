@@ -113,6 +113,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", type=_list(str, C.OPS), default=None, help=f"comma list from {','.join(C.OPS)}")
     p.add_argument("--providers", type=_list(str, C.PROVIDERS), default=None,
                    help=f"comma list from {','.join(C.PROVIDERS)} (default: all)")
+    p.add_argument("--configs", type=_list(str, C.config_ids()), default=None,
+                   help=f"only the cases of these model configs (ids as in --list), comma list from "
+                        f"{','.join(C.config_ids())}")
     p.add_argument("--batches", type=_list(int), default=None,
                    help=f"comma list of batch sizes (default {','.join(map(str, C.FULL_BATCHES))}; "
                         f"--quick: {','.join(map(str, C.QUICK_BATCHES))})")
@@ -249,7 +252,7 @@ def main(argv: Optional[list] = None) -> int:
         if ckpt is not None:
             case_list = C.checkpoint_cases(module, label, args.batches or (C.QUICK_BATCHES if q else C.FULL_BATCHES))
         else:
-            case_list = C.cases(args.ops, args.batches, quick=q)
+            case_list = C.cases(args.ops, args.batches, quick=q, configs=args.configs)
         for c in case_list:
             out.line(f"{c.id}  {c.op} {c.config} B={c.batch}  providers: {','.join(c.providers)}", hang=4)
         out.line(f"sampling drivers: {','.join(S.DRIVERS)}; envs: {','.join(S.ENVS)}", hang=4)
@@ -267,7 +270,7 @@ def main(argv: Optional[list] = None) -> int:
         case_list = C.checkpoint_cases(module, label, args.batches or (C.QUICK_BATCHES if q else C.FULL_BATCHES),
                                        seed=args.seed)
     else:
-        case_list = [] if args.no_ops else C.cases(args.ops, args.batches, quick=q)
+        case_list = [] if args.no_ops else C.cases(args.ops, args.batches, quick=q, configs=args.configs)
     budget = args.budget or (0.1 if q else 0.5)
     blocks = args.blocks or (5 if q else 9)
     clocks = ("host", "device", "graph") if device == "cuda" else ("host",)

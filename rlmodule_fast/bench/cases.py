@@ -754,9 +754,14 @@ def describe_module(module) -> str:
         if isinstance(s, gym.spaces.MultiDiscrete):
             return f"MultiDiscrete({list(np.asarray(s.nvec).ravel())})"
         return type(s).__name__
-    cfg = getattr(getattr(module, "catalog", None), "model_config_dict", None) or {}
+    cat = getattr(module, "catalog", None)
+    cfg = getattr(cat, "model_config_dict", None) or {}
     arch = ""
-    if "fcnet_hiddens" in cfg:
+    if getattr(cat, "encoder_kind", None) == "cnn":
+        arch = f" CNN {cat.conv_filters}"
+        if cfg.get("use_lstm") or cfg.get("use_gru"):
+            arch += f" {'LSTM' if cfg.get('use_lstm') else 'GRU'} {cfg.get('lstm_cell_size')}"
+    elif "fcnet_hiddens" in cfg:
         arch = f" {list(cfg['fcnet_hiddens'])}"
         if cfg.get("use_lstm"):
             arch += f" LSTM {cfg.get('lstm_cell_size')}"
@@ -883,10 +888,15 @@ def _vision_policy_step(case: Case, ctx: Context) -> dict:
     return module_policy_step(module, {"obs": obs}, ctx, cuda_module=on_cuda)
 
 
-def cases(ops=None, batches=None, quick: bool = False) -> list:
+def config_ids() -> list:
+    """Every config id of the registry (the middle part of a case id)."""
+    return list(dict.fromkeys([c[2] for c in _CONFIGS] + [c[1] for c in _VISION_CONFIGS]))
+
+
+def cases(ops=None, batches=None, quick: bool = False, configs=None) -> list:
     """Every case of the registry, filtered: ``ops`` (names from OPS, None = all), ``batches``
     (None = QUICK_BATCHES or FULL_BATCHES; the vision cases: VISION_BATCHES), ``quick`` (only
-    the configs marked quick; no vision cases)."""
+    the configs marked quick; no vision cases), ``configs`` (config ids, None = all)."""
     given = batches
     ops = list(OPS) if ops is None else list(ops)
     bad = [o for o in ops if o not in OPS]
@@ -906,4 +916,6 @@ def cases(ops=None, batches=None, quick: bool = False) -> list:
         for label, cid, filters in _VISION_CONFIGS:
             for b in (VISION_BATCHES if given is None else batches):
                 out.append(Case("policy_step", label, cid, int(b), POLICY_PROVIDERS, _vision_policy_step, (filters,)))
+    if configs is not None:
+        out = [c for c in out if c.config_id in set(configs)]
     return out
