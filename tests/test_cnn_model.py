@@ -476,3 +476,13 @@ def test_bench_vision_cases_and_peers():
     # no fused conv step in this build: the cpp row says why instead of timing the torch layers
     with pytest.raises(C.Unavailable, match="conv encoder: not fused in this build"):
         case.build("cpp", ctx)
+
+
+def test_finite_check_is_exact_when_the_fast_sum_overflows():
+    from rlmodule_fast.ppo.ppo_rl_module import _check_finite_obs
+
+    big = torch.full((3, 84, 84, 4), 3e38)  # finite, but the one-pass sum overflows to inf
+    _check_finite_obs(big)
+    big[2, 0, 0, 0] = float("-inf")
+    with pytest.raises(ValueError, match=r"obs: contains NaN or inf \(row 2\)"):
+        _check_finite_obs(big)

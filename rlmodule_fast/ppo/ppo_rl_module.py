@@ -323,6 +323,10 @@ def _check_finite_obs(obs: torch.Tensor) -> None:
     """ValueError naming the first row of ``obs`` with a NaN or inf (the fused step's message)."""
     if obs.numel() == 0:
         return
+    # One reduction first (an isfinite pass costs ~15x a sum on an Atari batch); a sum that is not
+    # finite (a NaN / inf, or finite values overflowing) goes to the exact per-row check.
+    if bool(torch.isfinite(obs.sum())):
+        return
     finite = torch.isfinite(obs.reshape(obs.shape[0], -1) if obs.dim() else obs.reshape(1, 1)).all(dim=-1)
     if not bool(finite.all()):
         row = int((~finite).nonzero()[0, 0])
