@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..ops.reference import canonical_activation
+from .encoders import _ACT_MODULES
 
 #: Bounds on a conv_filters entry (a config may come from a checkpoint file): layers, filters per
 #: layer, kernel / stride side. The first two match models.config's MLP bounds.
@@ -39,8 +40,7 @@ _DEFAULT_STACKS = (
     ((10, 10), [[16, [5, 5], 2], [32, [5, 5], 2]]),
 )
 
-_ACT_MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU}
-_ACT_NAMES = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.SiLU: "silu", nn.ELU: "elu"}
+_ACT_NAMES = {cls: name for name, cls in _ACT_MODULES.items()}
 
 
 def _int(v: Any) -> bool:

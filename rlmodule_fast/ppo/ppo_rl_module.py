@@ -119,7 +119,8 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
 
     # ---- the torch layers -----------------------------------------------------------------------
     def _features(self, obs: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """Flattened float features [B, (T,) D] and whether a T=1 axis was added."""
+        """Float features [B, (T,) D] (images: [B, (T,) H, W, C], not flattened) and whether a T=1
+        axis was added."""
         n_lead = obs.dim() - self._obs_rank
         if self._image:  # [*lead, H, W, C] as it is: the CNN reads channel-last images
             x = obs.to(self._float_dtype())
