@@ -16,20 +16,28 @@ OBS = gym.spaces.Box(-1.0, 1.0, (5,), np.float32)
 BOX = gym.spaces.Box(-2.0, 2.0, (3,), np.float32)
 DISC = gym.spaces.Discrete(4)
 SMALL = {"fcnet_hiddens": [16, 12], "head_fcnet_hiddens": [8], "fusionnet_hiddens": [10, 6]}
+IMAGE = gym.spaces.Box(0.0, 1.0, (10, 10, 3), np.float32)
+IMAGE_CFG = {"fcnet_hiddens": [16], "conv_filters": [[4, [3, 3], 2]], "fusionnet_hiddens": [8], "twin_q": True}
 CASES = {
     "box-twin": (BOX, {**SMALL, "twin_q": True}),
     "box-single-nofusion": (BOX, {**SMALL, "twin_q": False, "fusionnet_hiddens": []}),
     "discrete-twin": (DISC, {**SMALL, "twin_q": True}),
+    "image-box-twin": (BOX, IMAGE_CFG),       # RLlib's CNN pi encoder and CNN obs stream in the Q encoder
+    "image-discrete-twin": (DISC, IMAGE_CFG),
 }
 
 
+def _obs_space(cfg):
+    return IMAGE if "conv_filters" in cfg else OBS
+
+
 def build(act, cfg, **kw):
-    return SACTorchRLModule(observation_space=OBS, action_space=act, model_config=cfg, **kw)
+    return SACTorchRLModule(observation_space=_obs_space(cfg), action_space=act, model_config=cfg, **kw)
 
 
-def train_batch(act, B=7, seed=0):
+def train_batch(act, B=7, seed=0, obs_shape=(5,)):
     g = torch.Generator().manual_seed(seed)
-    b = {"obs": torch.rand(B, 5, generator=g) * 2 - 1, "new_obs": torch.rand(B, 5, generator=g) * 2 - 1}
+    b = {"obs": torch.rand(B, *obs_shape, generator=g) * 2 - 1, "new_obs": torch.rand(B, *obs_shape, generator=g) * 2 - 1}
     b["actions"] = (torch.rand(B, 3, generator=g) * 2 - 1) if isinstance(act, gym.spaces.Box) \
         else torch.randint(0, 4, (B,), generator=g)
     return b
@@ -43,7 +51,7 @@ def rllib_module(act, cfg, inference_only=False):
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
     full = {**dataclasses.asdict(DefaultModelConfig()), **cfg}
-    return DefaultSACTorchRLModule(observation_space=OBS, action_space=act, model_config=full,
+    return DefaultSACTorchRLModule(observation_space=_obs_space(cfg), action_space=act, model_config=full,
                                    inference_only=inference_only)
 
 
@@ -68,7 +76,7 @@ def test_same_weights_same_outputs_as_rllib(name):
     theirs.make_target_networks()
     ours.make_target_networks()
     ours.load_state_dict(theirs.state_dict(), strict=True)
-    batch = train_batch(act)
+    batch = train_batch(act, obs_shape=_obs_space(cfg).shape)
     torch.manual_seed(3)
     want = theirs.forward_train({k: v.clone() for k, v in batch.items()})
     torch.manual_seed(3)

@@ -71,7 +71,7 @@ class SACCatalog(Catalog):
         if cfg["free_log_std"]:
             raise ValueError("model config 'free_log_std': not supported with SAC's squashed Gaussian "
                              "(RLlib raises too)")
-        if isinstance(action_space, gym.spaces.Box) and not cfg["fcnet_hiddens"]:
+        if isinstance(action_space, gym.spaces.Box) and not cfg["fcnet_hiddens"] and self.encoder_kind != "cnn":
             raise ValueError("model config 'fcnet_hiddens': SAC's continuous Q encoder needs at least one layer")
         self._model_config_dict = {**cfg, **sac}
 
@@ -81,9 +81,11 @@ class SACCatalog(Catalog):
             return self.build_encoder(framework)
         cfg = self._model_config_dict
         hid, act = cfg["fcnet_hiddens"], cfg["fcnet_activation"]
+        # RLlib: the action stream has the obs encoder's hidden layers but one, then the latent
+        # width (an image's flattened CNN output, else fcnet_hiddens[-1])
         streams = {
             "obs": self.build_encoder(framework),
-            "actions": TorchMLPEncoder(int(self.action_space.shape[0]), hid, act),
+            "actions": TorchMLPEncoder(int(self.action_space.shape[0]), hid[:-1] + [self.latent_dims[0]], act),
         }
         return TorchMultiStreamEncoder(streams, cfg["fusionnet_hiddens"], cfg["fusionnet_activation"],
                                        self.latent_dims[0])

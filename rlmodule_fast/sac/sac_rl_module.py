@@ -73,6 +73,7 @@ class SACTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         self.action_dist_cls = cat.action_dist_cls
         self._discrete = isinstance(self.action_space, gym.spaces.Discrete)
         self._obs_rank = obs_lead_dims(self.observation_space)
+        self._image = getattr(cat, "encoder_kind", "mlp") == "cnn"
         self._flat_step = isinstance(self.observation_space, gym.spaces.Box) and self._obs_rank == 1
 
     # ---- RLlib's API mixins --------------------------------------------------------------------
@@ -154,8 +155,11 @@ class SACTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         return torch.get_default_dtype()
 
     def _features(self, obs: torch.Tensor) -> torch.Tensor:
-        """Flattened float obs [B, D] (Discrete obs one-hot)."""
+        """Float obs: [B, D] flattened (Discrete obs one-hot); images [B, H, W, C] as they are
+        (the CNN encoder reads channel-last frames; uint8 cast, not scaled, as in PPO)."""
         obs = torch.as_tensor(obs)
+        if self._image:
+            return obs.to(self._float_dtype())
         return flatten_obs(obs, self.observation_space, obs.dim() - self._obs_rank, self._float_dtype())
 
     def _pi_logits(self, obs: torch.Tensor) -> torch.Tensor:
