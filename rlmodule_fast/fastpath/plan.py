@@ -59,7 +59,8 @@ class PolicyPlan:
     - state (recurrent plans): {"h": [B, H], "c": [B, H]} (GRU: "h" only; [B, 1, H] accepted),
       nested {"actor": {...}, "critic": {...}} when the critic has its own rnn; None = zeros.
     - returns {"action_dist_inputs": [B, D] f32, "actions": [B] int64 (categorical) |
-      [B, n] int64 (multi_categorical) | [B, A] f32 (diag_gaussian), "action_logp": [B] f32,
+      [B, n] int64 (multi_categorical) | [B, A] f32 (diag_gaussian; squashed_gaussian: SAC's
+      tanh(u) in [-1, 1]), "action_logp": [B] f32,
       "vf_preds": [B] f32 (compute_value=True), "state_out": same layout as state}, the same
       kind (numpy / tensor) as obs. Outputs are fresh every call (the caller owns them);
       ``out=`` takes a dict of caller-owned contiguous buffers with those keys instead (written

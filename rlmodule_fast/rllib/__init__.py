@@ -4,7 +4,10 @@ Without ray installed: :func:`load_rllib_checkpoint` (RLlib's pickled module fil
 restricted unpickler that runs nothing from them), :func:`from_rllib_module`,
 :func:`to_rllib_state`, :func:`rllib_module_kwargs`. With ``ray[rllib]`` (``pip install
 rlmodule_fast[rllib]``): also :class:`FastPPOTorchRLModule` (RLlib's PPO module with the fused
-env-runner step) and :func:`to_rllib_module`. ``import rlmodule_fast`` never imports ray.
+env-runner step) and :func:`to_rllib_module`. SAC: :class:`FastSACTorchRLModule` (RLlib's
+DefaultSACTorchRLModule, fused squashed-Gaussian / categorical step) and the converters of
+``sac_convert.py`` (:func:`from_rllib_sac_module`, :func:`to_rllib_sac_module`, ...).
+``import rlmodule_fast`` never imports ray.
 """
 from ._pickle import UnsafeCheckpointError
 from .convert import (
