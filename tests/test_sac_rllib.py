@@ -160,3 +160,34 @@ def test_rllib_sac_trains_with_fast_module():
             algo.stop()
     finally:
         ray.shutdown()
+
+
+@pytest.mark.parametrize("act", [BOX, DISC], ids=["box", "discrete"])
+def test_load_rllib_sac_checkpoint(act, tmp_path):
+    """RLlib's own save_to_path of a SAC module (with target networks) -> ours through the restricted
+    unpickler: same weights, same forward_train outputs; a PPO checkpoint is refused by name."""
+    rl = DefaultSACTorchRLModule(observation_space=OBS, action_space=act, model_config=full_config(SMALL))
+    rl.make_target_networks()
+    rl.save_to_path(tmp_path / "sac")
+    ours = rr.load_rllib_sac_checkpoint(tmp_path / "sac")
+    assert hasattr(ours, "target_qf_twin")
+    for k, v in rl.state_dict().items():
+        assert torch.equal(ours.state_dict()[k], v), k
+    batch = {"obs": torch.rand(4, 5), "new_obs": torch.rand(4, 5),
+             "actions": torch.rand(4, 2) * 2 - 1 if act is BOX else torch.randint(0, 3, (4,))}
+    torch.manual_seed(2)
+    want = rl.forward_train(dict(batch))
+    torch.manual_seed(2)
+    got = ours.forward_train(dict(batch))
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], msg=k)
+    inf = rr.load_rllib_sac_checkpoint(tmp_path / "sac", inference_only=True)
+    assert not hasattr(inf, "qf")
+    torch.testing.assert_close(inf.forward_inference({"obs": batch["obs"]})["action_dist_inputs"],
+                               rl.forward_inference({"obs": batch["obs"]})["action_dist_inputs"])
+    from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
+
+    DefaultPPOTorchRLModule(observation_space=OBS, action_space=act, model_config={"fcnet_hiddens": [4]}
+                            ).save_to_path(tmp_path / "ppo")
+    with pytest.raises(ValueError, match="not a SAC module"):
+        rr.load_rllib_sac_checkpoint(tmp_path / "ppo")

@@ -20,6 +20,7 @@ from .convert import (
 )
 from .sac_convert import (
     from_rllib_sac_module,
+    load_rllib_sac_checkpoint,
     rllib_sac_model_config,
     rllib_sac_module_kwargs,
     to_rllib_sac_module,
@@ -28,9 +29,9 @@ from .sac_convert import (
 
 __all__ = [
     "FastPPOTorchRLModule", "FastSACTorchRLModule", "UnsafeCheckpointError", "from_rllib_module",
-    "from_rllib_sac_module", "load_rllib_checkpoint", "rllib_model_config", "rllib_module_kwargs",
-    "rllib_sac_model_config", "rllib_sac_module_kwargs", "to_rllib_module", "to_rllib_sac_module",
-    "to_rllib_sac_state", "to_rllib_state",
+    "from_rllib_sac_module", "load_rllib_checkpoint", "load_rllib_sac_checkpoint", "rllib_model_config",
+    "rllib_module_kwargs", "rllib_sac_model_config", "rllib_sac_module_kwargs", "to_rllib_module",
+    "to_rllib_sac_module", "to_rllib_sac_state", "to_rllib_state",
 ]
 
 
