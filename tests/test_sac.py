@@ -37,7 +37,8 @@ def build(act, cfg, **kw):
 
 def train_batch(act, B=7, seed=0, obs_shape=(5,)):
     g = torch.Generator().manual_seed(seed)
-    b = {"obs": torch.rand(B, *obs_shape, generator=g) * 2 - 1, "new_obs": torch.rand(B, *obs_shape, generator=g) * 2 - 1}
+    b = {"obs": torch.rand(B, *obs_shape, generator=g) * 2 - 1,
+         "new_obs": torch.rand(B, *obs_shape, generator=g) * 2 - 1}
     b["actions"] = (torch.rand(B, 3, generator=g) * 2 - 1) if isinstance(act, gym.spaces.Box) \
         else torch.randint(0, 4, (B,), generator=g)
     return b
@@ -90,7 +91,8 @@ def test_same_weights_same_outputs_as_rllib(name):
         torch.testing.assert_close(got_inf, want_inf)
         q_batch = {"obs": batch["obs"], "actions": batch["actions"]} if act is BOX else {"obs": batch["obs"]}
         sq = act is BOX
-        torch.testing.assert_close(ours.compute_q_values(q_batch, squeeze=sq), theirs.compute_q_values(q_batch, squeeze=sq))
+        torch.testing.assert_close(ours.compute_q_values(q_batch, squeeze=sq),
+                                   theirs.compute_q_values(q_batch, squeeze=sq))
         torch.testing.assert_close(ours.forward_target(q_batch, squeeze=sq), theirs.forward_target(q_batch, squeeze=sq))
     assert [type(c).__name__ for c in (ours.get_train_action_dist_cls(),)] == \
         [type(c).__name__ for c in (theirs.get_train_action_dist_cls(),)]
@@ -141,7 +143,8 @@ def test_api_mixins_and_target_networks():
     with pytest.raises(RuntimeError, match="inference_only"):
         inf.forward_train(train_batch(act))
     obs = train_batch(act)["obs"]
-    torch.testing.assert_close(inf.forward_inference({"obs": obs})["actions"], m.forward_inference({"obs": obs})["actions"])
+    torch.testing.assert_close(inf.forward_inference({"obs": obs})["actions"],
+                               m.forward_inference({"obs": obs})["actions"])
 
 
 def test_straight_through_q_pass():

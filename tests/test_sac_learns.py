@@ -104,7 +104,8 @@ def run_sac(N: int = 700, warmup: int = 200, batch: int = 64, hidden: int = 32):
         # RLlib's SAC losses (sac_torch_learner.py, continuous)
         q_next = fwd["q_target_next"] - alpha * fwd["logp_next_resampled"]
         q_target = (torch.from_numpy(rew)[idx] + gamma * (1 - torch.from_numpy(term)[idx]) * q_next).detach()
-        critic = 0.5 * ((fwd["qf_preds"] - q_target) ** 2).mean() + 0.5 * ((fwd["qf_twin_preds"] - q_target) ** 2).mean()
+        critic = 0.5 * ((fwd["qf_preds"] - q_target) ** 2).mean() \
+            + 0.5 * ((fwd["qf_twin_preds"] - q_target) ** 2).mean()
         actor = (alpha * fwd["logp_resampled"] - fwd["q_curr"]).mean()
         alpha_loss = -(log_alpha * (fwd["logp_resampled"].detach() + target_entropy)).mean()
         for o in (opt_pi, opt_q, opt_alpha):

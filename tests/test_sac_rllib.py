@@ -59,7 +59,8 @@ def test_fast_module_matches_rllib_and_samples_fused(act):
         assert bool((out["actions"].abs() <= 1).all())
         torch.testing.assert_close(det["actions"].double(), torch.tanh(want[:, :2]).double(), rtol=1e-5, atol=2e-6)
         assert isinstance(dist, TorchSquashedGaussian)  # RLlib's own logp of our sampled actions
-        torch.testing.assert_close(out["action_logp"].double(), dist.logp(out["actions"].double()), rtol=1e-4, atol=2e-3)
+        torch.testing.assert_close(out["action_logp"].double(), dist.logp(out["actions"].double()),
+                                   rtol=1e-4, atol=2e-3)
     else:
         assert torch.equal(det["actions"], want.argmax(-1))
         torch.testing.assert_close(out["action_logp"].double(), dist.logp(out["actions"]), rtol=1e-5, atol=1e-5)

@@ -105,7 +105,8 @@ def benches(B: int, obs_dim: int = 3, act_dim: int = 1, hiddens=(256, 256), seed
     obs_t = torch.from_numpy(obs)
     info = ours.fast_path_info()
     out: dict = {}
-    out["rf-cpp"] = Bench(lambda: ours.forward_exploration({"obs": obs})) if info["backend"] == "cpp" and info["active"] \
+    fused = info["backend"] == "cpp" and info["active"]
+    out["rf-cpp"] = Bench(lambda: ours.forward_exploration({"obs": obs})) if fused \
         else f"fused cpp step not active: {info['reason']}"
     if rl is None:
         out["rllib"] = out["rf-fast-rllib"] = "ray[rllib] not importable"
@@ -181,7 +182,8 @@ def main(argv=None) -> dict:
     print("     B " + "".join(f"{p:>15}" for p in PROVIDERS) + "   x rllib   x ort-sampling")
     for r in res["rows"]:
         cpp, rl, ort = r.get("rf-cpp"), r.get("rllib"), r.get("ort-sampling")
-        ratio = lambda a, b: f"{b / a:8.1f}x" if isinstance(a, float) and isinstance(b, float) else "     n/a"  # noqa: E731
+        def ratio(a, b):
+            return f"{b / a:8.1f}x" if isinstance(a, float) and isinstance(b, float) else "     n/a"
         print(f"{r['batch']:6d} " + "".join(f"{_fmt(r.get(p)):>15}" for p in PROVIDERS)
               + f"  {ratio(cpp, rl)}  {ratio(cpp, ort)}")
     for r in res["rows"]:

@@ -23,7 +23,7 @@ Shape legend: B batch, D flattened obs, A action dims (Box) or n actions (Discre
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -246,7 +246,8 @@ class SACTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         finally:
             for p in params:
                 p.requires_grad = True
-        out[QF_TARGET_NEXT] = self.forward_target({Columns.OBS: obs_next, Columns.ACTIONS: actions_next.detach()}).detach()
+        nxt = {Columns.OBS: obs_next, Columns.ACTIONS: actions_next.detach()}
+        out[QF_TARGET_NEXT] = self.forward_target(nxt).detach()
         return out
 
     def _forward_torch(self, batch: dict, deterministic: bool) -> dict:
