@@ -208,8 +208,9 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         def enc(e, what: str) -> EncoderLayers:
             try:
                 if self._recurrent:
-                    return EncoderLayers(mlp=e.tokenizer.net.linears, activation=e.tokenizer.activation, rnn=e.rnn)
-                return EncoderLayers(mlp=e.net.linears, activation=e.activation)
+                    return EncoderLayers(mlp=e.tokenizer.net.linears, activation=e.tokenizer.activation, rnn=e.rnn,
+                                         norms=e.tokenizer.net.norms)
+                return EncoderLayers(mlp=e.net.linears, activation=e.activation, norms=e.net.norms)
             except AttributeError:
                 raise ValueError(f"{what}: a {type(e).__name__} is not an encoder the fused step runs "
                                  "(an MLP / LSTM / GRU encoder from PPOCatalog)") from None
@@ -218,7 +219,7 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             if not isinstance(h, fusable_heads):
                 raise ValueError(f"{what}: a {type(h).__name__} head (from {type(self.catalog).__name__}."
                                  f"build_{what}_head) is not a head the fused step runs (PPOCatalog's MLP heads)")
-            return h.net.linears
+            return h.net
 
         cfg = self.catalog.model_config_dict
         space = self.action_space
@@ -232,12 +233,15 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         critic = None if shared or self.encoder.critic is None else enc(self.encoder.critic, "encoder.critic")
         vf = None
         if not self.inference_only and isinstance(self.vf, fusable_heads):
-            vf = self.vf.net.linears  # a custom value head only costs the fused value output
+            vf = self.vf.net  # a custom value head only costs the fused value output
+        pi = head(self.pi, "pi")
         return PolicyLayers(
             actor=enc(self.encoder.actor, "encoder.actor"),
             critic=critic,
-            pi=head(self.pi, "pi"),
-            vf=vf,
+            pi=pi.linears,
+            pi_norms=pi.norms,
+            vf=None if vf is None else vf.linears,
+            vf_norms=None if vf is None else vf.norms,
             head_activation=cfg["head_fcnet_activation"],
             dist=dist,
             action_sizes=sizes,
