@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import reprlib
+import warnings
 from typing import Any, Callable, List, Mapping, Optional, Union
 
 from ..ops.reference import canonical_activation
@@ -230,6 +231,15 @@ def resolve_model_config(user: Any = None, extra: Optional[Mapping[str, Any]] = 
         get_initializer_fn(cfg[key], what=key)
         cfg[key + "_kwargs"] = check_initializer_kwargs(cfg[key + "_kwargs"], what=key + "_kwargs")
     cfg["conv_filters"] = _conv_filters(cfg["conv_filters"])
+    prev = [k for k in ("lstm_use_prev_action", "lstm_use_prev_reward") if cfg[k]]
+    if prev:
+        # RLlib 2.60's default modules ignore these keys too (only its old API stack read them):
+        # its new stack feeds previous actions (one-hot if discrete) and rewards through the
+        # PrevActionsPrevRewards + FlattenObservations env-to-module connectors, which widen the
+        # observation space the module is built for. Same layout here, so weights interchange.
+        warnings.warn(f"model config {prev}: no effect on the module (as in RLlib 2.60's default modules); "
+                      "add RLlib's PrevActionsPrevRewards + FlattenObservations env-to-module connectors "
+                      "(the module is then built for the widened observation space)", UserWarning, stacklevel=2)
     if cfg["use_lstm"] and cfg["use_gru"]:
         raise ValueError("model config: 'use_lstm' and 'use_gru' are exclusive")
     for key, top in (("lstm_cell_size", MAX_LAYER_SIZE), ("max_seq_len", MAX_SEQ_LEN)):

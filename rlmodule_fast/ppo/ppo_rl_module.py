@@ -223,6 +223,10 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
 
         cfg = self.catalog.model_config_dict
         space = self.action_space
+        if not _default_dist_cls(self.action_dist_cls, space):
+            raise ValueError(f"action_dist_cls: {getattr(self.action_dist_cls, '__name__', self.action_dist_cls)!r} "
+                             f"(from {type(self.catalog).__name__}) is not the distribution the fused step samples "
+                             "(TorchCategorical / TorchMultiCategorical / TorchDiagGaussian for the action space)")
         if isinstance(space, gym.spaces.Discrete):
             dist, sizes = "categorical", [int(space.n)]
         elif isinstance(space, gym.spaces.MultiDiscrete):
@@ -312,6 +316,21 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
 
     def _forward_inference(self, batch: dict, **kwargs) -> dict:
         return self._forward_fast_or_torch(batch, deterministic=True)
+
+
+def _default_dist_cls(cls, space) -> bool:
+    """Whether ``cls`` is the distribution class the fused step samples for ``space`` (the
+    catalog default; a catalog's own class, e.g. a subclass with a temperature, is not)."""
+    from .. import distributions as d
+
+    if isinstance(space, gym.spaces.Discrete):
+        return cls is d.TorchCategorical
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        # Catalog._get_dist_cls_from_action_space: a partial class made fresh per catalog
+        return (isinstance(cls, type) and cls.__bases__ == (d.TorchMultiCategorical,)
+                and cls.__name__ == "TorchMultiCategoricalPartial" and cls.from_logits.__func__.__qualname__.endswith(
+                    "DistributionPartial.from_logits"))
+    return cls is d.TorchDiagGaussian
 
 
 def _check_finite_obs(obs: torch.Tensor) -> None:
