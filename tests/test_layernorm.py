@@ -186,3 +186,29 @@ def test_bad_norms_name_the_field():
     L.actor.norms = [torch.nn.Linear(19, 19), None]
     with pytest.raises(ValueError, match="LayerNorm"):
         validate(L)
+
+
+@needs_cpp
+@pytest.mark.parametrize("case", ["both-sep", "lstm"])
+def test_rllib_fast_module_fuses_layernorm(case):
+    """RLlib's own module with layer norms (rf.rllib.FastPPOTorchRLModule) runs the fused step."""
+    pytest.importorskip("ray.rllib")
+    from ray.rllib.algorithms.ppo.ppo_catalog import PPOCatalog as RLlibPPOCatalog
+
+    from rlmodule_fast.rllib import FastPPOTorchRLModule
+
+    cfg = CONFIGS[case]
+    m = FastPPOTorchRLModule(observation_space=OBS, action_space=SPACES["cat"], model_config=cfg,
+                             catalog_class=RLlibPPOCatalog)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    lstm = cfg.get("use_lstm", False)
+    batch = {"obs": torch.randn(3, 1, 5) if lstm else torch.randn(3, 5)}
+    if lstm:
+        batch["state_in"] = {k: torch.randn(3, *v.shape) for k, v in m.get_initial_state().items()}
+    out = m.forward_inference(dict(batch))
+    info = m.fast_path_info()
+    assert info["active"] and info["calls"] == 1, info
+    want = m.forward_train(dict(batch))["action_dist_inputs"]
+    torch.testing.assert_close(out["action_dist_inputs"], want.detach(), atol=2e-5, rtol=1e-4)
