@@ -201,6 +201,16 @@ def resolve_model_config(user: Any = None, extra: Optional[Mapping[str, Any]] = 
     family's to check. Returns a new dict holding every key of ``DEFAULTS`` (and ``extra``):
     activations canonical, lists as lists, initializer names checked (``models.initializers``).
     Every key of RLlib's DefaultModelConfig is known; anything else is a ValueError naming it.
+
+    What the keys do (RLlib 2.60's meaning): ``fcnet_*`` the MLP encoder (``fcnet_use_layernorm``
+    norms every layer, the latent included) and the LSTM/GRU tokenizer; ``head_fcnet_*`` the
+    heads (``head_fcnet_use_layernorm`` norms their hidden layers); ``*_initializer`` (+
+    ``_kwargs``) the init of those layers (``models.initializers``); ``use_lstm`` / ``use_gru``,
+    ``lstm_cell_size``, ``lstm_*_initializer``, ``max_seq_len`` the recurrent encoder;
+    ``conv_*`` the CNN encoder of rank-3 Box observations (models/cnn.py); ``fusionnet_*``
+    SAC's Q encoder; ``free_log_std``, ``log_std_clip_param``, ``vf_share_layers`` as RLlib;
+    ``lstm_use_prev_action`` / ``lstm_use_prev_reward`` nothing (as RLlib 2.60: a warning says
+    which connectors feed them).
     """
     user = as_config_mapping(user)
     defaults = dict(DEFAULTS, **(extra or {}))

@@ -6,6 +6,9 @@ A value is None (torch's default init of the layer stays), a callable (used as g
 string naming an in-place function of ``torch.nn.init`` (case-insensitive, must end in "_",
 e.g. "xavier_uniform_", "orthogonal_"); ``<key>_kwargs`` (None or a dict) go to the call.
 
+Conv layers (the CNN encoder, as RLlib's ``TorchCNN``): right after creating each ``nn.Conv2d``,
+``init_layer(conv, **stack_initializers(cfg, "conv"), what="conv initializer")``.
+
 Checkpoints: a model config is stored as JSON, never as code. A callable that IS a
 ``torch.nn.init`` function is stored by its name (``initializer_to_json``: the same function
 comes back when loaded); any other callable (a lambda, a user's function, a class) cannot be
