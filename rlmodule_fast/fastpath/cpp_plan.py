@@ -125,14 +125,14 @@ class CppPolicyPlan:
             "dist": self._cpp._C.DISTRIBUTIONS[L.dist], "action_sizes": self.action_sizes,
             "log_std_clip": -1.0 if L.log_std_clip is None else float(L.log_std_clip),
             "free_log_std": [] if L.free_log_std is None else [float(v) for v in L.free_log_std.detach().float().tolist()],
-            "actor_norms": norms(L.actor.norms), "pi_norms": norms(L.pi_norms),
+            "actor_norms": norms(getattr(L.actor, "norms", None)), "pi_norms": norms(getattr(L, "pi_norms", None)),
         }
         if L.critic is not None:
             c_act = self._cpp.ACT_CODES[canonical_activation(L.critic.activation)]
             spec.update(critic_mlp=mlp(L.critic.mlp), critic_acts=[c_act] * len(L.critic.mlp), critic_rnn=rnn(L.critic.rnn),
-                        critic_norms=norms(L.critic.norms))
+                        critic_norms=norms(getattr(L.critic, "norms", None)))
         if self.has_vf:
-            spec.update(vf=mlp(L.vf), vf_acts=[head] * (len(L.vf) - 1) + [0], vf_norms=norms(L.vf_norms))
+            spec.update(vf=mlp(L.vf), vf_acts=[head] * (len(L.vf) - 1) + [0], vf_norms=norms(getattr(L, "vf_norms", None)))
         return spec, keep
 
     def _repack(self, force: bool = False) -> None:

@@ -80,13 +80,13 @@ def _encoder_params(enc: EncoderLayers) -> list:
 def _step_params(layers: PolicyLayers) -> list:
     """The parameters a step without the value head reads: actor encoder, pi head, log-std."""
     fls = [layers.free_log_std] if layers.free_log_std is not None else []
-    return (_encoder_params(layers.actor) + _linear_params(layers.pi) + _norm_params(layers.pi_norms) + fls)
+    return (_encoder_params(layers.actor) + _linear_params(layers.pi) + _norm_params(getattr(layers, "pi_norms", None)) + fls)
 
 
 def _params(layers: PolicyLayers) -> list:
     """Every parameter of the description: the step's (``_step_params``), then critic and vf."""
     critic = _encoder_params(layers.critic) if layers.critic is not None else []
-    return _step_params(layers) + critic + _linear_params(layers.vf or []) + _norm_params(layers.vf_norms)
+    return _step_params(layers) + critic + _linear_params(layers.vf or []) + _norm_params(getattr(layers, "vf_norms", None))
 
 
 def _check_norms(norms, lins: list, what: str) -> None:
@@ -175,7 +175,7 @@ def validate(L: PolicyLayers) -> dict:
     pi = _linears(L.pi, "pi")
     if not pi:
         raise ValueError("pi: expected at least one nn.Linear")
-    _check_norms(L.pi_norms, pi, "pi_norms")
+    _check_norms(getattr(L, "pi_norms", None), pi, "pi_norms")
     if a_obs == 0:  # empty actor encoder: the heads read the observation
         a_obs = a_lat = pi[0].in_features
     d["obs_dim"] = a_obs
@@ -204,7 +204,7 @@ def validate(L: PolicyLayers) -> dict:
             raise ValueError(f"critic: expected input size {d['obs_dim']} (the actor's), got {c_obs}")
         d["critic_rnn"] = L.critic.rnn
     vf = _linears(L.vf, "vf")
-    _check_norms(L.vf_norms, vf, "vf_norms")
+    _check_norms(getattr(L, "vf_norms", None), vf, "vf_norms")
     if L.vf is not None:
         if not vf or _chain(vf, c_lat, "vf") != 1:
             raise ValueError(f"vf: expected layers ending in 1 output, got {[tuple(l.weight.shape) for l in vf]}")

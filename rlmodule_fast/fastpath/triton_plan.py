@@ -49,8 +49,8 @@ class TritonPolicyPlan:
             self.rnn_kind = "lstm" if isinstance(layers.actor.rnn, torch.nn.LSTM) else "gru"
         self.pi = list(layers.pi)
         self.vf = list(layers.vf) if layers.vf else None
-        self.pi_norms = list(layers.pi_norms) if has_norms(layers.pi_norms) else None
-        self.vf_norms = list(layers.vf_norms) if has_norms(layers.vf_norms) else None
+        self.pi_norms = list(layers.pi_norms) if has_norms(getattr(layers, "pi_norms", None)) else None
+        self.vf_norms = list(layers.vf_norms) if has_norms(getattr(layers, "vf_norms", None)) else None
         self.enc_act = canonical_activation(layers.actor.activation, what="actor.activation")
         self.crit_act = self.enc_act if self.shared else canonical_activation(
             layers.critic.activation, what="critic.activation")
