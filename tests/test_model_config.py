@@ -267,3 +267,33 @@ def test_spec_learner_only():
     assert s2.learner_only is True
     assert rf.RLModuleSpec(module_class=PPOTorchRLModule, observation_space=OBS, action_space=DISC,
                            model_config={"fcnet_hiddens": [4]}).build().learner_only is False
+
+
+def test_build_encoder_override_runs_the_torch_path():
+    class OwnEncoderCatalog(PPOCatalog):
+        def _determine_components_hook(self):
+            super()._determine_components_hook()
+            self.latent_dims = (8,)
+
+        def build_encoder(self, framework="torch"):
+            return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh())
+
+    m = PPOTorchRLModule(observation_space=OBS, action_space=DISC, model_config={"vf_share_layers": False},
+                         catalog_class=OwnEncoderCatalog)
+    assert isinstance(m.encoder.actor_encoder, torch.nn.Sequential)
+    assert m.state_dict()["encoder.critic_encoder.0.weight"].shape == (8, 5)
+    obs = torch.randn(4, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = m.forward_inference({"obs": obs})
+    info = m.fast_path_info()
+    assert not info["active"] and "encoder" in info["reason"], info
+    torch.testing.assert_close(out["action_dist_inputs"], m.forward_train({"obs": obs})["action_dist_inputs"])
+
+
+def test_multi_spec_with_default_model_config():
+    spec = rf.MultiRLModuleSpec(rl_module_specs={"a": rf.RLModuleSpec(module_class=PPOTorchRLModule)},
+                                observation_space=OBS, action_space=DISC,
+                                model_config=rf.DefaultModelConfig(fcnet_hiddens=[3]))
+    m = spec.build()
+    assert m["a"].state_dict()["encoder.encoder.net.mlp.0.weight"].shape == (3, 5)
