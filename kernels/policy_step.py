@@ -18,6 +18,13 @@ indices are constexpr, so the layer loops are unrolled. Two variants:
   layers are tiled GEMMs through this program's four scratch slots (L1/L2-resident, written
   and re-read by the same CTA), the head outputs come back into registers for the sampling.
 
+Layer norms (``fcnet_use_layernorm`` / ``head_fcnet_use_layernorm``): bit l of the constexpr
+NORM_MASK marks packed layer l as normed between its bias and its activation; gamma, beta, N and
+eps come from ``ln_ptr`` (``kernels.mlp.pack_norms``: [L, LN_W = 2D + 2]). The register variant
+normalises the tile in registers; the staged one writes the pre-activations to its scratch slot
+and normalises from there (``kernels.mlp._dense_staged_ln``). NORM_MASK = 0 compiles to the
+kernels without norms.
+
 RNG: ``seed_ptr`` is the int64 [2] (key, counter) Philox state of ``kernels.sampling`` and the
 element offsets are its (row * NL + column for categorical logits, row * A + column for Gaussian
 noise), so for the same state tensor the fused step draws exactly what the standalone samplers
