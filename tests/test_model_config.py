@@ -297,3 +297,24 @@ def test_multi_spec_with_default_model_config():
                                 model_config=rf.DefaultModelConfig(fcnet_hiddens=[3]))
     m = spec.build()
     assert m["a"].state_dict()["encoder.encoder.net.mlp.0.weight"].shape == (3, 5)
+
+
+@pytest.mark.parametrize("use_lstm", [False, True])
+def test_conv_initializers_same_seed_same_weights_as_rllib(use_lstm):
+    """conv_*_initializer go to each Conv2d right after it is built, as RLlib's TorchCNN."""
+    cls = _rllib_config_cls()
+    from ray.rllib.algorithms.ppo.ppo_catalog import PPOCatalog as RLlibPPOCatalog
+    from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
+
+    img = gym.spaces.Box(0.0, 1.0, (10, 10, 3), np.float32)
+    kw = dict(conv_filters=[[4, 3, 2], [8, 3, 2]], conv_kernel_initializer="xavier_uniform_",
+              conv_kernel_initializer_kwargs={"gain": 0.7}, conv_bias_initializer="normal_",
+              use_lstm=use_lstm, lstm_cell_size=5, lstm_kernel_initializer="orthogonal_")
+    torch.manual_seed(5)
+    theirs = DefaultPPOTorchRLModule(observation_space=img, action_space=DISC, model_config=cls(**kw),
+                                     catalog_class=RLlibPPOCatalog).state_dict()
+    torch.manual_seed(5)
+    ours = PPOTorchRLModule(observation_space=img, action_space=DISC, model_config=cls(**kw)).state_dict()
+    assert list(ours) == list(theirs)
+    for k in theirs:
+        assert torch.equal(ours[k], theirs[k]), k

@@ -23,14 +23,33 @@ from typing import Any, Optional
 import gymnasium as gym
 import numpy as np
 
+from .cnn import ConvInitHook, default_conv_filters
 from .config import resolve_model_config
-from .configs import MLPEncoderConfig, RecurrentEncoderConfig
+from .configs import CNNEncoderConfig, MLPEncoderConfig, RecurrentEncoderConfig
 from .encoders import obs_dim
+from .initializers import conv_init_hook
 
 
 def check_framework(framework: str) -> None:
     if framework != "torch":
         raise ValueError(f"framework={framework!r}: only 'torch' is supported")
+
+
+def obs_encoder_kind(space: gym.Space) -> str:
+    """The encoder RLlib's Catalog picks for an observation space: "cnn" for a 3-D Box [H, W, C],
+    "mlp" for a 1-D Box (and for Discrete: one-hot, our extension). Any other Box rank is a
+    ValueError as in RLlib (never a silent flatten); other spaces are left to ``obs_dim``."""
+    if not isinstance(space, gym.spaces.Box):
+        return "mlp"
+    rank = len(space.shape)
+    if rank == 3:
+        return "cnn"
+    if rank == 1:
+        return "mlp"
+    hint = ("2D Box spaces are not supported (as in RLlib): flatten it to a 1-D Box or give it a channel axis "
+            "(a 3-D Box)" if rank == 2 else f"a {rank}-D Box is not supported (as in RLlib)")
+    raise ValueError(f"observation_space: no default encoder for {space}: {hint}; expected a 1-D Box (MLP), "
+                     f"a 3-D Box [H, W, C] (CNN) or Discrete, got shape {tuple(space.shape)}")
 
 
 class Catalog:
@@ -57,9 +76,14 @@ class Catalog:
         self.observation_space = observation_space
         self.action_space = action_space
         self._model_config_dict = resolve_model_config(model_config_dict)
+        self.encoder_kind = obs_encoder_kind(observation_space)
         self.obs_dim = obs_dim(observation_space)
         cfg = self._model_config_dict
         self.recurrent_kind = "lstm" if cfg["use_lstm"] else ("gru" if cfg["use_gru"] else None)
+        # conv_filters as built: the config's, or RLlib's default stack for the image size
+        self.conv_filters = None
+        if self.encoder_kind == "cnn":
+            self.conv_filters = cfg["conv_filters"] or default_conv_filters(observation_space.shape)
         self._latent_dims = None
         self._determine_components_hook()
 
@@ -100,15 +124,37 @@ class Catalog:
     @classmethod
     def _get_encoder_config(cls, observation_space: gym.Space, model_config_dict: dict,
                             action_space: Optional[gym.Space] = None):
-        """The encoder config for this observation space: an ``MLPEncoderConfig`` over the
-        flattened observation (Box of any shape, Discrete one-hot; hidden layers
-        ``fcnet_hiddens[:-1]``, latent layer ``fcnet_hiddens[-1]``, ``fcnet_activation`` on all,
-        ``fcnet_use_layernorm`` and ``fcnet_*_initializer`` on all, as RLlib), or with
-        ``use_lstm`` / ``use_gru`` a ``RecurrentEncoderConfig`` (``lstm_cell_size``,
-        ``lstm_*_initializer``) over ``get_tokenizer_config``'s tokenizer."""
+        """The encoder config for this observation space, as RLlib's: for a 1-D Box (or Discrete,
+        one-hot) an ``MLPEncoderConfig`` (hidden layers ``fcnet_hiddens[:-1]``, latent layer
+        ``fcnet_hiddens[-1]``, ``fcnet_activation``, ``fcnet_use_layernorm`` and
+        ``fcnet_*_initializer`` on every layer); for a 3-D Box [H, W, C] a ``CNNEncoderConfig``
+        (``conv_filters`` or RLlib's default stack for the size, ``conv_activation``,
+        ``conv_*_initializer``); with ``use_lstm`` / ``use_gru`` a ``RecurrentEncoderConfig``
+        (``lstm_cell_size``, ``lstm_*_initializer``) over ``get_tokenizer_config``'s tokenizer."""
         cfg = model_config_dict
-        d = obs_dim(observation_space)
         kind = "lstm" if cfg.get("use_lstm") else ("gru" if cfg.get("use_gru") else None)
+        if obs_encoder_kind(observation_space) == "cnn":
+            shape = tuple(int(v) for v in observation_space.shape)
+            if kind:
+                return RecurrentEncoderConfig(
+                    input_dims=shape, recurrent_layer_type=kind, hidden_dim=cfg["lstm_cell_size"],
+                    hidden_weights_initializer=cfg["lstm_kernel_initializer"],
+                    hidden_weights_initializer_config=cfg["lstm_kernel_initializer_kwargs"],
+                    hidden_bias_initializer=cfg["lstm_bias_initializer"],
+                    hidden_bias_initializer_config=cfg["lstm_bias_initializer_kwargs"],
+                    batch_major=True, num_layers=1,
+                    tokenizer_config=cls.get_tokenizer_config(observation_space, cfg),
+                )
+            return CNNEncoderConfig(
+                input_dims=shape,
+                cnn_filter_specifiers=cfg["conv_filters"] or default_conv_filters(shape),
+                cnn_activation=cfg["conv_activation"],
+                cnn_kernel_initializer=cfg["conv_kernel_initializer"],
+                cnn_kernel_initializer_config=cfg["conv_kernel_initializer_kwargs"],
+                cnn_bias_initializer=cfg["conv_bias_initializer"],
+                cnn_bias_initializer_config=cfg["conv_bias_initializer_kwargs"],
+            )
+        d = obs_dim(observation_space)
         if kind:
             return RecurrentEncoderConfig(
                 input_dims=(d,),
@@ -153,6 +199,12 @@ class Catalog:
             raise ValueError(f"{type(self).__name__}: no _encoder_config; set it in _determine_components_hook "
                              "or override build_encoder")
         return self._encoder_config.build(framework=framework)
+
+    def conv_init_hook(self) -> ConvInitHook:
+        """Where ``conv_kernel_initializer`` / ``conv_bias_initializer`` (+ ``_kwargs``) apply: a
+        callable run on each new nn.Conv2d right after it is built (RLlib's place), or None for
+        torch's default init (``models.initializers.conv_init_hook``)."""
+        return conv_init_hook(self._model_config_dict)
 
     def get_action_dist_cls(self, framework: str = "torch"):
         """The action distribution class, from ``self._action_dist_class_fn``."""

@@ -11,6 +11,7 @@ import warnings
 from typing import Any, Callable, List, Mapping, Optional, Union
 
 from ..ops.reference import canonical_activation
+from .cnn import validate_conv_filters
 from .initializers import INITIALIZER_KEYS, check_initializer_kwargs, get_initializer_fn, initializer_to_json
 
 _REPR = reprlib.Repr()
@@ -182,17 +183,6 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-def _conv_filters(value: Any) -> Optional[list]:
-    """None (RLlib picks a stack by image size) or a list of [out_channels, kernel, stride]
-    items; the items are checked where the CNN is built (models/cnn.py)."""
-    if value is None:
-        return None
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(f"model config 'conv_filters': expected None or a list of [out_channels, kernel, stride], "
-                         f"got {_short(value)}")
-    return [list(v) if isinstance(v, tuple) else v for v in value]
-
-
 def resolve_model_config(user: Any = None, extra: Optional[Mapping[str, Any]] = None) -> dict:
     """Defaults + ``user`` with aliases resolved and every value validated.
 
@@ -240,7 +230,7 @@ def resolve_model_config(user: Any = None, extra: Optional[Mapping[str, Any]] = 
     for key in INITIALIZER_KEYS:
         get_initializer_fn(cfg[key], what=key)
         cfg[key + "_kwargs"] = check_initializer_kwargs(cfg[key + "_kwargs"], what=key + "_kwargs")
-    cfg["conv_filters"] = _conv_filters(cfg["conv_filters"])
+    cfg["conv_filters"] = validate_conv_filters(cfg["conv_filters"])
     prev = [k for k in ("lstm_use_prev_action", "lstm_use_prev_reward") if cfg[k]]
     if prev:
         # RLlib 2.60's default modules ignore these keys too (only its old API stack read them):

@@ -8,6 +8,7 @@ Field names are RLlib's, so an override written against RLlib reads the same fie
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Optional
 
 
@@ -74,6 +75,39 @@ class MLPEncoderConfig(ModelConfig):
 
 
 @dataclasses.dataclass
+class CNNEncoderConfig(ModelConfig):
+    """RLlib's CNNEncoderConfig: ``input_dims`` the image shape [H, W, C], a Conv2D stack
+    (``cnn_filter_specifiers``: [[filters, kernel, stride(, padding)], ...]) with one activation
+    and initializers; the latent is the flattened last conv output (no dense layer after it).
+
+    build() -> ``cnn.TorchCNNEncoder`` ([B, H, W, C] -> [B, output_dims[0]])."""
+
+    cnn_filter_specifiers: list = dataclasses.field(default_factory=list)
+    cnn_activation: str = "relu"
+    cnn_kernel_initializer: Any = None
+    cnn_kernel_initializer_config: Optional[dict] = None
+    cnn_bias_initializer: Any = None
+    cnn_bias_initializer_config: Optional[dict] = None
+
+    @property
+    def output_dims(self) -> tuple:
+        from .cnn import cnn_output_dim
+
+        return (cnn_output_dim(self.input_dims, self.cnn_filter_specifiers),)
+
+    def build(self, framework: str = "torch"):
+        from .cnn import TorchCNNEncoder
+        from .initializers import conv_init_hook
+
+        _check_torch(framework)
+        hook = conv_init_hook({"conv_kernel_initializer": self.cnn_kernel_initializer,
+                               "conv_kernel_initializer_kwargs": self.cnn_kernel_initializer_config,
+                               "conv_bias_initializer": self.cnn_bias_initializer,
+                               "conv_bias_initializer_kwargs": self.cnn_bias_initializer_config})
+        return TorchCNNEncoder(self.input_dims, self.cnn_filter_specifiers, self.cnn_activation, hook)
+
+
+@dataclasses.dataclass
 class RecurrentEncoderConfig(ModelConfig):
     """RLlib's RecurrentEncoderConfig: a tokenizer (its own config, built first), then a 1-layer
     LSTM or GRU (``recurrent_layer_type``) of ``hidden_dim`` units, batch-major.
@@ -108,6 +142,6 @@ class RecurrentEncoderConfig(ModelConfig):
         tokenizer = self.tokenizer_config.build(framework=framework)
         rnn_init = {"kernel": self.hidden_weights_initializer, "kernel_kwargs": self.hidden_weights_initializer_config,
                     "bias": self.hidden_bias_initializer, "bias_kwargs": self.hidden_bias_initializer_config}
-        return TorchRNNEncoder(int(self.input_dims[0]), [], "linear", int(self.hidden_dim),
+        return TorchRNNEncoder(int(math.prod(self.input_dims)), [], "linear", int(self.hidden_dim),
                                self.recurrent_layer_type, tokenizer=tokenizer,
                                token_dim=int(self.tokenizer_config.output_dims[0]), rnn_init=rnn_init)

@@ -134,13 +134,15 @@ class TorchMLPEncoder(nn.Module):
 
 
 class TorchRNNEncoder(nn.Module):
-    """Tokenizer MLP, then a 1-layer LSTM (``self.lstm``) or GRU (``self.gru``), batch-major.
+    """Tokenizer MLP (or the given ``tokenizer``, e.g. a ``models.cnn.TorchCNNEncoder``), then a
+    1-layer LSTM (``self.lstm``) or GRU (``self.gru``), batch-major.
 
     ``tokenizer``: a module mapping [..., D] -> [..., token_dim] (default: ``TorchMLPEncoder(input_dim, hiddens,
     activation, **tokenizer_kwargs)``, RLlib's tokenizer for a 1-D observation). ``rnn_init``:
     ``lstm_*_initializer`` settings (``models.initializers.init_rnn``).
 
-    forward(x [B, T, D], state {"h": [B, 1, H](, "c")}) -> (out [B, T, H], state_out same layout).
+    forward(x [B, T, D] (CNN tokenizer: [B, T, H, W, C]), state {"h": [B, 1, H](, "c")})
+    -> (out [B, T, H], state_out same layout).
     """
 
     def __init__(self, input_dim: int, hiddens: list[int], activation: str, cell_size: int, kind: str, *,

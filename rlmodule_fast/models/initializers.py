@@ -6,8 +6,8 @@ A value is None (torch's default init of the layer stays), a callable (used as g
 string naming an in-place function of ``torch.nn.init`` (case-insensitive, must end in "_",
 e.g. "xavier_uniform_", "orthogonal_"); ``<key>_kwargs`` (None or a dict) go to the call.
 
-Conv layers (the CNN encoder, as RLlib's ``TorchCNN``): right after creating each ``nn.Conv2d``,
-``init_layer(conv, **stack_initializers(cfg, "conv"), what="conv initializer")``.
+Conv layers (the CNN encoder, as RLlib's ``TorchCNN``): ``conv_init_hook(cfg)`` is run on each
+``nn.Conv2d`` right after it is created.
 
 Checkpoints: a model config is stored as JSON, never as code. A callable that IS a
 ``torch.nn.init`` function is stored by its name (``initializer_to_json``: the same function
@@ -115,3 +115,13 @@ def stack_initializers(cfg: Mapping[str, Any], stack: str) -> dict:
         "bias": cfg.get(f"{stack}_bias_initializer"),
         "bias_kwargs": cfg.get(f"{stack}_bias_initializer_kwargs"),
     }
+
+
+def conv_init_hook(cfg: Mapping[str, Any]) -> Optional[Callable[[nn.Module], None]]:
+    """The ``conv_*_initializer`` settings of a resolved model config as a hook for each new
+    ``nn.Conv2d`` (``models.cnn.TorchCNN``'s ``init_conv``); None when both are None (torch's
+    default init stays, and no random numbers are drawn beyond torch's own)."""
+    init = stack_initializers(cfg, "conv")
+    if init["kernel"] is None and init["bias"] is None:
+        return None
+    return lambda conv: init_layer(conv, **init, what="conv initializer")

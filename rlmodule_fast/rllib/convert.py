@@ -44,11 +44,11 @@ RLLIB_PPO_CATALOGS = frozenset({"ray.rllib.algorithms.ppo.ppo_catalog.PPOCatalog
 _MUST_BE = {
     "use_attention": False,
 }
-# Keys that only matter when building fresh weights (initializers) or for inputs these modules
-# never see (conv nets run only on image observations, which the state check below refuses);
-# the loaded weights make them irrelevant.
+# Keys that only matter when building fresh weights (initializers) or for models other than
+# PPO's (fusion nets); the loaded weights make them irrelevant. (conv_filters / conv_activation
+# are model keys of ours: image observations get RLlib's CNN encoder.)
 _IRRELEVANT_SUFFIXES = ("_initializer", "_initializer_kwargs", "_initializer_config")
-_IRRELEVANT = {"conv_filters", "conv_activation", "fusionnet_hiddens", "fusionnet_activation",
+_IRRELEVANT = {"fusionnet_hiddens", "fusionnet_activation",
                "_disable_preprocessor_api", "_disable_action_flattening"}
 
 # Messages show file data through these (and ``_pickle._describe``): by type and size, names cut
@@ -80,9 +80,10 @@ def _cut(e: BaseException) -> str:
 def rllib_model_config(cfg: Any, *, source: str = "model_config") -> dict:
     """Our model config from RLlib's (a dict, a ``DefaultModelConfig``, or its pickle record).
 
-    Keys we implement are kept (and validated by our config code when the module is built);
-    initializer / conv / fusion keys are dropped (the weights are loaded, not initialised);
-    architecture keys we do not implement (attention) are a
+    Keys we implement are kept (``conv_filters``, ``conv_activation`` and the layer-norm keys
+    included; validated by our config code when the module is built); initializer / fusion keys
+    are dropped (the weights are loaded, not initialised); architecture keys we do not implement
+    (attention) are a
     ValueError unless they hold RLlib's default; any other key (RLlib ignores unknown keys) is
     dropped with a warning naming it.
     """
@@ -99,7 +100,7 @@ def rllib_model_config(cfg: Any, *, source: str = "model_config") -> dict:
     for key, value in cfg.items():
         if not isinstance(key, str):
             raise ValueError(f"{source}: keys must be strings, got {_describe(key)}")
-        if key in _IRRELEVANT or key.endswith(_IRRELEVANT_SUFFIXES) or key.startswith("conv_"):
+        if key in _IRRELEVANT or key.endswith(_IRRELEVANT_SUFFIXES):
             continue
         if key in DEFAULTS:
             out[key] = list(value) if isinstance(value, tuple) else value
@@ -238,7 +239,8 @@ def load_rllib_checkpoint(path: PathLike, *, module_id: str = DEFAULT_MODULE_ID,
     holding one under ``module_id`` (Algorithm: the learner's module). ``inference_only``:
     build without value function (default: as the checkpoint says).
 
-    Supported: MLP and LSTM encoders, shared or separate value encoder, ``Box`` observations,
+    Supported: MLP, CNN (image ``[H, W, C]`` observations) and LSTM (over an MLP or CNN tokenizer)
+    encoders, shared or separate value encoder, 1-D and image ``Box`` observations,
     ``Discrete`` / ``MultiDiscrete`` / ``Box`` actions. The pickles are read with a restricted
     unpickler (numpy arrays, gymnasium spaces, builtins): a file naming any other class or
     function raises ``UnsafeCheckpointError`` naming the file and the global, and runs nothing.
