@@ -247,6 +247,8 @@ def test_partial_dist_fn_and_latent_dims_like_rllib():
     assert isinstance(cat._action_dist_class_fn, functools.partial)
     assert cat.get_action_dist_cls("torch") is rf.distributions.TorchCategorical
     assert isinstance(cat.build_encoder("torch"), torch.nn.Module)
+    ppo = PPOCatalog(OBS, DISC, {"head_fcnet_hiddens": [4], "head_fcnet_activation": "tanh"})
+    assert ppo.pi_and_vf_head_hiddens == [4] and ppo.pi_and_vf_head_activation == "tanh"
 
 
 # ----------------------------------------------------------------------------- learner_only

@@ -21,6 +21,16 @@ class PPOCatalog(Catalog):
     builds here too).
     """
 
+    @property
+    def pi_and_vf_head_hiddens(self) -> list:
+        """RLlib's PPOCatalog attribute: ``head_fcnet_hiddens``."""
+        return self.model_config_dict["head_fcnet_hiddens"]
+
+    @property
+    def pi_and_vf_head_activation(self) -> str:
+        """RLlib's PPOCatalog attribute: ``head_fcnet_activation``."""
+        return self.model_config_dict["head_fcnet_activation"]
+
     def build_actor_critic_encoder(self, framework: str = "torch", inference_only: bool = False) -> TorchActorCriticEncoder:
         check_framework(framework)
         return TorchActorCriticEncoder(lambda: self.build_encoder(framework),
