@@ -18,6 +18,7 @@ the same order, so a subclass written for RLlib behaves the same here:
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Optional
 
 import gymnasium as gym
@@ -36,20 +37,27 @@ def check_framework(framework: str) -> None:
 
 
 def obs_encoder_kind(space: gym.Space) -> str:
-    """The encoder RLlib's Catalog picks for an observation space: "cnn" for a 3-D Box [H, W, C],
-    "mlp" for a 1-D Box (and for Discrete: one-hot, our extension). Any other Box rank is a
-    ValueError as in RLlib (never a silent flatten); other spaces are left to ``obs_dim``."""
+    """The encoder for an observation space: "cnn" for a 3-D Box [H, W, C] (RLlib's Catalog
+    choice), "mlp" for a 1-D Box and Discrete (one-hot, our extension). A Box of any other rank
+    (0-D, 2-D, 4-D, ...) has no default encoder in RLlib (its Catalog raises); here it is
+    flattened into the MLP encoder as API.md promises ("Box of any shape (flattened)") -- never
+    silently: a ``FlattenedObservationWarning`` says so, naming the shape."""
     if not isinstance(space, gym.spaces.Box):
         return "mlp"
     rank = len(space.shape)
     if rank == 3:
         return "cnn"
-    if rank == 1:
-        return "mlp"
-    hint = ("2D Box spaces are not supported (as in RLlib): flatten it to a 1-D Box or give it a channel axis "
-            "(a 3-D Box)" if rank == 2 else f"a {rank}-D Box is not supported (as in RLlib)")
-    raise ValueError(f"observation_space: no default encoder for {space}: {hint}; expected a 1-D Box (MLP), "
-                     f"a 3-D Box [H, W, C] (CNN) or Discrete, got shape {tuple(space.shape)}")
+    if rank != 1:
+        warnings.warn(
+            f"observation_space: {space} is a {rank}-D Box; RLlib 2.60 has no default encoder for it (its "
+            f"Catalog raises) -- rlmodule_fast flattens its {obs_dim(space)} values into the MLP encoder. "
+            "Give a 1-D Box to keep RLlib-identical behaviour, or a 3-D Box [H, W, C] for RLlib's CNN.",
+            FlattenedObservationWarning, stacklevel=3)
+    return "mlp"
+
+
+class FlattenedObservationWarning(UserWarning):
+    """A Box observation of a rank RLlib has no default encoder for was flattened into an MLP."""
 
 
 class Catalog:
@@ -133,7 +141,7 @@ class Catalog:
         (``lstm_cell_size``, ``lstm_*_initializer``) over ``get_tokenizer_config``'s tokenizer."""
         cfg = model_config_dict
         kind = "lstm" if cfg.get("use_lstm") else ("gru" if cfg.get("use_gru") else None)
-        if obs_encoder_kind(observation_space) == "cnn":
+        if isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 3:  # obs_encoder_kind
             shape = tuple(int(v) for v in observation_space.shape)
             if kind:
                 return RecurrentEncoderConfig(
