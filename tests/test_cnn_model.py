@@ -202,18 +202,20 @@ def test_no_default_stack_is_a_clear_error(shape):
         PPOTorchRLModule(observation_space=obs_space(shape), action_space=DISC6)
 
 
-@pytest.mark.parametrize("shape,pattern", [
-    ((84, 84), r"observation_space.*2D Box spaces are not supported.*got shape \(84, 84\)"),
-    ((2, 3), r"observation_space.*2D Box.*got shape \(2, 3\)"),
-    ((2, 10, 10, 3), r"observation_space.*4-D Box is not supported.*got shape \(2, 10, 10, 3\)"),
-    ((), r"observation_space.*0-D Box is not supported"),
-])
-def test_obs_ranks_rllib_refuses_are_refused(shape, pattern):
-    """Never a silent flatten: an 84x84 or 2x3 Box is RLlib's ValueError, not an MLP."""
-    for cfg in ({}, {"use_lstm": True}):
-        with pytest.raises(ValueError, match=pattern):
-            PPOTorchRLModule(observation_space=gym.spaces.Box(-1, 1, shape, np.float32), action_space=DISC6,
-                             model_config=cfg)
+@pytest.mark.parametrize("shape", [(84, 84), (2, 3), (2, 10, 10, 3), ()])
+def test_obs_ranks_rllib_refuses_are_flattened_loudly(shape):
+    """RLlib's Catalog has no default encoder for these ranks; API.md promises "Box of any shape
+    (flattened)": they build an MLP over the flattened obs, never silently (a warning names it)."""
+    import math
+
+    from rlmodule_fast.models.catalog import FlattenedObservationWarning
+
+    space = gym.spaces.Box(-1, 1, shape, np.float32)
+    for cfg in ({"fcnet_hiddens": [8]}, {"fcnet_hiddens": [8], "use_lstm": True, "lstm_cell_size": 4}):
+        with pytest.warns(FlattenedObservationWarning, match=rf"{len(shape)}-D Box.*RLlib 2.60 has no default encoder"):
+            m = PPOTorchRLModule(observation_space=space, action_space=DISC6, model_config=cfg)
+        first = next(p for n, p in m.named_parameters() if n.endswith("weight"))
+        assert first.shape[1] == max(1, math.prod(shape))
 
 
 def test_encoder_kind_by_space():

@@ -25,7 +25,8 @@ FAST_TOL = dict(atol=2e-5, rtol=1e-4)
 
 OBS_SPACES = {
     "obs4": gym.spaces.Box(-1.0, 1.0, (4,), np.float32),
-    # (a 2-D Box is RLlib's ValueError since issue 14; images: tests/test_cnn_model.py)
+    # a 2-D Box: flattened (API.md), with a FlattenedObservationWarning (RLlib has no encoder for it)
+    "obs2x3": gym.spaces.Box(-1.0, 1.0, (2, 3), np.float32),
     "obs6": gym.spaces.Box(-1.0, 1.0, (6,), np.float32),
     "obsDisc5": gym.spaces.Discrete(5),
 }
@@ -241,7 +242,7 @@ def test_gaussian_log_std_clipped():
 # ---------------------------------------------------------------------------------------------
 # Recurrent modules
 # ---------------------------------------------------------------------------------------------
-RNN_CASES = [(kind, share, obs) for kind in ("lstm", "gru") for share in (True, False) for obs in ("obs4", "obs6", "obsDisc5")]
+RNN_CASES = [(kind, share, obs) for kind in ("lstm", "gru") for share in (True, False) for obs in ("obs4", "obs2x3", "obs6", "obsDisc5")]
 
 
 def make_rnn(kind, share, obs="obs4", act="actDisc3", **kw):
