@@ -99,6 +99,27 @@ def test_same_weights_same_outputs_as_rllib(name):
     assert ours.get_train_action_dist_cls().__name__ == theirs.get_train_action_dist_cls().__name__
 
 
+@pytest.mark.parametrize("extra", [
+    {},
+    {"fusionnet_kernel_initializer": "xavier_uniform_", "fusionnet_bias_initializer": "normal_",
+     "fusionnet_bias_initializer_kwargs": {"std": 0.1}, "fcnet_kernel_initializer": "orthogonal_",
+     "fcnet_use_layernorm": True, "head_fcnet_use_layernorm": True},
+], ids=["defaults", "initializers-layernorm"])
+@pytest.mark.parametrize("act", [BOX, DISC], ids=["box", "discrete"])
+def test_same_seed_same_weights_as_rllib(act, extra):
+    """RLlib's build order, default inits and the fusion net's initializers: a seed gives RLlib's
+    weights (head_fcnet_use_layernorm is ignored by SAC's heads, as in RLlib)."""
+    cfg = {**SMALL, "twin_q": True, **extra}
+    torch.manual_seed(7)
+    theirs = rllib_module(act, cfg)
+    torch.manual_seed(7)
+    ours = build(act, cfg)
+    want, got = theirs.state_dict(), ours.state_dict()
+    assert list(got) == list(want)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
 def test_rllib_weights_into_ours_and_back_through_get_state():
     act, cfg = CASES["box-twin"]
     theirs, ours = rllib_module(act, cfg), build(act, cfg)
@@ -167,13 +188,14 @@ def test_straight_through_q_pass():
 def test_model_config_keys():
     cat = SACCatalog(OBS, BOX, {"twin_q": False, "fusionnet_activation": "relu", "fusionnet_hiddens": [4],
                                 "fusionnet_kernel_initializer": None, "fusionnet_bias_initializer_kwargs": None})
+    assert SACCatalog(OBS, BOX, rf.DefaultModelConfig(fcnet_hiddens=[8])).model_config_dict["fcnet_hiddens"] == [8]
     assert cat.model_config_dict["twin_q"] is False and cat.model_config_dict["fusionnet_hiddens"] == [4]
     assert cat.get_action_dist_cls() is rf.distributions.TorchSquashedGaussian
     assert SACCatalog(OBS, DISC, {}).get_action_dist_cls() is rf.distributions.TorchCategorical
     assert SACCatalog(OBS, BOX, {}).model_config_dict["twin_q"] is True  # SACConfig's default
     for bad, key in [({"twin_q": 1}, "twin_q"), ({"fusionnet_hiddens": [0]}, "fusionnet_hiddens"),
                      ({"fusionnet_activation": "gelu2"}, "fusionnet_activation"),
-                     ({"fusionnet_kernel_initializer": "xavier_uniform_"}, "fusionnet_kernel_initializer"),
+                     ({"fusionnet_kernel_initializer": "no_such_init_"}, "fusionnet_kernel_initializer"),
                      ({"free_log_std": True}, "free_log_std"), ({"use_lstm": True}, "use_lstm"),
                      ({"no_such_key": 1}, "no_such_key")]:
         with pytest.raises(ValueError, match=key):
@@ -191,10 +213,10 @@ BACKENDS = [
 
 
 @pytest.mark.parametrize("B", [1, 19], ids=lambda b: f"B{b}")
-@pytest.mark.parametrize("name", ["box-twin", "discrete-twin"])
+@pytest.mark.parametrize("name", ["box-twin", "discrete-twin", "box-layernorm"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fused_step_matches_torch_layers(backend, name, B, monkeypatch):
-    act, cfg = CASES[name]
+    act, cfg = CASES[name] if name in CASES else (BOX, {**SMALL, "fcnet_use_layernorm": True})
     m = build(act, cfg)
     obs = np.random.default_rng(B).uniform(-1, 1, (B, 5)).astype(np.float32)
     if backend == "triton" and torch.cuda.is_available():  # else: the interpreter on CPU tensors

@@ -33,8 +33,8 @@ def full_config(extra: dict) -> dict:
     return {**dataclasses.asdict(DefaultModelConfig()), **extra}
 
 
-def pair(act):
-    kw = dict(observation_space=OBS, action_space=act, model_config=full_config(SMALL))
+def pair(act, extra=None):
+    kw = dict(observation_space=OBS, action_space=act, model_config=full_config({**SMALL, **(extra or {})}))
     rl, fast = DefaultSACTorchRLModule(**kw), FastSACTorchRLModule(**kw)
     rl.make_target_networks()
     fast.make_target_networks()
@@ -42,9 +42,10 @@ def pair(act):
     return rl, fast
 
 
-@pytest.mark.parametrize("act", [BOX, DISC], ids=["box", "discrete"])
-def test_fast_module_matches_rllib_and_samples_fused(act):
-    rl, fast = pair(act)
+@pytest.mark.parametrize("act,extra", [(BOX, None), (DISC, None), (BOX, {"fcnet_use_layernorm": True})],
+                         ids=["box", "discrete", "box-layernorm"])
+def test_fast_module_matches_rllib_and_samples_fused(act, extra):
+    rl, fast = pair(act, extra)
     obs = torch.rand(9, 5) * 2 - 1
     with torch.no_grad():
         want = rl.forward_inference({"obs": obs})["action_dist_inputs"]

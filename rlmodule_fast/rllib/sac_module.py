@@ -37,7 +37,7 @@ from ..fastpath import EncoderLayers, PolicyLayers, fused_plan, mark_unfusable, 
 from ..models.config import resolve_model_config
 from ..ops import dispatch
 from ..sac.sac_catalog import split_sac_model_config
-from .module import _linears
+from .module import _linears_norms
 from .sac_convert import rllib_sac_model_config
 
 
@@ -72,10 +72,11 @@ class FastSACTorchRLModule(WeightsLockMixin, DefaultSACTorchRLModule):
             raise ValueError(f"observation space {obs} is not supported by the fused step (1-D Box only)")
         if getattr(self.pi, "clip_log_std", False) or not hasattr(self.pi_encoder, "net"):
             raise ValueError("pi / pi_encoder: not the MLP encoder and unclipped MLP head of RLlib's SACCatalog")
+        enc, enc_norms = _linears_norms(self.pi_encoder.net.mlp, "pi_encoder.net")  # fcnet_use_layernorm
+        pi, pi_norms = _linears_norms(self.pi.net.mlp, "pi.net")
         return PolicyLayers(
-            actor=EncoderLayers(mlp=_linears(self.pi_encoder.net.mlp, "pi_encoder.net"),
-                                activation=cfg["fcnet_activation"]),
-            critic=None, pi=_linears(self.pi.net.mlp, "pi.net"), vf=None,
+            actor=EncoderLayers(mlp=enc, activation=cfg["fcnet_activation"], norms=enc_norms),
+            critic=None, pi=pi, pi_norms=pi_norms, vf=None,
             head_activation=cfg["head_fcnet_activation"], dist=dist, action_sizes=sizes,
             log_std_clip=None, free_log_std=None,
         )

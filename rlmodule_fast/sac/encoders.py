@@ -6,11 +6,12 @@ Shape legend: B batch, D flattened obs, A action dims, H latent, F fusion widths
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 from torch import nn
 
+from ..models.initializers import get_initializer_fn
 from ..ops.reference import activation_fn
 
 
@@ -24,7 +25,10 @@ class TorchMultiStreamEncoder(nn.Module):
     """
 
     def __init__(self, base_encoders: Mapping[str, nn.Module], fusion_hiddens: list[int], activation: str,
-                 output_dim: int):
+                 output_dim: int, init: Optional[dict] = None):
+        """``init``: ``models.initializers.stack_initializers(cfg, "fusionnet")``, applied as
+        RLlib does (every fusion layer's kernel, then their biases; then the output layer's), so
+        a seed gives RLlib's weights. Build ``base_encoders`` in sorted key order for that too."""
         super().__init__()
         self.keys = sorted(base_encoders)
         self.base_encoders = nn.ModuleDict({k: base_encoders[k] for k in self.keys})
@@ -32,7 +36,18 @@ class TorchMultiStreamEncoder(nn.Module):
         embed = sum(int(base_encoders[k].output_dim) for k in self.keys)
         dims = [embed] + [h + embed for h in fusion_hiddens[:-1]]
         self.fusion_layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, fusion_hiddens))
+        init = init or {}
+        k_fn = get_initializer_fn(init.get("kernel"), what="model config 'fusionnet_kernel_initializer'")
+        b_fn = get_initializer_fn(init.get("bias"), what="model config 'fusionnet_bias_initializer'")
+        for fns, attr, kw in ((k_fn, "weight", "kernel_kwargs"), (b_fn, "bias", "bias_kwargs")):
+            if fns is not None and len(self.fusion_layers):
+                for layer in self.fusion_layers:
+                    fns(getattr(layer, attr), **(init.get(kw) or {}))
         self.output_layer = nn.Linear(fusion_hiddens[-1] + embed if fusion_hiddens else embed, output_dim)
+        if k_fn is not None:
+            k_fn(self.output_layer.weight, **(init.get("kernel_kwargs") or {}))
+        if b_fn is not None:
+            b_fn(self.output_layer.bias, **(init.get("bias_kwargs") or {}))
         self.output_dim = output_dim
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:

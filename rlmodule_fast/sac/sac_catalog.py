@@ -7,45 +7,30 @@ from typing import Any, Mapping, Optional
 import gymnasium as gym
 
 from ..models.catalog import Catalog, check_framework
-from ..models.config import _bool, _short, _sizes
+from ..models.config import _bool
 from ..models.encoders import TorchMLPEncoder
 from ..models.heads import TorchMLPHead
-from ..ops.reference import canonical_activation
+from ..models.initializers import stack_initializers
 from .encoders import TorchMultiStreamEncoder
 
-#: The model-config keys only SAC reads (``SACConfig`` puts ``twin_q`` into the model config;
-#: ``fusionnet_*`` are RLlib 2.60 ``DefaultModelConfig`` fields for the Q encoder's fusion net),
-#: with RLlib's defaults. The catalog takes them out before the base ``Catalog`` resolves the rest.
-SAC_DEFAULTS: dict[str, Any] = {
-    "twin_q": True,
-    "fusionnet_hiddens": [256, 256],
-    "fusionnet_activation": "tanh",
-    "fusionnet_kernel_initializer": None,
-    "fusionnet_kernel_initializer_kwargs": None,
-    "fusionnet_bias_initializer": None,
-    "fusionnet_bias_initializer_kwargs": None,
-}
+#: The model-config key only SAC reads: ``SACConfig`` puts ``twin_q`` into the model config
+#: (RLlib's default True). The ``fusionnet_*`` keys of the Q encoder's fusion net are
+#: ``DefaultModelConfig`` fields, resolved by ``models.config`` with the rest.
+SAC_DEFAULTS: dict[str, Any] = {"twin_q": True}
 
 
-def split_sac_model_config(user: Optional[Mapping[str, Any]]) -> tuple[dict, dict]:
-    """(SAC's keys resolved and validated, the other keys as given). ValueError names a bad key.
-
-    Initializers: only None (torch's default init) is implemented for the fusion net; another
-    value is a ValueError rather than a silently different initialisation."""
-    rest = dict(user or {})
+def split_sac_model_config(user: Any) -> tuple[dict, Any]:
+    """(SAC's keys resolved and validated, the rest for the base ``Catalog``). ``user``: None, a
+    dict, or a ``DefaultModelConfig`` (ours or RLlib's; it has no SAC key). ValueError names a
+    bad key."""
     sac = dict(SAC_DEFAULTS)
+    if user is None or not isinstance(user, Mapping):
+        return sac, user  # None or a DefaultModelConfig instance: the base catalog resolves it
+    rest = dict(user)
     for key in SAC_DEFAULTS:
         if key in rest:
             sac[key] = rest.pop(key)
     sac["twin_q"] = _bool("twin_q", sac["twin_q"])
-    sac["fusionnet_hiddens"] = _sizes("fusionnet_hiddens", sac["fusionnet_hiddens"])
-    sac["fusionnet_activation"] = canonical_activation(sac["fusionnet_activation"],
-                                                       what="model config 'fusionnet_activation'")
-    for key in ("fusionnet_kernel_initializer", "fusionnet_kernel_initializer_kwargs",
-                "fusionnet_bias_initializer", "fusionnet_bias_initializer_kwargs"):
-        if sac[key] not in (None, {}):
-            raise ValueError(f"model config {key!r}: only None (torch's default initialisation) is supported, "
-                             f"got {_short(sac[key])}")
     return sac, rest
 
 
@@ -57,7 +42,10 @@ class SACCatalog(Catalog):
     (-> 1 Q-value, or n for discrete actions). Action distribution: ``TorchSquashedGaussian``
     for a 1-D Box (actions in [-1, 1]), ``TorchCategorical`` for Discrete.
 
-    Model config: the base keys (``models.config``) plus ``SAC_DEFAULTS``' keys."""
+    Model config: the base keys (``models.config``, ``fusionnet_*`` included) plus ``twin_q``. As
+    RLlib 2.60's SACCatalog, the pi / Q heads and the action stream get torch's default init and
+    no layer norm (its head configs are built without those keys); the obs encoder follows
+    ``fcnet_*`` and the fusion net ``fusionnet_*``."""
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space,
                  model_config_dict: Optional[Mapping[str, Any]] = None, **kwargs: Any):
@@ -82,13 +70,12 @@ class SACCatalog(Catalog):
         cfg = self._model_config_dict
         hid, act = cfg["fcnet_hiddens"], cfg["fcnet_activation"]
         # RLlib: the action stream has the obs encoder's hidden layers but one, then the latent
-        # width (an image's flattened CNN output, else fcnet_hiddens[-1])
-        streams = {
-            "obs": self.build_encoder(framework),
-            "actions": TorchMLPEncoder(int(self.action_space.shape[0]), hid[:-1] + [self.latent_dims[0]], act),
-        }
+        # width (an image's flattened CNN output, else fcnet_hiddens[-1]); no layer norm, torch's
+        # default init. Streams are built in sorted key order ("actions", "obs"), as RLlib's.
+        streams = {"actions": TorchMLPEncoder(int(self.action_space.shape[0]), hid[:-1] + [self.latent_dims[0]], act)}
+        streams["obs"] = self.build_encoder(framework)
         return TorchMultiStreamEncoder(streams, cfg["fusionnet_hiddens"], cfg["fusionnet_activation"],
-                                       self.latent_dims[0])
+                                       self.latent_dims[0], init=stack_initializers(cfg, "fusionnet"))
 
     def build_pi_head(self, framework: str = "torch"):
         check_framework(framework)

@@ -286,8 +286,9 @@ class SACTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         else:
             dist, sizes = "squashed_gaussian", [int(space.shape[0])]
         return PolicyLayers(
-            actor=EncoderLayers(mlp=self.pi_encoder.net.linears, activation=self.pi_encoder.activation),
-            critic=None, pi=self.pi.net.linears, vf=None,
+            actor=EncoderLayers(mlp=self.pi_encoder.net.linears, activation=self.pi_encoder.activation,
+                                norms=self.pi_encoder.net.norms),  # fcnet_use_layernorm
+            critic=None, pi=self.pi.net.linears, pi_norms=self.pi.net.norms, vf=None,
             head_activation=self.catalog.model_config_dict["head_fcnet_activation"],
             dist=dist, action_sizes=sizes, log_std_clip=None, free_log_std=None,
         )
