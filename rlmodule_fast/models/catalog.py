@@ -8,6 +8,7 @@ import numpy as np
 
 from .config import resolve_model_config
 from .encoders import TorchMLPEncoder, TorchRNNEncoder, obs_dim
+from .flatten import split_action_mask
 
 
 def check_framework(framework: str) -> None:
@@ -20,7 +21,9 @@ class Catalog:
     config (RLlib keys; validated by ``models.config.resolve_model_config``).
 
     Attributes: ``model_config_dict`` (resolved), ``obs_dim`` (flattened observation width),
-    ``latent_dims`` (encoder output shape), ``action_dist_cls``.
+    ``latent_dims`` (encoder output shape), ``action_dist_cls``, ``encoder_observation_space``
+    (the space the encoders read: ``observation_space["observations"]`` for RLlib's
+    action-masking Dict, see ``models.flatten``), ``action_mask_dim`` (its mask width, or None).
     """
 
     def __init_subclass__(cls, **kwargs):
@@ -37,7 +40,8 @@ class Catalog:
         self.observation_space = observation_space
         self.action_space = action_space
         self._model_config_dict = resolve_model_config(model_config_dict)
-        self.obs_dim = obs_dim(observation_space)
+        self.encoder_observation_space, self.action_mask_dim = split_action_mask(observation_space)
+        self.obs_dim = obs_dim(self.encoder_observation_space)
         cfg = self._model_config_dict
         self.recurrent_kind = "lstm" if cfg["use_lstm"] else ("gru" if cfg["use_gru"] else None)
         if self.recurrent_kind:

@@ -11,6 +11,15 @@ Fast path: under ``backend="auto"`` (or ``RLMODULE_FAST_BACKEND``) ``forward_exp
 triton for CUDA) and also return ``actions`` and ``action_logp`` (inference: the
 deterministic action). These outputs are not differentiable (as in RLlib, where env runners
 call them under no_grad); ``forward_train`` always runs the torch layers with autograd.
+
+Action masking (RLlib's ActionMaskingTorchRLModule semantics): with a Dict observation space
+{"action_mask": Box(0, 1, [n]), "observations": <space>} only ``obs["observations"]`` is encoded
+and ``action_dist_inputs`` = logits + clamp(log(mask), FLOAT_MIN) in every forward (masked
+logits are RLlib's FLOAT_MIN = -3.4e38); the fused step samples only allowed actions (exact
+``action_logp``). ``forward_train`` / ``compute_values`` also take RLlib's learner layout (obs
+the observations, the mask under ``batch["action_mask"]``). An all-masked row is a ValueError.
+Dict / Tuple observations without a mask are flattened as RLlib's FlattenObservations
+connector does (``models.flatten``).
 """
 from __future__ import annotations
 
@@ -26,6 +35,8 @@ from ..core.specs import TensorSpec, to_torch
 from ..fastpath import fused_plan, refresh, unfusable_reason
 from ..core.torch_rl_module import TorchRLModule
 from ..models.encoders import flatten_obs, obs_lead_dims
+from ..models.flatten import ACTION_MASK, OBSERVATIONS, first_leaf, flatten, is_structured, lead_dims
+from ..ops.reference import mask_logits
 from .ppo_catalog import PPOCatalog
 
 
@@ -50,9 +61,15 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             self.vf = cat.build_vf_head("torch")
         self.action_dist_cls = cat.action_dist_cls
         self._recurrent = cat.recurrent_kind
-        self._obs_rank = obs_lead_dims(self.observation_space)
+        # the space the encoder reads (RLlib's action-masking Dict: its "observations") and the mask width
+        self._enc_space = getattr(cat, "encoder_observation_space", self.observation_space)
+        self._mask_dim = getattr(cat, "action_mask_dim", None)
+        if self._mask_dim is not None:
+            self._mask_segments = _mask_segments(self.action_space, self._mask_dim)
+        self._structured = is_structured(self._enc_space)
+        self._obs_rank = obs_lead_dims(self._enc_space)
         # [B, D] batches of a feed-forward module with a 1-D Box observation: the env-runner hot path
-        self._flat_step = isinstance(self.observation_space, gym.spaces.Box) and self._obs_rank == 1 \
+        self._flat_step = isinstance(self._enc_space, gym.spaces.Box) and self._obs_rank == 1 \
             and not self._recurrent
 
     # ---- distributions & state --------------------------------------------------------------
@@ -80,9 +97,20 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         return ["vf", "encoder.critic_encoder"]
 
     # ---- specs --------------------------------------------------------------------------------
-    def _obs_spec(self, with_time: Optional[bool]) -> TensorSpec:
-        shape = tuple(self.observation_space.shape) if isinstance(self.observation_space, gym.spaces.Box) else ()
-        kind = "int" if isinstance(self.observation_space, gym.spaces.Discrete) else "number"
+    def _obs_spec(self, with_time: Optional[bool]):
+        inner = self._enc_obs_spec(with_time)
+        if self._mask_dim is None:
+            return inner
+        n = self._mask_dim
+        pats = [("B", n), ("B", "T", n)] if with_time is None else [("B", "T", n) if with_time else ("B", n)]
+        return {ACTION_MASK: TensorSpec(*pats, dtype_kind="number"), OBSERVATIONS: inner}
+
+    def _enc_obs_spec(self, with_time: Optional[bool]) -> Optional[TensorSpec]:
+        space = self._enc_space
+        if self._structured:
+            return None  # nested: checked leaf by leaf when flattened (models.flatten)
+        shape = tuple(space.shape) if isinstance(space, gym.spaces.Box) else ()
+        kind = "int" if isinstance(space, gym.spaces.Discrete) else "number"
         if with_time is None:
             return TensorSpec(("B", *shape), ("B", "T", *shape), dtype_kind=kind)
         return TensorSpec(("B", "T", *shape) if with_time else ("B", *shape), dtype_kind=kind)
@@ -107,6 +135,13 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         return self._step_specs()
 
     def input_specs_train(self):
+        if self._mask_dim is not None:
+            # obs is {"action_mask", "observations"}, or (RLlib's learner layout, after its
+            # compute_values popped the mask) the observations with batch["action_mask"]
+            spec = {Columns.OBS: None}
+            if self._recurrent:
+                spec[Columns.STATE_IN] = self._state_spec()
+            return spec
         if self._recurrent:
             return {Columns.OBS: self._obs_spec(True), Columns.STATE_IN: self._state_spec()}
         return {Columns.OBS: self._obs_spec(False)}
@@ -115,10 +150,14 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         return [Columns.ACTION_DIST_INPUTS, Columns.VF_PREDS, Columns.EMBEDDINGS]
 
     # ---- the torch layers -----------------------------------------------------------------------
-    def _features(self, obs: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    def _features(self, obs) -> tuple[torch.Tensor, bool]:
         """Flattened float features [B, (T,) D] and whether a T=1 axis was added."""
-        n_lead = obs.dim() - self._obs_rank
-        x = flatten_obs(obs, self.observation_space, n_lead, self._float_dtype())
+        if self._structured:
+            n_lead = lead_dims(obs, self._enc_space)
+            x = flatten(obs, self._enc_space, n_lead, self._float_dtype())
+        else:
+            n_lead = obs.dim() - self._obs_rank
+            x = flatten_obs(obs, self._enc_space, n_lead, self._float_dtype())
         if self._recurrent and n_lead == 1:
             return x.unsqueeze(1), True
         return x, False
@@ -159,10 +198,40 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             c = c.squeeze(1) if c is not None else None
         return a, c, state_out, added_t
 
+    def _split_mask(self, batch: dict) -> tuple[dict, Optional[object]]:
+        """(a shallow copy of batch whose obs is what the encoder reads, the action mask or None).
+        The caller's batch is not modified (RLlib's example module pops from it)."""
+        if self._mask_dim is None:
+            return batch, None
+        obs = batch[Columns.OBS]
+        if isinstance(obs, dict):
+            for key in (ACTION_MASK, OBSERVATIONS):
+                if key not in obs:
+                    raise ValueError(f"obs: missing key {key!r} (an action-masking module expects obs = "
+                                     f"{{'action_mask': [B, {self._mask_dim}], 'observations': ...}}); got keys "
+                                     f"{sorted(map(str, obs))}")
+            mask, inner = obs[ACTION_MASK], obs[OBSERVATIONS]
+        else:
+            mask, inner = batch.get(ACTION_MASK), obs
+            if mask is None:
+                raise ValueError(f"obs: expected {{'action_mask': [B, {self._mask_dim}], 'observations': ...}} "
+                                 f"(or the observations with batch['action_mask']), got a {type(obs).__name__} "
+                                 "and no 'action_mask' column")
+        out = dict(batch)
+        out[Columns.OBS] = inner
+        return out, mask
+
+    def _mask(self, logits: torch.Tensor, mask) -> torch.Tensor:
+        """RLlib's masking of the logits (differentiable); ValueError for a bad mask."""
+        if mask is None:
+            return logits
+        return mask_logits(logits, mask, self._mask_segments)
+
     def _forward_train(self, batch: dict, **kwargs) -> dict:
+        batch, mask = self._split_mask(batch)
         a, c, state_out, _ = self._encode(to_torch(batch), critic=True)
         out = {
-            Columns.ACTION_DIST_INPUTS: self.pi(a),
+            Columns.ACTION_DIST_INPUTS: self._mask(self.pi(a), mask),
             Columns.VF_PREDS: self.vf(c).squeeze(-1),
             Columns.EMBEDDINGS: c,
         }
@@ -174,11 +243,14 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         """The torch layers' exploration / inference step, with the same keys as the fused one:
         ``actions`` sampled from the distribution (inference: its deterministic action) and
         ``action_logp`` under the distribution (torch's random stream)."""
+        batch, mask = self._split_mask(batch)
         obs = batch[Columns.OBS]
         if isinstance(obs, torch.Tensor) and obs.is_floating_point():
             _check_finite_obs(obs)
         a, _, state_out, _ = self._encode(batch, critic=False)
         logits = self.pi(a)
+        if mask is not None:
+            logits = self._mask(logits, torch.as_tensor(mask).reshape(logits.shape))
         dist = self.action_dist_cls.from_logits(logits)
         actions = dist.to_deterministic().sample() if deterministic else dist.sample()
         out = {Columns.ACTION_DIST_INPUTS: logits, Columns.ACTIONS: actions, Columns.ACTION_LOGP: dist.logp(actions)}
@@ -191,6 +263,7 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         if self.inference_only:
             raise RuntimeError("compute_values: module was built with inference_only=True (no value head)")
         if embeddings is None:
+            batch, _ = self._split_mask(batch)
             _, embeddings, _, _ = self._encode(to_torch(batch), critic=True)
         return self.vf(embeddings).squeeze(-1)
 
@@ -270,13 +343,15 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         refresh(self)  # layers refused before are tried again
 
     def _forward_fast_or_torch(self, batch: dict, deterministic: bool) -> dict:
+        full = batch
+        batch, mask = self._split_mask(batch)
         obs = batch[Columns.OBS]
-        plan = fused_plan(self, obs)
+        plan = fused_plan(self, first_leaf(obs, self._enc_space) if self._structured else obs)
         if plan is None:
-            return self._forward_torch(to_torch(batch), deterministic)
+            return self._forward_torch(to_torch(full), deterministic)
         if self._flat_step and obs.ndim == 2 and plan.backend == "cpp":
             # The hot path: [B, D] Box observations go to the plan as they are (numpy or tensor).
-            adi, actions, logp = plan.step_flat(obs, deterministic)
+            adi, actions, logp = plan.step_flat(obs, deterministic, mask)
             return {Columns.ACTION_DIST_INPUTS: adi, Columns.ACTIONS: actions, Columns.ACTION_LOGP: logp}
         batch = to_torch(batch)
         x, added_t = self._features(batch[Columns.OBS])
@@ -284,12 +359,12 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             x = x.squeeze(1)
         elif self._recurrent:  # [B, T=1, D] stepping input
             if x.shape[1] != 1:
-                return self._forward_torch(batch, deterministic)
+                return self._forward_torch(to_torch(full), deterministic)
             x = x[:, 0]
         state = None
         if self._recurrent:
             state = _map_state(batch[Columns.STATE_IN], lambda v: v.reshape(v.shape[0], v.shape[-1]))
-        res = _as_tensors(plan.step(x, state, deterministic=deterministic))
+        res = _as_tensors(plan.step(x, state, deterministic=deterministic, mask=mask))
         out = {
             Columns.ACTION_DIST_INPUTS: res["action_dist_inputs"],
             Columns.ACTIONS: res["actions"],
@@ -308,6 +383,22 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
 
     def _forward_inference(self, batch: dict, **kwargs) -> dict:
         return self._forward_fast_or_torch(batch, deterministic=True)
+
+
+def _mask_segments(space: gym.Space, n: int) -> list:
+    """The categorical segments an action mask of width ``n`` covers (RLlib masks the logits:
+    one entry per logit); ValueError for an action space masking cannot apply to."""
+    if isinstance(space, gym.spaces.Discrete):
+        segs = [int(space.n)]
+    elif isinstance(space, gym.spaces.MultiDiscrete):
+        segs = [int(k) for k in np.ravel(space.nvec)]
+    else:
+        raise ValueError(f"observation_space['action_mask']: masking needs Discrete or MultiDiscrete actions, "
+                         f"got action_space {space!r}")
+    if sum(segs) != n:
+        raise ValueError(f"observation_space['action_mask']: expected shape [{sum(segs)}] (one entry per action "
+                         f"logit of {space!r}), got [{n}]")
+    return segs
 
 
 def _check_finite_obs(obs: torch.Tensor) -> None:
