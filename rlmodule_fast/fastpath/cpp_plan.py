@@ -57,6 +57,7 @@ class CppPolicyPlan:
         dims = validate(layers)
         self.__dict__.update(dims)
         self._recurrent = self.actor_rnn is not None or self.critic_rnn is not None
+        self._gauss = layers.dist == "diag_gaussian"
         self.layers, self._params = layers, params
         self._watch()
 
@@ -223,9 +224,7 @@ class CppPolicyPlan:
 
     def _mask(self, mask, B: int):
         """The action mask as the contiguous float32 [B, D] array _C reads (None: no mask)."""
-        if mask is None:
-            return None
-        if self.layers.dist == "diag_gaussian":
+        if self._gauss:
             raise ValueError("action_mask: masking needs categorical actions, this plan samples a Gaussian")
         return self._cpp.mask_f32(mask, B, self.dist_dim)
 

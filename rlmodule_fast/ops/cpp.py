@@ -483,10 +483,15 @@ def set_rng_state(state: dict) -> None:
         _keyed_from[0] = seed
 
 
+_F32_MASK = np.dtype(np.float32)
+
+
 def mask_f32(mask, B: int, n: int) -> np.ndarray:
     """An action mask (numpy array or CPU tensor; float, int or bool) as the contiguous float32
     [B, n] array ``_C`` reads (a view when it already is one). ValueError naming the shape
     otherwise; the values (0 or 1, an allowed action per row) are checked in C++."""
+    if type(mask) is np.ndarray and mask.dtype == _F32_MASK and mask.shape == (B, n) and mask.flags.c_contiguous:
+        return mask  # an env's float32 mask: the hot path
     if isinstance(mask, torch.Tensor):
         if mask.device.type != "cpu":
             raise ValueError(f"action_mask: the cpp backend needs a CPU tensor, got device {mask.device}")

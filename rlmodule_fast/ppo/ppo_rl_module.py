@@ -203,7 +203,19 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         The caller's batch is not modified (RLlib's example module pops from it)."""
         if self._mask_dim is None:
             return batch, None
+        inner, mask = self._obs_and_mask(batch)
+        out = dict(batch)
+        out[Columns.OBS] = inner
+        return out, mask
+
+    def _obs_and_mask(self, batch: dict) -> tuple:
+        """(the observations the encoder reads, the action mask) of a masking module's batch."""
         obs = batch[Columns.OBS]
+        if type(obs) is dict:  # the env-runner layout, fast
+            try:
+                return obs[OBSERVATIONS], obs[ACTION_MASK]
+            except KeyError:
+                pass
         if isinstance(obs, dict):
             for key in (ACTION_MASK, OBSERVATIONS):
                 if key not in obs:
@@ -217,9 +229,7 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
                 raise ValueError(f"obs: expected {{'action_mask': [B, {self._mask_dim}], 'observations': ...}} "
                                  f"(or the observations with batch['action_mask']), got a {type(obs).__name__} "
                                  "and no 'action_mask' column")
-        out = dict(batch)
-        out[Columns.OBS] = inner
-        return out, mask
+        return inner, mask
 
     def _mask(self, logits: torch.Tensor, mask) -> torch.Tensor:
         """RLlib's masking of the logits (differentiable); ValueError for a bad mask."""
@@ -344,8 +354,10 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
 
     def _forward_fast_or_torch(self, batch: dict, deterministic: bool) -> dict:
         full = batch
-        batch, mask = self._split_mask(batch)
-        obs = batch[Columns.OBS]
+        if self._mask_dim is None:
+            obs, mask = batch[Columns.OBS], None
+        else:
+            obs, mask = self._obs_and_mask(batch)
         plan = fused_plan(self, first_leaf(obs, self._enc_space) if self._structured else obs)
         if plan is None:
             return self._forward_torch(to_torch(full), deterministic)
@@ -353,7 +365,7 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             # The hot path: [B, D] Box observations go to the plan as they are (numpy or tensor).
             adi, actions, logp = plan.step_flat(obs, deterministic, mask)
             return {Columns.ACTION_DIST_INPUTS: adi, Columns.ACTIONS: actions, Columns.ACTION_LOGP: logp}
-        batch = to_torch(batch)
+        batch = to_torch(self._split_mask(batch)[0])
         x, added_t = self._features(batch[Columns.OBS])
         if added_t:
             x = x.squeeze(1)
