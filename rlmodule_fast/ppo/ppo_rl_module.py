@@ -173,10 +173,11 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
     def _state_3d(state: dict) -> dict:
         return {k: (v.unsqueeze(1) if v.dim() == 2 else v).to(torch.float32) for k, v in state.items()}
 
-    def _encode(self, batch: dict, *, critic: bool) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[dict], bool]:
-        """(actor latent, critic latent or None, state_out or None, T axis added)."""
+    def _encode(self, batch: dict, *, critic: bool, encoder=None) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[dict], bool]:
+        """(actor latent, critic latent or None, state_out or None, T axis added); ``encoder``:
+        another encoder of the same layout (e.g. APPO's target copy), default ``self.encoder``."""
         x, added_t = self._features(batch[Columns.OBS])
-        enc = self.encoder
+        enc = self.encoder if encoder is None else encoder
         if not self._recurrent:
             a = enc.actor(x)
             c = (a if enc.shared else enc.critic(x)) if critic else None
