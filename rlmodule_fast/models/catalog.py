@@ -65,11 +65,42 @@ class Catalog:
 
     def get_action_dist_cls(self, framework: str = "torch"):
         """Distribution class for the action space: Discrete -> TorchCategorical, MultiDiscrete ->
-        TorchMultiCategorical (partial over its sizes), Box -> TorchDiagGaussian."""
+        TorchMultiCategorical (partial over its sizes), Box -> TorchDiagGaussian, Tuple / Dict ->
+        TorchMultiDistribution (partial: the children's classes in the space's structure and
+        their input widths in dm-tree order -- Dict keys sorted -- as RLlib's Catalog)."""
         check_framework(framework)
         from .. import distributions as d
 
         space = self.action_space
+        if isinstance(space, (gym.spaces.Tuple, gym.spaces.Dict)):
+            return self._multi_action_dist_cls(space)
+        return self._leaf_action_dist_cls(space)
+
+    def _multi_action_dist_cls(self, space: gym.Space):
+        from .. import distributions as d
+
+        def struct(sp):
+            if isinstance(sp, gym.spaces.Dict):
+                return {k: struct(sp.spaces[k]) for k in sp.spaces}  # flattened by sorted key
+            if isinstance(sp, gym.spaces.Tuple):
+                return tuple(struct(s) for s in sp.spaces)
+            return self._leaf_action_dist_cls(sp)
+
+        def leaves(sp):
+            if isinstance(sp, gym.spaces.Dict):
+                return [x for k in sorted(sp.spaces) for x in leaves(sp.spaces[k])]
+            if isinstance(sp, gym.spaces.Tuple):
+                return [x for s in sp.spaces for x in leaves(s)]
+            return [sp]
+
+        classes = struct(space)
+        lens = [int(self._leaf_action_dist_cls(sp).required_input_dim(sp)) for sp in leaves(space)]
+        return d.TorchMultiDistribution.get_partial_dist_cls(space=space, child_distribution_cls_struct=classes,
+                                                             input_lens=lens)
+
+    def _leaf_action_dist_cls(self, space: gym.Space):
+        from .. import distributions as d
+
         if isinstance(space, gym.spaces.Discrete):
             return d.TorchCategorical
         if isinstance(space, gym.spaces.MultiDiscrete):
@@ -78,7 +109,8 @@ class Catalog:
             if len(space.shape) != 1:
                 raise ValueError(f"action_space: Box actions must be 1-D, got shape {space.shape}")
             return d.TorchDiagGaussian
-        raise ValueError(f"action_space: {space!r} is not supported (Discrete, MultiDiscrete or 1-D Box)")
+        raise ValueError(f"action_space: {space!r} is not supported (Discrete, MultiDiscrete, 1-D Box, or a "
+                         "Tuple / Dict of them)")
 
     @property
     def action_dist_input_dim(self) -> int:

@@ -67,6 +67,7 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         if self._mask_dim is not None:
             self._mask_segments = _mask_segments(self.action_space, self._mask_dim)
         self._structured = is_structured(self._enc_space)
+        self._action_struct = isinstance(self.action_space, (gym.spaces.Tuple, gym.spaces.Dict))
         self._obs_rank = obs_lead_dims(self._enc_space)
         # [B, D] batches of a feed-forward module with a 1-D Box observation: the env-runner hot path
         self._flat_step = isinstance(self._enc_space, gym.spaces.Box) and self._obs_rank == 1 \
@@ -310,6 +311,9 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             dist, sizes = "categorical", [int(space.n)]
         elif isinstance(space, gym.spaces.MultiDiscrete):
             dist, sizes = "multi_categorical", [int(n) for n in space.nvec.ravel()]
+        elif isinstance(space, (gym.spaces.Tuple, gym.spaces.Dict)):
+            # all-Discrete structures: one multi-categorical step, actions regrouped afterwards
+            dist, sizes = "multi_categorical", _discrete_leaf_sizes(space)
         else:
             dist, sizes = "diag_gaussian", [int(space.shape[0])]
         shared = self.encoder.shared
@@ -365,6 +369,8 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         if self._flat_step and obs.ndim == 2 and plan.backend == "cpp":
             # The hot path: [B, D] Box observations go to the plan as they are (numpy or tensor).
             adi, actions, logp = plan.step_flat(obs, deterministic, mask)
+            if self._action_struct:
+                actions = _regroup_actions(actions, self.action_space)
             return {Columns.ACTION_DIST_INPUTS: adi, Columns.ACTIONS: actions, Columns.ACTION_LOGP: logp}
         batch = to_torch(self._split_mask(batch)[0])
         x, added_t = self._features(batch[Columns.OBS])
@@ -389,6 +395,8 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
                 for k in (Columns.ACTION_DIST_INPUTS, Columns.ACTIONS, Columns.ACTION_LOGP):
                     out[k] = out[k].unsqueeze(1)
             out[Columns.STATE_OUT] = state_out
+        if self._action_struct:
+            out[Columns.ACTIONS] = _regroup_actions(out[Columns.ACTIONS], self.action_space)
         return out
 
     def _forward_exploration(self, batch: dict, **kwargs) -> dict:
@@ -396,6 +404,35 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
 
     def _forward_inference(self, batch: dict, **kwargs) -> dict:
         return self._forward_fast_or_torch(batch, deterministic=True)
+
+
+def _discrete_leaf_sizes(space: gym.Space) -> list:
+    """The sizes of a Tuple / Dict action space's Discrete leaves in dm-tree order (Dict keys
+    sorted); ValueError ("not fused: ...") for any other leaf: the torch path samples those."""
+    if isinstance(space, gym.spaces.Dict):
+        return [n for k in sorted(space.spaces) for n in _discrete_leaf_sizes(space.spaces[k])]
+    if isinstance(space, gym.spaces.Tuple):
+        return [n for s in space.spaces for n in _discrete_leaf_sizes(s)]
+    if isinstance(space, gym.spaces.Discrete) and int(space.start) == 0:
+        return [int(space.n)]
+    raise ValueError(f"not fused: a {type(space).__name__} leaf in a Tuple / Dict action space (the fused step "
+                     "runs all-Discrete structures; TorchMultiDistribution samples this one on the torch path)")
+
+
+def _regroup_actions(actions: torch.Tensor, space: gym.Space):
+    """[B, n] (or [B, 1, n]) int64 columns of the fused multi-categorical step -> the action
+    space's structure of [B] (or [B, 1]) tensors, as TorchMultiDistribution.sample returns."""
+    cols = iter(torch.unbind(actions, -1))
+
+    def build(sp):
+        if isinstance(sp, gym.spaces.Dict):
+            built = {k: build(sp.spaces[k]) for k in sorted(sp.spaces)}
+            return {k: built[k] for k in sp.spaces}
+        if isinstance(sp, gym.spaces.Tuple):
+            return tuple(build(s) for s in sp.spaces)
+        return next(cols)
+
+    return build(space)
 
 
 def _mask_segments(space: gym.Space, n: int) -> list:
