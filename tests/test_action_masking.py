@@ -254,3 +254,19 @@ def test_masked_module_matches_rllib_action_masking_module():
     torch.testing.assert_close(i_ours["action_dist_inputs"], i_theirs["action_dist_inputs"], atol=1e-5, rtol=1e-5)
     dist = theirs.get_inference_action_dist_cls().from_logits(i_theirs["action_dist_inputs"])
     assert torch.equal(i_ours["actions"], dist.to_deterministic().sample())
+
+
+@pytest.mark.skipif(not INFO["triton"]["available"], reason=INFO["triton"]["reason"])
+def test_triton_graph_mode_reports_mask_errors_later():
+    """check=False (CUDA-graph safe, no host sync): a bad mask sets the device flag's ERR_MASK bit,
+    which raise_if_error turns into the ValueError afterwards."""
+    from rlmodule_fast.ops import triton as tri
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    tri.raise_if_error(dev)  # start from a clear flag
+    mask = torch.ones(3, 4, device=dev)
+    mask[1] = 0
+    tri.sample_categorical(torch.randn(3, 4, device=dev), check=False, mask=mask)
+    with pytest.raises(ValueError, match="action_mask"):
+        tri.raise_if_error(dev)
+    tri.raise_if_error(dev)  # reset by the raise
