@@ -270,3 +270,23 @@ def test_triton_graph_mode_reports_mask_errors_later():
     with pytest.raises(ValueError, match="action_mask"):
         tri.raise_if_error(dev)
     tri.raise_if_error(dev)  # reset by the raise
+
+
+@pytest.mark.skipif(not INFO["triton"]["available"], reason=INFO["triton"]["reason"])
+@pytest.mark.parametrize("dist,sizes", [("categorical", (5,)), ("multi_categorical", (2, 3))], ids=["cat5", "multi2x3"])
+def test_masked_triton_sequence_mode(dist, sizes):
+    """Nets wider than the one-kernel step (hidden 300: the "sequence" launches) mask too."""
+    L = make_layers(obs=6, hid=(300,), dist=dist, sizes=sizes)
+    plan = PolicyPlan(L, backend="triton")
+    assert plan.impl.mode == "sequence"
+    obs = torch.randn(7, 6, generator=torch.Generator().manual_seed(0))
+    mask = np.ones((7, sum(sizes)), np.float32)
+    mask[:, 0] = 0
+    mask[3, 2] = 0
+    got = plan.step(obs, deterministic=True, mask=mask)
+    want = ref.policy_step(L, obs, deterministic=True, mask=mask)
+    torch.testing.assert_close(got["action_dist_inputs"].double(), want["action_dist_inputs"], rtol=1e-4, atol=1e-4)
+    assert torch.equal(got["actions"], want["actions"])
+    mask[4] = 0
+    with pytest.raises(ValueError, match=r"every action is masked \(row 4\)"):
+        plan.step(obs, mask=mask)
