@@ -28,16 +28,17 @@ from .sac_convert import (
 )
 
 __all__ = [
-    "FastPPOTorchRLModule", "FastSACTorchRLModule", "UnsafeCheckpointError", "from_rllib_module",
-    "from_rllib_sac_module", "load_rllib_checkpoint", "load_rllib_sac_checkpoint", "rllib_model_config",
-    "rllib_module_kwargs", "rllib_sac_model_config", "rllib_sac_module_kwargs", "to_rllib_module",
-    "to_rllib_sac_module", "to_rllib_sac_state", "to_rllib_state",
+    "FastAPPOTorchRLModule", "FastPPOTorchRLModule", "FastSACTorchRLModule", "UnsafeCheckpointError",
+    "from_rllib_module", "from_rllib_sac_module", "load_rllib_checkpoint", "load_rllib_sac_checkpoint",
+    "rllib_model_config", "rllib_module_kwargs", "rllib_sac_model_config", "rllib_sac_module_kwargs",
+    "to_rllib_module", "to_rllib_sac_module", "to_rllib_sac_state", "to_rllib_state",
 ]
 
 
 # Names whose modules import ray: imported on first access only. name -> submodule
 _LAZY = {
     "FastPPOTorchRLModule": "module",
+    "FastAPPOTorchRLModule": "appo_module",
     "FastSACTorchRLModule": "sac_module",
 }
 
