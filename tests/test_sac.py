@@ -202,6 +202,9 @@ def test_model_config_keys():
             SACCatalog(OBS, BOX, bad)
     with pytest.raises(ValueError, match="action_space"):
         SACCatalog(OBS, gym.spaces.MultiDiscrete([2, 3]), {})
+    masking = gym.spaces.Dict({"action_mask": gym.spaces.Box(0, 1, (4,)), "observations": OBS})
+    with pytest.raises(ValueError, match="observation_space.*action masking"):
+        SACCatalog(masking, DISC, {})  # not silently ignoring the mask
 
 
 # ------------------------------------------------------------------------- the fused step
