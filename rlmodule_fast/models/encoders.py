@@ -36,7 +36,8 @@ def flatten_obs(obs: torch.Tensor, space: gym.Space, n_lead: int, dtype: torch.d
     """[*lead, *obs_shape] -> [*lead, D] in ``dtype`` (Discrete: one-hot of the index)."""
     if isinstance(space, gym.spaces.Discrete):
         idx = obs.long() - int(space.start)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= int(space.n)):
+        # Not checked while torch.compile / torch.export trace (data-dependent; see rf.export).
+        if idx.numel() and not torch.compiler.is_compiling() and (int(idx.min()) < 0 or int(idx.max()) >= int(space.n)):
             raise ValueError(f"obs: Discrete observations must lie in [{int(space.start)}, "
                              f"{int(space.start) + int(space.n)}), got values in [{int(obs.min())}, {int(obs.max())}]")
         return F.one_hot(idx, int(space.n)).to(dtype)

@@ -1,0 +1,189 @@
+"""The policy step of an RLModule as one plain ``nn.Module`` (``PolicyStep``), for tracing.
+
+``PolicyStep(module, explore=...)`` wraps the module's own torch layers (not copies, not the
+fused backends) and its action distribution class:
+
+    forward(obs [B, *obs_shape], *state_in) -> (actions, action_logp, action_dist_inputs,
+                                                [vf_preds,] *state_out)
+
+* ``action_dist_inputs`` comes from the module's torch forward (see ``register_forward``:
+  PPO-style modules use ``_encode`` + ``pi`` (+ ``vf``); any other module its ``_forward_train``).
+* Action selection is the module's distribution class, called exactly as the module's torch
+  forward calls it: ``dist = cls.from_logits(adi)``; ``actions = dist.sample()`` when exploring
+  (categorical: Gumbel-max over ``torch.rand``; Gaussian: ``loc + scale * torch.randn``), else
+  ``dist.to_deterministic().sample()`` (argmax / mean); ``action_logp = dist.logp(actions)``
+  (inference: the logp of the deterministic action under the distribution, as the module).
+  Traced to ONNX, the random draws become ``RandomUniformLike`` / ``RandomNormalLike`` nodes.
+* Preprocessing the module owns (one-hot of Discrete obs, flattening of Box obs) is in the
+  module's forward and therefore in the graph.
+
+State (recurrent modules): the module's ``get_initial_state()`` structure flattened to names
+``"h"``, ``"c"`` (shared encoder) or ``"actor.h"``, ``"actor.c"``, ``"critic.h"``, ...
+(``vf_share_layers=False``), each ``[B, 1, H]`` float32 (the layout of the module's
+``state_out``); inputs are named ``"state_in." + name``, outputs ``"state_out." + name``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.columns import Columns
+
+#: module class -> fn(module, batch, with_value) -> {"action_dist_inputs", ["vf_preds"], ["state_out"]}
+_FORWARDS: dict[type, Callable] = {}
+
+
+def register_forward(module_cls: type):
+    """Decorator: ``fn(module, batch, with_value) -> dict`` is the torch forward ``PolicyStep``
+    uses for ``module_cls`` and its subclasses. ``batch`` holds ``"obs"`` [B, *obs_shape]
+    (no time axis) and, for stateful modules, ``"state_in"`` (the module's structure, each
+    leaf [B, 1, H]); the result holds ``"action_dist_inputs"`` [B, K], ``"vf_preds"`` [B]
+    when ``with_value`` and ``"state_out"`` (same structure) when stateful. The fn must be
+    traceable by ``torch.export`` (no data-dependent Python branches)."""
+    def deco(fn):
+        _FORWARDS[module_cls] = fn
+        return fn
+    return deco
+
+
+def _default_forward(module, batch: dict, with_value: bool) -> dict:
+    """Any module: its ``_forward_train`` (plain torch layers), with a T=1 axis for stateful ones."""
+    if getattr(module, "inference_only", False):
+        raise ValueError(f"module: {type(module).__name__} built with inference_only=True has no torch "
+                         "forward the exporter knows; register one with rlmodule_fast.export.register_forward")
+    stateful = Columns.STATE_IN in batch
+    if stateful:
+        batch = {**batch, Columns.OBS: batch[Columns.OBS].unsqueeze(1)}
+    out = module._forward_train(batch)
+    res = {Columns.ACTION_DIST_INPUTS: out[Columns.ACTION_DIST_INPUTS]}
+    if with_value:
+        res[Columns.VF_PREDS] = out[Columns.VF_PREDS]
+    if stateful:
+        res = {k: v.squeeze(1) for k, v in res.items()}
+        res[Columns.STATE_OUT] = out[Columns.STATE_OUT]
+    return res
+
+
+def _forward_fn(module) -> Callable:
+    for cls in type(module).__mro__:
+        if cls in _FORWARDS:
+            return _FORWARDS[cls]
+    return _default_forward
+
+
+def _register_builtin() -> None:
+    from ..ppo.ppo_rl_module import PPOTorchRLModule
+
+    @register_forward(PPOTorchRLModule)
+    def _ppo_forward(module, batch: dict, with_value: bool) -> dict:
+        a, c, state_out, _ = module._encode(batch, critic=with_value)
+        out = {Columns.ACTION_DIST_INPUTS: module.pi(a)}
+        if with_value:
+            out[Columns.VF_PREDS] = module.vf(c).squeeze(-1)
+        if state_out is not None:
+            out[Columns.STATE_OUT] = state_out
+        return out
+
+
+def has_value_head(module) -> bool:
+    """True when the module can predict values (a ``vf`` head, not ``inference_only``)."""
+    if getattr(module, "inference_only", False):
+        return False
+    return getattr(module, "vf", None) is not None
+
+
+def flatten_state(state: dict, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    """{"actor": {"h": t}} -> [("actor.h", t)], in the dict's order."""
+    out = []
+    for k, v in state.items():
+        if isinstance(v, dict):
+            out += flatten_state(v, f"{prefix}{k}.")
+        else:
+            out.append((prefix + k, v))
+    return out
+
+
+def unflatten_state(names: list[str], tensors) -> dict:
+    """Inverse of ``flatten_state``."""
+    out: dict = {}
+    for name, t in zip(names, tensors):
+        *parts, leaf = name.split(".")
+        d = out
+        for p in parts:
+            d = d.setdefault(p, {})
+        d[leaf] = t
+    return out
+
+
+class PolicyStep(nn.Module):
+    """One policy step of ``module`` as a traceable ``nn.Module``; see the module docstring.
+
+    ``explore``: sample (True) or take the deterministic action (False). ``with_value``:
+    also output ``vf_preds`` [B] (default: when the module has a value head).
+    ``input_names`` / ``output_names`` name the positional inputs and outputs.
+    """
+
+    def __init__(self, module: nn.Module, *, explore: bool = False, with_value: Optional[bool] = None):
+        super().__init__()
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"module: expected a TorchRLModule, got {type(module).__name__}")
+        if not isinstance(explore, bool):
+            raise ValueError(f"explore: expected a bool, got {explore!r}")
+        _register_builtin()
+        self.module = module
+        self.explore = explore
+        can_value = has_value_head(module)
+        if with_value is None:
+            with_value = can_value
+        elif with_value and not can_value:
+            raise ValueError(f"with_value: expected False for a {type(module).__name__} without a value head "
+                             "(inference_only or no vf), got True")
+        self.with_value = bool(with_value)
+        self._forward_fn = _forward_fn(module)
+        init = module.get_initial_state() if hasattr(module, "get_initial_state") else {}
+        self.state_names = [n for n, _ in flatten_state(init)]
+        self._state_sizes = [int(t.shape[-1]) for _, t in flatten_state(init)]
+        self.input_names = [Columns.OBS] + [f"{Columns.STATE_IN}.{n}" for n in self.state_names]
+        self.output_names = [Columns.ACTIONS, Columns.ACTION_LOGP, Columns.ACTION_DIST_INPUTS] \
+            + ([Columns.VF_PREDS] if self.with_value else []) \
+            + [f"{Columns.STATE_OUT}.{n}" for n in self.state_names]
+        self.dist_cls = module.get_exploration_action_dist_cls() if explore \
+            else module.get_inference_action_dist_cls()
+
+    def example_inputs(self, batch_size: int = 2) -> tuple:
+        """Inputs of ``batch_size`` rows: observations sampled from the space (seeded), zero state."""
+        space = self.module.observation_space
+        if not isinstance(space, (gym.spaces.Box, gym.spaces.Discrete)):
+            raise ValueError(f"observation_space: expected a Box or Discrete space to build example "
+                             f"inputs, got {space!r}; pass example inputs yourself")
+        space = copy.deepcopy(space)  # seeding the module's own space would change its stream
+        space.seed(0)
+        obs = torch.as_tensor(np.stack([space.sample() for _ in range(batch_size)]))
+        dtype = next((p.dtype for p in self.module.parameters() if p.is_floating_point()), torch.float32)
+        states = tuple(torch.zeros(batch_size, 1, h, dtype=dtype) for h in self._state_sizes)
+        return (obs, *states)
+
+    def forward(self, obs: torch.Tensor, *state_in: torch.Tensor) -> tuple:
+        if len(state_in) != len(self.state_names):
+            raise ValueError(f"state_in: expected {len(self.state_names)} tensors {self.state_names}, "
+                             f"got {len(state_in)}")
+        batch = {Columns.OBS: obs}
+        if self.state_names:
+            batch[Columns.STATE_IN] = unflatten_state(self.state_names, state_in)
+        out = self._forward_fn(self.module, batch, self.with_value)
+        adi = out[Columns.ACTION_DIST_INPUTS]
+        dist = self.dist_cls.from_logits(adi)
+        actions = dist.sample() if self.explore else dist.to_deterministic().sample()
+        logp = dist.logp(actions)
+        res = [actions, logp, adi]
+        if self.with_value:
+            res.append(out[Columns.VF_PREDS])
+        if self.state_names:
+            flat = dict(flatten_state(out[Columns.STATE_OUT]))
+            res += [flat[n] for n in self.state_names]
+        return tuple(res)

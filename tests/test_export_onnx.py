@@ -1,0 +1,232 @@
+"""module.export_onnx / export_program: the exported policy step run in ONNX Runtime against the
+module itself (forward_inference / compute_values, i.e. the fused path where it runs).
+
+Deterministic exports: every output equal within float32 tolerance, at B=1 and B=7 on one file.
+Exploring exports: actions in distribution (chi-square / KS on one fixed observation) and
+``action_logp`` exactly the module's distribution's logp of each sampled action.
+"""
+import numpy as np
+import pytest
+import torch
+
+gym = pytest.importorskip("gymnasium")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+stats = pytest.importorskip("scipy.stats")
+
+import rlmodule_fast as rf  # noqa: E402
+from rlmodule_fast.export import PolicyStep  # noqa: E402
+
+ACTS = {
+    "disc": gym.spaces.Discrete(4),
+    "multi": gym.spaces.MultiDiscrete([3, 2]),
+    "box": gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
+}
+OBS = {
+    "box": gym.spaces.Box(-2.0, 2.0, (2, 3), np.float32),  # rank 2: flattened in the graph
+    "disc": gym.spaces.Discrete(5),                        # one-hot in the graph
+}
+MODELS = {
+    "mlp": {"fcnet_hiddens": [16, 16]},
+    "lstm": {"fcnet_hiddens": [8], "use_lstm": True, "lstm_cell_size": 8},
+    "gru": {"fcnet_hiddens": [8], "use_gru": True, "lstm_cell_size": 8},
+}
+
+
+def build(act: str, obs: str, model: str, shared: bool = True, seed: int = 0, **extra):
+    torch.manual_seed(seed)
+    cfg = {**MODELS[model], "vf_share_layers": shared, **extra}
+    return rf.RLModuleSpec(module_class=rf.ppo.PPOTorchRLModule, observation_space=OBS[obs],
+                           action_space=ACTS[act], model_config_dict=cfg, catalog_class=rf.ppo.PPOCatalog).build()
+
+
+def sample_obs(space, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if isinstance(space, gym.spaces.Discrete):
+        return rng.integers(0, space.n, size=n).astype(np.int64)
+    return rng.uniform(space.low, space.high, size=(n, *space.shape)).astype(np.float32)
+
+
+def random_state(module, n: int, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+
+    def one(s):
+        return {k: (one(v) if isinstance(v, dict) else torch.randn(n, 1, v.shape[-1], generator=g) * 0.5)
+                for k, v in s.items()}
+    return one(module.get_initial_state())
+
+
+def flat_state(state: dict, prefix: str) -> dict:
+    out = {}
+    for k, v in state.items():
+        if isinstance(v, dict):
+            out.update(flat_state(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = np.asarray(v)
+    return out
+
+
+def module_outputs(module, obs: np.ndarray, state: dict, explore: bool = False) -> dict:
+    """The module's own step: outputs keyed as in the ONNX graph."""
+    batch = {"obs": torch.as_tensor(obs)}
+    if state:
+        batch["state_in"] = state
+    fwd = module.forward_exploration if explore else module.forward_inference
+    with torch.no_grad():
+        out = fwd(batch)
+        res = {k: out[k].numpy() for k in ("actions", "action_logp", "action_dist_inputs")}
+        if getattr(module, "vf", None) is not None and not module.inference_only:
+            res["vf_preds"] = module.compute_values(batch).numpy()
+    if state:
+        res.update(flat_state(out["state_out"], "state_out."))
+    return res
+
+
+def run_onnx(sess, obs: np.ndarray, state: dict) -> dict:
+    feeds = {"obs": obs, **flat_state(state, "state_in.")}
+    feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
+def session(path):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+CASES = [(a, m, s) for a in ACTS for m in MODELS for s in (True, False)]
+
+
+@pytest.mark.parametrize("act,model,shared", CASES,
+                         ids=[f"{a}-{m}-{'shared' if s else 'separate'}" for a, m, s in CASES])
+def test_inference_export_matches_module(tmp_path, act, model, shared):
+    obs_kind = "disc" if (list(ACTS).index(act) + list(MODELS).index(model) + shared) % 2 else "box"
+    module = build(act, obs_kind, model, shared)
+    path = module.export_onnx(tmp_path / "policy.onnx")
+    sess = session(path)
+    step = PolicyStep(module)
+    assert [i.name for i in sess.get_inputs()] == step.input_names
+    assert [o.name for o in sess.get_outputs()] == step.output_names
+    if model == "mlp":
+        assert step.input_names == ["obs"]
+    elif shared:
+        assert step.input_names == ["obs", "state_in.h"] + (["state_in.c"] if model == "lstm" else [])
+    else:
+        assert "state_in.actor.h" in step.input_names and "state_in.critic.h" in step.input_names
+    assert "vf_preds" in step.output_names
+    for B in (1, 7):  # one file, dynamic batch
+        obs = sample_obs(OBS[obs_kind], B, seed=B)
+        state = random_state(module, B, seed=B)
+        got = run_onnx(sess, obs, state)
+        want = module_outputs(module, obs, state)
+        assert set(got) == set(want)
+        for k, w in want.items():
+            g = got[k]
+            assert g.shape == w.shape, (k, g.shape, w.shape)
+            if k == "actions" and act != "box":
+                assert g.dtype == np.int64
+                np.testing.assert_array_equal(g, w, err_msg=k)
+            else:
+                np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+EXPLORE = [(a, m) for a in ACTS for m in ("mlp", "lstm")]
+
+
+@pytest.mark.parametrize("act,model", EXPLORE, ids=[f"{a}-{m}" for a, m in EXPLORE])
+def test_explore_export_samples_the_module_distribution(tmp_path, act, model):
+    obs_kind = "box" if model == "mlp" else "disc"
+    module = build(act, obs_kind, model, shared=model == "mlp", seed=3)
+    path = module.export_onnx(tmp_path / "explore.onnx", explore=True)
+    ops = {n.op_type for n in __import__("onnx").load(str(path)).graph.node}
+    assert ("RandomNormalLike" if act == "box" else "RandomUniformLike") in ops
+    sess = session(path)
+    N = 4000  # one fixed observation (and state) repeated: N draws from one distribution
+    obs = np.repeat(sample_obs(OBS[obs_kind], 1, seed=11), N, axis=0)
+    state = {k: v.expand(N, *v.shape[1:]) if not isinstance(v, dict) else
+             {kk: vv.expand(N, *vv.shape[1:]) for kk, vv in v.items()}
+             for k, v in random_state(module, 1, seed=11).items()}
+    got = run_onnx(sess, obs, state)
+    want = module_outputs(module, obs[:2], {k: (v[:2] if not isinstance(v, dict) else {kk: vv[:2] for kk, vv in v.items()})
+                                            for k, v in state.items()}, explore=True)
+    # The deterministic outputs still equal the module's.
+    for k in want:
+        if k not in ("actions", "action_logp"):
+            np.testing.assert_allclose(got[k][:2], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    adi = torch.from_numpy(got["action_dist_inputs"][:1])
+    dist = module.get_exploration_action_dist_cls().from_logits(torch.from_numpy(got["action_dist_inputs"]))
+    # logp: exactly the module's distribution's logp of each action the graph drew.
+    np.testing.assert_allclose(got["action_logp"], dist.logp(torch.from_numpy(got["actions"])).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    acts = got["actions"]
+    if act == "box":
+        mean, log_std = adi[0].chunk(2)
+        z = (acts - mean.numpy()) / np.exp(log_std.numpy())
+        for d in range(z.shape[1]):
+            assert stats.kstest(z[:, d], "norm").pvalue > 1e-4
+    else:
+        sizes = [ACTS[act].n] if act == "disc" else list(ACTS[act].nvec)
+        cols = acts[:, None] if act == "disc" else acts
+        for j, part in enumerate(torch.split(adi[0], sizes)):
+            p = torch.softmax(part, -1).numpy().astype(np.float64)
+            counts = np.bincount(cols[:, j], minlength=len(p))
+            assert stats.chisquare(counts, p / p.sum() * N).pvalue > 1e-4
+    again = run_onnx(sess, obs, state)["actions"]
+    assert not np.array_equal(again, acts), "every run should draw fresh noise"
+
+
+def test_fixed_batch_and_bad_arguments(tmp_path):
+    module = build("disc", "box", "mlp")
+    path = module.export_onnx(tmp_path / "b3.onnx", batch=3)
+    sess = session(path)
+    assert sess.get_inputs()[0].shape == [3, 2, 3]
+    obs = sample_obs(OBS["box"], 3, seed=0)
+    np.testing.assert_allclose(run_onnx(sess, obs, {})["action_dist_inputs"],
+                               module_outputs(module, obs, {})["action_dist_inputs"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="batch"):
+        module.export_onnx(tmp_path / "x.onnx", batch=0)
+    with pytest.raises(ValueError, match="explore"):
+        module.export_onnx(tmp_path / "x.onnx", explore="yes")
+
+
+def test_inference_only_module_has_no_value_output(tmp_path):
+    torch.manual_seed(0)
+    module = rf.RLModuleSpec(module_class=rf.ppo.PPOTorchRLModule, observation_space=OBS["box"],
+                             action_space=ACTS["box"], model_config_dict={"fcnet_hiddens": [8], "vf_share_layers": False},
+                             catalog_class=rf.ppo.PPOCatalog, inference_only=True).build()
+    with pytest.raises(ValueError, match="with_value"):
+        PolicyStep(module, with_value=True)
+    sess = session(module.export_onnx(tmp_path / "p.onnx"))
+    assert [o.name for o in sess.get_outputs()] == ["actions", "action_logp", "action_dist_inputs"]
+    obs = sample_obs(OBS["box"], 5, seed=1)
+    got, want = run_onnx(sess, obs, {}), module_outputs(module, obs, {})
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+def test_checkpoint_round_trip_then_export(tmp_path):
+    module = build("multi", "box", "lstm", shared=False, seed=5)
+    ckpt = module.save_to_path(tmp_path / "ckpt")
+    restored = rf.RLModule.from_checkpoint(ckpt)
+    sess = session(restored.export_onnx(tmp_path / "restored.onnx"))
+    obs = sample_obs(OBS["box"], 7, seed=2)
+    state = random_state(module, 7, seed=2)
+    got, want = run_onnx(sess, obs, state), module_outputs(module, obs, state)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("model", ["mlp", "gru"])
+def test_export_program_matches_module(model):
+    module = build("box", "box", model, seed=2)
+    prog = module.export_program()
+    assert isinstance(prog, torch.export.ExportedProgram)
+    step = PolicyStep(module)
+    for B in (1, 5):
+        obs = sample_obs(OBS["box"], B, seed=B)
+        state = random_state(module, B, seed=B)
+        states = [torch.as_tensor(v) for v in flat_state(state, "").values()]
+        out = prog.module()(torch.from_numpy(obs), *states)
+        want = module_outputs(module, obs, state)
+        for name, t in zip(step.output_names, out):
+            np.testing.assert_allclose(t.detach().numpy(), want[name], rtol=1e-5, atol=1e-5, err_msg=name)
