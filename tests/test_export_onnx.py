@@ -230,3 +230,42 @@ def test_export_program_matches_module(model):
         want = module_outputs(module, obs, state)
         for name, t in zip(step.output_names, out):
             np.testing.assert_allclose(t.detach().numpy(), want[name], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_cli_export_from_checkpoint(tmp_path, capsys):
+    from rlmodule_fast.cli import main
+
+    module = build("disc", "box", "gru", shared=False, seed=4)
+    ckpt = module.save_to_path(tmp_path / "ckpt")
+    out = tmp_path / "policy.onnx"
+    assert main(["export", str(ckpt), str(out), "--explore"]) == 0
+    printed = capsys.readouterr().out
+    assert "verified in ONNX Runtime" in printed and "state_out.critic.h" in printed
+    sess = session(out)
+    assert [i.name for i in sess.get_inputs()] == ["obs", "state_in.actor.h", "state_in.critic.h"]
+    obs = sample_obs(OBS["box"], 7, seed=3)
+    state = random_state(module, 7, seed=3)
+    got, want = run_onnx(sess, obs, state), module_outputs(module, obs, state)
+    for k in ("action_dist_inputs", "vf_preds", "state_out.actor.h", "state_out.critic.h"):
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    # errors name what is wrong, exit status 2
+    assert main(["export", str(tmp_path / "missing"), str(out)]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert main(["export", str(ckpt), str(tmp_path / "no" / "dir" / "p.onnx")]) == 2
+    assert "out:" in capsys.readouterr().err
+    assert main(["export", str(ckpt), str(out), "--module-id", "x"]) == 2
+
+
+def test_readme_deploy_snippets_run(tmp_path, monkeypatch, capsys):
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    for code in blocks:
+        exec(compile(code, "README.md:Deploy", "exec"), {"__name__": "__readme__"})
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split()[0] for ln in lines[-3:]] == ["0", "1", "2"]
