@@ -269,3 +269,18 @@ def test_readme_deploy_snippets_run(tmp_path, monkeypatch, capsys):
         exec(compile(code, "README.md:Deploy", "exec"), {"__name__": "__readme__"})
     lines = capsys.readouterr().out.strip().splitlines()
     assert [ln.split()[0] for ln in lines[-3:]] == ["0", "1", "2"]
+
+
+def test_bench_ort_exported_provider_runs_the_exported_step():
+    from rlmodule_fast.bench.ort import ExportedPolicy
+
+    module = build("box", "box", "lstm", shared=False, seed=6)
+    obs = sample_obs(OBS["box"], 3, seed=4)
+    state = {k: {kk: vv.numpy() for kk, vv in v.items()} for k, v in random_state(module, 3, seed=4).items()}
+    p = ExportedPolicy(module, obs, state, threads=1)
+    assert p.state_names == ["actor.h", "actor.c", "critic.h", "critic.c"]
+    assert p.max_abs_diff < 1e-5
+    out = dict(zip(p.out_names, p.step(*p.args)))
+    assert "vf_preds" not in out and out["actions"].shape == (3, 2)
+    want = module_outputs(module, obs, {k: {kk: torch.from_numpy(vv) for kk, vv in v.items()} for k, v in state.items()})
+    np.testing.assert_allclose(out["state_out.critic.c"], want["state_out.critic.c"], rtol=1e-5, atol=1e-5)
