@@ -284,3 +284,15 @@ def test_bench_ort_exported_provider_runs_the_exported_step():
     assert "vf_preds" not in out and out["actions"].shape == (3, 2)
     want = module_outputs(module, obs, {k: {kk: torch.from_numpy(vv) for kk, vv in v.items()} for k, v in state.items()})
     np.testing.assert_allclose(out["state_out.critic.c"], want["state_out.critic.c"], rtol=1e-5, atol=1e-5)
+
+
+def test_export_traces_torch_ops_even_when_training_runs_on_triton(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLMODULE_FAST_TRAIN_BACKEND", "triton")  # forward_train's MLPs on Triton (interpreted)
+    module = build("disc", "box", "mlp", seed=9)
+    sess = session(module.export_onnx(tmp_path / "p.onnx"))
+    assert not any("triton" in n.op_type.lower() or n.domain not in ("", "ai.onnx")
+                   for n in __import__("onnx").load(str(tmp_path / "p.onnx")).graph.node)
+    obs = sample_obs(OBS["box"], 4, seed=5)
+    got, want = run_onnx(sess, obs, {}), module_outputs(module, obs, {})
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)

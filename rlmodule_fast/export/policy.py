@@ -163,9 +163,11 @@ class PolicyStep(nn.Module):
                              f"inputs, got {space!r}; pass example inputs yourself")
         space = copy.deepcopy(space)  # seeding the module's own space would change its stream
         space.seed(0)
-        obs = torch.as_tensor(np.stack([space.sample() for _ in range(batch_size)]))
-        dtype = next((p.dtype for p in self.module.parameters() if p.is_floating_point()), torch.float32)
-        states = tuple(torch.zeros(batch_size, 1, h, dtype=dtype) for h in self._state_sizes)
+        param = next((p for p in self.module.parameters() if p.is_floating_point()), None)
+        dtype = param.dtype if param is not None else torch.float32
+        device = param.device if param is not None else torch.device("cpu")
+        obs = torch.as_tensor(np.stack([space.sample() for _ in range(batch_size)]), device=device)
+        states = tuple(torch.zeros(batch_size, 1, h, dtype=dtype, device=device) for h in self._state_sizes)
         return (obs, *states)
 
     def forward(self, obs: torch.Tensor, *state_in: torch.Tensor) -> tuple:

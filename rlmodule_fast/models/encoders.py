@@ -72,7 +72,8 @@ class TorchMLP(nn.Module):
         return [m for m in self.mlp if isinstance(m, nn.Linear)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if dispatch.training_mlp_backend(x) == "triton" and self.linears:
+        # torch.export (rf.export) traces the layers' torch ops, never the Triton kernel.
+        if not torch.compiler.is_exporting() and dispatch.training_mlp_backend(x) == "triton" and self.linears:
             # Differentiable fused kernel (Triton forward, autograd backward) over the same weights.
             lead = x.shape[:-1]
             linears = self.linears
