@@ -263,12 +263,15 @@ def test_readme_deploy_snippets_run(tmp_path, monkeypatch, capsys):
     readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     monkeypatch.chdir(tmp_path)
-    for code in blocks:
+    for code in blocks[:2]:  # export, then serve with onnxruntime + numpy only
         exec(compile(code, "README.md:Deploy", "exec"), {"__name__": "__readme__"})
     lines = capsys.readouterr().out.strip().splitlines()
     assert [ln.split()[0] for ln in lines[-3:]] == ["0", "1", "2"]
+    torch._dynamo.reset()
+    exec(compile(blocks[2], "README.md:Deploy/torch.compile", "exec"), {"__name__": "__readme__"})
+    assert "torch.Size([64, 4])" in capsys.readouterr().out
 
 
 def test_bench_ort_exported_provider_runs_the_exported_step():

@@ -93,14 +93,15 @@ def test_values_match_the_torch_reference():
     torch.testing.assert_close(lp, torch.log_softmax(logits, -1).gather(-1, a[:, None])[:, 0])
 
 
-@pytest.mark.parametrize("act", ["tanh", "relu", "silu", "elu", "linear"])
-def test_fused_mlp_gradient_matches_torch_autograd(act):
+@pytest.mark.parametrize("act,out", [("tanh", None), ("relu", "tanh"), ("silu", None), ("elu", "linear"),
+                                     ("linear", "tanh")])
+def test_fused_mlp_gradient_matches_torch_autograd(act, out):
     x, ws, bs = mlp_args(grad=True, seed=4)
-    y = OPS.fused_mlp(x, ws, bs, act, "tanh")
+    y = OPS.fused_mlp(x, ws, bs, act, out)
     up = torch.randn_like(y)
     params = [x, *ws, *bs]
     got = torch.autograd.grad((y * up).sum(), params)
-    want = torch.autograd.grad((R.fused_mlp(x, ws, bs, act, "tanh") * up).sum(), params)
+    want = torch.autograd.grad((R.fused_mlp(x, ws, bs, act, out) * up).sum(), params)
     for gg, ww in zip(got, want):
         torch.testing.assert_close(gg, ww, rtol=1e-4, atol=1e-5)
 
@@ -203,11 +204,12 @@ def test_compile_fullgraph_has_no_graph_break(backend):
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
 
 
-def test_compiled_training_step_matches_eager_gradients():
+@pytest.mark.parametrize("act", ["relu", "tanh"])  # ("tanh", None): both equal the Python defaults of rf.ops
+def test_compiled_training_step_matches_eager_gradients(act):
     torch._dynamo.reset()
 
     def loss_fn(x, ws, bs):
-        return OPS.fused_mlp(x, ws, bs, "relu", None).square().mean()
+        return OPS.fused_mlp(x, ws, bs, act, None).square().mean()
 
     x, ws, bs = mlp_args(grad=True, seed=6)
     params = [x, *ws, *bs]

@@ -53,11 +53,13 @@ _RANDOM = (torch.Tag.nondeterministic_seeded,)
 
 @torch.library.custom_op(f"{NAMESPACE}::fused_mlp", mutates_args=())
 def fused_mlp(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor],
-              activation: str = "tanh", output_activation: Optional[str] = None) -> Tensor:
+              activation: str, output_activation: Optional[str]) -> Tensor:
     """``rf.ops.fused_mlp`` as a custom op: x [B, I] -> [B, H_L] in x's dtype.
 
     One bias per layer (``Tensor[]``, no None: for a bias-free layer pass zeros). A list with
-    None would be one opaque argument to autograd, and its tensors would get no gradient."""
+    None would be one opaque argument to autograd, and its tensors would get no gradient.
+    No argument has a default: the dispatcher drops trailing arguments equal to their default
+    before autograd sees them, which would change the structure the backward must return."""
     fn = dispatch.get("fused_mlp", "auto", x)
     with torch.no_grad():
         y = fn(x, list(weights), list(biases), activation, output_activation)
@@ -87,7 +89,7 @@ def _check_mlp(x: Tensor, weights, biases) -> None:
 
 
 @fused_mlp.register_fake
-def _fused_mlp_fake(x, weights, biases, activation="tanh", output_activation=None):
+def _fused_mlp_fake(x, weights, biases, activation, output_activation):
     _check_mlp(x, weights, biases)
     canonical_activation(activation, what="activation")
     canonical_activation(output_activation, what="output_activation")
@@ -110,13 +112,9 @@ def _act_grad(name: str, z: Tensor, y: Tensor, g: Tensor) -> Tensor:
 
 
 def _setup_context(ctx, inputs, output):
-    x, weights, biases, *acts = inputs  # traced calls may leave defaulted arguments out
+    x, weights, biases, activation, output_activation = inputs
     ctx.n = len(weights)
-    # One None per trailing argument -- except for arguments that are None: torch's pytree
-    # flattens an input None to no leaf, but a returned None to one (torch 2.13).
-    ctx.n_extra = sum(a is not None for a in acts)
-    ctx.acts = (canonical_activation(acts[0] if acts else "tanh"),
-                canonical_activation(acts[1] if len(acts) > 1 else None))
+    ctx.acts = (canonical_activation(activation), canonical_activation(output_activation))
     ctx.save_for_backward(x, *weights, *biases)
 
 
@@ -140,7 +138,7 @@ def _fused_mlp_backward(ctx, grad):
         gw[i] = gz.t() @ hs[i]
         gb[i] = gz.sum(0)
         g = gz @ weights[i]
-    return (g, gw, gb) + (None,) * ctx.n_extra
+    return g, gw, gb, None, None
 
 
 fused_mlp.register_autograd(_fused_mlp_backward, setup_context=_setup_context)
