@@ -299,3 +299,23 @@ def test_export_traces_torch_ops_even_when_training_runs_on_triton(tmp_path, mon
     got, want = run_onnx(sess, obs, {}), module_outputs(module, obs, {})
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+VARIANTS = {
+    "free_log_std-silu-head": ("box", {"free_log_std": True, "fcnet_activation": "silu", "head_fcnet_hiddens": [8]}),
+    "elu-relu-head-separate": ("multi", {"fcnet_activation": "elu", "head_fcnet_hiddens": [8, 4],
+                                         "vf_share_layers": False}),
+    "linear-clip": ("box", {"fcnet_activation": "linear", "log_std_clip_param": 0.5}),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_model_config_variants(tmp_path, variant):
+    act, extra = VARIANTS[variant]
+    module = build(act, "box", "mlp", seed=7, **extra)
+    sess = session(module.export_onnx(tmp_path / "v.onnx"))
+    for B in (1, 6):
+        obs = sample_obs(OBS["box"], B, seed=B + 20) * 3  # outside the space too: large log-stds get clipped
+        got, want = run_onnx(sess, obs, {}), module_outputs(module, obs, {})
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
