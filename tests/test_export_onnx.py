@@ -319,3 +319,47 @@ def test_model_config_variants(tmp_path, variant):
         got, want = run_onnx(sess, obs, {}), module_outputs(module, obs, {})
         for k in want:
             np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+class MaskedModule(rf.TorchRLModule):
+    """A user module in RLlib's action-masking style (Dict obs, RLlib >= 2.40 ``_forward``): the
+    exporter runs its ``_forward_train`` (the generic path) with one graph input per obs key."""
+
+    def setup(self):
+        self.net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4))
+
+    def _forward(self, batch, **kwargs):
+        obs = batch["obs"]
+        logits = self.net(obs["observations"])
+        return {"action_dist_inputs": logits + torch.clamp(torch.log(obs["action_mask"]), min=-3.4e38)}
+
+
+@pytest.mark.parametrize("explore", [False, True])
+def test_dict_observations_and_the_generic_forward(tmp_path, explore):
+    torch.manual_seed(1)
+    space = gym.spaces.Dict({"action_mask": gym.spaces.Box(0.0, 1.0, (4,), np.float32),
+                             "observations": gym.spaces.Box(-1.0, 1.0, (3,), np.float32)})
+    module = MaskedModule(observation_space=space, action_space=gym.spaces.Discrete(4), model_config={})
+    sess = session(module.export_onnx(tmp_path / "m.onnx", explore=explore))
+    assert [i.name for i in sess.get_inputs()] == ["obs.action_mask", "obs.observations"]
+    assert [o.name for o in sess.get_outputs()] == ["actions", "action_logp", "action_dist_inputs"]
+    N = 2000 if explore else 7
+    rng = np.random.default_rng(0)
+    mask = np.ones((N, 4), np.float32)
+    mask[:, 1] = 0.0
+    mask[::2, 3] = 0.0
+    x = rng.uniform(-1, 1, (N, 3)).astype(np.float32)
+    got = dict(zip([o.name for o in sess.get_outputs()],
+                   sess.run(None, {"obs.action_mask": mask, "obs.observations": x})))
+    with torch.no_grad():
+        want = module.forward_inference({"obs": {"action_mask": torch.from_numpy(mask),
+                                                 "observations": torch.from_numpy(x)}})
+    np.testing.assert_allclose(got["action_dist_inputs"], want["action_dist_inputs"].numpy(), rtol=1e-5, atol=1e-5)
+    a = got["actions"]
+    assert not np.any(a == 1) and not np.any(a[::2] == 3)  # masked actions are never taken
+    if not explore:
+        np.testing.assert_array_equal(a, want["action_dist_inputs"].argmax(-1).numpy())
+    else:
+        assert len(np.unique(a[1::2])) == 3  # the three allowed actions all occur
+    np.testing.assert_allclose(got["action_logp"], rf.distributions.TorchCategorical.from_logits(
+        torch.from_numpy(got["action_dist_inputs"])).logp(torch.from_numpy(a)).numpy(), rtol=1e-5, atol=1e-5)

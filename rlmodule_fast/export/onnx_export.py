@@ -38,10 +38,8 @@ def _dynamic_shapes(step: PolicyStep, fixed: Optional[int]):
     if fixed is not None:
         return None
     b = torch.export.Dim("batch", min=1, max=1 << 30)
-    # forward(obs, *state_in): torch.export binds non-empty varargs to one tuple entry.
-    if not step.state_names:
-        return ({0: b},)
-    return ({0: b}, tuple({0: b} for _ in step.state_names))
+    # forward(*inputs): torch.export binds the varargs to one tuple entry.
+    return (tuple({0: b} for _ in step.input_names),)
 
 
 @contextlib.contextmanager

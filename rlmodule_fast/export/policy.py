@@ -6,6 +6,10 @@ fused backends) and its action distribution class:
     forward(obs [B, *obs_shape], *state_in) -> (actions, action_logp, action_dist_inputs,
                                                 [vf_preds,] *state_out)
 
+A ``Dict`` observation space (e.g. action masking's {"action_mask", "observations"}) gives
+one input per key, ``"obs.<key>"`` in the space's key order, handed to the module's forward as
+a dict.
+
 * ``action_dist_inputs`` comes from the module's torch forward (see ``register_forward``:
   PPO-style modules use ``_encode`` + ``pi`` (+ ``vf``); any other module its ``_forward_train``).
 * Action selection is the module's distribution class, called exactly as the module's torch
@@ -58,7 +62,9 @@ def _default_forward(module, batch: dict, with_value: bool) -> dict:
                          "forward the exporter knows; register one with rlmodule_fast.export.register_forward")
     stateful = Columns.STATE_IN in batch
     if stateful:
-        batch = {**batch, Columns.OBS: batch[Columns.OBS].unsqueeze(1)}
+        obs = batch[Columns.OBS]
+        obs = {k: v.unsqueeze(1) for k, v in obs.items()} if isinstance(obs, dict) else obs.unsqueeze(1)
+        batch = {**batch, Columns.OBS: obs}
     out = module._forward_train(batch)
     res = {Columns.ACTION_DIST_INPUTS: out[Columns.ACTION_DIST_INPUTS]}
     if with_value:
@@ -148,7 +154,18 @@ class PolicyStep(nn.Module):
         init = module.get_initial_state() if hasattr(module, "get_initial_state") else {}
         self.state_names = [n for n, _ in flatten_state(init)]
         self._state_sizes = [int(t.shape[-1]) for _, t in flatten_state(init)]
-        self.input_names = [Columns.OBS] + [f"{Columns.STATE_IN}.{n}" for n in self.state_names]
+        space = getattr(module, "observation_space", None)
+        if isinstance(space, gym.spaces.Dict):  # e.g. {"action_mask", "observations"}: one input per key
+            bad = [k for k, v in space.spaces.items() if not isinstance(v, (gym.spaces.Box, gym.spaces.Discrete))]
+            if bad:
+                raise ValueError(f"observation_space: expected a Dict of Box / Discrete spaces, got {space!r}")
+            self.obs_keys: Optional[list] = list(space.spaces)
+            obs_names = [f"{Columns.OBS}.{k}" for k in self.obs_keys]
+        elif isinstance(space, (gym.spaces.Box, gym.spaces.Discrete)):
+            self.obs_keys, obs_names = None, [Columns.OBS]
+        else:
+            raise ValueError(f"observation_space: expected a Box, Discrete or Dict space, got {space!r}")
+        self.input_names = obs_names + [f"{Columns.STATE_IN}.{n}" for n in self.state_names]
         self.output_names = [Columns.ACTIONS, Columns.ACTION_LOGP, Columns.ACTION_DIST_INPUTS] \
             + ([Columns.VF_PREDS] if self.with_value else []) \
             + [f"{Columns.STATE_OUT}.{n}" for n in self.state_names]
@@ -157,26 +174,27 @@ class PolicyStep(nn.Module):
 
     def example_inputs(self, batch_size: int = 2) -> tuple:
         """Inputs of ``batch_size`` rows: observations sampled from the space (seeded), zero state."""
-        space = self.module.observation_space
-        if not isinstance(space, (gym.spaces.Box, gym.spaces.Discrete)):
-            raise ValueError(f"observation_space: expected a Box or Discrete space to build example "
-                             f"inputs, got {space!r}; pass example inputs yourself")
-        space = copy.deepcopy(space)  # seeding the module's own space would change its stream
+        space = copy.deepcopy(self.module.observation_space)  # seeding the module's own space moves its stream
         space.seed(0)
         param = next((p for p in self.module.parameters() if p.is_floating_point()), None)
         dtype = param.dtype if param is not None else torch.float32
         device = param.device if param is not None else torch.device("cpu")
-        obs = torch.as_tensor(np.stack([space.sample() for _ in range(batch_size)]), device=device)
+        rows = [space.sample() for _ in range(batch_size)]
+        keys = self.obs_keys if self.obs_keys is not None else [None]
+        obs = tuple(torch.as_tensor(np.stack([r if k is None else r[k] for r in rows]), device=device) for k in keys)
         states = tuple(torch.zeros(batch_size, 1, h, dtype=dtype, device=device) for h in self._state_sizes)
-        return (obs, *states)
+        return (*obs, *states)
 
-    def forward(self, obs: torch.Tensor, *state_in: torch.Tensor) -> tuple:
-        if len(state_in) != len(self.state_names):
-            raise ValueError(f"state_in: expected {len(self.state_names)} tensors {self.state_names}, "
-                             f"got {len(state_in)}")
+    def forward(self, *inputs: torch.Tensor) -> tuple:
+        """``inputs`` in ``input_names`` order; returns the tuple named by ``output_names``."""
+        if len(inputs) != len(self.input_names):
+            raise ValueError(f"inputs: expected {len(self.input_names)} tensors {self.input_names}, "
+                             f"got {len(inputs)}")
+        n_obs = 1 if self.obs_keys is None else len(self.obs_keys)
+        obs = inputs[0] if self.obs_keys is None else dict(zip(self.obs_keys, inputs[:n_obs]))
         batch = {Columns.OBS: obs}
         if self.state_names:
-            batch[Columns.STATE_IN] = unflatten_state(self.state_names, state_in)
+            batch[Columns.STATE_IN] = unflatten_state(self.state_names, inputs[n_obs:])
         out = self._forward_fn(self.module, batch, self.with_value)
         adi = out[Columns.ACTION_DIST_INPUTS]
         dist = self.dist_cls.from_logits(adi)
