@@ -363,3 +363,21 @@ def test_dict_observations_and_the_generic_forward(tmp_path, explore):
         assert len(np.unique(a[1::2])) == 3  # the three allowed actions all occur
     np.testing.assert_allclose(got["action_logp"], rf.distributions.TorchCategorical.from_logits(
         torch.from_numpy(got["action_dist_inputs"])).logp(torch.from_numpy(a)).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_cnn_module_with_uint8_frames(tmp_path):
+    torch.manual_seed(0)
+    space = gym.spaces.Box(0, 255, (10, 10, 3), np.uint8)
+    module = rf.RLModuleSpec(module_class=rf.ppo.PPOTorchRLModule, observation_space=space,
+                             action_space=ACTS["disc"], catalog_class=rf.ppo.PPOCatalog,
+                             model_config_dict={"conv_filters": [[4, [3, 3], 2], [8, [3, 3], 2]],
+                                                "fcnet_hiddens": [16]}).build()
+    sess = session(module.export_onnx(tmp_path / "cnn.onnx"))
+    assert sess.get_inputs()[0].type == "tensor(uint8)"  # the cast to float is in the graph
+    rng = np.random.default_rng(0)
+    for B in (1, 5):
+        obs = rng.integers(0, 256, (B, 10, 10, 3), dtype=np.uint8)
+        got, want = run_onnx(sess, obs, {}), module_outputs(module, obs, {})
+        np.testing.assert_array_equal(got["actions"], want["actions"])
+        for k in ("action_logp", "action_dist_inputs", "vf_preds"):  # inputs up to 255: float32 sums of ~10^4
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4, err_msg=k)
