@@ -125,6 +125,19 @@ def test_seeded_draws_are_reproducible_and_leave_the_stream_alone():
         OPS.sample_categorical(logits, False, -2)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_seeded_draws_are_reproducible_on_every_backend(monkeypatch, backend):
+    monkeypatch.setenv("RLMODULE_FAST_BACKEND", backend)  # triton: interpreted on CPU (conftest)
+    if backend == "triton" and not rf.backend_info()["triton"]["available"]:
+        pytest.skip(rf.backend_info()["triton"]["reason"])
+    logits, ml = torch.randn(32, 5), torch.randn(32, 4)
+    for op, x in ((OPS.sample_categorical, logits), (OPS.sample_diag_gaussian, ml)):
+        a1, lp1 = op(x, False, 77)
+        a2, lp2 = op(x, False, 77)
+        assert torch.equal(a1, a2) and torch.equal(lp1, lp2)
+        assert not torch.equal(a1, op(x, False, 78)[0])
+
+
 def test_seeded_categorical_draws_follow_softmax():
     N = 5000
     logits = torch.tensor([1.0, 0.0, -0.5, 2.0]).expand(N, 4).contiguous()

@@ -17,9 +17,9 @@ for CPU tensors, Triton for CUDA; ``RLMODULE_FAST_BACKEND`` forces one), so a co
 calls the same kernels as eager code. Fake (meta) implementations give the output shapes.
 
 Randomness: the samplers and ``policy_step`` take ``seed``. ``seed >= 0``: the draw is a
-function of (inputs, seed) only -- CPU: the fused stream is re-keyed from ``seed`` for this
-call and then restored to where it was; CUDA: torch's CUDA generator is forked and seeded --
-so repeated calls agree (``opcheck`` runs an op several times and compares). ``seed = -1``:
+function of (inputs, seed) only -- on the cpp backend the fused stream is re-keyed from
+``seed`` for this call and then restored to where it was; on the torch and Triton backends
+torch's generator of the device is forked and seeded -- so repeated calls agree (``opcheck`` runs an op several times and compares). ``seed = -1``:
 draw from the process's stream as ``rf.ops`` does (reproducible under ``rf.manual_seed``).
 While a seeded CPU call runs, unseeded fused draws made concurrently by other threads may come
 from the seeded stream (valid samples, not reproducible); do not mix the two across threads.
@@ -150,25 +150,22 @@ _seed_lock = threading.RLock()
 
 
 @contextlib.contextmanager
-def _seeded(seed: int, device: torch.device):
-    """Draws inside are a function of ``seed`` (>= 0); -1: the process's stream, untouched."""
-    if seed < -1:
-        raise ValueError(f"seed: expected -1 (the process's stream) or a seed >= 0, got {seed}")
+def _seeded(seed: int, op: str, example: Tensor):
+    """Draws of ``op`` inside are a function of ``seed`` (>= 0) on whichever backend
+    ``ops.dispatch`` picks for ``example``; -1: the process's stream, untouched."""
+    _check_seed(seed)
     if seed == -1:
         yield
         return
-    if device.type == "cuda":
-        with torch.random.fork_rng(devices=[device]):
-            torch.cuda.manual_seed(seed)
-            yield
-        return
-    from . import cpp  # the CPU samplers draw from its counter-based stream
-
-    if cpp._C is None:  # the torch reference draws from torch's CPU generator
-        with torch.random.fork_rng(devices=[]):
+    backend = dispatch.choose(op, "auto", example)
+    if backend != "cpp":  # torch reference and Triton draw from torch's generator of the device
+        devices = [example.device] if example.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             yield
         return
+    from . import cpp  # the counter-based stream of the C++ samplers
+
     cpp._sync_rng()  # keyed from torch's seed now, so the draw below does not re-key it
     with _seed_lock:
         saved = cpp.get_rng_state()
@@ -187,7 +184,7 @@ def _check_seed(seed: int) -> None:
 @torch.library.custom_op(f"{NAMESPACE}::sample_categorical", mutates_args=(), tags=_RANDOM)
 def sample_categorical(logits: Tensor, deterministic: bool = False, seed: int = -1) -> tuple[Tensor, Tensor]:
     """``rf.ops.sample_categorical``: logits [B, A] -> (actions [B] int64, logp [B])."""
-    with _seeded(seed, logits.device):
+    with _seeded(seed, "sample_categorical", logits):
         a, lp = dispatch.get("sample_categorical", "auto", logits)(logits, deterministic)
     return a, lp
 
@@ -204,7 +201,7 @@ def _sample_categorical_fake(logits, deterministic=False, seed=-1):
 @torch.library.custom_op(f"{NAMESPACE}::sample_diag_gaussian", mutates_args=(), tags=_RANDOM)
 def sample_diag_gaussian(mean_logstd: Tensor, deterministic: bool = False, seed: int = -1) -> tuple[Tensor, Tensor]:
     """``rf.ops.sample_diag_gaussian``: mean_logstd [B, 2A] -> (actions [B, A], logp [B])."""
-    with _seeded(seed, mean_logstd.device):
+    with _seeded(seed, "sample_diag_gaussian", mean_logstd):
         a, lp = dispatch.get("sample_diag_gaussian", "auto", mean_logstd)(mean_logstd, deterministic)
     return a, lp
 
@@ -340,7 +337,7 @@ def policy_step(obs: Tensor, encoder: Sequence[Tensor], rnn_kind: str, rnn: Sequ
         if len(state_in) != want:
             raise ValueError(f"state_in: expected {want} tensors for {rnn_kind}, got {len(state_in)}")
         state = {"h": state_in[0]} if want == 1 else {"h": state_in[0], "c": state_in[1]}
-    with _seeded(seed, obs.device):
+    with _seeded(seed, "policy_step", obs):
         r = plan.step(obs, state, deterministic=deterministic, compute_value=len(vf) > 0)
     vf_preds = r["vf_preds"] if len(vf) else obs.new_empty((0,))
     st = r.get("state_out") or {}
