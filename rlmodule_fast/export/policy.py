@@ -10,8 +10,10 @@ A ``Dict`` observation space (e.g. action masking's {"action_mask", "observation
 one input per key, ``"obs.<key>"`` in the space's key order, handed to the module's forward as
 a dict.
 
-* ``action_dist_inputs`` comes from the module's torch forward (see ``register_forward``:
-  PPO-style modules use ``_encode`` + ``pi`` (+ ``vf``); any other module its ``_forward_train``).
+* ``action_dist_inputs`` (and ``vf_preds``, ``state_out``) come from the module's torch
+  forward: its ``_forward_train`` (the differentiable layers, never a fused backend), with a
+  T=1 axis for stateful modules; an inference-only PPO module its ``_encode`` + ``pi``. Other
+  modules can name their own with ``register_forward``.
 * Action selection is the module's distribution class, called exactly as the module's torch
   forward calls it: ``dist = cls.from_logits(adi)``; ``actions = dist.sample()`` when exploring
   (categorical: Gumbel-max over ``torch.rand``; Gaussian: ``loc + scale * torch.randn``), else
@@ -82,18 +84,28 @@ def _forward_fn(module) -> Callable:
     return _default_forward
 
 
+_builtin_registered = [False]
+
+
 def _register_builtin() -> None:
+    """PPO (and subclasses): ``_forward_train`` as for any module -- so whatever a subclass adds
+    there (e.g. action masking) is in the graph -- except for an ``inference_only`` module,
+    which has no value head to run it: its encoder and pi head (``_encode`` + ``pi``)."""
+    if _builtin_registered[0]:
+        return
+    _builtin_registered[0] = True
     from ..ppo.ppo_rl_module import PPOTorchRLModule
 
-    @register_forward(PPOTorchRLModule)
     def _ppo_forward(module, batch: dict, with_value: bool) -> dict:
-        a, c, state_out, _ = module._encode(batch, critic=with_value)
+        if not module.inference_only:
+            return _default_forward(module, batch, with_value)
+        a, _, state_out, _ = module._encode(batch, critic=False)
         out = {Columns.ACTION_DIST_INPUTS: module.pi(a)}
-        if with_value:
-            out[Columns.VF_PREDS] = module.vf(c).squeeze(-1)
         if state_out is not None:
             out[Columns.STATE_OUT] = state_out
         return out
+
+    _FORWARDS.setdefault(PPOTorchRLModule, _ppo_forward)  # a user's registration wins
 
 
 def has_value_head(module) -> bool:
