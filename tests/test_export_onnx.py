@@ -256,6 +256,19 @@ def test_cli_export_from_checkpoint(tmp_path, capsys):
     assert main(["export", str(ckpt), str(out), "--module-id", "x"]) == 2
 
 
+def test_console_script_entry_point_resolves():
+    import importlib
+    import pathlib
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    meta = tomllib.loads((pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    target = meta["project"]["scripts"]["rlmodule-fast"]
+    mod, fn = target.split(":")
+    assert getattr(importlib.import_module(mod), fn) is __import__("rlmodule_fast.cli", fromlist=["main"]).main
+    with pytest.raises(SystemExit):  # argparse: a missing argument
+        __import__("rlmodule_fast.cli", fromlist=["main"]).main(["export"])
+
+
 def test_readme_deploy_snippets_run(tmp_path, monkeypatch, capsys):
     import pathlib
     import re
