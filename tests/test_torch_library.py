@@ -77,6 +77,21 @@ def test_opcheck(case):
     assert set(result.values()) == {"SUCCESS"}, result
 
 
+TRITON_CASES = ["fused_mlp", "fused_mlp-grad-relu", "sample_categorical", "sample_diag_gaussian", "lstm_step",
+                "gru_step"]
+
+
+@pytest.mark.parametrize("case", TRITON_CASES)
+def test_opcheck_on_triton(monkeypatch, case):
+    """The same ops on the Triton kernels (CUDA's backend; interpreted on CPU here)."""
+    if not rf.backend_info()["triton"]["available"]:
+        pytest.skip(rf.backend_info()["triton"]["reason"])
+    monkeypatch.setenv("RLMODULE_FAST_BACKEND", "triton")
+    op, args = OPCHECK_CASES[case]()
+    result = torch.library.opcheck(op, args)
+    assert set(result.values()) == {"SUCCESS"}, result
+
+
 def test_values_match_the_torch_reference():
     x, ws, bs = mlp_args()
     torch.testing.assert_close(OPS.fused_mlp(x, ws, bs, "silu", "tanh"), R.fused_mlp(x, ws, bs, "silu", "tanh"))
