@@ -319,6 +319,8 @@ VARIANTS = {
     "elu-relu-head-separate": ("multi", {"fcnet_activation": "elu", "head_fcnet_hiddens": [8, 4],
                                          "vf_share_layers": False}),
     "linear-clip": ("box", {"fcnet_activation": "linear", "log_std_clip_param": 0.5}),
+    "layernorm": ("disc", {"fcnet_use_layernorm": True, "head_fcnet_use_layernorm": True, "head_fcnet_hiddens": [8],
+                           "vf_share_layers": False}),
 }
 
 
