@@ -396,3 +396,44 @@ def test_cnn_module_with_uint8_frames(tmp_path):
         np.testing.assert_array_equal(got["actions"], want["actions"])
         for k in ("action_logp", "action_dist_inputs", "vf_preds"):  # inputs up to 255: float32 sums of ~10^4
             np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4, err_msg=k)
+
+
+@pytest.mark.parametrize("model", ["mlp", "lstm"])
+def test_action_masking_ppo_module(tmp_path, model):
+    torch.manual_seed(0)
+    space = gym.spaces.Dict({"action_mask": gym.spaces.Box(0.0, 1.0, (4,), np.float32),
+                             "observations": gym.spaces.Box(-1.0, 1.0, (3,), np.float32)})
+    module = rf.RLModuleSpec(module_class=rf.ppo.PPOTorchRLModule, observation_space=space,
+                             action_space=ACTS["disc"], model_config_dict=MODELS[model],
+                             catalog_class=rf.ppo.PPOCatalog).build()
+    sess = session(module.export_onnx(tmp_path / "masked.onnx", explore=True))
+    N = 2000
+    mask = np.ones((N, 4), np.float32)
+    mask[:, 1] = 0.0
+    mask[::2, 3] = 0.0
+    x = np.random.default_rng(0).uniform(-1, 1, (N, 3)).astype(np.float32)
+    state = random_state(module, N, seed=1)
+    feeds = {"obs.action_mask": mask, "obs.observations": x, **flat_state(state, "state_in.")}
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    batch = {"obs": {"action_mask": torch.from_numpy(mask), "observations": torch.from_numpy(x)}}
+    if state:
+        batch["state_in"] = state
+    with torch.no_grad():
+        want = module.forward_inference(batch)
+    np.testing.assert_allclose(got["action_dist_inputs"], want["action_dist_inputs"].numpy(), rtol=1e-5, atol=1e-5)
+    a = got["actions"]
+    assert not np.any(a == 1) and not np.any(a[::2] == 3)  # masked actions are never sampled
+    assert set(np.unique(a[1::2])) == {0, 2, 3}
+    dist = module.get_exploration_action_dist_cls().from_logits(torch.from_numpy(got["action_dist_inputs"]))
+    np.testing.assert_allclose(got["action_logp"], dist.logp(torch.from_numpy(a)).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_appo_module(tmp_path):
+    torch.manual_seed(0)
+    module = rf.RLModuleSpec(module_class=rf.appo.APPOTorchRLModule, observation_space=OBS["box"],
+                             action_space=ACTS["box"], model_config_dict=MODELS["mlp"]).build()
+    sess = session(module.export_onnx(tmp_path / "appo.onnx"))
+    obs = sample_obs(OBS["box"], 4, seed=3)
+    got, want = run_onnx(sess, obs, {}), module_outputs(module, obs, {})
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
