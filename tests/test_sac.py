@@ -297,3 +297,20 @@ def test_sac_bench_runs():
     assert isinstance(row["torch-eager"], float)
     if INFO["cpp"]["available"]:
         assert isinstance(row["rf-cpp"], float), row["rf-cpp"]
+
+
+@pytest.mark.parametrize("act", [BOX, DISC], ids=["box", "discrete"])
+def test_export_onnx_policy_step_matches_fused_inference(act, tmp_path):
+    """``export_onnx`` of a SAC module (pi encoder + head, the squashed Gaussian's tanh(mean) or
+    argmax and its logp) gives the fused inference step's outputs in ONNX Runtime."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    m = build(act, {**SMALL, "twin_q": True}, inference_only=True)
+    path = m.export_onnx(tmp_path / "sac.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    obs = np.random.default_rng(0).uniform(-1, 1, (6, 5)).astype(np.float32)
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"obs": obs})))
+    want = m.forward_inference({"obs": obs})
+    assert set(got) == {"actions", "action_logp", "action_dist_inputs"}
+    for k in got:
+        np.testing.assert_allclose(got[k], want[k].numpy(), rtol=1e-5, atol=2e-5, err_msg=k)

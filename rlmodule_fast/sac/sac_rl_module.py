@@ -346,3 +346,18 @@ def _check_finite_obs(obs: torch.Tensor) -> None:
     if not bool(finite.all()):
         row = int((~finite).nonzero()[0, 0])
         raise ValueError(f"obs: contains NaN or inf (row {row})")
+
+
+def _export_forward(module: SACTorchRLModule, batch: dict, with_value: bool) -> dict:
+    """``export_onnx``'s torch forward of a SAC module: pi encoder + pi head only (what an env
+    runner needs; the Q networks are the learner's), also for an inference-only module."""
+    return {Columns.ACTION_DIST_INPUTS: module._pi_logits(batch[Columns.OBS])}
+
+
+def _register_export() -> None:
+    from ..export.policy import register_forward
+
+    register_forward(SACTorchRLModule)(_export_forward)
+
+
+_register_export()
