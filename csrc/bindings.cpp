@@ -363,6 +363,112 @@ struct PyRNN {
     }
 };
 
+// ---------------------------------------------------------------------------------------------
+// conv2d (csrc/conv.h): (w_ptr, Cout, Cin, kh, kw, s0, s1, s2, s3, b_ptr, b_stride, sh, sw,
+// pl, pr, pt, pb, act); weight in nn.Conv2d layout [Cout, Cin, kh, kw] with element strides
+// s0..s3 (>= 0), bias [Cout] with stride b_stride or b_ptr = 0.
+using ConvDesc = std::tuple<uint64_t, int, int, int, int, int64_t, int64_t, int64_t, int64_t, uint64_t, int64_t,
+                            int, int, int, int, int, int, int>;
+constexpr int kMaxKernel = 1 << 12;  // kernel size, stride, padding: each at most this
+
+void check_conv_desc(const char* fn, const ConvDesc& d, const std::string& w) {
+    auto [wp, Cout, Cin, kh, kw, s0, s1, s2, s3, bp, bs, sh, sw, pl, pr, pt, pb, act] = d;
+    check_dim(fn, w + ".Cout", Cout);
+    check_dim(fn, w + ".Cin", Cin);
+    auto small = [&](const char* what, int64_t v, int64_t lo) {
+        if (v < lo || v > kMaxKernel)
+            fail(fn, w + "." + what, "expected " + std::to_string(lo) + " ... " + std::to_string(kMaxKernel) + ", got " +
+                                         std::to_string(v));
+    };
+    small("kh", kh, 1); small("kw", kw, 1); small("stride_h", sh, 1); small("stride_w", sw, 1);
+    small("pad_left", pl, 0); small("pad_right", pr, 0); small("pad_top", pt, 0); small("pad_bottom", pb, 0);
+    if (int64_t(kh) * kw * Cin > kMaxDim)
+        fail(fn, w + ".K", "expected kh * kw * Cin <= " + std::to_string(kMaxDim) + ", got " +
+                               std::to_string(int64_t(kh) * kw * Cin));
+    if (wp == 0) fail(fn, w + ".weight", "null pointer");
+    if (s0 < 0 || s1 < 0 || s2 < 0 || s3 < 0) fail(fn, w + ".weight", "expected non-negative strides");
+    if (bp != 0 && bs < 0) fail(fn, w + ".bias_stride", "expected >= 0, got " + std::to_string(bs));
+    check_act(fn, w + ".act", act);
+}
+
+void pack_conv(PackedConv& L, const ConvDesc& d) {  // d checked (check_conv_desc)
+    auto [wp, Cout, Cin, kh, kw, s0, s1, s2, s3, bp, bs, sh, sw, pl, pr, pt, pb, act] = d;
+    L.init(Cin, Cout, kh, kw);
+    const int64_t st[4] = {s0, s1, s2, s3};
+    L.put_weight(P<const float>(wp), st);
+    L.put_bias(P<const float>(bp), bs);
+    L.sh = sh; L.sw = sw; L.pl = pl; L.pr = pr; L.pt = pt; L.pb = pb; L.act = act;
+}
+
+// Output size of one layer over H x W, or ValueError naming the layer.
+std::pair<int, int> conv_out_size(const char* fn, const PackedConv& L, int64_t H, int64_t W, const std::string& w) {
+    const int64_t Hp = H + L.pt + L.pb, Wp = W + L.pl + L.pr;
+    if (Hp < L.kh || Wp < L.kw)
+        fail(fn, w, "padded input " + std::to_string(Hp) + "x" + std::to_string(Wp) + " is smaller than the kernel " +
+                        std::to_string(L.kh) + "x" + std::to_string(L.kw));
+    return {int((Hp - L.kh) / L.sh + 1), int((Wp - L.kw) / L.sw + 1)};
+}
+
+// Image sizes at the border: each side in [1, 2^16], a whole image in [1, 2^28] elements.
+void check_image(const char* fn, int64_t H, int64_t W, int64_t C) {
+    auto side = [&](const char* what, int64_t v) {
+        if (v < 1 || v > (1 << 16)) fail(fn, what, "expected 1 ... 65536, got " + std::to_string(v));
+    };
+    side("H", H); side("W", W);
+    check_dim(fn, "C", C);
+    if (H * W * C > (int64_t(1) << 28)) fail(fn, "H*W*C", "expected <= 2^28, got " + std::to_string(H * W * C));
+}
+
+// One conv layer packed once (the one-shot op keeps these in ops/cpp.py's pack cache, checked
+// with same() before each reuse).
+struct PyConv {
+    Holder<PackedConv> h;
+    explicit PyConv(const ConvDesc& d) { repack(d); }
+    void repack(const ConvDesc& d) {
+        check_conv_desc("PackedConv", d, "conv");
+        h.repack([&](const PackedConv& c) { return c.Cout == std::get<1>(d) && c.Cin == std::get<2>(d) &&
+                                                   c.kh == std::get<3>(d) && c.kw == std::get<4>(d); },
+                 [&](PackedConv& c) { pack_conv(c, d); });
+    }
+    // Whether packing d now gives exactly this layer (weights=False: geometry and bias only).
+    bool same(const ConvDesc& d, bool weights) {
+        check_conv_desc("PackedConv.same", d, "conv");
+        auto c = h.get();
+        auto [wp, Cout, Cin, kh, kw, s0, s1, s2, s3, bp, bs, sh, sw, pl, pr, pt, pb, act] = d;
+        (void)wp; (void)s0; (void)s1; (void)s2; (void)s3;
+        if (c->Cout != Cout || c->Cin != Cin || c->kh != kh || c->kw != kw || c->sh != sh || c->sw != sw ||
+            c->pl != pl || c->pr != pr || c->pt != pt || c->pb != pb || c->act != act)
+            return false;
+        const float* bias = P<const float>(bp);
+        uint32_t diff = 0;
+        for (int co = 0; co < Cout; ++co)
+            diff |= PackedLinear::bits(bias ? bias[co * bs] : 0.0f) ^ PackedLinear::bits(c->b.p[co]);
+        if (diff) return false;
+        if (!weights) return true;
+        thread_local PackedConv t;
+        pack_conv(t, d);
+        return !std::memcmp(c->w.p, t.w.p, sizeof(float) * size_t(t.P) * t.K * t.PW);
+    }
+    // x: B images [H, W, Cin] (contiguous HWC each, image b at x + b * ldx elements), float32 or
+    // uint8; y: contiguous [B, Ho, Wo, Cout] float32. Returns (Ho, Wo).
+    std::pair<int, int> forward(uint64_t x, bool u8, int64_t B, int64_t H, int64_t W, int64_t ldx, bool has_scale,
+                                float scale, uint64_t y) {
+        const char* fn = "conv2d_nhwc";
+        auto c = h.get();
+        check_batch(fn, B);
+        RF_CHECK(B <= INT32_MAX, "conv2d_nhwc: B: more than 2^31 - 1 images");
+        check_image(fn, H, W, c->Cin);
+        check_rows(fn, "x", x, B, ldx, H * W * c->Cin);
+        check_ptr(fn, "y", y, B);
+        RF_CHECK(!has_scale || std::isfinite(scale), "conv2d_nhwc: scale: expected a finite number");
+        auto [Ho, Wo] = conv_out_size(fn, *c, H, W, "x");
+        py::gil_scoped_release nogil;
+        K().conv_forward(c.get(), 1, int(H), int(W), P<const void>(x), u8, ldx, int(B), has_scale, scale, P<float>(y),
+                         int64_t(Ho) * Wo * c->Cout);
+        return {Ho, Wo};
+    }
+};
+
 // spec[key], or ValueError naming the missing key
 py::object item(const py::dict& s, const char* key) {
     if (!s.contains(key)) throw py::value_error(std::string("Policy: spec: missing key '") + key + "'");
@@ -721,6 +827,16 @@ PYBIND11_MODULE(_C, m) {
              "the biases only).")
         .def("step", &PyRNN::step, "One step; h_out/c_out contiguous [B, H].")
         .def_property_readonly("nbytes", [](PyRNN& s) { return s.h.get()->nbytes(); });
+
+    py::class_<PyConv>(m, "PackedConv")
+        .def(py::init<const ConvDesc&>(), py::arg("desc"))
+        .def("repack", &PyConv::repack)
+        .def("same", &PyConv::same, py::arg("desc"), py::arg("weights") = true,
+             "Whether packing this description now gives exactly this layer (weights=False: geometry and bias).")
+        .def("forward", &PyConv::forward, py::arg("x"), py::arg("u8"), py::arg("B"), py::arg("H"), py::arg("W"),
+             py::arg("ldx"), py::arg("has_scale"), py::arg("scale"), py::arg("y"),
+             "y[B, Ho, Wo, Cout] = act(conv(pad(x[B, H, W, Cin] (* scale)))); returns (Ho, Wo).")
+        .def_property_readonly("nbytes", [](PyConv& s) { return s.h.get()->nbytes(); });
 
     py::class_<PyPolicy>(m, "Policy")
         .def(py::init<const py::dict&>())

@@ -145,6 +145,28 @@ def gru_step(
     return (1 - z) * n + z * h
 
 
+def conv2d_nhwc(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, pad, activation: Optional[str],
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """act(conv2d(ZeroPad2d(pad)(x * scale), weight, bias, stride)) on channels-last images.
+
+    x: [B, H, W, C] float (or uint8: cast to float32 first); weight: [Cout, C, kh, kw]
+    (``nn.Conv2d`` layout); bias: [Cout] or None; stride: int or (sh, sw); pad: (left, right,
+    top, bottom) zeros, added after scaling (``nn.ZeroPad2d``); scale: None or a number the
+    (cast) input is multiplied by. Returns [B, Ho, Wo, Cout] in x's float dtype (float32 for uint8).
+    """
+    from .conv import norm_pad, norm_stride
+
+    if not x.dtype.is_floating_point:
+        x = x.float()
+    if scale is not None:
+        x = x * scale
+    y = F.pad(x.permute(0, 3, 1, 2), norm_pad(pad))
+    y = F.conv2d(y, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), norm_stride(stride))
+    return activation_fn(activation)(y).permute(0, 2, 3, 1)
+
+
 # ----------------------------------------------------------------------------- the policy step
 
 def _f64(t: torch.Tensor, device) -> torch.Tensor:
