@@ -475,18 +475,56 @@ py::object item(const py::dict& s, const char* key) {
     return s[key];
 }
 
+// (H, W, C, has_scale, scale, [ConvDesc...]): an encoder's conv stage over H x W x C images.
+using ConvStackDesc = std::tuple<int64_t, int64_t, int64_t, bool, float, std::vector<ConvDesc>>;
+
+std::shared_ptr<const ConvStack> build_conv_stack(const char* fn, const py::dict& s, const char* key) {
+    if (!s.contains(key) || s[key].is_none()) return nullptr;
+    auto [H, W, C, has_scale, scale, descs] = s[key].cast<ConvStackDesc>();
+    const std::string w(key);
+    check_image(fn, H, W, C);
+    if (descs.empty()) fail(fn, w, "expected at least one conv layer");
+    RF_CHECK(!has_scale || std::isfinite(scale), std::string("Policy: ") + key + ": scale: expected a finite number");
+    auto st = std::make_shared<ConvStack>();
+    st->layers.resize(descs.size());
+    st->has_scale = has_scale;
+    st->scale = scale;
+    int64_t h = H, wd = W, c = C;
+    for (size_t l = 0; l < descs.size(); ++l) {
+        const std::string li = w + "[" + std::to_string(l) + "]";
+        check_conv_desc(fn, descs[l], li);
+        if (std::get<2>(descs[l]) != c)
+            fail(fn, li + ".Cin", "expected " + std::to_string(c) + (l ? " (the previous layer's Cout)" : " (the image's C)") +
+                                      ", got " + std::to_string(std::get<2>(descs[l])));
+        pack_conv(st->layers[l], descs[l]);
+        auto [ho, wo] = conv_out_size(fn, st->layers[l], h, wd, li);
+        check_image(fn, ho, wo, st->layers[l].Cout);
+        h = ho; wd = wo; c = st->layers[l].Cout;
+    }
+    RF_CHECK(st->plan(int(H), int(W), int(C)), std::string("Policy: ") + key + ": empty output");
+    check_dim(fn, w + ".out_dim", st->out_dim());
+    return st;
+}
+
 PolicyNet build_policy(const py::dict& s) {
     PolicyNet n;
     const char* fn = "Policy";
     n.obs_dim = item(s, "obs_dim").cast<int>();
     check_dim(fn, "obs_dim", n.obs_dim);
+    n.actor_conv = build_conv_stack(fn, s, "actor_conv");
+    n.critic_conv = build_conv_stack(fn, s, "critic_conv");
+    for (auto* cs : {n.actor_conv.get(), n.critic_conv.get()})
+        if (cs) RF_CHECK(cs->in_dim() == n.obs_dim, "Policy: conv image size H*W*C differs from obs_dim");
+    // what each encoder's first stage reads: the observation or its conv features
+    const int in_a = n.actor_conv ? n.actor_conv->out_dim() : n.obs_dim;
+    const int in_c = n.critic_conv ? n.critic_conv->out_dim() : n.obs_dim;
     pack_mlp(fn, n.actor_mlp, item(s, "actor_mlp").cast<std::vector<LayerDesc>>(), item(s, "actor_acts").cast<std::vector<int>>(),
-             n.obs_dim, true, "actor_mlp");
+             in_a, true, "actor_mlp");
     if (!item(s, "actor_rnn").is_none()) { n.actor_rnn_on = true; pack_rnn(fn, n.actor_rnn, item(s, "actor_rnn").cast<RnnDesc>(), "actor_rnn"); }
     n.critic_on = item(s, "critic_on").cast<bool>();
     if (n.critic_on) {
         pack_mlp(fn, n.critic_mlp, item(s, "critic_mlp").cast<std::vector<LayerDesc>>(), item(s, "critic_acts").cast<std::vector<int>>(),
-                 n.obs_dim, true, "critic_mlp");
+                 in_c, true, "critic_mlp");
         if (!item(s, "critic_rnn").is_none()) { n.critic_rnn_on = true; pack_rnn(fn, n.critic_rnn, item(s, "critic_rnn").cast<RnnDesc>(), "critic_rnn"); }
     }
     pack_mlp(fn, n.pi, item(s, "pi").cast<std::vector<LayerDesc>>(), item(s, "pi_acts").cast<std::vector<int>>(), -1, false, "pi");
@@ -502,14 +540,16 @@ PolicyNet build_policy(const py::dict& s) {
         if (rnn_on) { RF_CHECK(r.I == o, "rnn input size differs from its mlp's output size"); o = r.H; }
         return o;
     };
-    RF_CHECK(in_of(n.actor_mlp, n.obs_dim) == n.obs_dim, "actor mlp input size differs from obs_dim");
-    if (n.actor_mlp.layers.empty() && n.actor_rnn_on) RF_CHECK(n.actor_rnn.I == n.obs_dim, "actor rnn input size differs from obs_dim");
-    const int lat_a = out_of(n.actor_mlp, n.actor_rnn_on, n.actor_rnn, n.obs_dim);
+    RF_CHECK(!n.critic_conv || n.critic_on, "Policy: critic_conv given without a critic encoder (critic_on)");
+    RF_CHECK(in_of(n.actor_mlp, in_a) == in_a, "actor mlp input size differs from obs_dim (or the conv output size)");
+    if (n.actor_mlp.layers.empty() && n.actor_rnn_on) RF_CHECK(n.actor_rnn.I == in_a, "actor rnn input size differs from obs_dim");
+    const int lat_a = out_of(n.actor_mlp, n.actor_rnn_on, n.actor_rnn, in_a);
     RF_CHECK(n.pi.in_dim() == lat_a, "pi input size differs from the actor latent size");
     int lat_c = lat_a;
     if (n.critic_on) {
-        RF_CHECK(in_of(n.critic_mlp, n.obs_dim) == n.obs_dim, "critic mlp input size differs from obs_dim");
-        lat_c = out_of(n.critic_mlp, n.critic_rnn_on, n.critic_rnn, n.obs_dim);
+        RF_CHECK(in_of(n.critic_mlp, in_c) == in_c, "critic mlp input size differs from obs_dim (or the conv output size)");
+        if (n.critic_mlp.layers.empty() && n.critic_rnn_on) RF_CHECK(n.critic_rnn.I == in_c, "critic rnn input size differs from obs_dim");
+        lat_c = out_of(n.critic_mlp, n.critic_rnn_on, n.critic_rnn, in_c);
     }
     if (n.vf_on) RF_CHECK(n.vf.in_dim() == lat_c, "vf input size differs from the critic latent size");
     n.dist = item(s, "dist").cast<int>();
@@ -549,7 +589,19 @@ struct PyPolicy {
                    py::object out) {
         auto net = h.get();
         const float* obs_p = nullptr;
-        if (py::isinstance<py::array>(obs)) {
+        const uint8_t* obs_u8 = nullptr;
+        // uint8 observations: only when every encoder that reads them converts them (a conv stage)
+        const bool u8_ok = net->actor_conv && (!net->critic_on || net->critic_conv);
+        if (py::isinstance<py::array_t<uint8_t>>(obs)) {
+            auto arr = py::reinterpret_borrow<py::array>(obs);
+            RF_CHECK(u8_ok, "obs: uint8 observations need conv encoders (every encoder reading obs has a conv stage)");
+            RF_CHECK(arr.ndim() == 2 && arr.shape(1) == net->obs_dim && (arr.flags() & py::array::c_style),
+                     "obs: expected a contiguous uint8 array [B, " + std::to_string(net->obs_dim) + "]");
+            RF_CHECK(arr.shape(0) <= INT32_MAX, "obs: more than 2^31 - 1 rows");
+            obs_u8 = static_cast<const uint8_t*>(arr.data());
+            B = int(arr.shape(0));
+            ldobs = net->obs_dim;
+        } else if (py::isinstance<py::array>(obs)) {
             auto arr = py::reinterpret_borrow<py::array>(obs);
             RF_CHECK(is_f32(arr) && arr.ndim() == 2 && arr.shape(1) == net->obs_dim &&
                          (arr.shape(0) == 0 ||
@@ -564,7 +616,8 @@ struct PyPolicy {
             obs_p = P<const float>(obs.cast<uint64_t>());
         }
         check_batch("Policy.step", B);
-        check_rows("Policy.step", "obs", reinterpret_cast<uintptr_t>(obs_p), B, ldobs, net->obs_dim);
+        check_rows("Policy.step", "obs", obs_u8 ? reinterpret_cast<uintptr_t>(obs_u8) : reinterpret_cast<uintptr_t>(obs_p),
+                   B, ldobs, net->obs_dim);
         RF_CHECK(states_in.size() == 4, "states_in: expected 4 entries");
         const int Ha = net->actor_rnn_on ? net->actor_rnn.H : 0;
         const int Hc = net->critic_rnn_on ? net->critic_rnn.H : 0;
@@ -581,7 +634,7 @@ struct PyPolicy {
             return P<const float>(o.cast<uint64_t>());
         };
         StepIO io;
-        io.obs = obs_p; io.ldobs = ldobs; io.B = B;
+        io.obs = obs_p; io.obs_u8 = obs_u8; io.ldobs = ldobs; io.B = B;
         io.ha = state_ptr(states_in[0], Ha, "state h"); io.ca = state_ptr(states_in[1], Ha, "state c");
         io.hc = state_ptr(states_in[2], Hc, "critic state h"); io.cc = state_ptr(states_in[3], Hc, "critic state c");
         const int D = net->dist_dim();
@@ -633,7 +686,7 @@ struct PyPolicy {
         io.det = det;
         // An inf observation can saturate to a finite action: refuse non-finite inputs up front
         // (the torch path raises the same message), before any draw is reserved.
-        const int64_t bad_row = first_nonfinite_row(obs_p, B, ldobs, net->obs_dim);
+        const int64_t bad_row = obs_u8 ? -1 : first_nonfinite_row(obs_p, B, ldobs, net->obs_dim);
         if (bad_row >= 0) throw py::value_error("obs: contains NaN or inf (row " + std::to_string(bad_row) + ")");
         if (!det) rng_stream().reserve(uint64_t(B) * net->draws_per_row(), &io.key, &io.ctr0);
         int64_t err;

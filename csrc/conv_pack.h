@@ -54,6 +54,8 @@ struct PackedConv {
 struct ConvStack {
     std::vector<PackedConv> layers;
     int H = 0, W = 0, C = 0;
+    bool has_scale = false;  // the image is multiplied by `scale` first (float(x) * scale for uint8)
+    float scale = 1.0f;
     std::vector<int> hin, win;  // input size of each layer (unpadded); hin.back() etc. of the output: ho, wo
     int ho = 0, wo = 0;
     // Computes the per-layer sizes; false when a layer's output would be empty.
