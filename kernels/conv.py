@@ -81,11 +81,13 @@ def pack_filters(weight: torch.Tensor) -> torch.Tensor:
 
 
 def block_sizes(M: int, N: int, K: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K): N tiles up to 64 filters, M tiles of 64 pixels (32 for tiny
-    layers), K steps of 32 (16 when K is tiny); powers of two >= 16 (tl.dot's minimum)."""
+    """(BLOCK_M, BLOCK_N, BLOCK_K): N tiles up to 64 filters, M tiles of 64 pixels (fewer for tiny
+    layers), K steps of 32 for 16-wide N tiles and of 16 beyond (the gathered [BLOCK_M, BLOCK_K]
+    input tile's 64-bit addresses cost registers: 64x64x32 with tf32x3 needs 254 on sm_90,
+    64x64x16 179, no spills either way: tests/test_conv.py); powers of two >= 16 (tl.dot)."""
     bn = max(16, min(64, triton.next_power_of_2(N)))
     bm = 64 if M >= 64 else max(16, triton.next_power_of_2(M))
-    bk = 32 if K >= 32 else 16
+    bk = 32 if (K >= 32 and bn <= 16) else 16
     return bm, bn, bk
 
 
