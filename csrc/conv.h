@@ -71,6 +71,20 @@ static RF_T void conv_tile(const float* const* xp, int64_t ldrow, int ky0, int k
     }
 }
 
+// conv_tile for cnt <= MR pixels (a tile of exactly cnt rows: no work on dummy pixels).
+template <int PW, int MR, int NPN>
+static RF_T void conv_tile_cnt(int cnt, const float* const* xp, int64_t ldrow, int ky0, int ky1, int seg,
+                               const float* Wq, size_t pstride, const float* bq, float* const* yp, int nvalid,
+                               int act) {
+    if constexpr (MR > 1) {
+        if (cnt < MR) {
+            conv_tile_cnt<PW, MR - 1, NPN>(cnt, xp, ldrow, ky0, ky1, seg, Wq, pstride, bq, yp, nvalid, act);
+            return;
+        }
+    }
+    conv_tile<PW, MR, NPN>(xp, ldrow, ky0, ky1, seg, Wq, pstride, bq, yp, nvalid, act);
+}
+
 // Output rows [oy0, oy1) of one layer. in: the padded input image (pixel (iy, ix) of the padded
 // Hin+pt+pb x Win+pl+pr image at in + (iy * Wp + ix) * Cin); out: output pixel (oy, ox) at
 // out + oy * ldo + ox * Cout.
@@ -85,23 +99,24 @@ static RF_T void conv_rows_t(const PackedConv& L, int q0, const float* in, int H
     const int nvalid = std::min(L.Cout - q0 * PW, NPN * PW);
     const float* Wq = L.w.p + q0 * pstride;
     const float* bq = L.b.p + q0 * PW;
-    alignas(64) float dummy[NPN * PW];
+    // a row of Wo pixels in nt tiles of nearly equal size (21 = 7 + 7 + 7, not 8 + 8 + 5)
+    const int nt = (Wo + MR - 1) / MR, base = Wo / nt, extra = Wo % nt;
     for (int oy = oy0; oy < oy1; ++oy) {
         const int iy0 = oy * L.sh;  // padded row of the receptive field's top
         const int ky0 = std::max(0, L.pt - iy0), ky1 = std::min(L.kh, L.pt + Hin - iy0);
         const float* xrow = in + int64_t(iy0) * ldrow;
         float* yrow = out + int64_t(oy) * ldo;
-        for (int ox = 0; ox < Wo; ox += MR) {
-            const int cnt = std::min(MR, Wo - ox);
+        for (int t = 0, ox = 0; t < nt; ++t) {
+            const int cnt = base + (t < extra);
             const float* xp[MR];
             float* yp[MR];
-            for (int m = 0; m < MR; ++m) {
-                const int o = ox + std::min(m, cnt - 1);
-                xp[m] = xrow + int64_t(o) * L.sw * L.Cin;
-                yp[m] = m < cnt ? yrow + int64_t(ox + m) * L.Cout + q0 * PW : dummy;
+            for (int m = 0; m < cnt; ++m) {
+                xp[m] = xrow + int64_t(ox + m) * L.sw * L.Cin;
+                yp[m] = yrow + int64_t(ox + m) * L.Cout + q0 * PW;
             }
             // ky0 >= ky1 (the receptive field is all padding) gives act(bias)
-            conv_tile<PW, MR, NPN>(xp, ldrow, ky0, ky1, seg, Wq, pstride, bq, yp, nvalid, L.act);
+            conv_tile_cnt<PW, MR, NPN>(cnt, xp, ldrow, ky0, ky1, seg, Wq, pstride, bq, yp, nvalid, L.act);
+            ox += cnt;
         }
     }
 }
