@@ -23,6 +23,7 @@ BACKENDS = [b for b in ("cpp", "triton") if INFO[b]["available"] and "conv2d_nhw
 TUNED = [[16, 4, 2], [32, 4, 2], [64, 4, 2], [128, 4, 2]]
 NATURE = [[32, 8, 4], [64, 4, 2], [64, 3, 1]]
 RLLIB_84 = [[16, 8, 4], [32, 4, 2], [256, 11, 1]]
+RLLIB_96 = [[16, 8, 4], [32, 4, 2], [256, 11, 2]]
 RLLIB_42 = [[16, 4, 2], [32, 4, 2], [256, 11, 1]]
 RLLIB_10 = [[16, 5, 2], [32, 5, 2]]
 
@@ -95,9 +96,10 @@ def _check(plan, L, obs, tol=2e-4):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("image,filters", [
-    ((84, 84, 4), TUNED), ((84, 84, 4), NATURE), ((42, 42, 3), RLLIB_42), ((10, 10, 1), RLLIB_10),
-    ((96, 96, 3), [[16, 8, 4], [32, 4, 2], [64, 3, 2, "valid"]]), ((13, 11, 2), [[5, 3, 2], [7, 2, 1, "valid"]]),
-], ids=["tuned84", "nature84", "rllib42", "rllib10", "96valid", "odd13x11"])
+    ((84, 84, 4), TUNED), ((84, 84, 4), NATURE), ((84, 84, 4), RLLIB_84), ((42, 42, 3), RLLIB_42),
+    ((10, 10, 1), RLLIB_10), ((96, 96, 3), RLLIB_96), ((96, 96, 3), [[16, 8, 4], [32, 4, 2], [64, 3, 2, "valid"]]),
+    ((13, 11, 2), [[5, 3, 2], [7, 2, 1, "valid"]]),
+], ids=["tuned84", "nature84", "rllib84", "rllib42", "rllib10", "rllib96", "96valid", "odd13x11"])
 @pytest.mark.parametrize("B", [1, 3])
 def test_conv_policy_matches_reference(backend, image, filters, B):
     if backend == "triton" and image[0] > 13:
@@ -205,3 +207,27 @@ def test_conv_params_are_watched():
     for enc in (L.actor, L.critic):
         for cl in enc.conv:
             assert id(cl.conv.weight) in ids and id(cl.conv.bias) in ids
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_conv_then_rnn_tokenizer(backend, kind):
+    """RLlib's CNN tokenizer for use_lstm on images: conv stage -> (no mlp) -> LSTM/GRU step."""
+    image = (10, 10, 1)
+    convs, flat = conv_stack(image, RLLIB_10, seed=4)
+    torch.manual_seed(5)
+    rnn = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(flat, 12, batch_first=True).requires_grad_(False)
+    g = torch.Generator().manual_seed(6)
+    for flatten in ("hwc", "chw"):
+        actor = EncoderLayers([], "relu", rnn=rnn, conv=convs, image_shape=image, conv_flatten=flatten)
+        L = PolicyLayers(actor, None, [_lin(12, 4, g)], [_lin(12, 1, g)], "relu", "categorical", [4], None)
+        plan = PolicyPlan(L, backend=backend)
+        obs = _obs(3, image, seed=9)
+        h = torch.randn(3, 12, generator=g)
+        st = {"h": h} if kind == "gru" else {"h": h, "c": torch.randn(3, 12, generator=g)}
+        got = plan.step(obs, st, deterministic=True, compute_value=True)
+        want = ref.policy_step(L, obs, st, deterministic=True, compute_value=True)
+        for key in ("action_dist_inputs", "vf_preds"):
+            np.testing.assert_allclose(np.asarray(got[key]), want[key].numpy(), rtol=2e-4, atol=2e-4)
+        np.testing.assert_allclose(np.asarray(got["state_out"]["h"]), want["state_out"]["h"].numpy(), rtol=2e-4,
+                                   atol=2e-4)
