@@ -238,3 +238,23 @@ def test_conv_kernel_compiles_for_sm90_without_spills():
     bad = [row for row in rows if row["rc"] != 0 or row["spill_bytes"] is None
            or row["spill_bytes"] > 0 or row["n_regs"] > 255]
     assert not bad, bad
+
+
+@pytest.mark.skipif(not CPP["available"], reason="cpp backend unavailable")
+@pytest.mark.parametrize("B", [1, 3])
+def test_conv_threads_bitwise_equal(B):
+    """B=1 splits a large layer's output rows over the pool, B >= threads splits images: the
+    result never depends on the thread count (each pixel's sum runs in one fixed order)."""
+    conv = _layer(8, 40, 3, seed=11)
+    x = torch.randn(B, 31, 29, 8)
+    old = torch.get_num_threads()
+    outs = []
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            outs.append(rf.ops.conv2d_nhwc(x, conv.weight, conv.bias, 1, 1, "silu", backend="cpp"))
+    finally:
+        torch.set_num_threads(old)
+    for y in outs[1:]:
+        assert torch.equal(y, outs[0])
+    _check(outs[0], x, conv.weight, conv.bias, 1, 1, "silu")
