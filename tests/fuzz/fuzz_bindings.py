@@ -921,7 +921,10 @@ def _child(args) -> int:
             elif k == 12: fwd[4] = 70000
             elif k == 13: fwd[2], fwd[5] = max(B, 1), H * W * C - 1
             elif k == 14: fwd[0], fwd[2] = 0, max(B, 1)
-            else: fwd[3], desc[13], desc[14], desc[15], desc[16] = 1, 0, 0, 0, 0; desc[3] = 2
+            elif kh >= 2:  # the padded image shorter than the kernel (sizes kept: the weight buffer fits)
+                desc[15], desc[16], fwd[3] = 0, 0, kh - 1
+            else:
+                desc[13], desc[14], fwd[4] = 0, 0, max(kw - 1, 0)  # kw == 1: W = 0, also refused
 
         def check():
             if B == 0:
