@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..ops.reference import canonical_activation
-from .layers import PolicyLayers, _params, _step_params, conv_geometry, validate
+from .layers import PolicyLayers, _params, _step_params, conv_geometry, has_norms, validate
 
 _F32 = np.dtype(np.float32)
 _U8 = np.dtype(np.uint8)
@@ -109,6 +109,14 @@ class CppPolicyPlan:
             kind = self._cpp._C.RNN_KINDS["lstm" if isinstance(r, torch.nn.LSTM) else "gru"]
             return (kind, r.input_size, r.hidden_size, wi.data_ptr(), wi.shape[1], wh.data_ptr(), wh.shape[1], bi, bh)
 
+        def norms(ns):
+            """None, or per layer None / (gamma ptr, beta ptr, eps) of its nn.LayerNorm (0: ones / zeros)."""
+            if not has_norms(ns):
+                return None
+            return [None if n is None else (f32(n.weight).data_ptr() if n.weight is not None else 0,
+                                            f32(n.bias).data_ptr() if n.bias is not None else 0, float(n.eps))
+                    for n in ns]
+
         def conv(enc, what):
             """(conv stack description, column permutation for the layer reading its output)."""
             geo = conv_geometry(enc, what)
@@ -144,6 +152,7 @@ class CppPolicyPlan:
             "dist": self._cpp._C.DISTRIBUTIONS[L.dist], "action_sizes": self.action_sizes,
             "log_std_clip": -1.0 if L.log_std_clip is None else float(L.log_std_clip),
             "free_log_std": [] if L.free_log_std is None else [float(v) for v in L.free_log_std.detach().float().tolist()],
+            "actor_norms": norms(getattr(L.actor, "norms", None)), "pi_norms": norms(getattr(L, "pi_norms", None)),
         }
         vf_perm = a_head_perm if L.critic is None else None
         if L.critic is not None:
@@ -151,10 +160,12 @@ class CppPolicyPlan:
             c_act = self._cpp.ACT_CODES[canonical_activation(L.critic.activation)]
             spec.update(critic_conv=c_conv, critic_mlp=mlp(L.critic.mlp, c_perm if L.critic.mlp else None),
                         critic_acts=[c_act] * len(L.critic.mlp),
-                        critic_rnn=rnn(L.critic.rnn, c_perm if not L.critic.mlp else None))
+                        critic_rnn=rnn(L.critic.rnn, c_perm if not L.critic.mlp else None),
+                        critic_norms=norms(getattr(L.critic, "norms", None)))
             vf_perm = c_perm if not L.critic.mlp and L.critic.rnn is None else None
         if self.has_vf:
-            spec.update(vf=mlp(L.vf, vf_perm), vf_acts=[head] * (len(L.vf) - 1) + [0])
+            spec.update(vf=mlp(L.vf, vf_perm), vf_acts=[head] * (len(L.vf) - 1) + [0],
+                        vf_norms=norms(getattr(L, "vf_norms", None)))
         return spec, keep
 
     def _repack(self, force: bool = False) -> None:
