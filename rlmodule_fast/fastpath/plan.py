@@ -64,6 +64,9 @@ class PolicyPlan:
       kind (numpy / tensor) as obs. Outputs are fresh every call (the caller owns them);
       ``out=`` takes a dict of caller-owned contiguous buffers with those keys instead (written
       in place and returned; rnn plans also need "state_out").
+    - check=False (triton only): the graph-capturable step (no host sync; NaN/inf reported through
+      ``ops.triton.error_flag``, draws from ``ops.triton.rng_state``); ``fastpath.CudaGraphStep``
+      captures it.
 
     ``deterministic`` takes the mode (argmax / mean). Draws follow the cpp backend's stream
     (see ``ops.cpp``): reproducible under ``torch.manual_seed`` / ``rf.manual_seed``. Safe to
@@ -147,9 +150,15 @@ class PolicyPlan:
                 self.impl._repack()
 
     # -- the step -----------------------------------------------------------------------------------
-    def step(self, obs, state=None, *, deterministic: bool = False, compute_value: bool = False, out=None) -> dict:
+    def step(self, obs, state=None, *, deterministic: bool = False, compute_value: bool = False, out=None,
+             check: bool = True) -> dict:
         if self._gen != _STRUCTURE_GEN[0]:
             self._repack()
+        if not check:  # graph-safe: no host sync (``TritonPolicyPlan.step``; ``fastpath.CudaGraphStep``)
+            if self.backend != "triton" or out is not None:
+                raise ValueError(f"check=False: only the triton plan has the graph-safe path (this plan: "
+                                 f"{self.backend!r}{', out=' if out is not None else ''})")
+            return self.impl.step(obs, state, deterministic=deterministic, compute_value=compute_value, check=False)
         if out is None:
             return self.impl.step(obs, state, deterministic=deterministic, compute_value=compute_value)
         if self.backend != "cpp":
