@@ -72,7 +72,7 @@ fi
 TRITON_TESTS="tests/test_triton_ops.py tests/test_triton_module.py tests/test_triton_autograd.py tests/test_triton_graph_safe.py"
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider -rs)
 if [ "$HAS_GPU" = "1" ]; then
-  step pytest_cuda 180 "${PYTEST[@]}" -m cuda --junitxml="$OUT/pytest_cuda.xml" tests
+  step pytest_cuda 240 "${PYTEST[@]}" -m cuda --junitxml="$OUT/pytest_cuda.xml" tests
   step pytest_triton_cuda 150 "${PYTEST[@]}" -m cuda --junitxml="$OUT/pytest_triton_cuda.xml" $TRITON_TESTS
 else
   step pytest_cuda 120 "${PYTEST[@]}" -m cuda --collect-only tests
