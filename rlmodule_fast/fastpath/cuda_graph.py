@@ -47,7 +47,9 @@ Semantics (what a user can rely on):
   ``raise_if_error()`` (a sync) works in every mode.
 
 Not captured: numpy inputs (copy to the device first), Discrete observation spaces (their
-one-hot encoding is host work), modules whose step is not fused (``fast_path_info()`` says why).
+one-hot encoding is host work), Dict / Tuple observation spaces (action-masking modules
+included: not wired yet), modules whose step is not fused (``fast_path_info()`` says why).
+Calls from one stream at a time (the static buffers are reused in stream order).
 
 Capture follows torch's CUDA-graph rules: warm-up on a side stream (Triton compiles and loads
 every kernel, the weights are packed, the Philox key is drawn), capture on that stream with
@@ -236,7 +238,8 @@ class CudaGraphStep:
 
         if not isinstance(space, gym.spaces.Box):
             raise ValueError(f"module: observation_space {space!r}: CudaGraphStep takes Box observations "
-                             "(other spaces are encoded on the host, which a graph cannot capture)")
+                             "(Discrete one-hot encoding is host work a graph cannot capture; Dict / Tuple "
+                             "observations, action masks included, are not wired into the graph step yet)")
         if _graph is None:
             _require_cuda()
             _graph = _TorchCudaGraph
