@@ -62,7 +62,6 @@ Shape legend: B batch (fixed), O flattened obs dim, H rnn hidden, NL logits, A a
 from __future__ import annotations
 
 import threading
-from typing import Optional
 
 import torch
 
