@@ -421,3 +421,19 @@ def test_fast_rllib_module_fuses_rllibs_cnn(name):
         rl.set_state(other.get_state())
         torch.testing.assert_close(fast.forward_inference(dict(batch))[Columns.ACTION_DIST_INPUTS],
                                    rl.forward_inference(dict(batch))[Columns.ACTION_DIST_INPUTS], rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_smaller_than_stride_is_refused_by_name_and_runs_torch_layers():
+    # RLlib's "same" total is negative when kernel < stride (a crop): the fused stage refuses it,
+    # fast_path_info names the layer and the torch layers run (one UserWarning)
+    torch.manual_seed(0)
+    m = PPOTorchRLModule(observation_space=gym.spaces.Box(-1, 1, (12, 10, 2), np.float32), action_space=DISC6,
+                         model_config={"conv_filters": [[4, 3, 2], [5, 1, 2]]}, catalog_class=PPOCatalog)
+    with pytest.warns(UserWarning, match=r"conv\[1\]\.pad"):
+        info = m.fast_path_info()
+    assert info["active"] is False and info["backend"] == "torch" and "conv[1].pad" in info["reason"], info
+    x = frames((12, 10, 2), (3,))
+    with torch.no_grad():
+        out = m.forward_inference({Columns.OBS: x})
+    torch.testing.assert_close(out[Columns.ACTION_DIST_INPUTS], torch_step(m, {Columns.OBS: x}, True)[
+        Columns.ACTION_DIST_INPUTS], rtol=0, atol=0)
