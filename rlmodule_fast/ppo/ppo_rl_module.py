@@ -16,6 +16,11 @@ Fast path: under ``backend="auto"`` (or ``RLMODULE_FAST_BACKEND``) ``forward_exp
 triton for CUDA) and also return ``actions`` and ``action_logp`` (inference: the
 deterministic action). These outputs are not differentiable (as in RLlib, where env runners
 call them under no_grad); ``forward_train`` always runs the torch layers with autograd.
+CUDA-graph mode (opt-in, one fixed batch size, Box observations): ``step =
+rlmodule_fast.fastpath.CudaGraphStep(module, batch_size, explore=True)`` captures the triton
+step once and replays it per ``step({"obs": obs})`` (same keys; fresh outputs unless
+``return_static=True``; weight changes re-capture; NaN/inf surface through the device error flag
+at the next call, or per ``errors=``); see ``rlmodule_fast.fastpath.cuda_graph``.
 
 Action masking (RLlib's ActionMaskingTorchRLModule semantics): with a Dict observation space
 {"action_mask": Box(0, 1, [n]), "observations": <space>} only ``obs["observations"]`` is encoded
