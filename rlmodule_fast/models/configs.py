@@ -69,7 +69,8 @@ class MLPEncoderConfig(ModelConfig):
         init = {"kernel": self.hidden_layer_weights_initializer,
                 "kernel_kwargs": self.hidden_layer_weights_initializer_config,
                 "bias": self.hidden_layer_bias_initializer,
-                "bias_kwargs": self.hidden_layer_bias_initializer_config}
+                "bias_kwargs": self.hidden_layer_bias_initializer_config,
+                "stack": "fcnet"}  # errors name the model-config keys the catalogs fill these from
         return TorchMLPEncoder(int(self.input_dims[0]), hiddens, self.hidden_layer_activation,
                                use_layernorm=self.hidden_layer_use_layernorm, init=init)
 
@@ -141,7 +142,8 @@ class RecurrentEncoderConfig(ModelConfig):
             raise ValueError("RecurrentEncoderConfig.tokenizer_config: required (the MLP before the RNN)")
         tokenizer = self.tokenizer_config.build(framework=framework)
         rnn_init = {"kernel": self.hidden_weights_initializer, "kernel_kwargs": self.hidden_weights_initializer_config,
-                    "bias": self.hidden_bias_initializer, "bias_kwargs": self.hidden_bias_initializer_config}
+                    "bias": self.hidden_bias_initializer, "bias_kwargs": self.hidden_bias_initializer_config,
+                    "stack": "lstm"}
         return TorchRNNEncoder(int(math.prod(self.input_dims)), [], "linear", int(self.hidden_dim),
                                self.recurrent_layer_type, tokenizer=tokenizer,
                                token_dim=int(self.tokenizer_config.output_dims[0]), rnn_init=rnn_init)

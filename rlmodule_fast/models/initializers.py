@@ -16,6 +16,7 @@ stored and is a ValueError naming the key when the module is saved.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Mapping, Optional
 
 import torch
@@ -48,9 +49,13 @@ def get_initializer_fn(value: Any, *, what: str = "initializer") -> Optional[Cal
     if not name.endswith("_"):
         raise ValueError(f"model config {what!r}: {value!r} is not an in-place initializer; torch initializers "
                          "are given by their in-place name ending in '_' (e.g. 'xavier_uniform_')")
-    fn = getattr(nn.init, name, None)
-    if fn is None or not callable(fn):
-        raise ValueError(f"model config {what!r}: unknown initializer {value!r}: not a function of torch.nn.init")
+    # Only public functions defined by torch.nn.init: never a dunder / private attribute of the
+    # module (a name may come from a checkpoint file: "__class__" is types.ModuleType, "__eq__" a
+    # silent no-op, "_no_grad_fill_" a private helper).
+    fn = None if name.startswith("_") else getattr(nn.init, name, None)
+    if fn is None or not inspect.isfunction(fn) or getattr(fn, "__module__", None) != nn.init.__name__:
+        raise ValueError(f"model config {what!r}: unknown initializer {_short(value)}: not a public function of "
+                         "torch.nn.init")
     return fn
 
 
@@ -77,32 +82,53 @@ def initializer_to_json(value: Any, *, what: str) -> Optional[str]:
                      "plain data, never code); give a torch.nn.init function or its name (e.g. 'orthogonal_')")
 
 
-def _call(fn: Optional[Callable], tensor: Optional[torch.Tensor], kwargs: Optional[dict]) -> None:
+def call_initializer(fn: Optional[Callable], tensor: Optional[torch.Tensor], kwargs: Optional[dict], *,
+                     what: str = "initializer") -> None:
+    """``fn(tensor, **kwargs)`` under no_grad; what the initializer refuses (kwargs of a wrong
+    type or value, a tensor of a rank it does not take) is a ValueError naming ``what`` (the
+    model-config key: kwargs may come from a checkpoint file)."""
     if fn is not None and tensor is not None:
-        with torch.no_grad():
-            fn(tensor, **(kwargs or {}))
+        try:
+            with torch.no_grad():
+                fn(tensor, **(kwargs or {}))
+        except (TypeError, ValueError, RuntimeError, ArithmeticError, IndexError, KeyError) as e:
+            raise ValueError(f"model config {what}: {getattr(fn, '__name__', 'initializer')}(<tensor of shape "
+                             f"{tuple(tensor.shape)}>, **{_short(kwargs or {})}) failed: {type(e).__name__}: "
+                             f"{str(e)[:200]}") from None
+
+
+_call = call_initializer
+
+
+def _key(stack: Optional[str], part: str, what: str) -> str:
+    return f"'{stack}_{part}_initializer'" if stack else what
 
 
 def init_layer(layer: nn.Module, kernel: Any = None, kernel_kwargs: Optional[dict] = None,
-               bias: Any = None, bias_kwargs: Optional[dict] = None, *, what: str = "initializer") -> None:
+               bias: Any = None, bias_kwargs: Optional[dict] = None, *, what: str = "initializer",
+               stack: Optional[str] = None) -> None:
     """Initialise ``layer.weight`` / ``layer.bias`` in place (an ``nn.Linear`` or ``nn.Conv2d``;
-    what RLlib's TorchMLP / TorchCNN do per layer). None leaves torch's default init."""
-    _call(get_initializer_fn(kernel, what=what), layer.weight, kernel_kwargs)
-    _call(get_initializer_fn(bias, what=what), getattr(layer, "bias", None), bias_kwargs)
+    what RLlib's TorchMLP / TorchCNN do per layer). None leaves torch's default init. ``stack``
+    (from ``stack_initializers``) names the keys in errors."""
+    kw, bw = _key(stack, "kernel", what), _key(stack, "bias", what)
+    _call(get_initializer_fn(kernel, what=kw), layer.weight, kernel_kwargs, what=kw)
+    _call(get_initializer_fn(bias, what=bw), getattr(layer, "bias", None), bias_kwargs, what=bw)
 
 
 def init_rnn(rnn: nn.Module, kernel: Any = None, kernel_kwargs: Optional[dict] = None,
-             bias: Any = None, bias_kwargs: Optional[dict] = None, *, what: str = "lstm initializer") -> None:
+             bias: Any = None, bias_kwargs: Optional[dict] = None, *, what: str = "lstm initializer",
+             stack: Optional[str] = None) -> None:
     """Initialise an nn.LSTM / nn.GRU as RLlib's ``TorchLSTMEncoder``: per layer, the kernel
     initializer on ``weight_ih`` and ``weight_hh`` and the bias initializer on ``bias_ih`` and
     ``bias_hh`` (each called separately, so each draws its own values)."""
-    k_fn = get_initializer_fn(kernel, what=what)
-    b_fn = get_initializer_fn(bias, what=what)
+    kw, bw = _key(stack, "kernel", what), _key(stack, "bias", what)
+    k_fn = get_initializer_fn(kernel, what=kw)
+    b_fn = get_initializer_fn(bias, what=bw)
     for params in rnn.all_weights:  # [w_ih, w_hh, b_ih, b_hh] per layer
         for t in params[:2]:
-            _call(k_fn, t, kernel_kwargs)
+            _call(k_fn, t, kernel_kwargs, what=kw)
         for t in params[2:4]:
-            _call(b_fn, t, bias_kwargs)
+            _call(b_fn, t, bias_kwargs, what=bw)
 
 
 def stack_initializers(cfg: Mapping[str, Any], stack: str) -> dict:
@@ -114,6 +140,7 @@ def stack_initializers(cfg: Mapping[str, Any], stack: str) -> dict:
         "kernel_kwargs": cfg.get(f"{stack}_kernel_initializer_kwargs"),
         "bias": cfg.get(f"{stack}_bias_initializer"),
         "bias_kwargs": cfg.get(f"{stack}_bias_initializer_kwargs"),
+        "stack": stack,
     }
 
 
@@ -124,4 +151,4 @@ def conv_init_hook(cfg: Mapping[str, Any]) -> Optional[Callable[[nn.Module], Non
     init = stack_initializers(cfg, "conv")
     if init["kernel"] is None and init["bias"] is None:
         return None
-    return lambda conv: init_layer(conv, **init, what="conv initializer")
+    return lambda conv: init_layer(conv, **init)

@@ -11,7 +11,7 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
-from ..models.initializers import get_initializer_fn
+from ..models.initializers import call_initializer, get_initializer_fn
 from ..ops.reference import activation_fn
 
 
@@ -39,15 +39,14 @@ class TorchMultiStreamEncoder(nn.Module):
         init = init or {}
         k_fn = get_initializer_fn(init.get("kernel"), what="model config 'fusionnet_kernel_initializer'")
         b_fn = get_initializer_fn(init.get("bias"), what="model config 'fusionnet_bias_initializer'")
-        for fns, attr, kw in ((k_fn, "weight", "kernel_kwargs"), (b_fn, "bias", "bias_kwargs")):
+        kw_what, bw_what = "'fusionnet_kernel_initializer'", "'fusionnet_bias_initializer'"
+        for fns, attr, kw, w in ((k_fn, "weight", "kernel_kwargs", kw_what), (b_fn, "bias", "bias_kwargs", bw_what)):
             if fns is not None and len(self.fusion_layers):
                 for layer in self.fusion_layers:
-                    fns(getattr(layer, attr), **(init.get(kw) or {}))
+                    call_initializer(fns, getattr(layer, attr), init.get(kw), what=w)
         self.output_layer = nn.Linear(fusion_hiddens[-1] + embed if fusion_hiddens else embed, output_dim)
-        if k_fn is not None:
-            k_fn(self.output_layer.weight, **(init.get("kernel_kwargs") or {}))
-        if b_fn is not None:
-            b_fn(self.output_layer.bias, **(init.get("bias_kwargs") or {}))
+        call_initializer(k_fn, self.output_layer.weight, init.get("kernel_kwargs"), what=kw_what)
+        call_initializer(b_fn, self.output_layer.bias, init.get("bias_kwargs"), what=bw_what)
         self.output_dim = output_dim
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,86 @@
+"""Red-team round 2: initializer names / kwargs in model configs (checkpoints included).
+
+A model config may come from a checkpoint file: an initializer string must name a public
+``torch.nn.init`` function (never a dunder / private attribute of the module, e.g. ``__class__``
+-> ``types.ModuleType``, ``__eq__`` -> a silent no-op), and kwargs the initializer refuses are a
+ValueError naming the key, from the constructor and from ``from_checkpoint`` alike.
+"""
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import rlmodule_fast as rf
+from rlmodule_fast.models.initializers import get_initializer_fn
+from rlmodule_fast.ppo import PPOTorchRLModule
+from rlmodule_fast.sac import SACTorchRLModule
+
+BOX4 = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+
+
+@pytest.mark.parametrize("name", ["__class__", "__eq__", "__init__", "__dir__", "_no_grad_fill_", "__getattribute__"])
+def test_initializer_name_must_be_a_public_nn_init_function(name):
+    with pytest.raises(ValueError, match="fcnet_kernel_initializer"):
+        get_initializer_fn(name, what="fcnet_kernel_initializer")
+    with pytest.raises(ValueError, match="fcnet_kernel_initializer"):
+        PPOTorchRLModule(observation_space=BOX4, action_space=gym.spaces.Discrete(2),
+                         model_config={"fcnet_hiddens": [4], "fcnet_kernel_initializer": name})
+
+
+def test_public_initializers_still_resolve():
+    assert get_initializer_fn("Orthogonal_") is torch.nn.init.orthogonal_
+    assert get_initializer_fn(torch.nn.init.zeros_) is torch.nn.init.zeros_
+
+
+@pytest.mark.parametrize("stack,kwargs", [
+    ("fcnet", {"gain": "x"}),
+    ("fcnet", {"gain": [1.0] * 4}),
+    ("fcnet", {"tensor": 1}),
+])
+def test_bad_initializer_kwargs_are_a_value_error_naming_the_key(stack, kwargs):
+    mc = {"fcnet_hiddens": [4], f"{stack}_kernel_initializer": "orthogonal_",
+          f"{stack}_kernel_initializer_kwargs": kwargs}
+    with pytest.raises(ValueError, match=f"{stack}_kernel_initializer"):
+        PPOTorchRLModule(observation_space=BOX4, action_space=gym.spaces.Discrete(2), model_config=mc)
+
+
+def test_bad_initializer_kwargs_sac_fusionnet_and_conv():
+    with pytest.raises(ValueError, match="fusionnet_kernel_initializer"):
+        SACTorchRLModule(observation_space=BOX4, action_space=gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
+                         model_config={"fcnet_hiddens": [4], "fusionnet_hiddens": [4],
+                                       "fusionnet_kernel_initializer": "xavier_uniform_",
+                                       "fusionnet_kernel_initializer_kwargs": {"gain": "x"}})
+    with pytest.raises(ValueError, match="conv_kernel_initializer"):
+        PPOTorchRLModule(observation_space=gym.spaces.Box(0, 255, (8, 8, 3), np.uint8),
+                         action_space=gym.spaces.Discrete(2),
+                         model_config={"conv_filters": [[4, 3, 2]], "fcnet_hiddens": [4],
+                                       "conv_kernel_initializer": "dirac_",
+                                       "conv_kernel_initializer_kwargs": {"groups": 0}})
+    with pytest.raises(ValueError, match="lstm_kernel_initializer"):
+        PPOTorchRLModule(observation_space=BOX4, action_space=gym.spaces.Discrete(2),
+                         model_config={"fcnet_hiddens": [4], "use_lstm": True, "lstm_cell_size": 4,
+                                       "lstm_kernel_initializer": "orthogonal_",
+                                       "lstm_kernel_initializer_kwargs": {"gain": "x"}})
+
+
+@pytest.mark.parametrize("patch", [
+    {"fcnet_kernel_initializer": "__class__"},
+    {"fcnet_kernel_initializer": "__eq__", "fcnet_kernel_initializer_kwargs": None},
+    {"fcnet_kernel_initializer_kwargs": {"gain": "x"}},
+    {"fcnet_kernel_initializer": "kaiming_uniform_", "fcnet_kernel_initializer_kwargs": {"a": 1e308}},
+])
+def test_hostile_initializer_in_sac_checkpoint_names_file_and_key(tmp_path, patch):
+    m = SACTorchRLModule(observation_space=BOX4, action_space=gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
+                         model_config={"fcnet_hiddens": [4], "fusionnet_hiddens": [4],
+                                       "fcnet_kernel_initializer": "orthogonal_",
+                                       "fcnet_kernel_initializer_kwargs": {"gain": 1.0}})
+    m.save_to_path(tmp_path / "ck")
+    f = tmp_path / "ck" / "class_and_ctor_args.json"
+    data = json.loads(f.read_text())
+    data["ctor_kwargs"]["config"]["model_config_dict"].update(patch)
+    f.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="class_and_ctor_args.json") as e:
+        rf.RLModule.from_checkpoint(tmp_path / "ck")
+    assert "fcnet_kernel_initializer" in str(e.value)
