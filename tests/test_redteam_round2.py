@@ -84,3 +84,28 @@ def test_hostile_initializer_in_sac_checkpoint_names_file_and_key(tmp_path, patc
     with pytest.raises(ValueError, match="class_and_ctor_args.json") as e:
         rf.RLModule.from_checkpoint(tmp_path / "ck")
     assert "fcnet_kernel_initializer" in str(e.value)
+
+
+def test_cli_export_of_an_action_masking_checkpoint_verifies(tmp_path):
+    """The CLI's ONNX Runtime check fed a Box(0, 1) action mask sampled as floats in [0, 1): the
+    module refused it ("expected values 0 or 1") after the file was written, and the CLI failed."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from rlmodule_fast.cli import main
+
+    obs = gym.spaces.Dict({"action_mask": gym.spaces.Box(0.0, 1.0, (3,), np.float32), "observations": BOX4})
+    PPOTorchRLModule(observation_space=obs, action_space=gym.spaces.Discrete(3),
+                     model_config={"fcnet_hiddens": [8]}).save_to_path(tmp_path / "ck")
+    assert main(["export", str(tmp_path / "ck"), str(tmp_path / "m.onnx"), "--batch", "5"]) == 0
+    assert main(["export", str(tmp_path / "ck"), str(tmp_path / "m2.onnx")]) == 0
+
+
+def test_cli_export_of_a_multi_discrete_masking_checkpoint_verifies(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from rlmodule_fast.cli import main
+
+    obs = gym.spaces.Dict({"action_mask": gym.spaces.Box(0.0, 1.0, (5,), np.float32), "observations": BOX4})
+    PPOTorchRLModule(observation_space=obs, action_space=gym.spaces.MultiDiscrete([2, 3]),
+                     model_config={"fcnet_hiddens": [8]}).save_to_path(tmp_path / "ck")
+    assert main(["export", str(tmp_path / "ck"), str(tmp_path / "m.onnx"), "--batch", "7"]) == 0

@@ -193,9 +193,23 @@ class PolicyStep(nn.Module):
         device = param.device if param is not None else torch.device("cpu")
         rows = [space.sample() for _ in range(batch_size)]
         keys = self.obs_keys if self.obs_keys is not None else [None]
-        obs = tuple(torch.as_tensor(np.stack([r if k is None else r[k] for r in rows]), device=device) for k in keys)
+        obs = tuple(torch.as_tensor(self._valid(k, np.stack([r if k is None else r[k] for r in rows])), device=device)
+                    for k in keys)
         states = tuple(torch.zeros(batch_size, 1, h, dtype=dtype, device=device) for h in self._state_sizes)
         return (*obs, *states)
+
+    def _valid(self, key, x: np.ndarray) -> np.ndarray:
+        """A sampled Box(0, 1) ``action_mask`` of a masking module made a mask the module takes:
+        values 0 / 1 (a sample is a float in [0, 1]) with at least one allowed action per row."""
+        if key != "action_mask" or getattr(self.module, "_mask_dim", None) is None or not x.ndim:
+            return x
+        m = (x >= 0.5).astype(x.dtype)
+        start = 0
+        for n in getattr(self.module, "_mask_segments", None) or [m.shape[-1]]:  # one allowed per segment
+            seg = m[..., start:start + n]
+            seg[..., 0] = np.where(seg.any(axis=-1), seg[..., 0], 1)
+            start += n
+        return m
 
     def forward(self, *inputs: torch.Tensor) -> tuple:
         """``inputs`` in ``input_names`` order; returns the tuple named by ``output_names``."""
