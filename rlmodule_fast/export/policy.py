@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ..core.columns import Columns
+from ..distributions import TorchSquashedGaussian
 
 #: module class -> fn(module, batch, with_value) -> {"action_dist_inputs", ["vf_preds"], ["state_out"]}
 _FORWARDS: dict[type, Callable] = {}
@@ -166,6 +167,12 @@ class PolicyStep(nn.Module):
         init = module.get_initial_state() if hasattr(module, "get_initial_state") else {}
         self.state_names = [n for n, _ in flatten_state(init)]
         self._state_sizes = [int(t.shape[-1]) for _, t in flatten_state(init)]
+        act_space = getattr(module, "action_space", None)
+        if isinstance(act_space, (gym.spaces.Tuple, gym.spaces.Dict)):
+            # one "actions" / "action_logp" output each: a structured action would shift the graph's
+            # outputs (a wrong model written silently); refused until it has its own outputs
+            raise ValueError(f"action_space: a {type(act_space).__name__} action space cannot be exported "
+                             f"(the graph has one 'actions' output), got {act_space!r}")
         space = getattr(module, "observation_space", None)
         if isinstance(space, gym.spaces.Dict):  # e.g. {"action_mask", "observations"}: one input per key
             bad = [k for k, v in space.spaces.items() if not isinstance(v, (gym.spaces.Box, gym.spaces.Discrete))]
@@ -224,8 +231,16 @@ class PolicyStep(nn.Module):
         out = self._forward_fn(self.module, batch, self.with_value)
         adi = out[Columns.ACTION_DIST_INPUTS]
         dist = self.dist_cls.from_logits(adi)
-        actions = dist.sample() if self.explore else dist.to_deterministic().sample()
-        logp = dist.logp(actions)
+        if isinstance(dist, TorchSquashedGaussian):
+            # the density of the pre-squash value, as the module's step (and RLlib's sampler): the
+            # atanh round trip of a saturated tanh(u) (|u| > ~9 in float32) is clamped and wrong
+            if self.explore:
+                actions, logp = dist.sample_and_logp()
+            else:
+                actions, logp = dist.to_deterministic().sample(), dist._squashed_logp(dist.loc)
+        else:
+            actions = dist.sample() if self.explore else dist.to_deterministic().sample()
+            logp = dist.logp(actions)
         res = [actions, logp, adi]
         if self.with_value:
             res.append(out[Columns.VF_PREDS])
