@@ -67,6 +67,8 @@ def _child(args) -> int:  # noqa: C901 -- one closure-heavy generator, kept in o
     import rlmodule_fast as rf
     from rlmodule_fast import Columns
     from rlmodule_fast.ppo import PPOCatalog, PPOTorchRLModule
+    from rlmodule_fast.appo import APPOTorchRLModule
+    from rlmodule_fast.sac import SACTorchRLModule
 
     class FuzzCustomModule(rf.TorchRLModule):
         """A user-style module (own model-config key) so non-PPO builds are fuzzed too."""
@@ -98,6 +100,19 @@ def _child(args) -> int:  # noqa: C901 -- one closure-heavy generator, kept in o
                            fcnet_hiddens=[4], head_fcnet_hiddens=[3]),
         "custom": lambda: FuzzCustomModule(observation_space=box4, action_space=gym.spaces.Discrete(2),
                                            model_config={"hidden_dim": 5}),
+        # the second round's modules and keys: SAC (fusion net, initializers), APPO with layer norm,
+        # an action-masking Dict observation, a uint8 CNN with conv initializers
+        "sac": lambda: SACTorchRLModule(observation_space=box4, action_space=gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
+                                        model_config={"fcnet_hiddens": [6], "fusionnet_hiddens": [5],
+                                                      "fcnet_kernel_initializer": "orthogonal_",
+                                                      "fcnet_kernel_initializer_kwargs": {"gain": 1.0}}),
+        "appo_mask": lambda: APPOTorchRLModule(
+            observation_space=gym.spaces.Dict({"action_mask": gym.spaces.Box(0.0, 1.0, (3,), np.float32),
+                                               "observations": box4}),
+            action_space=gym.spaces.Discrete(3), model_config={"fcnet_hiddens": [6], "fcnet_use_layernorm": True}),
+        "cnn": lambda: ppo(gym.spaces.Box(0, 255, (8, 8, 2), np.uint8), gym.spaces.Discrete(2),
+                           conv_filters=[[3, [3, 3], 2]], fcnet_hiddens=[4], conv_kernel_initializer="xavier_uniform_",
+                           head_fcnet_hiddens=[3], head_fcnet_use_layernorm=True),
         "multi": lambda: rf.MultiRLModule(modules={"p0": makers["mlp"](), "p1": makers["gru"]()}),
         "nested": lambda: rf.MultiRLModule(modules={"outer": rf.MultiRLModule(modules={"a": makers["custom"]()}),
                                                     "b": makers["mlp"]()}),
@@ -128,12 +143,14 @@ def _child(args) -> int:  # noqa: C901 -- one closure-heavy generator, kept in o
         return seq[int(rng.integers(0, len(seq)))]
 
     def interesting(rng, depth=0):
-        r = int(rng.integers(0, 32))
         table = [None, True, False, 0, -1, 1, 2**31, 2**63, 10**30, -(10**30), 1e308, -0.0, 0.5, "", "x", "nan",
                  "-inf", "(250000000,)f8", "O", "float128", "this:Zen", "os:system", "unittest.__main__:main",
-                 "a" * 5000, "\ud800", "p0/../p1", [], {}]
+                 "a" * 5000, "\ud800", "p0/../p1", [], {}, "__class__", "_no_grad_fill_", "dirac_",
+                 {"gain": "x"}, {"groups": 0}, [[2**24, [3, 3], 1]], [[4, [10**6, 1], 1, "valid"]]]
+        r = int(rng.integers(0, len(table) + 4))
         if r < len(table):
             return table[r]
+        r -= len(table) - 28  # the generated kinds below
         if r == 28:
             return [int(pick(rng, [1, 8, 10**5, 10**9, -3]))] * int(pick(rng, [1, 2, 3, 70]))
         if r == 29:
@@ -297,7 +314,10 @@ def _child(args) -> int:  # noqa: C901 -- one closure-heavy generator, kept in o
         cfg = ctor_config(data)
         keys = ["fcnet_hiddens", "head_fcnet_hiddens", "lstm_cell_size", "use_lstm", "use_gru", "vf_share_layers",
                 "free_log_std", "log_std_clip_param", "fcnet_activation", "max_seq_len", "hidden_dim", "hidden",
-                "post_fcnet_hiddens", "bogus"]
+                "post_fcnet_hiddens", "bogus", "fusionnet_hiddens", "twin_q", "conv_filters", "conv_activation",
+                "fcnet_use_layernorm", "head_fcnet_use_layernorm", "fcnet_kernel_initializer",
+                "fcnet_kernel_initializer_kwargs", "conv_kernel_initializer", "conv_kernel_initializer_kwargs",
+                "fusionnet_bias_initializer", "fusionnet_bias_initializer_kwargs", "lstm_kernel_initializer_kwargs"]
         chosen = [str(pick(rng, keys)) for _ in range(int(rng.integers(1, 4)))]
         if isinstance(cfg, dict) and isinstance(cfg.get("model_config_dict"), dict):
             for k in chosen:
