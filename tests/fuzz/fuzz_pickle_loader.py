@@ -189,6 +189,19 @@ def rllib_seed_dir() -> str:
 
 
 # =============================================================================================
+def rllib_load(rr, d: str):
+    """``load_rllib_sac_checkpoint`` when the ctor file names a SAC class, else
+    ``load_rllib_checkpoint`` (so SAC seeds, e.g. ``--seeds`` of RLlib SAC checkpoints, are fuzzed)."""
+    try:
+        with open(os.path.join(d, CTOR), "rb") as f:
+            head = f.read(1 << 20)
+    except OSError:
+        head = b""
+    if b"SACTorchRLModule" in head or b"SACCatalog" in head:
+        return rr.load_rllib_sac_checkpoint(d)
+    return rr.load_rllib_checkpoint(d)
+
+
 # mutators: (rng, seed bytes, other seed bytes) -> bytes
 def _boundaries(data: bytes) -> list[int]:
     import pickletools
@@ -263,6 +276,10 @@ _ADMITTED_GLOBALS = [
     ("gymnasium.spaces.multi_binary", "MultiBinary"), ("numpy.random._pickle", "__generator_ctor"),
     ("numpy.random._pcg64", "PCG64"), tuple(MODULE_REF.rsplit(".", 1)), tuple(CATALOG_REF.rsplit(".", 1)),
     tuple(CONFIG_REF.rsplit(".", 1)),
+    # the SAC names the reader admits as data since load_rllib_sac_checkpoint (and a Dict space it refuses)
+    ("ray.rllib.algorithms.sac.torch.default_sac_torch_rl_module", "DefaultSACTorchRLModule"),
+    ("ray.rllib.algorithms.sac.sac_catalog", "SACCatalog"), ("rlmodule_fast.rllib.sac_module", "FastSACTorchRLModule"),
+    ("gymnasium.spaces.dict", "Dict"),
 ]
 _FOREIGN_GLOBALS = [("os", "system"), ("builtins", "eval"), ("builtins", "getattr"),
                     ("torch._utils", "_rebuild_tensor"), ("copyreg", "_reconstructor")]
@@ -380,7 +397,7 @@ def _child(args) -> int:
             with open(os.path.join(d, fname), "wb") as f:
                 f.write(blob)
         try:
-            rr.load_rllib_checkpoint(d)
+            rllib_load(rr, d)
         except Exception:  # noqa: BLE001
             sys.stderr.write(f"seed {name} does not load:\n{traceback.format_exc()}")
             return SEED_REFUSED
@@ -417,7 +434,7 @@ def _child(args) -> int:
                 r = {"index": index, "mutator": mutator, "seed": name, "target": target, "size": len(data)}
                 try:
                     if target == "checkpoint":
-                        rr.load_rllib_checkpoint(d)
+                        rllib_load(rr, d)
                     else:
                         obj = restricted_load(path)
                         if target == "spaces":
@@ -586,7 +603,7 @@ def run_replay(args) -> int:
         return [space_from_record(rec, f"{path}: space") for rec in space_records(restricted_load(path))]
 
     for what, fn in (("restricted_load + space_from_record", spaces),
-                     ("load_rllib_checkpoint", lambda: rr.load_rllib_checkpoint(d))):
+                     ("load_rllib_checkpoint", lambda: rllib_load(rr, d))):
         t = time.perf_counter()
         try:
             fn()
