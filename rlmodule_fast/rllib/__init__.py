@@ -4,7 +4,8 @@ Without ray installed: :func:`load_rllib_checkpoint` (RLlib's pickled module fil
 restricted unpickler that runs nothing from them), :func:`from_rllib_module`,
 :func:`to_rllib_state`, :func:`rllib_module_kwargs`. With ``ray[rllib]`` (``pip install
 rlmodule_fast[rllib]``): also :class:`FastPPOTorchRLModule` (RLlib's PPO module with the fused
-env-runner step) and :func:`to_rllib_module`. ``import rlmodule_fast`` never imports ray.
+env-runner step), :class:`FastEnvRunner` (RLlib's single-agent env runner without per-step
+connectors) and :func:`to_rllib_module`. ``import rlmodule_fast`` never imports ray.
 """
 from ._pickle import UnsafeCheckpointError
 from .convert import (
@@ -17,7 +18,7 @@ from .convert import (
 )
 
 __all__ = [
-    "FastPPOTorchRLModule", "UnsafeCheckpointError", "from_rllib_module", "load_rllib_checkpoint",
+    "FastEnvRunner", "FastPPOTorchRLModule", "UnsafeCheckpointError", "from_rllib_module", "load_rllib_checkpoint",
     "rllib_model_config", "rllib_module_kwargs", "to_rllib_module", "to_rllib_state",
 ]
 
@@ -25,6 +26,7 @@ __all__ = [
 # Names whose modules import ray: imported on first access only. name -> submodule
 _LAZY = {
     "FastPPOTorchRLModule": "module",
+    "FastEnvRunner": "env_runner",
 }
 
 
