@@ -86,7 +86,8 @@ PROVIDER_HELP = """providers (--providers; each computes the same thing on the s
 
 sampling drivers (--drivers): env-alone (random actions: the ceiling), torch-eager, rf-torch,
   rf-fast (cpp), ort-sampling, rllib-runner / rllib-runner-fast (RLlib's SingleAgentEnvRunner
-  with its own module / with FastPPOTorchRLModule; CartPole only)
+  with its own module / with FastPPOTorchRLModule), rllib-fast-env-runner (rlmodule_fast's
+  FastEnvRunner), rllib-runner-lstm / rllib-fast-env-runner-lstm (the same with use_lstm=True)
 
 --checkpoint DIR: an rlmodule_fast checkpoint (RLModule.save_to_path: class_and_ctor_args.json)
   or an RLlib one (module_state.pkl, or an Algorithm / MultiRLModule checkpoint holding one);

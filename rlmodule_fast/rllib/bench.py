@@ -20,20 +20,23 @@ import statistics
 import time
 
 
-def _runner(module_class, hiddens, envs: int):
+def _runner(module_class, hiddens, envs: int, *, env_id: str = "CartPole-v1", runner_cls=None,
+            model_config: dict | None = None):
+    """A PPO env runner (``runner_cls``, default RLlib's ``SingleAgentEnvRunner``) built in this
+    process; ``model_config`` adds keys to ``fcnet_hiddens``."""
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
-    model_config = {} if hiddens is None else {"fcnet_hiddens": list(hiddens)}
+    model_config = {**({} if hiddens is None else {"fcnet_hiddens": list(hiddens)}), **(model_config or {})}
     config = (
         PPOConfig()
-        .environment("CartPole-v1")
+        .environment(env_id)
         .env_runners(num_env_runners=1, num_envs_per_env_runner=envs)
         .rl_module(rl_module_spec=RLModuleSpec(module_class=module_class, model_config=model_config))
         .debugging(seed=0)
     )
-    return SingleAgentEnvRunner(config=config, worker_index=1)
+    return (runner_cls or SingleAgentEnvRunner)(config=config, worker_index=1)
 
 
 def _forward_latency(module, n: int = 2000) -> float:
