@@ -5,6 +5,8 @@ Batches are batch-major. MLP: obs [B, *obs_shape]. LSTM/GRU (``use_lstm`` / ``us
 ``forward_train`` takes obs [B, T, *obs_shape] and ``state_in`` {"h": [B, 1, H](, "c")}
 (nested {"actor": ..., "critic": ...} with ``vf_share_layers=False``); stepping takes obs
 [B, 1, *obs_shape] or [B, *obs_shape] (read as T=1; outputs then have no T axis).
+Image observations (a [H, W, C] Box) go to RLlib's CNN encoder channel-last, unflattened; uint8
+frames are cast to float (values kept, no scaling: RLlib's Atari wrappers scale in the env).
 
 Fast path: under ``backend="auto"`` (or ``RLMODULE_FAST_BACKEND``) ``forward_exploration`` /
 ``forward_inference`` run encoder, pi head and sampling in one backend call (cpp for CPU,
@@ -50,6 +52,7 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             self.vf = cat.build_vf_head("torch")
         self.action_dist_cls = cat.action_dist_cls
         self._recurrent = cat.recurrent_kind
+        self._image = cat.encoder_kind == "cnn"
         self._obs_rank = obs_lead_dims(self.observation_space)
         # [B, D] batches of a feed-forward module with a 1-D Box observation: the env-runner hot path
         self._flat_step = isinstance(self.observation_space, gym.spaces.Box) and self._obs_rank == 1 \
@@ -116,9 +119,13 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
 
     # ---- the torch layers -----------------------------------------------------------------------
     def _features(self, obs: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """Flattened float features [B, (T,) D] and whether a T=1 axis was added."""
+        """Float features [B, (T,) D] (images: [B, (T,) H, W, C], not flattened) and whether a T=1
+        axis was added."""
         n_lead = obs.dim() - self._obs_rank
-        x = flatten_obs(obs, self.observation_space, n_lead, self._float_dtype())
+        if self._image:  # [*lead, H, W, C] as it is: the CNN reads channel-last images
+            x = obs.to(self._float_dtype())
+        else:
+            x = flatten_obs(obs, self.observation_space, n_lead, self._float_dtype())
         if self._recurrent and n_lead == 1:
             return x.unsqueeze(1), True
         return x, False
@@ -201,15 +208,19 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         naming the part when a layer is not one the fused step runs (e.g. a catalog subclass
         whose ``build_pi_head`` returns its own module): the torch forward runs then."""
         from ..fastpath import EncoderLayers, PolicyLayers
+        from ..models.cnn import is_cnn_encoder
         from ..models.heads import TorchFreeLogStdMLPHead, TorchMLPHead
 
         fusable_heads = (TorchMLPHead, TorchFreeLogStdMLPHead)
 
         def enc(e, what: str) -> EncoderLayers:
+            if is_cnn_encoder(e):  # models.cnn.cnn_conv_layers(e) describes its convs for a conv stage
+                raise ValueError(f"{what}: conv encoder: not fused in this build")
             try:
                 if self._recurrent:
-                    return EncoderLayers(mlp=e.tokenizer.net.linears, activation=e.tokenizer.activation, rnn=e.rnn)
-                return EncoderLayers(mlp=e.net.linears, activation=e.activation)
+                    return EncoderLayers(mlp=e.tokenizer.net.linears, activation=e.tokenizer.activation, rnn=e.rnn,
+                                         norms=e.tokenizer.net.norms)
+                return EncoderLayers(mlp=e.net.linears, activation=e.activation, norms=e.net.norms)
             except AttributeError:
                 raise ValueError(f"{what}: a {type(e).__name__} is not an encoder the fused step runs "
                                  "(an MLP / LSTM / GRU encoder from PPOCatalog)") from None
@@ -218,10 +229,14 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             if not isinstance(h, fusable_heads):
                 raise ValueError(f"{what}: a {type(h).__name__} head (from {type(self.catalog).__name__}."
                                  f"build_{what}_head) is not a head the fused step runs (PPOCatalog's MLP heads)")
-            return h.net.linears
+            return h.net
 
         cfg = self.catalog.model_config_dict
         space = self.action_space
+        if not _default_dist_cls(self.action_dist_cls, space):
+            raise ValueError(f"action_dist_cls: {getattr(self.action_dist_cls, '__name__', self.action_dist_cls)!r} "
+                             f"(from {type(self.catalog).__name__}) is not the distribution the fused step samples "
+                             "(TorchCategorical / TorchMultiCategorical / TorchDiagGaussian for the action space)")
         if isinstance(space, gym.spaces.Discrete):
             dist, sizes = "categorical", [int(space.n)]
         elif isinstance(space, gym.spaces.MultiDiscrete):
@@ -232,12 +247,15 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         critic = None if shared or self.encoder.critic is None else enc(self.encoder.critic, "encoder.critic")
         vf = None
         if not self.inference_only and isinstance(self.vf, fusable_heads):
-            vf = self.vf.net.linears  # a custom value head only costs the fused value output
+            vf = self.vf.net  # a custom value head only costs the fused value output
+        pi = head(self.pi, "pi")
         return PolicyLayers(
             actor=enc(self.encoder.actor, "encoder.actor"),
             critic=critic,
-            pi=head(self.pi, "pi"),
-            vf=vf,
+            pi=pi.linears,
+            pi_norms=pi.norms,
+            vf=None if vf is None else vf.linears,
+            vf_norms=None if vf is None else vf.norms,
             head_activation=cfg["head_fcnet_activation"],
             dist=dist,
             action_sizes=sizes,
@@ -310,9 +328,28 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         return self._forward_fast_or_torch(batch, deterministic=True)
 
 
+def _default_dist_cls(cls, space) -> bool:
+    """Whether ``cls`` is the distribution class the fused step samples for ``space`` (the
+    catalog default; a catalog's own class, e.g. a subclass with a temperature, is not)."""
+    from .. import distributions as d
+
+    if isinstance(space, gym.spaces.Discrete):
+        return cls is d.TorchCategorical
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        # Catalog._get_dist_cls_from_action_space: a partial class made fresh per catalog
+        return (isinstance(cls, type) and cls.__bases__ == (d.TorchMultiCategorical,)
+                and cls.__name__ == "TorchMultiCategoricalPartial" and cls.from_logits.__func__.__qualname__.endswith(
+                    "DistributionPartial.from_logits"))
+    return cls is d.TorchDiagGaussian
+
+
 def _check_finite_obs(obs: torch.Tensor) -> None:
     """ValueError naming the first row of ``obs`` with a NaN or inf (the fused step's message)."""
     if obs.numel() == 0:
+        return
+    # One reduction first (an isfinite pass costs ~15x a sum on an Atari batch); a sum that is not
+    # finite (a NaN / inf, or finite values overflowing) goes to the exact per-row check.
+    if bool(torch.isfinite(obs.sum())):
         return
     finite = torch.isfinite(obs.reshape(obs.shape[0], -1) if obs.dim() else obs.reshape(1, 1)).all(dim=-1)
     if not bool(finite.all()):

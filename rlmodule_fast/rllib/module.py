@@ -23,7 +23,8 @@ parameters' versions on each call, so the weights RLlib's learner syncs into env
 (``set_state`` -> ``load_state_dict``, an in-place copy) are used by the next step.
 
 When the fused step cannot run (no C++ backend here, a CUDA module, an observation or action
-space it does not support, ``RLMODULE_FAST_BACKEND=torch``) the module runs RLlib's torch forward
+space it does not support, a CNN encoder (image observations: not fused in this build),
+``RLMODULE_FAST_BACKEND=torch``) the module runs RLlib's torch forward
 instead; :meth:`fast_path_info` says which path runs and why.
 
 Layouts (RLlib's): MLP obs [B, D]; LSTM obs [B, 1, D] with ``state_in`` {"h", "c"} each
@@ -43,22 +44,32 @@ from ray.rllib.core.columns import Columns
 
 from ..core.torch_rl_module import WeightsLockMixin
 from ..fastpath import EncoderLayers, PolicyLayers, fused_plan, mark_unfusable, refresh, unfusable_reason
+from ..models.cnn import is_cnn_encoder
 from ..models.config import resolve_model_config
 from ..ops import dispatch
 from .convert import rllib_model_config
 
 
-def _linears(seq: nn.Module, what: str) -> list:
-    """The nn.Linear layers of an RLlib TorchMLP's Sequential (activations between them only)."""
-    layers = []
+def _linears_norms(seq: nn.Module, what: str) -> tuple[list, list]:
+    """The nn.Linear layers of an RLlib TorchMLP's Sequential and, per layer, the nn.LayerNorm
+    right after it or None (``*_use_layernorm``); only activations may sit between them."""
+    layers, norms = [], []
     for m in seq.children():
         if isinstance(m, nn.Linear):
             layers.append(m)
+            norms.append(None)
+        elif isinstance(m, nn.LayerNorm) and norms and norms[-1] is None:
+            norms[-1] = m
         elif len(list(m.parameters())) or len(list(m.buffers())):
             raise ValueError(f"{what}: layer {type(m).__name__} has weights (not a plain MLP)")
     if not layers:
         raise ValueError(f"{what}: no nn.Linear layers")
-    return layers
+    return layers, norms
+
+
+def _linears(seq: nn.Module, what: str) -> list:
+    """The nn.Linear layers of an RLlib TorchMLP's Sequential (activations and norms between them)."""
+    return _linears_norms(seq, what)[0]
 
 
 class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
@@ -89,9 +100,10 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
             if hasattr(e, "lstm"):
                 if e.tokenizer is None:
                     raise ValueError(f"{what}: LSTM encoder without tokenizer")
-                return EncoderLayers(mlp=_linears(e.tokenizer.net.mlp, f"{what}.tokenizer"),
-                                     activation=cfg["fcnet_activation"], rnn=e.lstm)
-            return EncoderLayers(mlp=_linears(e.net.mlp, f"{what}.net"), activation=cfg["fcnet_activation"])
+                lins, norms = _linears_norms(e.tokenizer.net.mlp, f"{what}.tokenizer")
+                return EncoderLayers(mlp=lins, activation=cfg["fcnet_activation"], rnn=e.lstm, norms=norms)
+            lins, norms = _linears_norms(e.net.mlp, f"{what}.net")
+            return EncoderLayers(mlp=lins, activation=cfg["fcnet_activation"], norms=norms)
 
         space = self.action_space
         if isinstance(space, gym.spaces.Discrete):
@@ -102,6 +114,9 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
             dist, sizes = "diag_gaussian", [int(space.shape[0])]
         else:
             raise ValueError(f"action space {space} is not supported by the fused step")
+        if is_cnn_encoder(self.encoder.encoder if hasattr(self.encoder, "encoder") else self.encoder.actor_encoder):
+            # models.cnn.cnn_conv_layers reads RLlib's conv stack too (the same layout as ours)
+            raise ValueError("encoder: conv encoder: not fused in this build")
         obs = self.observation_space
         if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1):
             raise ValueError(f"observation space {obs} is not supported by the fused step (1-D Box only)")
@@ -112,11 +127,15 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
         if not shared and getattr(e, "critic_encoder", None) is not None:
             critic = enc(e.critic_encoder, "encoder.critic_encoder")
         vf = getattr(self, "vf", None)
+        pi, pi_norms = _linears_norms(self.pi.net.mlp, "pi.net")
+        vf, vf_norms = (None, None) if vf is None else _linears_norms(vf.net.mlp, "vf.net")
         return PolicyLayers(
             actor=actor,
             critic=critic,
-            pi=_linears(self.pi.net.mlp, "pi.net"),
-            vf=None if vf is None else _linears(vf.net.mlp, "vf.net"),
+            pi=pi,
+            pi_norms=pi_norms,
+            vf=vf,
+            vf_norms=vf_norms,
             head_activation=cfg["head_fcnet_activation"],
             dist=dist,
             action_sizes=sizes,
