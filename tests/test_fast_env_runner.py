@@ -43,7 +43,8 @@ def config(env: str, n: int, model_config: dict, module_class=None, actions: dic
     (normalize_actions / clip_actions)."""
     spec = RLModuleSpec(model_config=dict(model_config)) if module_class is None else \
         RLModuleSpec(module_class=module_class, model_config=dict(model_config))
-    return (PPOConfig().environment(env, **(actions or {})).env_runners(num_env_runners=0, num_envs_per_env_runner=n, **env_runners)
+    return (PPOConfig().environment(env, **(actions or {}))
+            .env_runners(num_env_runners=0, num_envs_per_env_runner=n, **env_runners)
             .rl_module(rl_module_spec=spec).debugging(seed=3))
 
 
@@ -84,7 +85,8 @@ def assert_same_episodes(got: list, want: list, what: str, *, values: bool = Tru
             tree.assert_same_structure(dg, dw)
             for u, v in zip(tree.flatten(dg), tree.flatten(dw)):
                 u, v = np.asarray(u), np.asarray(v)
-                assert (u.dtype, u.shape) == (v.dtype, v.shape), f"{at}.{name}: {u.dtype}{u.shape} != {v.dtype}{v.shape}"
+                assert (u.dtype, u.shape) == (v.dtype, v.shape), \
+                    f"{at}.{name}: {u.dtype}{u.shape} != {v.dtype}{v.shape}"
                 if not values:
                     continue
                 if name in ("actions", "observations", "rewards") and u.dtype.kind in "iub":
@@ -112,7 +114,8 @@ def sync_weights(stock, fast, seq_no: int) -> None:
     into both runners, between two sample() calls."""
     state = stock.module.get_state()
     rng = np.random.default_rng(seq_no)
-    state = {k: (np.asarray(v) + 0.05 * rng.standard_normal(np.shape(v))).astype(np.float32) for k, v in state.items()}
+    state = {k: (np.asarray(v) + 0.05 * rng.standard_normal(np.shape(v))).astype(np.float32)
+             for k, v in state.items()}
     for r in (stock, fast):
         r.set_state({"rl_module": state, "weights_seq_no": seq_no})
 
@@ -203,7 +206,8 @@ def test_random_actions_match_stock_runner():
 def test_custom_connector_runs_stock_loop_loudly(caplog):
     from ray.rllib.connectors.env_to_module import FlattenObservations
 
-    cfg = config("CartPole-v1", 2, {"fcnet_hiddens": [8]}, env_to_module_connector=lambda env, spaces, device: [FlattenObservations()])
+    cfg = config("CartPole-v1", 2, {"fcnet_hiddens": [8]},
+                 env_to_module_connector=lambda env, spaces, device: [FlattenObservations()])
     with caplog.at_level(logging.WARNING, logger="rlmodule_fast"):
         r = FastEnvRunner(config=cfg, worker_index=1)
         eps = r.sample(num_timesteps=20)

@@ -169,8 +169,9 @@ class EpisodeBuilder:
         if first >= K:  # the episode ended at the last iteration: a new one, not reset yet
             return SingleAgentEpisode(id_=new_id, observation_space=self.obs_space, action_space=self.act_space)
         if first == K - 1:  # reset at the last iteration: the first observation only
-            ep = SingleAgentEpisode(id_=new_id, observations=[self.next_obs[first, i].copy()], observation_space=self.obs_space,
-                                    infos=self._infos(i, first, K), action_space=self.act_space, len_lookback_buffer=0)
+            ep = SingleAgentEpisode(id_=new_id, observations=[self.next_obs[first, i].copy()],
+                                    observation_space=self.obs_space, infos=self._infos(i, first, K),
+                                    action_space=self.act_space, len_lookback_buffer=0)
             ep._start_time = float(self.times[first])
             return ep
         return self.fresh(i, first, K - 1, new_id)

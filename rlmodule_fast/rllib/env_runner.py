@@ -134,7 +134,8 @@ class FastEnvRunner(SingleAgentEnvRunner):
         c = self.config
         if c._env_to_module_connector is not None or c._module_to_env_connector is not None:
             return "custom env_to_module_connector / module_to_env_connector configured"
-        if not (c.add_default_connectors_to_env_to_module_pipeline and c.add_default_connectors_to_module_to_env_pipeline):
+        if not (c.add_default_connectors_to_env_to_module_pipeline
+                and c.add_default_connectors_to_module_to_env_pipeline):
             return "default connector pipelines switched off"
         for name in _EPISODE_CALLBACKS:
             if getattr(c, f"callbacks_{name}", None):
@@ -176,7 +177,8 @@ class FastEnvRunner(SingleAgentEnvRunner):
     def _warn(self, reason: str) -> None:
         if reason not in self._warned:
             self._warned.add(reason)
-            logger.warning("FastEnvRunner: running RLlib's stock sampling loop (%s); fast_path_info() says the same", reason)
+            logger.warning("FastEnvRunner: running RLlib's stock sampling loop (%s); fast_path_info() says the same",
+                           reason)
 
     def fast_path_info(self) -> dict:
         """{"active": bool, "reason": str, "backend": str | None, "module": class name,
@@ -185,9 +187,9 @@ class FastEnvRunner(SingleAgentEnvRunner):
         reason = self._why_not_fast()
         backend = None
         if not reason:
-            plan = fused_plan(self.module, np.zeros((1, int(np.prod(self.env.single_observation_space.shape))), np.float32))
+            plan = fused_plan(self.module, self._example_obs())
             if plan is None:
-                reason = unfusable_reason(self.module) or "no fused plan"
+                reason = self._no_plan_reason()
             elif plan.backend != "cpp":
                 reason = f"fused step backend {plan.backend} (FastEnvRunner steps CPU modules with 'cpp')"
             else:
@@ -195,16 +197,27 @@ class FastEnvRunner(SingleAgentEnvRunner):
         return {"active": not reason, "reason": reason, "backend": backend, "module": type(self.module).__name__,
                 "module_swapped": self._swapped_module, "fast_env_steps": self._fast_steps}
 
+    def _example_obs(self) -> np.ndarray:
+        """A [1, O] float32 batch: what ``fused_plan`` keys its choice on (a CPU numpy batch)."""
+        return np.zeros((1, int(np.prod(self.env.single_observation_space.shape))), np.float32)
+
+    def _no_plan_reason(self) -> str:
+        """Why ``fused_plan`` gave no plan (the module's own words where it has them)."""
+        info = getattr(self.module, "fast_path_info", None)
+        reason = (info().get("reason") if callable(info) else "") or unfusable_reason(self.module)
+        return reason or "the module has no fused step for CPU batches"
+
     # ---- the module ------------------------------------------------------------------------------
     def make_module(self):
         """The stock ``make_module``, except that RLlib's ``DefaultPPOTorchRLModule`` (exactly
-        that class, Discrete or 1-D Box actions) is built as ``FastPPOTorchRLModule`` when the
-        config allows the fast loop."""
+        that class, Discrete or 1-D Box actions, a CPU runner) is built as
+        ``FastPPOTorchRLModule`` when the config allows the fast loop."""
         env = self.env.unwrapped if self.env is not None else None
         try:
             spec = self.config.get_rl_module_spec(env=env, spaces=self.get_spaces(), inference_only=True)
             space = self.env.single_action_space if self.env is not None else spec.action_space
             if (spec.module_class is DefaultPPOTorchRLModule and not self._config_reason()
+                    and getattr(self._device, "type", str(self._device)) == "cpu"
                     and (isinstance(space, gym.spaces.Discrete)
                          or (isinstance(space, gym.spaces.Box) and len(space.shape) == 1))):
                 spec = copy.copy(spec)
@@ -221,11 +234,9 @@ class FastEnvRunner(SingleAgentEnvRunner):
         reason = self._why_not_fast()
         plan = None
         if not reason and not random_actions:
-            x = self._carry[0] if self._carry is not None else np.zeros(
-                (1, int(np.prod(self.env.single_observation_space.shape))), np.float32)
-            plan = fused_plan(self.module, x)
+            plan = fused_plan(self.module, self._example_obs())
             if plan is None:
-                reason = unfusable_reason(self.module) or "no fused plan"
+                reason = self._no_plan_reason()
             elif plan.backend != "cpp":
                 reason, plan = f"fused step backend {plan.backend} (FastEnvRunner steps CPU modules with 'cpp')", None
         path = "stock" if reason else "fast"
@@ -319,7 +330,8 @@ class FastEnvRunner(SingleAgentEnvRunner):
             act_shape, act_dtype = env.action_space.shape[1:], env.action_space.dtype
         else:
             gauss = plan.layers.dist == "diag_gaussian"
-            act_shape = act_space.shape if gauss else ((len(plan.impl.action_sizes),) if plan.layers.dist == "multi_categorical" else ())
+            multi = plan.layers.dist == "multi_categorical"
+            act_shape = act_space.shape if gauss else ((len(plan.impl.action_sizes),) if multi else ())
             act_dtype = np.float32 if gauss else np.int32   # RLlib's TensorToNumpy: float32 / int32
             extra[(Columns.ACTION_DIST_INPUTS,)] = ((plan.impl.dist_dim,), np.float32)
             if explore or not self._swapped_module:
@@ -399,7 +411,8 @@ class FastEnvRunner(SingleAgentEnvRunner):
             except Exception as e:  # as SingleAgentEnvRunner._try_env_step
                 self.metrics.log_value(NUM_ENV_STEP_FAILURES_LIFETIME, 1, reduce="lifetime_sum")
                 if self.config.restart_failed_sub_environments:
-                    logger.exception("FastEnvRunner: environment step failed; re-making and resetting the envs: %s", e)
+                    logger.exception("FastEnvRunner: environment step failed; re-making and resetting the envs: %s",
+                                     e)
                     self.make_env()
                     failed = True
                     break
