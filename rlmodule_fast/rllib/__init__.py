@@ -18,7 +18,8 @@ from .convert import (
 )
 
 __all__ = [
-    "FastEnvRunner", "FastPPOTorchRLModule", "UnsafeCheckpointError", "from_rllib_module", "load_rllib_checkpoint",
+    "FastAPPOTorchRLModule", "FastEnvRunner", "FastPPOTorchRLModule", "UnsafeCheckpointError", "from_rllib_module",
+    "load_rllib_checkpoint",
     "rllib_model_config", "rllib_module_kwargs", "to_rllib_module", "to_rllib_state",
 ]
 
@@ -26,6 +27,7 @@ __all__ = [
 # Names whose modules import ray: imported on first access only. name -> submodule
 _LAZY = {
     "FastPPOTorchRLModule": "module",
+    "FastAPPOTorchRLModule": "appo_module",
     "FastEnvRunner": "env_runner",
 }
 
