@@ -236,10 +236,20 @@ struct PackedRNN {
     size_t nbytes() const { return gates.nbytes() + gnx.nbytes() + gnh.nbytes(); }
 };
 
+struct ConvStack;  // conv_pack.h: an encoder's conv layers (the CNN stage of the policy step)
+
 // The whole policy network of a PPO-style module, packed (fastpath.PolicyPlan builds it).
-enum DistKind : int { DIST_CATEGORICAL = 0, DIST_MULTI_CATEGORICAL = 1, DIST_DIAG_GAUSSIAN = 2 };
+// DIST_SQUASHED_GAUSSIAN: SAC's tanh-squashed Gaussian (actions in [-1, 1]; log-std clamped to
+// [SQUASHED_LOG_STD_MIN, SQUASHED_LOG_STD_MAX] for sampling, as RLlib's TorchSquashedGaussian).
+enum DistKind : int { DIST_CATEGORICAL = 0, DIST_MULTI_CATEGORICAL = 1, DIST_DIAG_GAUSSIAN = 2,
+                      DIST_SQUASHED_GAUSSIAN = 3 };
+constexpr float SQUASHED_LOG_STD_MIN = -5.0f, SQUASHED_LOG_STD_MAX = 2.0f;
+inline bool is_gaussian(int dist) { return dist == DIST_DIAG_GAUSSIAN || dist == DIST_SQUASHED_GAUSSIAN; }
 struct PolicyNet {
     int obs_dim = 0;
+    // Conv stages (null: the encoder's mlp reads the observation): the observation row is an
+    // H x W x C image (HWC); the mlp (or, when it is empty, the head) reads the flattened output.
+    std::shared_ptr<const ConvStack> actor_conv, critic_conv;
     PackedMLP actor_mlp;
     bool actor_rnn_on = false;
     PackedRNN actor_rnn;
@@ -268,6 +278,10 @@ struct PolicyNet {
 // Inputs and outputs of one policy step (policy.h).
 struct StepIO {
     const float* obs = nullptr; int64_t ldobs = 0; int B = 0;
+    const uint8_t* obs_u8 = nullptr;  // uint8 observations instead of obs (conv encoders only), same ldobs
+    // conv features (set inside policy_step): [B, ld] rows the actor / critic encoder reads instead of obs
+    const float* feat_a = nullptr; int64_t ld_fa = 0;
+    const float* feat_c = nullptr; int64_t ld_fc = 0;
     // recurrent state in (nullptr: zeros) and out, all [B, H] contiguous
     const float* ha = nullptr; const float* ca = nullptr; const float* hc = nullptr; const float* cc = nullptr;
     float* ha_out = nullptr; float* ca_out = nullptr; float* hc_out = nullptr; float* cc_out = nullptr;

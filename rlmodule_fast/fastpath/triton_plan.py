@@ -14,7 +14,7 @@ import torch
 
 from ..ops import triton as tri
 from ..ops.reference import canonical_activation
-from .layers import _params, has_norms, validate
+from .layers import _params, conv_geometry, has_norms, validate
 
 
 class TritonPolicyPlan:
@@ -65,6 +65,13 @@ class TritonPolicyPlan:
                 raise ValueError(f"{who}.rnn: expected a 1-layer unidirectional nn.LSTM / nn.GRU "
                                  f"(the same kind for actor and critic), got {r!r}")
         self.head_act = described["head_act"]
+        self.obs_dim = described["obs_dim"]
+        self.u8_ok = described["u8_ok"]
+        # conv stages (kernels/conv.py launches before the fused kernel): per encoder the layer
+        # geometry and the width of the features its mlp / heads read
+        self._geo = {"actor": conv_geometry(layers.actor, "actor"),
+                     "critic": [] if self.shared else conv_geometry(layers.critic, "critic")}
+        self._image = tuple(layers.actor.image_shape) if self._geo["actor"] else None
         self.free_log_std = layers.free_log_std
         self.log_std_clip = layers.log_std_clip
         params = self._param_list = _params(layers)
@@ -72,7 +79,8 @@ class TritonPolicyPlan:
             raise ValueError("layers: no parameters")
         self.device = params[0].device if device is None else torch.device(device)
         tri._check_input_device(params[0], "policy parameters")
-        if self.dist == "diag_gaussian":
+        self.gaussian = self.dist in ("diag_gaussian", "squashed_gaussian")
+        if self.gaussian:
             self.A = self.action_sizes[0]
             self.NL = self.A
         else:
@@ -109,7 +117,7 @@ class TritonPolicyPlan:
         # A norm over the whole last pi layer cannot run on its two halves (means, log-stds):
         # that layout takes the per-layer path (RLlib's heads never norm their output layer).
         split_norm = False
-        if self.dist == "diag_gaussian" and self.free_log_std is None:
+        if self.gaussian and self.free_log_std is None:
             A = self.A
             ws += [last.weight[:A], last.weight[A:]]
             bs += [None if last.bias is None else last.bias[:A], None if last.bias is None else last.bias[A:]]
@@ -129,9 +137,9 @@ class TritonPolicyPlan:
         in_actor = rnn_h if self.recurrent else self._obs_dim()
         widths = [in_actor] + [w.shape[0] for w in ws] + [w.shape[1] for w in ws]
         if not self.shared:
-            widths.append(self.critic.rnn.hidden_size if self.recurrent else self._obs_dim())
+            widths.append(self.critic.rnn.hidden_size if self.recurrent else self._critic_in())
         plan = mlp.fused_tile_plan(widths)
-        out_cols = self.A if self.dist == "diag_gaussian" else self.NL
+        out_cols = self.A if self.gaussian else self.NL
         if plan is not None and out_cols <= plan[0] and not split_norm:
             self.mode = "recurrent" if self.recurrent else "fused"
             self.D, self.kernel_kind = plan
@@ -153,11 +161,41 @@ class TritonPolicyPlan:
         )
 
     def _obs_dim(self) -> int:
+        """Width of the rows the actor's mlp (or rnn / heads) reads: the conv features with a conv
+        stage, else the observation."""
         if self.actor.mlp:
             return self.actor.mlp[0].in_features
         if self.actor.rnn is not None:
             return self.actor.rnn.input_size
         return self.pi[0].in_features
+
+    def _critic_in(self) -> int:
+        """Width of the rows a separate critic's mlp reads (its conv features, or the observation)."""
+        if self.critic.mlp:
+            return self.critic.mlp[0].in_features
+        g = self._geo["critic"]
+        return g[-1][5][0] * g[-1][5][1] * g[-1][5][2] if g else self.obs_dim
+
+    def _conv_stage(self, which: str, x: torch.Tensor) -> torch.Tensor:
+        """An encoder's conv layers over obs rows x [B, H*W*C] (float or uint8): one kernel per
+        layer; the last writes the flattened features [B, F] in the encoder's flatten order."""
+        from ..kernels import conv as ck
+
+        geo = self._geo[which]
+        if not geo:
+            return x
+        enc = self.actor if which == "actor" else self.critic
+        H, W, C = enc.image_shape
+        y = x.reshape(x.shape[0], H, W, C)
+        if y.dtype not in (torch.uint8, torch.float32):
+            y = y.float()
+        scale = enc.obs_scale
+        packed = self._conv_packed[which]
+        for i, ((conv, stride, pad, act, _, _), (wk, b)) in enumerate(zip(geo, packed)):
+            last = i == len(geo) - 1
+            y = ck.conv2d_nhwc(y, wk, b, conv.kernel_size[0], conv.kernel_size[1], stride, pad, ck.ACT_CODES[act],
+                               tri._precision, scale if i == 0 else None, chw=last and enc.conv_flatten == "chw")
+        return y.reshape(y.shape[0], -1)
 
     def _refresh(self) -> None:
         from ..kernels import mlp
@@ -168,12 +206,17 @@ class TritonPolicyPlan:
         with self._lock:  # steps from several threads: one repack, never a half-written buffer
             if stamp == self._stamp:
                 return
+            from ..kernels import conv as ck
+
             packed = None
             if self.mode != "sequence":
                 packed = mlp.pack_mlp(self._ws, self._bs, self.D, device=self.device)
                 ln = mlp.pack_norms(self._ns, self.D, self.device)[0] if self.meta["NORM_MASK"] else None
                 packed = (*packed, ln)
             self._packed = packed
+            self._conv_packed = {k: [(ck.pack_filters(c.weight).to(self.device),
+                                      None if c.bias is None else c.bias.detach().float().contiguous())
+                                     for c, *_ in g] for k, g in self._geo.items()}
             self._lstm_bias = {}
             self._stamp = stamp
 
@@ -254,6 +297,9 @@ class TritonPolicyPlan:
                 pi_out = torch.cat([pi_out[:, :self.A], pi_out[:, self.A:].clamp(-c, c)], -1)
             actions, logp, flag = sampling.sample_diag_gaussian(pi_out, deterministic, **kw)
             adv()
+        elif self.dist == "squashed_gaussian":
+            actions, logp, flag = self._squashed_sequence(pi_out, deterministic, kw)
+            adv()
         elif self.dist == "categorical":
             actions, logp, flag = sampling.sample_categorical(pi_out, deterministic, mask=mask, **kw)
             adv()
@@ -278,6 +324,22 @@ class TritonPolicyPlan:
             out["vf_preds"] = self._mlp(lat_c, self.vf, self.head_act, self.vf_norms, "linear")[:, 0]
         return out, flag
 
+    def _squashed_sequence(self, pi_out, deterministic: bool, kw: dict):
+        """Sequence mode's squashed Gaussian: the Gaussian sampler kernel on the clamped inputs
+        draws u (the same Philox offsets as the fused kernel), then tanh and the Jacobian as
+        torch ops on the device. A non-finite input sets the flag before the clamp hides it."""
+        from ..kernels import sampling
+        from ..ops.reference import SQUASHED_LOG_STD_RANGE, tanh_log_det
+
+        A = self.A
+        flag = kw.get("flag")
+        if flag is None:
+            flag = torch.zeros(1, dtype=torch.int32, device=pi_out.device)
+        flag |= (~torch.isfinite(pi_out)).any().to(torch.int32) * sampling.ERR_GAUSSIAN
+        clamped = torch.cat([pi_out[:, :A], pi_out[:, A:].clamp(*SQUASHED_LOG_STD_RANGE)], -1)
+        u, logp, flag = sampling.sample_diag_gaussian(clamped, deterministic, seed=kw.get("seed"), flag=flag)
+        return torch.tanh(u), logp - tanh_log_det(u).sum(-1), flag
+
     # -- the step ------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, obs, state: Optional[dict] = None, *, deterministic: bool = False,
@@ -293,19 +355,26 @@ class TritonPolicyPlan:
 
         is_numpy = not isinstance(obs, torch.Tensor)
         x = tri._to_tensor(obs, "obs")
-        if x.dim() != 2 or x.shape[1] != self._obs_dim():
-            raise tri._shape_err("obs", f"[B, {self._obs_dim()}]", x.shape)
+        if self._image is not None and x.dim() == 4 and tuple(x.shape[1:]) == self._image:
+            x = x.reshape(x.shape[0], self.obs_dim)  # [B, H, W, C] images: rows in HWC order
+        if x.dim() != 2 or x.shape[1] != self.obs_dim:
+            raise tri._shape_err("obs", f"[B, {self.obs_dim}]", x.shape)
         tri._check_device(x, "obs", self.device)
+        if x.dtype == torch.uint8 and not self.u8_ok:
+            raise ValueError("obs: uint8 observations need conv encoders (every encoder reading obs has a conv stage)")
         if compute_value and not self.vf:
             raise ValueError("compute_value: this policy has no value head (vf is None)")
         m = None
         if mask is not None:
-            if self.dist == "diag_gaussian":
+            if self.gaussian:
                 raise ValueError("action_mask: masking needs categorical actions, this plan samples a Gaussian")
             m = tri.mask_tensor(mask, x.shape[0], self.NL, self.device).contiguous()
         self._refresh()
         gseed, gflag = tri._graph_args(self.device, check)
         state_out = None
+        x_obs = x
+        if self._geo["actor"]:
+            x = self._conv_stage("actor", x_obs)
         x_actor, x_critic = x, None
         if self.recurrent:
             st_a = state if (state is None or self.shared) else state.get("actor")
@@ -314,10 +383,11 @@ class TritonPolicyPlan:
                 state_out = so_a
             else:
                 st_c = None if state is None else state.get("critic")
-                x_critic, so_c = self._rnn("critic", self.critic, x, st_c)
+                x_c = self._conv_stage("critic", x_obs) if self._geo["critic"] else x_obs
+                x_critic, so_c = self._rnn("critic", self.critic, x_c, st_c)
                 state_out = {"actor": so_a, "critic": so_c}
         elif not self.shared:
-            x_critic = x
+            x_critic = self._conv_stage("critic", x_obs) if self._geo["critic"] else x_obs
         if self.mode == "sequence":
             lat = self._mlp(x_actor, [] if self.recurrent else list(self.actor.mlp), self.enc_act,
                             None if self.recurrent else getattr(self.actor, "norms", None))

@@ -5,6 +5,7 @@ Shape legend: B batch, I input features, H hidden units, A action logits / dims.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -100,7 +101,8 @@ def mask_logits(logits: torch.Tensor, mask, segments: Optional[Sequence[int]] = 
     if m.shape[-1:] != logits.shape[-1:]:
         raise ValueError(f"action_mask: expected shape [..., {logits.shape[-1]}] (one entry per logit), "
                          f"got {tuple(m.shape)}")
-    check_action_mask(m, segments if segments is not None else [logits.shape[-1]])
+    if not torch.compiler.is_compiling():  # data-dependent: not while torch.export traces (rf.export)
+        check_action_mask(m, segments if segments is not None else [logits.shape[-1]])
     m = m.to(logits.dtype) if m.dtype.is_floating_point else m.to(torch.float32).to(logits.dtype)
     return logits + torch.clamp(torch.log(m), min=FLOAT_MIN)
 
@@ -155,6 +157,33 @@ def sample_diag_gaussian(
     return actions, logp
 
 
+#: RLlib's clamp of a squashed Gaussian's log-std (``TorchSquashedGaussian.from_logits``:
+#: ``MIN_LOG_NN_OUTPUT``, ``MAX_LOG_NN_OUTPUT``).
+SQUASHED_LOG_STD_RANGE = (-5.0, 2.0)
+
+
+def tanh_log_det(u: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``log(1 - tanh(u)^2)`` as ``2 (log 2 - u - softplus(-2u))`` (RLlib's stable
+    form: finite for every finite ``u``)."""
+    return 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+
+
+def sample_squashed_gaussian(
+    mean_logstd: torch.Tensor, deterministic: bool = False, generator: Optional[torch.Generator] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAC's squashed Gaussian: ``u ~ N(mean, exp(clamp(log_std, -5, 2))^2)``, actions ``tanh(u)``
+    in [-1, 1], logp ``logN(u) - sum log(1 - tanh(u)^2)`` (RLlib's ``TorchSquashedGaussian`` with
+    its default bounds). ``mean_logstd`` [B, 2A] -> (actions [B, A], logp [B]); ``deterministic``:
+    ``u = mean``. NaN/inf inputs (also an infinite log-std) raise ValueError."""
+    _check_finite(mean_logstd, "mean_logstd")
+    if mean_logstd.shape[-1] % 2:
+        raise ValueError(f"mean_logstd: last dim must be even (mean, log_std), got {tuple(mean_logstd.shape)}")
+    mean, log_std = mean_logstd.chunk(2, dim=-1)
+    u, logp = sample_diag_gaussian(torch.cat([mean, log_std.clamp(*SQUASHED_LOG_STD_RANGE)], -1),
+                                   deterministic, generator)
+    return torch.tanh(u), logp - tanh_log_det(u).sum(-1)
+
+
 def lstm_step(
     x: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
     w_ih: torch.Tensor, w_hh: torch.Tensor, b: Optional[torch.Tensor],
@@ -183,6 +212,28 @@ def gru_step(
     z = torch.sigmoid(i_z + h_z)
     n = torch.tanh(i_n + r * h_n)
     return (1 - z) * n + z * h
+
+
+def conv2d_nhwc(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, pad, activation: Optional[str],
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """act(conv2d(ZeroPad2d(pad)(x * scale), weight, bias, stride)) on channels-last images.
+
+    x: [B, H, W, C] float (or uint8: cast to float32 first); weight: [Cout, C, kh, kw]
+    (``nn.Conv2d`` layout); bias: [Cout] or None; stride: int or (sh, sw); pad: (left, right,
+    top, bottom) zeros, added after scaling (``nn.ZeroPad2d``); scale: None or a number the
+    (cast) input is multiplied by. Returns [B, Ho, Wo, Cout] in x's float dtype (float32 for uint8).
+    """
+    from .conv import norm_pad, norm_stride
+
+    if not x.dtype.is_floating_point:
+        x = x.float()
+    if scale is not None:
+        x = x * scale
+    y = F.pad(x.permute(0, 3, 1, 2), norm_pad(pad))
+    y = F.conv2d(y, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), norm_stride(stride))
+    return activation_fn(activation)(y).permute(0, 2, 3, 1)
 
 
 # ----------------------------------------------------------------------------- the policy step
@@ -216,8 +267,32 @@ def _state_in(st, key: str, B: int, H: int, x: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(st[key]).detach().to(device=x.device, dtype=torch.float64).reshape(B, H)
 
 
+def _conv_stage(enc, x: torch.Tensor) -> torch.Tensor:
+    """An encoder's CNN stage (``fastpath.layers.EncoderLayers.conv``): obs rows [B, H*W*C] as
+    [B, H, W, C] images (times ``obs_scale``), every layer ZeroPad2d + Conv2d + activation, the
+    output flattened in ``conv_flatten`` order ("hwc" or "chw")."""
+    convs = getattr(enc, "conv", None) or []
+    scale = getattr(enc, "obs_scale", None)
+    if not convs:
+        return x if scale is None else x * scale
+    H, W, C = enc.image_shape
+    y = x.reshape(x.shape[0], H, W, C)
+    if scale is not None:
+        y = y * scale
+    for cl in convs:
+        conv = cl.conv
+        ph, pw = conv.padding
+        l, r, t, b = (cl.pad,) * 4 if isinstance(cl.pad, int) else cl.pad
+        y = conv2d_nhwc(y, _f64(conv.weight, x.device), None if conv.bias is None else _f64(conv.bias, x.device),
+                        tuple(conv.stride), (l + pw, r + pw, t + ph, b + ph), cl.activation)
+    if getattr(enc, "conv_flatten", "hwc") == "chw":
+        y = y.permute(0, 3, 1, 2)
+    return y.reshape(y.shape[0], -1)
+
+
 def _encode(enc, x: torch.Tensor, st) -> tuple[torch.Tensor, Optional[dict]]:
-    """An encoder (mlp, then an optional 1-layer LSTM/GRU step): (latent, state_out or None)."""
+    """An encoder (conv stage, mlp, then an optional 1-layer LSTM/GRU step): (latent, state_out or None)."""
+    x = _conv_stage(enc, x)
     x = _linear_chain(enc.mlp, x, enc.activation, False, getattr(enc, "norms", None))
     r = enc.rnn
     if r is None:
@@ -268,9 +343,12 @@ def policy_step(layers, obs, state=None, *, deterministic: bool = False, compute
     per layer an nn.LayerNorm applied between the layer and its activation, or None) and ``rnn``
     (None or a 1-layer nn.LSTM / nn.GRU stepped once after the mlp); ``pi`` / ``vf`` (hidden
     layers use ``head_activation``, the last is linear; optional ``pi_norms`` / ``vf_norms`` as
-    ``norms``); ``dist`` in {"categorical", "multi_categorical",
-    "diag_gaussian"}, ``action_sizes``, ``log_std_clip`` (clamps the log-std to [-c, c]) and
-    ``free_log_std`` ([A], appended after pi's mean output).
+    ``norms``); ``dist`` in {"categorical", "multi_categorical", "diag_gaussian",
+    "squashed_gaussian"} (SAC: tanh(u), log-std clamped to [-5, 2] for the draw only;
+    ``action_dist_inputs`` stay the head's output), ``action_sizes``, ``log_std_clip`` (clamps the
+    log-std to [-c, c]) and ``free_log_std`` ([A], appended after pi's mean output). An encoder
+    may start with a CNN stage (``conv``, ``image_shape``, ``conv_flatten``, ``obs_scale``: see
+    ``_conv_stage``).
 
     obs: [B, O] tensor or numpy (computed on the parameters' device). state: None (zeros), {"h": [B, H]
     [, "c": [B, H]]} ([B, 1, H] accepted), nested {"actor": ..., "critic": ...} when the critic
@@ -293,11 +371,13 @@ def policy_step(layers, obs, state=None, *, deterministic: bool = False, compute
         A, c = d.shape[1] // 2, float(L.log_std_clip)
         d = torch.cat([d[:, :A], d[:, A:].clamp(-c, c)], -1)
     if mask is not None:
-        if L.dist == "diag_gaussian":
-            raise ValueError("action_mask: masking needs categorical actions, got dist 'diag_gaussian'")
+        if L.dist in ("diag_gaussian", "squashed_gaussian"):
+            raise ValueError(f"action_mask: masking needs categorical actions, got dist {L.dist!r}")
         d = mask_logits(d, mask, _segments(L.dist, L.action_sizes))
     if L.dist == "diag_gaussian":
         actions, logp = sample_diag_gaussian(d, deterministic, generator)
+    elif L.dist == "squashed_gaussian":
+        actions, logp = sample_squashed_gaussian(d, deterministic, generator)
     elif L.dist in ("categorical", "multi_categorical"):
         acts, logp, lo = [], torch.zeros(d.shape[0], dtype=torch.float64, device=d.device), 0
         for n in _segments(L.dist, L.action_sizes):
@@ -307,7 +387,8 @@ def policy_step(layers, obs, state=None, *, deterministic: bool = False, compute
             lo += n
         actions = acts[0] if L.dist == "categorical" else torch.stack(acts, -1)
     else:
-        raise ValueError(f"dist: expected 'categorical', 'multi_categorical' or 'diag_gaussian', got {L.dist!r}")
+        raise ValueError("dist: expected 'categorical', 'multi_categorical', 'diag_gaussian' or "
+                         f"'squashed_gaussian', got {L.dist!r}")
     out = {"action_dist_inputs": d, "actions": actions, "action_logp": logp}
     lat_c, so_c = lat, None
     if L.critic is not None and (compute_value or nested):

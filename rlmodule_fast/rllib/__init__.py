@@ -5,7 +5,10 @@ restricted unpickler that runs nothing from them), :func:`from_rllib_module`,
 :func:`to_rllib_state`, :func:`rllib_module_kwargs`. With ``ray[rllib]`` (``pip install
 rlmodule_fast[rllib]``): also :class:`FastPPOTorchRLModule` (RLlib's PPO module with the fused
 env-runner step), :class:`FastEnvRunner` (RLlib's single-agent env runner without per-step
-connectors) and :func:`to_rllib_module`. ``import rlmodule_fast`` never imports ray.
+connectors) and :func:`to_rllib_module`. SAC: :class:`FastSACTorchRLModule` (RLlib's
+DefaultSACTorchRLModule, fused squashed-Gaussian / categorical step) and the converters of
+``sac_convert.py`` (:func:`from_rllib_sac_module`, :func:`to_rllib_sac_module`, ...).
+``import rlmodule_fast`` never imports ray.
 """
 from ._pickle import UnsafeCheckpointError
 from .convert import (
@@ -16,11 +19,20 @@ from .convert import (
     to_rllib_module,
     to_rllib_state,
 )
+from .sac_convert import (
+    from_rllib_sac_module,
+    load_rllib_sac_checkpoint,
+    rllib_sac_model_config,
+    rllib_sac_module_kwargs,
+    to_rllib_sac_module,
+    to_rllib_sac_state,
+)
 
 __all__ = [
-    "FastAPPOTorchRLModule", "FastEnvRunner", "FastPPOTorchRLModule", "UnsafeCheckpointError", "from_rllib_module",
-    "load_rllib_checkpoint",
-    "rllib_model_config", "rllib_module_kwargs", "to_rllib_module", "to_rllib_state",
+    "FastAPPOTorchRLModule", "FastEnvRunner", "FastPPOTorchRLModule", "FastSACTorchRLModule", "UnsafeCheckpointError",
+    "from_rllib_module", "from_rllib_sac_module", "load_rllib_checkpoint", "load_rllib_sac_checkpoint",
+    "rllib_model_config", "rllib_module_kwargs", "rllib_sac_model_config", "rllib_sac_module_kwargs",
+    "to_rllib_module", "to_rllib_sac_module", "to_rllib_sac_state", "to_rllib_state",
 ]
 
 
@@ -28,6 +40,7 @@ __all__ = [
 _LAZY = {
     "FastPPOTorchRLModule": "module",
     "FastAPPOTorchRLModule": "appo_module",
+    "FastSACTorchRLModule": "sac_module",
     "FastEnvRunner": "env_runner",
 }
 
