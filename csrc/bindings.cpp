@@ -540,6 +540,8 @@ struct PyPolicy {
     }
 };
 
+#include "qnet_bind.h"  // the fused DQN step (QNet)
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -727,4 +729,5 @@ PYBIND11_MODULE(_C, m) {
         .def("load", &PyPolicy::load)
         .def("step", &PyPolicy::step)
         .def_property_readonly("dist_dim", &PyPolicy::dist_dim);
+    bind_qnet(m);
 }

@@ -7,6 +7,7 @@
 #include "sampling.h"
 #include "simd.h"
 #include "threads.h"
+#include "qnet_types.h"
 
 namespace rf {
 
@@ -18,6 +19,7 @@ using V = VSse2;
 #include "mlp.h"
 #include "rnn.h"
 #include "policy.h"
+#include "qnet.h"
 }  // namespace sse2
 #undef RF_T
 #undef RF_ISA_LEVEL
@@ -30,6 +32,7 @@ using V = VAvx2;
 #include "mlp.h"
 #include "rnn.h"
 #include "policy.h"
+#include "qnet.h"
 }  // namespace avx2
 #undef RF_T
 #undef RF_ISA_LEVEL
@@ -42,6 +45,7 @@ using V = VAvx512;
 #include "mlp.h"
 #include "rnn.h"
 #include "policy.h"
+#include "qnet.h"
 }  // namespace avx512
 #undef RF_T
 #undef RF_ISA_LEVEL
