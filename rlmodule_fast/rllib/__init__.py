@@ -17,7 +17,7 @@ from .convert import (
 )
 
 __all__ = [
-    "FastPPOTorchRLModule", "UnsafeCheckpointError", "from_rllib_module", "load_rllib_checkpoint",
+    "FastDQNTorchRLModule", "FastPPOTorchRLModule", "UnsafeCheckpointError", "from_rllib_module", "load_rllib_checkpoint",
     "rllib_model_config", "rllib_module_kwargs", "to_rllib_module", "to_rllib_state",
 ]
 
@@ -25,6 +25,7 @@ __all__ = [
 # Names whose modules import ray: imported on first access only. name -> submodule
 _LAZY = {
     "FastPPOTorchRLModule": "module",
+    "FastDQNTorchRLModule": "dqn_module",
 }
 
 
