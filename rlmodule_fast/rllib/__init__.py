@@ -4,7 +4,10 @@ Without ray installed: :func:`load_rllib_checkpoint` (RLlib's pickled module fil
 restricted unpickler that runs nothing from them), :func:`from_rllib_module`,
 :func:`to_rllib_state`, :func:`rllib_module_kwargs`. With ``ray[rllib]`` (``pip install
 rlmodule_fast[rllib]``): also :class:`FastPPOTorchRLModule` (RLlib's PPO module with the fused
-env-runner step) and :func:`to_rllib_module`. ``import rlmodule_fast`` never imports ray.
+env-runner step), :class:`FastDQNTorchRLModule` (RLlib's DQN module, its epsilon-greedy step fused)
+and :func:`to_rllib_module`. DQN: :func:`load_rllib_checkpoint` / :func:`from_rllib_module` /
+:func:`to_rllib_state` / :func:`to_rllib_module` take DQN modules too (``dqn_convert``: the
+``*_dqn_*`` functions). ``import rlmodule_fast`` never imports ray.
 """
 from ._pickle import UnsafeCheckpointError
 from .convert import (
@@ -15,10 +18,19 @@ from .convert import (
     to_rllib_module,
     to_rllib_state,
 )
+from .dqn_convert import (
+    from_rllib_dqn_module,
+    load_rllib_dqn_checkpoint,
+    rllib_dqn_module_kwargs,
+    to_rllib_dqn_module,
+    to_rllib_dqn_state,
+)
 
 __all__ = [
     "FastDQNTorchRLModule", "FastPPOTorchRLModule", "UnsafeCheckpointError", "from_rllib_module", "load_rllib_checkpoint",
     "rllib_model_config", "rllib_module_kwargs", "to_rllib_module", "to_rllib_state",
+    "from_rllib_dqn_module", "load_rllib_dqn_checkpoint", "rllib_dqn_module_kwargs", "to_rllib_dqn_module",
+    "to_rllib_dqn_state",
 ]
 
 

@@ -295,6 +295,9 @@ CLASS_REFS = frozenset({
     "ray.rllib.algorithms.ppo.torch.ppo_torch_rl_module.PPOTorchRLModule",
     "ray.rllib.algorithms.ppo.ppo_catalog.PPOCatalog",
     "rlmodule_fast.rllib.module.FastPPOTorchRLModule",
+    "ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module.DefaultDQNTorchRLModule",
+    "ray.rllib.algorithms.dqn.dqn_catalog.DQNCatalog",
+    "rlmodule_fast.rllib.dqn_module.FastDQNTorchRLModule",
 })
 
 _ADMITTED: dict[str, Any] | None = None
@@ -513,7 +516,7 @@ class _RestrictedUnpickler(_U):
             return ClassRef(path)
         raise UnsafeCheckpointError(
             f"{self.source}: refusing to load {_describe(path)}: only numpy arrays, gymnasium spaces, plain "
-            "builtins and RLlib's PPO module/catalog names are admitted (nothing from the file was run)"
+            "builtins and RLlib's PPO / DQN module and catalog names are admitted (nothing from the file was run)"
         )
 
     def persistent_load(self, pid: Any) -> Any:
