@@ -95,6 +95,8 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         self._enc_space = cat.encoder_observation_space
         self._obs_rank = obs_lead_dims(self._enc_space)
         self._num_actions = int(self.action_space.n)
+        # [B, D] batches of a 1-D Box observation go to the fused step as they are
+        self._flat_box = isinstance(self._enc_space, gym.spaces.Box) and self._obs_rank == 1
 
     # ---- RLlib's API mixins ---------------------------------------------------------------------
     def get_non_inference_attributes(self) -> list[str]:
@@ -305,7 +307,7 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         if plan is None:
             with torch.no_grad():
                 return self._explore_torch(batch, epsilon, deterministic)
-        if not (self._obs_rank == 1 and isinstance(self._enc_space, gym.spaces.Box) and getattr(obs, "ndim", 0) == 2):
+        if not (self._flat_box and getattr(obs, "ndim", 0) == 2):
             obs = self._features(torch.as_tensor(obs))  # Discrete (one-hot) or multi-dim Box
         q, actions, logp = plan.step(obs, mask, epsilon, deterministic)
         return {Columns.ACTIONS: actions, Columns.ACTION_DIST_INPUTS: q, Columns.ACTION_LOGP: logp}

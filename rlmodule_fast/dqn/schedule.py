@@ -46,6 +46,7 @@ class EpsilonSchedule:
         self.value = check_epsilon(value)
         self.use_schedule = isinstance(self.value, list)
         self.current: float = self.value[0][1] if self.use_schedule else self.value
+        self._t = None  # the timestep ``current`` was computed for
 
     def at(self, t: int) -> float:
         if not self.use_schedule:
@@ -56,6 +57,6 @@ class EpsilonSchedule:
         return self.value[-1][1]
 
     def update(self, t: Optional[int]) -> float:
-        if t is not None:
-            self.current = self.at(int(t))
+        if t is not None and t != self._t:
+            self.current, self._t = self.at(int(t)), t
         return self.current

@@ -119,6 +119,7 @@ class QNetPlan:
             raise RuntimeError(f"backend 'cpp' is unavailable: {reason}")
         self._cpp = cpp
         self._stamp_of = cpp._C.weights_stamp
+        self._sync_rng, self._sync_threads = cpp._sync_rng, cpp.sync_threads
         self.weights_lock = weights_lock
         self._source = source
         self._lock = threading.Lock()
@@ -200,31 +201,43 @@ class QNetPlan:
         cannot see: in-place ops on ``p.data``, writes through a numpy view)."""
         self._repack(force=True)
 
-    def step(self, obs, mask, epsilon: float, deterministic: bool) -> tuple:
-        if self._gen != _STRUCTURE_GEN[0] or self._stamp_of(self._params) != self._packed:
-            self._repack()
-        if type(obs) is not np.ndarray or obs.dtype != _F32:
-            if isinstance(obs, torch.Tensor):
-                if obs.device.type != "cpu":
-                    raise ValueError(f"obs: the cpp plan needs a CPU tensor, got device {obs.device}")
-                obs = obs.detach()
-                obs = (obs if obs.dtype == torch.float32 else obs.float()).numpy()
-            else:
-                obs = np.asarray(obs, dtype=np.float32)
+    def _obs(self, obs) -> np.ndarray:
+        """obs as a float32 [B, O] numpy array with unit column stride (a view where possible)."""
+        if isinstance(obs, torch.Tensor):
+            if obs.device.type != "cpu":
+                raise ValueError(f"obs: the cpp plan needs a CPU tensor, got device {obs.device}")
+            obs = obs.detach()
+            obs = (obs if obs.dtype == torch.float32 else obs.float()).numpy()
+        elif type(obs) is not np.ndarray or obs.dtype != _F32:
+            obs = np.asarray(obs, dtype=np.float32)
         if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
             raise ValueError(f"obs: expected shape [B, {self.obs_dim}], got {tuple(obs.shape)}")
         if obs.shape[0] > 1 and obs.strides[1] != 4:
             obs = np.ascontiguousarray(obs)
+        return obs
+
+    @staticmethod
+    def _mask(mask) -> np.ndarray:
+        if isinstance(mask, torch.Tensor):
+            mask = mask.detach().cpu()
+            return (mask if mask.dtype == torch.float32 else mask.float()).contiguous().numpy()
+        if type(mask) is not np.ndarray or mask.dtype != _F32 or not mask.flags.c_contiguous:
+            mask = np.ascontiguousarray(mask, dtype=np.float32)
+        return mask
+
+    def step(self, obs, mask, epsilon: float, deterministic: bool) -> tuple:
+        if self._gen != _STRUCTURE_GEN[0] or self._stamp_of(self._params) != self._packed:
+            self._repack()
+        if type(obs) is not np.ndarray or obs.dtype != _F32 or obs.ndim != 2:
+            obs = self._obs(obs)
+        elif obs.shape[1] != self.obs_dim:  # the common case: an env's float32 batch (_C checks strides)
+            raise ValueError(f"obs: expected shape [B, {self.obs_dim}], got {tuple(obs.shape)}")
         if mask is not None:
-            if isinstance(mask, torch.Tensor):
-                mask = mask.detach().cpu()
-                mask = (mask if mask.dtype == torch.float32 else mask.float()).contiguous().numpy()
-            elif type(mask) is not np.ndarray or mask.dtype != _F32 or not mask.flags.c_contiguous:
-                mask = np.ascontiguousarray(mask, dtype=np.float32)
+            mask = self._mask(mask)
         if not deterministic and epsilon > 0.0:
-            self._cpp._sync_rng()
-        self._cpp.sync_threads()
-        q, a, lp = self._net.step(obs, mask, float(epsilon), bool(deterministic))
+            self._sync_rng()
+        self._sync_threads()
+        q, a, lp = self._net.step(obs, mask, epsilon, deterministic)
         from_np = torch.from_numpy
         return from_np(q), from_np(a), from_np(lp)
 
