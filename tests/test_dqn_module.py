@@ -346,6 +346,17 @@ def test_fast_path_info_tells_the_truth(monkeypatch):
         m.forward_inference({"obs": sample_obs(BOX5, 2)})
 
 
+def test_cuda_inputs_say_the_torch_layers_run():
+    """No Triton kernel for the DQN step: CUDA inputs run the torch layers, and the module says so."""
+    from types import SimpleNamespace
+
+    from rlmodule_fast.fastpath.qnet_plan import qnet_fast_path_info
+
+    info = qnet_fast_path_info(build(), SimpleNamespace(device=SimpleNamespace(type="cuda")))
+    assert info["backend"] == "torch" and not info["active"]
+    assert "CUDA" in info["reason"] and "qnet_step" in info["reason"]
+
+
 def test_checkpoint_roundtrip(tmp_path):
     m = build(num_atoms=3)
     m.save_to_path(tmp_path / "ckpt")

@@ -186,9 +186,10 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         return obs["observations"], obs[self._mask_key]
 
     def _features(self, obs: torch.Tensor) -> torch.Tensor:
-        """[B, *obs_shape] -> [B, D] in the layers' dtype (Discrete: one-hot)."""
-        dtype = self.af.net.linears[0].weight.dtype if self.af.net.linears else torch.get_default_dtype()
-        return flatten_obs(obs, self._enc_space, obs.dim() - self._obs_rank, dtype)
+        """[B, *obs_shape] -> [B, D] in the layers' dtype, on their device (Discrete: one-hot)."""
+        w = self.af.net.linears[0].weight
+        x = flatten_obs(torch.as_tensor(obs), self._enc_space, obs.dim() - self._obs_rank, w.dtype)
+        return x if x.device == w.device else x.to(w.device)
 
     def _qf_forward_helper(self, batch: dict, encoder: nn.Module, head: Any) -> dict:
         """RLlib's ``_qf_forward_helper``: Q-values (and the distribution) from ``encoder`` and
@@ -221,7 +222,7 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
             else:
                 out[QF_PREDS] = q_out
         if mask is not None:
-            valid = _check_mask(mask, self._num_actions)
+            valid = _check_mask(mask, self._num_actions).to(out[QF_PREDS].device)
             out[QF_PREDS] = torch.where(valid, out[QF_PREDS], torch.full_like(out[QF_PREDS], FLOAT_MIN))
         return out
 
@@ -261,7 +262,7 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
             raise ValueError(f"qf_preds: contains NaN or inf (row {int((~finite).nonzero()[0, 0])})")
         actions = q.argmax(dim=-1)
         if not deterministic and epsilon > 0.0 and q.shape[0]:
-            valid = torch.ones_like(q) if mask is None else (torch.as_tensor(mask, device=q.device) != 0).to(q.dtype)
+            valid = torch.ones_like(q) if mask is None else (torch.as_tensor(mask).to(q.device) != 0).to(q.dtype)
             random_actions = torch.multinomial(valid, 1).squeeze(1)
             actions = torch.where(torch.rand(q.shape[0], device=q.device) < epsilon, random_actions, actions)
         logp = torch.log_softmax(q, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
