@@ -194,6 +194,29 @@ def test_fused_greedy_equals_torch(variant, space, B, monkeypatch):
     torch.testing.assert_close(fast["action_logp"][clear], ref["action_logp"][clear], **TOL)
 
 
+CPP = rf.backend_info()["cpp"]
+ISAS = [i for i in ("sse2", "avx2", "avx512") if CPP.get("available") and
+        ["sse2", "avx2", "avx512"].index(i) <= ["sse2", "avx2", "avx512"].index(CPP["best_isa"])]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("variant", [(True, True, 1), (False, True, 33)], ids=["duel", "N33"])
+def test_every_isa_equals_torch(isa, variant):
+    from rlmodule_fast import _C
+
+    dueling, double_q, atoms = variant
+    m = build(n=5, dueling=dueling, num_atoms=atoms, fcnet_hiddens=[70, 37], head_fcnet_hiddens=[19])
+    obs = sample_obs(BOX5, 61)
+    with torch.no_grad():
+        want = m.compute_q_values({"obs": torch.from_numpy(obs)})["qf_preds"]
+    _C.set_isa(isa)
+    try:
+        got = m.forward_inference({"obs": obs})["action_dist_inputs"]
+    finally:
+        _C.set_isa(_C.best_isa())
+    torch.testing.assert_close(got, want, **TOL)
+
+
 def test_fused_draws_are_exact_and_reproducible():
     m = build(n=5)
     obs = sample_obs(BOX5, 300, seed=3)
