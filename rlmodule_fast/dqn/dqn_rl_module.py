@@ -27,12 +27,13 @@ not exactly 0.0 or -inf (an artefact of ``multinomial(q != 0)``); here it is uni
 [B, A] output (exploration and training: the learner's argmax over next actions sees only valid
 ones) and random actions are drawn among valid actions only. Recurrent encoders are refused.
 
-Fast path (``fast_path_info()`` says which runs and why): for CPU inputs, when the ``cpp``
-backend is usable, encoder, heads, dueling combine / distributional expectation, mask, argmax,
-epsilon coin and random action run in ONE ``_C`` call (``fastpath.qnet_plan``), drawing from
-rlmodule_fast's own stream (``rf.manual_seed``, ``rf.get_rng_state``). CUDA inputs run the torch
-layers (no Triton kernel for this step yet), as does ``RLMODULE_FAST_BACKEND=torch``; a forced
-backend that cannot run the step raises RuntimeError.
+Fast path (``fast_path_info()`` says which runs and why): encoder, heads, dueling combine /
+distributional expectation, mask, argmax, epsilon coin and random action run in ONE backend call
+(``fastpath.qnet_plan``): for CPU inputs one ``_C`` call, drawing from rlmodule_fast's own stream
+(``rf.manual_seed``, ``rf.get_rng_state``); for CUDA inputs one Triton launch (``kernels/qnet.py``,
+layer widths up to 256), drawing Philox numbers seeded from torch's CUDA generator (same
+distribution, other numbers). ``RLMODULE_FAST_BACKEND=torch`` (or no usable backend under "auto")
+runs the torch layers; a forced backend that cannot run the step raises RuntimeError.
 """
 from __future__ import annotations
 

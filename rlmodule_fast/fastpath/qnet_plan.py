@@ -11,9 +11,9 @@ process-wide structure generation (a replaced parameter or layer) with what it p
 repacks under the module's ``weights_lock()``. Writes that bypass torch's version counter
 (``p.data.mul_(2)``, numpy views) need ``refresh()`` (the module's ``refresh_fast_path()``).
 
-Backends: "cpp" only. ``ops.dispatch.choose("qnet_step", ...)`` picks it for CPU inputs; for
-CUDA inputs under "auto" it answers "torch" (no Triton kernel for the DQN step yet: the module's
-torch layers run, and ``fast_path_info()`` says so); a forced backend that cannot run it raises.
+Backends: "cpp" (``QNetPlan``, here) for CPU inputs and "triton" (``qnet_triton_plan.TritonQNetPlan``:
+one launch of ``kernels/qnet.py``) for CUDA inputs, as ``ops.dispatch.choose("qnet_step", ...)``
+picks them; a forced backend that cannot run the step raises.
 
 Draws: row r of a step uses counter ``ctr0 + r`` of rlmodule_fast's own stream (``ops.cpp``;
 ``rf.manual_seed`` / ``rf.get_rng_state``): its high 32 bits are the epsilon coin
@@ -259,11 +259,17 @@ def qnet_plan_for(module, example) -> Optional[QNetPlan]:
             return plan
     name = dispatch.choose(OP, "auto", example)
     plan = None
-    if name != "torch":  # "cpp": the only backend whose OPS name the step
+    if name != "torch":
         lock_of = getattr(module, "weights_lock", None)
+        source = weakref.WeakMethod(module.qnet_layers)
         try:
-            plan = QNetPlan(module.qnet_layers(), weights_lock=lock_of() if callable(lock_of) else None,
-                            source=weakref.WeakMethod(module.qnet_layers))
+            if name == "triton":
+                from .qnet_triton_plan import TritonQNetPlan
+
+                plan = TritonQNetPlan(module.qnet_layers(), source=source)
+            else:
+                plan = QNetPlan(module.qnet_layers(), weights_lock=lock_of() if callable(lock_of) else None,
+                                source=source)
         except ValueError as e:
             raise UnfusableLayers(str(e)) from e
     with _PLANS_LOCK:

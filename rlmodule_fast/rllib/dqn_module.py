@@ -11,18 +11,18 @@ Use it wherever RLlib takes a module class (needs ray[rllib])::
 
 It *is* a ``DefaultDQNTorchRLModule`` (same layers, parameter names, catalog, epsilon scheduler,
 target networks, state, checkpoints and ``forward_train``: RLlib's learner path, unchanged). Only
-``forward_exploration(batch, t=...)`` / ``forward_inference`` differ: for a CPU batch of 1-D Box
+``forward_exploration(batch, t=...)`` / ``forward_inference`` differ: for a batch of 1-D Box
 observations [B, D] they run encoder, advantage / value heads, dueling combine or distributional
-expectation, argmax, the epsilon coin and the random action in ONE call of our C++ backend
-(``fastpath.qnet_plan``), with epsilon from the module's own RLlib ``Scheduler`` updated with
+expectation, argmax, the epsilon coin and the random action in ONE call of our C++ backend (CPU)
+or one Triton launch (CUDA) (``fastpath.qnet_plan``), with epsilon from the module's own RLlib ``Scheduler`` updated with
 ``t`` as RLlib's does. They return RLlib's keys: {"actions": [B] int64}. Random actions are
 uniform among all actions (RLlib's: among actions whose Q-value is not exactly 0.0) and come from
 rlmodule_fast's sampler stream (``rf.manual_seed``), not torch's.
 
 Weights: the plan reads this module's own ``nn.Linear`` layers and checks their parameters'
 versions on each call, so weights RLlib syncs into env runners (``set_state`` ->
-``load_state_dict``) are used by the next step. When the fused step cannot run (no C++ backend,
-a CUDA module, another observation space, a recurrent encoder, ``RLMODULE_FAST_BACKEND=torch``)
+``load_state_dict``) are used by the next step. When the fused step cannot run (no usable
+backend, another observation space, a recurrent encoder, ``RLMODULE_FAST_BACKEND=torch``)
 RLlib's torch forward runs; :meth:`fast_path_info` says which path runs and why.
 """
 from __future__ import annotations
