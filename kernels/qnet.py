@@ -178,6 +178,16 @@ def _qnet_step_staged_fwd_kernel(
 
 # ----------------------------------------------------------------------------- host launcher
 
+def qnet_block_rows(meta: dict, B: int, staged: bool, NP: int) -> int:
+    """Rows per program: the policy kernels' choice (``policy_step.block_rows``), halved to 16 for
+    a distributional head of NP >= 128 columns (at 32 rows: 255 registers + 44 B spill stores on
+    sm_90, staged, 2 x 51 atoms, masked; tests/test_dqn_triton.py compiles these for sm_90)."""
+    from .policy_step import block_rows
+
+    bb = block_rows(meta, B, staged)
+    return min(bb, 16) if meta["NATOMS"] > 1 and NP >= 128 else bb
+
+
 def qnet_step(x, w_packed, b_packed, dims, meta: dict, *, seed, z=None, mask=None, epsilon: float = 0.0,
               explore: bool = False, flag=None):
     """Launch the DQN step kernel (register variant for D <= REG_MAX_WIDTH, staged otherwise).
@@ -191,7 +201,6 @@ def qnet_step(x, w_packed, b_packed, dims, meta: dict, *, seed, z=None, mask=Non
     import torch
 
     from .mlp import REG_MAX_WIDTH
-    from .policy_step import block_rows
 
     B, I = x.shape
     A, D = meta["A"], meta["D"]
@@ -206,15 +215,15 @@ def qnet_step(x, w_packed, b_packed, dims, meta: dict, *, seed, z=None, mask=Non
     if 2 * B >= 2**31:
         raise ValueError(f"qnet_step: B = {B} rows exceed the int32 Philox offsets (split the batch)")
     staged = D > REG_MAX_WIDTH
-    block_b = block_rows(meta, B, staged)
+    NP = max(16, triton.next_power_of_2(A * meta["NATOMS"])) if staged else D
+    block_b = qnet_block_rows(meta, B, staged, NP)
     grid = (triton.cdiv(B, block_b),)
     if staged:
         kernel = _qnet_step_staged_fwd_kernel
         scratch = torch.empty((grid[0], 4, block_b, D), dtype=torch.float32, device=dev)
-        NP = max(16, triton.next_power_of_2(A * meta["NATOMS"]))
     else:
         kernel = _qnet_step_fwd_kernel
-        scratch, NP = flag, D
+        scratch = flag
     kernel[grid](
         x, w_packed, b_packed, dims if dims is not None else flag, scratch,
         z if z is not None else q, mask if mask is not None else q, seed,
