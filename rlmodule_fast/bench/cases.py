@@ -785,7 +785,7 @@ _OP_PROVIDERS = ("torch-eager", "torch-compile", "rf-torch", "cpp", "triton")
 OP_PROVIDERS = {op: _OP_PROVIDERS for op in OPS}
 OP_PROVIDERS["fused_mlp"] = _OP_PROVIDERS + ("ort",)
 OP_PROVIDERS["policy_step"] = PROVIDERS
-OP_PROVIDERS["dqn_step"] = ("torch-eager", "torch-compile", "rf-torch", "cpp", "rllib", "ort", "ort-sampling")
+OP_PROVIDERS["dqn_step"] = ("torch-eager", "torch-compile", "rf-torch", "cpp", "triton", "rllib", "ort", "ort-sampling")
 POLICY_PROVIDERS = PROVIDERS
 
 # (op, config label, config id, params, quick?) -- quick configs run under --quick too

@@ -13,6 +13,8 @@ combine, argmax and epsilon-greedy draw) on the same weights everywhere, numpy o
 ``ort``            ONNX Runtime: the Q-network and the greedy ``argmax`` (exported with
                    ``torch.onnx.export``), no epsilon draw
 ``ort-sampling``   ``ort`` plus the epsilon-greedy draw in numpy
+``triton``         the same ``forward_exploration`` on a CUDA copy of the module (one Triton launch;
+                   CUDA runs only, where the other rows say "timed in CPU runs")
 =================  ==========================================================================
 
 The timestep ``t`` is 5 000 with RLlib's default schedule [(0, 1.0), (10000, 0.05)]: epsilon
@@ -64,8 +66,6 @@ def dqn_setup(case, ctx) -> dict:
     if key not in ctx._cache:
         ctx._cache[key] = dqn_module(env_id, seed=ctx.seed, **dict(extra))
     m = ctx._cache[key]
-    if ctx.device != "cpu":
-        raise C.Unavailable("the dqn_step rows are wired for CPU runs only (the Triton DQN step is not benchmarked yet)")
     rng = np.random.default_rng(ctx.seed)
     O, A, B = m.observation_space.shape[0], int(m.action_space.n), case.batch
     obs = rng.standard_normal((B, O), dtype=np.float32)
@@ -139,8 +139,28 @@ def dqn_setup(case, ctx) -> dict:
             return np.where(g.random(B) < eps, g.integers(0, A, B), greedy)
         return Bench(f, note=f"{how}, numpy epsilon-greedy")
 
-    return {"torch-eager": eager, "torch-compile": compiled, "rf-torch": rf_torch, "cpp": cpp, "rllib": rllib,
-            "ort": ort_greedy, "ort-sampling": ort_sampling}
+    def triton():
+        C._need_triton(ctx)
+        import copy
+
+        dev = C._dev(ctx)
+        ckey = ("dqn-module-cuda", case.config_id, ctx.seed)
+        if ckey not in ctx._cache:
+            ctx._cache[ckey] = copy.deepcopy(m).to(dev)
+        mc = ctx._cache[ckey]
+
+        def f():
+            x = torch.from_numpy(obs).to(dev, non_blocking=True)
+            return mc.forward_exploration({"obs": x}, t=T)["actions"].cpu().numpy()
+        return Bench(f, context=lambda: C.forced_backend("triton"), cuda=True)
+
+    factories = {"torch-eager": eager, "torch-compile": compiled, "rf-torch": rf_torch, "cpp": cpp, "rllib": rllib,
+                 "ort": ort_greedy, "ort-sampling": ort_sampling, "triton": triton}
+    if ctx.device != "cpu":  # a GPU run times the Triton step; the CPU rows come from a CPU run
+        def cpu_only():
+            raise C.Unavailable("the dqn_step rows other than triton are timed in CPU runs (--device cpu)")
+        factories = {k: (v if k == "triton" else cpu_only) for k, v in factories.items()}
+    return factories
 
 
 def rllib_dqn_module(m):
