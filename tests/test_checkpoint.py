@@ -16,7 +16,8 @@ import rlmodule_fast as rf
 from rlmodule_fast import Columns, MultiRLModule, RLModule
 from rlmodule_fast.ppo import PPOCatalog, PPOTorchRLModule
 
-OBS = gym.spaces.Box(-1.0, 1.0, (2, 3), np.float32)
+# 1-D: a 2-D Box is RLlib's ValueError (issue 14); image checkpoints: tests/test_cnn_model.py
+OBS = gym.spaces.Box(-1.0, 1.0, (6,), np.float32)
 ACT = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
 
 

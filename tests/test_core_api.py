@@ -25,7 +25,9 @@ FAST_TOL = dict(atol=2e-5, rtol=1e-4)
 
 OBS_SPACES = {
     "obs4": gym.spaces.Box(-1.0, 1.0, (4,), np.float32),
+    # a 2-D Box: flattened (API.md), with a FlattenedObservationWarning (RLlib has no encoder for it)
     "obs2x3": gym.spaces.Box(-1.0, 1.0, (2, 3), np.float32),
+    "obs6": gym.spaces.Box(-1.0, 1.0, (6,), np.float32),
     "obsDisc5": gym.spaces.Discrete(5),
 }
 ACT_SPACES = {
@@ -240,7 +242,7 @@ def test_gaussian_log_std_clipped():
 # ---------------------------------------------------------------------------------------------
 # Recurrent modules
 # ---------------------------------------------------------------------------------------------
-RNN_CASES = [(kind, share, obs) for kind in ("lstm", "gru") for share in (True, False) for obs in ("obs4", "obs2x3", "obsDisc5")]
+RNN_CASES = [(kind, share, obs) for kind in ("lstm", "gru") for share in (True, False) for obs in ("obs4", "obs2x3", "obs6", "obsDisc5")]
 
 
 def make_rnn(kind, share, obs="obs4", act="actDisc3", **kw):
@@ -319,9 +321,9 @@ def test_rnn_forward_train_matches_reference(kind, share, obs):
                          ids=["lstm-shared", "lstm-separate", "gru-shared", "gru-separate"])
 @pytest.mark.parametrize("method", ["forward_inference", "forward_exploration"])
 def test_rnn_stepping_equals_sequence(method, kind, share, step_layout):
-    m = make_rnn(kind, share, "obs2x3")
+    m = make_rnn(kind, share, "obs6")
     B, T = 2, 5
-    x = sample_obs(OBS_SPACES["obs2x3"], B, T, seed=3)
+    x = sample_obs(OBS_SPACES["obs6"], B, T, seed=3)
     s0 = state_in_for(m, B, seed=4)
     seq = m.forward_train({Columns.OBS: x, Columns.STATE_IN: s0})
     state = s0 if step_layout == "B1" else _squeeze_state(s0)
@@ -690,9 +692,9 @@ def test_outputs_not_aliased_and_input_not_modified(method, rnn):
 
 @pytest.mark.parametrize("method", ["forward_train", "forward_inference"])
 def test_numpy_float64_noncontiguous_inputs(method):
-    m = make(obs="obs2x3")
-    base = np.random.default_rng(0).uniform(-1, 1, size=(5, 2, 6))
-    obs = base[:, :, ::2]  # float64, non-contiguous
+    m = make(obs="obs6")
+    base = np.random.default_rng(0).uniform(-1, 1, size=(5, 12))
+    obs = base[:, ::2]  # float64, non-contiguous
     assert not obs.flags["C_CONTIGUOUS"] and obs.dtype == np.float64
     keep = obs.copy()
     out = getattr(m, method)({Columns.OBS: obs})

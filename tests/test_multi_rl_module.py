@@ -10,7 +10,7 @@ from rlmodule_fast import Columns, DEFAULT_MODULE_ID, MultiRLModule, MultiRLModu
 from rlmodule_fast.ppo import PPOCatalog, PPOTorchRLModule
 
 OBS = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
-OBS2 = gym.spaces.Box(-1.0, 1.0, (2, 3), np.float32)
+OBS2 = gym.spaces.Box(-1.0, 1.0, (6,), np.float32)  # 1-D: a 2-D Box is RLlib's ValueError (issue 14)
 ACT = gym.spaces.Discrete(3)
 ACT2 = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
 
@@ -63,7 +63,7 @@ def test_add_and_remove_module():
 
 def test_forward_over_module_batches():
     mm = two_modules()
-    xa, xb = torch.randn(5, 4), torch.randn(2, 2, 3)
+    xa, xb = torch.randn(5, 4), torch.randn(2, 6)
     for method in ("forward_train", "forward_exploration", "forward_inference"):
         out = getattr(mm, method)({"a": {Columns.OBS: xa}, "b": {Columns.OBS: xb}})
         assert set(out) == {"a", "b"}

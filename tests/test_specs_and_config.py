@@ -13,7 +13,7 @@ from rlmodule_fast import Columns, RLModuleConfig, RLModuleSpec, TensorSpec
 from rlmodule_fast.ppo import PPOCatalog, PPOTorchRLModule
 
 OBS = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
-OBS23 = gym.spaces.Box(-1.0, 1.0, (2, 3), np.float32)
+IMG = gym.spaces.Box(-1.0, 1.0, (10, 10, 1), np.float32)  # an image: RLlib's default 10x10 CNN
 ACT = gym.spaces.Discrete(3)
 
 
@@ -103,7 +103,7 @@ def test_spec_module_class_not_rl_module_is_value_error():
 
 @pytest.mark.parametrize("obs_name,obs,act", [
     ("Box4-Discrete", OBS, ACT),
-    ("Box2x3-Box2", OBS23, gym.spaces.Box(-2.0, np.array([1.0, np.inf], np.float32), (2,), np.float32)),
+    ("Box10x10x1-Box2", IMG, gym.spaces.Box(-2.0, np.array([1.0, np.inf], np.float32), (2,), np.float32)),
     ("Discrete5-MultiDiscrete", gym.spaces.Discrete(5, start=1), gym.spaces.MultiDiscrete([2, 3])),
 ], ids=lambda x: x if isinstance(x, str) else "")
 def test_spec_to_dict_from_dict_round_trip(obs_name, obs, act):
@@ -126,10 +126,10 @@ def test_spec_to_dict_from_dict_round_trip(obs_name, obs, act):
 def test_config_to_dict_from_dict_round_trip():
     import json
 
-    cfg = RLModuleConfig(observation_space=OBS23, action_space=ACT, model_config_dict={"fcnet_hiddens": [3]},
+    cfg = RLModuleConfig(observation_space=IMG, action_space=ACT, model_config_dict={"fcnet_hiddens": [3]},
                          catalog_class=PPOCatalog, inference_only=True)
     cfg2 = RLModuleConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
-    assert cfg2.observation_space == OBS23 and cfg2.action_space == ACT
+    assert cfg2.observation_space == IMG and cfg2.action_space == ACT
     assert cfg2.model_config_dict == {"fcnet_hiddens": [3]}
     assert cfg2.catalog_class is PPOCatalog and cfg2.inference_only is True
     m = PPOTorchRLModule(cfg2)
@@ -162,9 +162,9 @@ def test_spec_load_state_path_missing_names_path(tmp_path):
 
 def test_spec_update():
     a = spec(model_config_dict={"fcnet_hiddens": [3]})
-    b = RLModuleSpec(observation_space=OBS23)
+    b = RLModuleSpec(observation_space=IMG)
     a.update(b)
-    assert a.observation_space == OBS23 and a.action_space == ACT
+    assert a.observation_space == IMG and a.action_space == ACT
     assert a.model_config_dict == {"fcnet_hiddens": [3]}
 
 
@@ -180,8 +180,8 @@ BAD_INPUTS = {
     "wrong-trailing": (OBS, torch.zeros(5, 3), r"'obs'.*\(5, 3\).*\(B, 4\)"),
     "wrong-rank-1d": (OBS, torch.zeros(5), r"'obs'.*\(5,\).*\(B, 4\)"),
     "wrong-rank-3d": (OBS, torch.zeros(5, 1, 4), r"'obs'.*\(5, 1, 4\).*\(B, 4\)"),
-    "wrong-trailing-2x3": (OBS23, torch.zeros(5, 3, 2), r"'obs'.*\(5, 3, 2\).*\(B, 2, 3\)"),
-    "flattened-2x3": (OBS23, torch.zeros(5, 6), r"'obs'.*\(5, 6\).*\(B, 2, 3\)"),
+    "wrong-trailing-image": (IMG, torch.zeros(5, 10, 1, 10), r"'obs'.*\(5, 10, 1, 10\).*\(B, 10, 10, 1\)"),
+    "flattened-image": (IMG, torch.zeros(5, 100), r"'obs'.*\(5, 100\).*\(B, 10, 10, 1\)"),
     "numpy-wrong-trailing": (OBS, np.zeros((2, 7), np.float32), r"'obs'.*\(2, 7\).*\(B, 4\)"),
 }
 

@@ -85,8 +85,13 @@ PROVIDER_HELP = """providers (--providers; each computes the same thing on the s
                  ONNX Runtime (the reference of the "vs ort-sampling" ratios)
 
 sampling drivers (--drivers): env-alone (random actions: the ceiling), torch-eager, rf-torch,
-  rf-fast (cpp), ort-sampling, rllib-runner / rllib-runner-fast (RLlib's SingleAgentEnvRunner
-  with its own module / with FastPPOTorchRLModule; CartPole only)
+  rf-fast (cpp; n/a while the module's step is not fused), ort-sampling, rllib-module (RLlib's
+  DefaultPPOTorchRLModule, same weights, in the same loop), rllib-runner / rllib-runner-fast
+  (RLlib's SingleAgentEnvRunner with its own module / with FastPPOTorchRLModule; CartPole only)
+
+vision (issue 14): policy_step cases on RLlib's Atari observation (84x84x4, CNN stacks: tuned
+  Atari, Nature, RLlib's 84x84 default) at batches 1,32 in a full run; --envs ALE/Pong-v5 adds
+  Pong env steps/s (RLlib's Atari wrappers, needs ale-py and opencv-python-headless)
 
 --checkpoint DIR: an rlmodule_fast checkpoint (RLModule.save_to_path: class_and_ctor_args.json)
   or an RLlib one (module_state.pkl, or an Algorithm / MultiRLModule checkpoint holding one);
@@ -108,6 +113,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", type=_list(str, C.OPS), default=None, help=f"comma list from {','.join(C.OPS)}")
     p.add_argument("--providers", type=_list(str, C.PROVIDERS), default=None,
                    help=f"comma list from {','.join(C.PROVIDERS)} (default: all)")
+    p.add_argument("--configs", type=_list(str, C.config_ids()), default=None,
+                   help=f"only the cases of these model configs (ids as in --list), comma list from "
+                        f"{','.join(C.config_ids())}")
     p.add_argument("--batches", type=_list(int), default=None,
                    help=f"comma list of batch sizes (default {','.join(map(str, C.FULL_BATCHES))}; "
                         f"--quick: {','.join(map(str, C.QUICK_BATCHES))})")
@@ -116,7 +124,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=_positive_int, default=None, help="timed blocks per measurement (median over them)")
     p.add_argument("--no-ops", action="store_true", help="skip the op table (sampling loop only)")
     p.add_argument("--no-sampling", action="store_true", help="skip the sampling-loop benchmark")
-    p.add_argument("--envs", type=_list(str, S.ENVS), default=None, help=f"comma list from {','.join(S.ENVS)}")
+    p.add_argument("--envs", type=_list(str, S.ENVS + S.ATARI_ENVS), default=None,
+                   help=f"comma list from {','.join(S.ENVS + S.ATARI_ENVS)} (default {','.join(S.ENVS)}; "
+                        f"{','.join(S.ATARI_ENVS)}: RLlib's Atari wrappers and CNN, needs ale-py)")
     p.add_argument("--num-envs", type=_list(int), default=None,
                    help="comma list of vector-env sizes (default 1,16,64; --quick 1,16)")
     p.add_argument("--drivers", type=_list(str, S.DRIVERS), default=None,
@@ -242,7 +252,7 @@ def main(argv: Optional[list] = None) -> int:
         if ckpt is not None:
             case_list = C.checkpoint_cases(module, label, args.batches or (C.QUICK_BATCHES if q else C.FULL_BATCHES))
         else:
-            case_list = C.cases(args.ops, args.batches, quick=q)
+            case_list = C.cases(args.ops, args.batches, quick=q, configs=args.configs)
         for c in case_list:
             out.line(f"{c.id}  {c.op} {c.config} B={c.batch}  providers: {','.join(c.providers)}", hang=4)
         out.line(f"sampling drivers: {','.join(S.DRIVERS)}; envs: {','.join(S.ENVS)}", hang=4)
@@ -260,7 +270,7 @@ def main(argv: Optional[list] = None) -> int:
         case_list = C.checkpoint_cases(module, label, args.batches or (C.QUICK_BATCHES if q else C.FULL_BATCHES),
                                        seed=args.seed)
     else:
-        case_list = [] if args.no_ops else C.cases(args.ops, args.batches, quick=q)
+        case_list = [] if args.no_ops else C.cases(args.ops, args.batches, quick=q, configs=args.configs)
     budget = args.budget or (0.1 if q else 0.5)
     blocks = args.blocks or (5 if q else 9)
     clocks = ("host", "device", "graph") if device == "cuda" else ("host",)
@@ -342,7 +352,8 @@ def main(argv: Optional[list] = None) -> int:
                 out.line(f"{d}: {why}", indent=2, hang=2)
         out.line()
         out.line(f"The sampling loop: gym.make_vec(env, num_envs, vectorization_mode='sync') stepped with "
-                 f"the actions of a PPO policy (fcnet_hiddens [256, 256]) on torch threads {args.threads}.")
+                 f"the actions of a PPO policy (fcnet_hiddens [256, 256]; Atari: RLlib's CNN "
+                 f"[[16,4,2],[32,4,2],[64,4,2],[128,4,2]] on 84x84x4 frames) on torch threads {args.threads}.")
         has_ort = any(r["driver"] == "ort-sampling" and "na" not in r for r in samp_rows)
         R.print_legend(out, "Columns:", R.sampling_legend(out.mu, repeats, s_time, has_ort))
     elapsed = time.perf_counter() - t_start

@@ -374,11 +374,41 @@ def eager_lstm_policy(module) -> Callable:
     return step
 
 
+class _EagerCNNPolicy(torch.nn.Module):
+    """What users write for RLlib's CNN policy: ZeroPad2d / Conv2d / activation on the NCHW view of
+    the [B, H, W, C] obs, NHWC flatten, then the pi head (the module's own layers)."""
+
+    def __init__(self, module):
+        super().__init__()
+        from ..models.cnn import cnn_conv_layers
+
+        layers = []
+        for conv, pad, act in cnn_conv_layers(module.encoder.actor):
+            layers += [torch.nn.ZeroPad2d(pad), conv, _ACT[act]()]
+        self.cnn = torch.nn.Sequential(*layers)
+        pis = module.pi.net.linears
+        head_act = _ACT[module.catalog.model_config_dict["head_fcnet_activation"]]
+        self.pi = torch.nn.Sequential(*[m for lin in pis[:-1] for m in (lin, head_act())], pis[-1])
+
+    def forward(self, x):
+        return self.pi(self.cnn(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).flatten(1))
+
+
 def eager_policy(module, device: str = "cpu") -> Callable:
     """The torch-eager peer of ``module.forward_exploration`` + sampling, on the same weights:
     ``nn.Sequential`` + ``torch.distributions`` (Categorical; per component for MultiDiscrete;
-    Normal for Box actions).
-    Returns step(obs_tensor [B, O]) -> (actions, logp) tensors."""
+    Normal for Box actions); a CNN encoder as ``_EagerCNNPolicy``.
+    Returns step(obs_tensor [B, O] or [B, H, W, C]) -> (actions, logp) tensors."""
+    from ..models.cnn import is_cnn_encoder
+
+    if is_cnn_encoder(module.encoder.actor):
+        seq = _EagerCNNPolicy(module)
+        if device != "cpu":
+            import copy
+
+            seq = copy.deepcopy(seq).to(device)
+        sample = _eager_sampler(module, device)
+        return lambda x: sample(seq(x))
     enc = module.encoder.actor.net
     layers = []
     cfg = module.catalog.model_config_dict
@@ -468,9 +498,14 @@ def module_policy_step(module, batch: dict, ctx: Context, cuda_module: Optional[
     dev = _dev(ctx)
     dist_cls = module.get_exploration_action_dist_cls()
 
+    image = getattr(getattr(module, "catalog", None), "encoder_kind", None) == "cnn"
+
     def flat_obs() -> torch.Tensor:
-        if not (isinstance(obs, np.ndarray) and obs.dtype.kind == "f" and obs.ndim == (3 if stateful else 2)):
-            raise Unavailable("the torch-eager peer takes flat float observations (a 1-d Box space)")
+        rank = (3 if stateful else 2) + (2 if image else 0)
+        if not (isinstance(obs, np.ndarray) and obs.dtype.kind == "f" and obs.ndim == rank):
+            raise Unavailable("the torch-eager peer takes float observations of a 1-d Box or an image Box")
+        if image and stateful:
+            raise Unavailable("no torch-eager peer for a CNN -> LSTM policy")
         return torch.from_numpy(obs[:, 0] if stateful else obs)
 
     def lstm_state() -> tuple:
@@ -532,6 +567,10 @@ def module_policy_step(module, batch: dict, ctx: Context, cuda_module: Optional[
         if cuda_module is None:
             raise Unavailable("no CUDA copy of this module was set up")
         m = cuda_module()
+        with forced_backend("triton"):
+            fi = m.fast_path_info()
+        if not fi.get("active"):
+            raise Unavailable(f"no fused triton step for this module: {fi.get('reason')}")
 
         def f():
             out = m.forward_exploration({"obs": torch.from_numpy(obs).to(dev, non_blocking=True)})
@@ -715,9 +754,14 @@ def describe_module(module) -> str:
         if isinstance(s, gym.spaces.MultiDiscrete):
             return f"MultiDiscrete({list(np.asarray(s.nvec).ravel())})"
         return type(s).__name__
-    cfg = getattr(getattr(module, "catalog", None), "model_config_dict", None) or {}
+    cat = getattr(module, "catalog", None)
+    cfg = getattr(cat, "model_config_dict", None) or {}
     arch = ""
-    if "fcnet_hiddens" in cfg:
+    if getattr(cat, "encoder_kind", None) == "cnn":
+        arch = f" CNN {cat.conv_filters}"
+        if cfg.get("use_lstm") or cfg.get("use_gru"):
+            arch += f" {'LSTM' if cfg.get('use_lstm') else 'GRU'} {cfg.get('lstm_cell_size')}"
+    elif "fcnet_hiddens" in cfg:
         arch = f" {list(cfg['fcnet_hiddens'])}"
         if cfg.get("use_lstm"):
             arch += f" LSTM {cfg.get('lstm_cell_size')}"
@@ -806,9 +850,62 @@ _CONFIGS = [
 ]
 
 
-def cases(ops=None, batches=None, quick: bool = False) -> list:
+#: Vision policy steps (issue 14): RLlib's Atari observation (84x84x4 float32 frames in [-1, 1], what
+#: ``wrap_atari_for_new_api_stack(dim=84, framestack=4)`` gives) and Pong's 6 actions; default
+#: batches VISION_BATCHES (the CNNs cost ~12-123 MMAC a frame). Not under --quick.
+VISION_BATCHES = (1, 32)
+ATARI_OBS_SHAPE = (84, 84, 4)
+ATARI_TUNED_FILTERS = [[16, 4, 2], [32, 4, 2], [64, 4, 2], [128, 4, 2]]
+NATURE_FILTERS = [[32, 8, 4], [64, 4, 2], [64, 3, 1]]
+_VISION_CONFIGS = [
+    ("Atari 84x84x4 CNN [[16,4,2],[32,4,2],[64,4,2],[128,4,2]] -> 6", "AtariCNN", ATARI_TUNED_FILTERS),
+    ("Atari 84x84x4 Nature CNN [[32,8,4],[64,4,2],[64,3,1]] -> 6", "NatureCNN", NATURE_FILTERS),
+    ("Atari 84x84x4 RLlib default CNN [[16,8,4],[32,4,2],[256,11,1]] -> 6", "RLlibDefaultCNN", None),
+]
+
+
+def image_module(obs_shape=ATARI_OBS_SHAPE, n_actions: int = 6, conv_filters=None, seed: int = 0, **model_config):
+    """Our PPOTorchRLModule for [H, W, C] float32 frames in [-1, 1] and Discrete(n_actions)
+    (``conv_filters`` None: RLlib's default stack for the size), seeded weights."""
+    import gymnasium as gym
+
+    from .. import RLModuleSpec
+    from ..ppo import PPOCatalog, PPOTorchRLModule
+
+    torch.manual_seed(seed)
+    return RLModuleSpec(module_class=PPOTorchRLModule,
+                        observation_space=gym.spaces.Box(-1.0, 1.0, tuple(obs_shape), np.float32),
+                        action_space=gym.spaces.Discrete(n_actions),
+                        model_config_dict={"conv_filters": conv_filters, **model_config},
+                        catalog_class=PPOCatalog).build()
+
+
+def _vision_policy_step(case: Case, ctx: Context) -> dict:
+    (filters,) = case._params
+    key = ("module", case.config_id, ctx.seed)
+    if key not in ctx._cache:
+        ctx._cache[key] = image_module(conv_filters=filters, seed=ctx.seed)
+    module = ctx._cache[key]
+    obs = np.random.default_rng(ctx.seed).uniform(-1, 1, (case.batch, *ATARI_OBS_SHAPE)).astype(np.float32)
+
+    def on_cuda():
+        ckey = ("module-cuda", case.config_id, ctx.seed)
+        if ckey not in ctx._cache:
+            ctx._cache[ckey] = image_module(conv_filters=filters, seed=ctx.seed).to(_dev(ctx))
+        return ctx._cache[ckey]
+    return module_policy_step(module, {"obs": obs}, ctx, cuda_module=on_cuda)
+
+
+def config_ids() -> list:
+    """Every config id of the registry (the middle part of a case id)."""
+    return list(dict.fromkeys([c[2] for c in _CONFIGS] + [c[1] for c in _VISION_CONFIGS]))
+
+
+def cases(ops=None, batches=None, quick: bool = False, configs=None) -> list:
     """Every case of the registry, filtered: ``ops`` (names from OPS, None = all), ``batches``
-    (None = QUICK_BATCHES or FULL_BATCHES), ``quick`` (only the configs marked quick)."""
+    (None = QUICK_BATCHES or FULL_BATCHES; the vision cases: VISION_BATCHES), ``quick`` (only
+    the configs marked quick; no vision cases), ``configs`` (config ids, None = all)."""
+    given = batches
     ops = list(OPS) if ops is None else list(ops)
     bad = [o for o in ops if o not in OPS]
     if bad:
@@ -823,4 +920,10 @@ def cases(ops=None, batches=None, quick: bool = False) -> list:
         provs = OP_PROVIDERS[op]
         for b in batches:
             out.append(Case(op, label, cid, int(b), provs, None, params))
+    if "policy_step" in ops and not quick:
+        for label, cid, filters in _VISION_CONFIGS:
+            for b in (VISION_BATCHES if given is None else batches):
+                out.append(Case("policy_step", label, cid, int(b), POLICY_PROVIDERS, _vision_policy_step, (filters,)))
+    if configs is not None:
+        out = [c for c in out if c.config_id in set(configs)]
     return out

@@ -11,6 +11,8 @@ Drivers (one row each, per env id and number of envs):
                        ``RLMODULE_FAST_BACKEND=cpp``: one fused call returns the actions
 ``ort-sampling``       the same layers exported to ONNX and run by ONNX Runtime (one intra-op
                        thread), actions sampled in numpy (needs onnxruntime and onnx)
+``rllib-module``       RLlib's own ``DefaultPPOTorchRLModule`` (same weights) in the same loop:
+                       ``forward_exploration`` + its distribution's ``sample`` (needs ray[rllib])
 ``rllib-runner``       RLlib's ``SingleAgentEnvRunner.sample(num_timesteps=N, explore=True)``
                        with its ``DefaultPPOTorchRLModule`` (needs ray[rllib]; CartPole only)
 ``rllib-runner-fast``  the same runner with ``rlmodule_fast.rllib.FastPPOTorchRLModule``
@@ -18,7 +20,11 @@ Drivers (one row each, per env id and number of envs):
 
 The env is ``gym.make_vec(env_id, num_envs=n, vectorization_mode="sync")`` (what RLlib's env
 runner builds), autoreset on; the module is ``PPOTorchRLModule`` with ``fcnet_hiddens``
-[256, 256] (tanh). Each driver runs ``repeats`` timed stretches of about ``time_s`` seconds,
+[256, 256] (tanh). Atari (``ATARI_ENVS``, opt-in with ``--envs ALE/Pong-v5``; needs ale-py,
+opencv-python-headless and ray[rllib]): each env wrapped by RLlib's
+``wrap_atari_for_new_api_stack(dim=84, framestack=4)`` (84x84x4 float32 frames, frameskip 4),
+the module RLlib's CNN with the Atari stack ``cases.ATARI_TUNED_FILTERS``. ``rf-fast`` is n/a
+while the module's step is not fused (``fast_path_info()`` says why). Each driver runs ``repeats`` timed stretches of about ``time_s`` seconds,
 interleaved with the other drivers; the median rate is reported. RLlib runners are built by
 ``rlmodule_fast.rllib.bench._runner`` (the env-runner benchmark of the interop package).
 """
@@ -32,10 +38,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .cases import eager_policy, forced_backend, ppo_module, ray_status
+from .cases import (
+    ATARI_TUNED_FILTERS, Unavailable, _rllib_module, eager_policy, forced_backend, image_module, ppo_module, ray_status,
+)
 
-DRIVERS = ("env-alone", "torch-eager", "rf-torch", "rf-fast", "ort-sampling", "rllib-runner", "rllib-runner-fast")
+DRIVERS = ("env-alone", "torch-eager", "rf-torch", "rf-fast", "ort-sampling", "rllib-module", "rllib-runner",
+           "rllib-runner-fast")
 ENVS = ("CartPole-v1", "Pendulum-v1")
+#: opt-in env ids (not in the default run), wrapped as RLlib's Atari examples do
+ATARI_ENVS = ("ALE/Pong-v5",)
 #: the project's targets for rf-fast (CartPole, 4 -> [256, 256] -> 2, one thread): env steps/s;
 #: recorded in the JSON rows ("goal"), not printed
 GOALS = {("CartPole-v1", 1): 40_000, ("CartPole-v1", 16): 110_000}
@@ -44,7 +55,22 @@ GOALS = {("CartPole-v1", 1): 40_000, ("CartPole-v1", 16): 110_000}
 def _vec_env(env_id: str, n: int):
     import gymnasium as gym
 
+    if env_id in ATARI_ENVS:
+        import ale_py  # noqa: F401 -- ImportError: the rows say n/a
+        from ray.rllib.env.wrappers.atari_wrappers import wrap_atari_for_new_api_stack
+
+        gym.register_envs(ale_py)
+        return gym.make_vec(env_id, num_envs=n, vectorization_mode="sync",
+                            wrappers=[lambda e: wrap_atari_for_new_api_stack(e, dim=84, framestack=4)],
+                            frameskip=1, repeat_action_probability=0.0, full_action_space=False)
     return gym.make_vec(env_id, num_envs=n, vectorization_mode="sync")
+
+
+def _module(env_id: str, seed: int):
+    """The policy of the loop: RLlib's Atari CNN for ATARI_ENVS, else the [256, 256] MLP."""
+    if env_id in ATARI_ENVS:
+        return image_module((84, 84, 4), 6, ATARI_TUNED_FILTERS, seed=seed)
+    return ppo_module(env_id, seed=seed)
 
 
 def _drivers(env, module, names, seed: int, na: dict) -> dict:
@@ -77,8 +103,25 @@ def _drivers(env, module, names, seed: int, na: dict) -> dict:
             return dist_cls.from_logits(logits).sample().numpy()
         out["rf-torch"] = (rf_torch, lambda: forced_backend("torch"))
     if "rf-fast" in names:
-        out["rf-fast"] = (lambda obs: module.forward_exploration({"obs": obs})["actions"].numpy(),
-                          lambda: forced_backend("cpp"))
+        with forced_backend("cpp"):
+            fi = module.fast_path_info()
+        if fi.get("active"):
+            out["rf-fast"] = (lambda obs: module.forward_exploration({"obs": obs})["actions"].numpy(),
+                              lambda: forced_backend("cpp"))
+        else:  # forward_exploration would run the torch layers: that is rf-torch, not a fused row
+            na["rf-fast"] = f"no fused cpp step for this module: {fi.get('reason')}"
+    if "rllib-module" in names:
+        try:
+            rm = _rllib_module(module)
+        except Unavailable as e:
+            na["rllib-module"] = str(e)
+        else:
+            rcls = rm.get_exploration_action_dist_cls()
+
+            def rllib_module(obs):
+                logits = rm.forward_exploration({"obs": torch.from_numpy(obs)})["action_dist_inputs"]
+                return rcls.from_logits(logits).sample().numpy()
+            out["rllib-module"] = (rllib_module, None)
     if "ort-sampling" in names:
         from .ort import OrtPolicy, OrtUnavailable
 
@@ -176,7 +219,15 @@ def run(env_ids=ENVS, num_envs=(1, 16), drivers=DRIVERS, *, time_s: float = 0.5,
     goes)} or with "na": reason instead of the rates."""
     rows = []
     for env_id in env_ids:
-        module = ppo_module(env_id, seed=seed)
+        try:
+            module = _module(env_id, seed)
+            env = _vec_env(env_id, num_envs[0])
+            env.close()
+        except Exception as e:  # e.g. ale-py / ray missing for an Atari env: every row says why
+            why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+            rows += [{"env": env_id, "num_envs": n, "driver": d, "goal": None, "na": why}
+                     for n in num_envs for d in drivers]
+            continue
         for n in num_envs:
             env = _vec_env(env_id, n)
             obs, _ = env.reset(seed=seed)
@@ -229,8 +280,8 @@ def count_steps(env_ids, num_envs, drivers, repeats: int) -> int:
     """Progress-bar units of ``run`` (timed stretches of in-process drivers)."""
     from .ort import ort_status
 
-    local = [d for d in drivers if not d.startswith("rllib") and (d != "ort-sampling" or ort_status()[0])]
+    local = [d for d in drivers if not d.startswith("rllib-runner") and (d != "ort-sampling" or ort_status()[0])]
     return len(env_ids) * len(num_envs) * len(local) * repeats
 
 
-__all__ = ["DRIVERS", "ENVS", "GOALS", "count_steps", "run"]
+__all__ = ["ATARI_ENVS", "DRIVERS", "ENVS", "GOALS", "count_steps", "run"]

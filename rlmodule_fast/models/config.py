@@ -9,6 +9,7 @@ import reprlib
 from typing import Any, Mapping
 
 from ..ops.reference import canonical_activation
+from .cnn import validate_conv_filters
 
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 80
@@ -32,6 +33,9 @@ DEFAULTS: dict[str, Any] = {
     "use_gru": False,
     "lstm_cell_size": 256,
     "max_seq_len": 20,
+    # image observations ([H, W, C] Box): RLlib's CNN encoder (models/cnn.py)
+    "conv_filters": None,
+    "conv_activation": "relu",
 }
 
 #: alias -> canonical key
@@ -92,6 +96,8 @@ def resolve_model_config(user: Mapping[str, Any] | None) -> dict:
     cfg["head_fcnet_hiddens"] = _sizes("head_fcnet_hiddens", cfg["head_fcnet_hiddens"])
     cfg["fcnet_activation"] = canonical_activation(cfg["fcnet_activation"], what="model config 'fcnet_activation'")
     cfg["head_fcnet_activation"] = canonical_activation(cfg["head_fcnet_activation"], what="model config 'head_fcnet_activation'")
+    cfg["conv_filters"] = validate_conv_filters(cfg["conv_filters"])
+    cfg["conv_activation"] = canonical_activation(cfg["conv_activation"], what="model config 'conv_activation'")
     for key in ("vf_share_layers", "free_log_std", "use_lstm", "use_gru"):
         cfg[key] = _bool(key, cfg[key])
     if cfg["use_lstm"] and cfg["use_gru"]:

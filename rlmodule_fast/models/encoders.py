@@ -96,16 +96,19 @@ class TorchMLPEncoder(nn.Module):
 
 
 class TorchRNNEncoder(nn.Module):
-    """Tokenizer MLP, then a 1-layer LSTM (``self.lstm``) or GRU (``self.gru``), batch-major.
+    """Tokenizer MLP (or the given ``tokenizer``, e.g. a ``models.cnn.TorchCNNEncoder``), then a
+    1-layer LSTM (``self.lstm``) or GRU (``self.gru``), batch-major.
 
-    forward(x [B, T, D], state {"h": [B, 1, H](, "c")}) -> (out [B, T, H], state_out same layout).
+    forward(x [B, T, D] (CNN tokenizer: [B, T, H, W, C]), state {"h": [B, 1, H](, "c")})
+    -> (out [B, T, H], state_out same layout).
     """
 
-    def __init__(self, input_dim: int, hiddens: list[int], activation: str, cell_size: int, kind: str):
+    def __init__(self, input_dim: int, hiddens: list[int], activation: str, cell_size: int, kind: str,
+                 tokenizer: Optional[nn.Module] = None):
         super().__init__()
         self.kind = kind
         self.cell_size = cell_size
-        self.tokenizer = TorchMLPEncoder(input_dim, hiddens, activation)
+        self.tokenizer = tokenizer if tokenizer is not None else TorchMLPEncoder(input_dim, hiddens, activation)
         rnn_cls = nn.LSTM if kind == "lstm" else nn.GRU
         setattr(self, kind, rnn_cls(self.tokenizer.output_dim, cell_size, batch_first=True))
         self.output_dim = cell_size

@@ -5,6 +5,8 @@ Batches are batch-major. MLP: obs [B, *obs_shape]. LSTM/GRU (``use_lstm`` / ``us
 ``forward_train`` takes obs [B, T, *obs_shape] and ``state_in`` {"h": [B, 1, H](, "c")}
 (nested {"actor": ..., "critic": ...} with ``vf_share_layers=False``); stepping takes obs
 [B, 1, *obs_shape] or [B, *obs_shape] (read as T=1; outputs then have no T axis).
+Image observations (a [H, W, C] Box) go to RLlib's CNN encoder channel-last, unflattened; uint8
+frames are cast to float (values kept, no scaling: RLlib's Atari wrappers scale in the env).
 
 Fast path: under ``backend="auto"`` (or ``RLMODULE_FAST_BACKEND``) ``forward_exploration`` /
 ``forward_inference`` run encoder, pi head and sampling in one backend call (cpp for CPU,
@@ -50,6 +52,7 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             self.vf = cat.build_vf_head("torch")
         self.action_dist_cls = cat.action_dist_cls
         self._recurrent = cat.recurrent_kind
+        self._image = cat.encoder_kind == "cnn"
         self._obs_rank = obs_lead_dims(self.observation_space)
         # [B, D] batches of a feed-forward module with a 1-D Box observation: the env-runner hot path
         self._flat_step = isinstance(self.observation_space, gym.spaces.Box) and self._obs_rank == 1 \
@@ -116,9 +119,13 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
 
     # ---- the torch layers -----------------------------------------------------------------------
     def _features(self, obs: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """Flattened float features [B, (T,) D] and whether a T=1 axis was added."""
+        """Float features [B, (T,) D] (images: [B, (T,) H, W, C], not flattened) and whether a T=1
+        axis was added."""
         n_lead = obs.dim() - self._obs_rank
-        x = flatten_obs(obs, self.observation_space, n_lead, self._float_dtype())
+        if self._image:  # [*lead, H, W, C] as it is: the CNN reads channel-last images
+            x = obs.to(self._float_dtype())
+        else:
+            x = flatten_obs(obs, self.observation_space, n_lead, self._float_dtype())
         if self._recurrent and n_lead == 1:
             return x.unsqueeze(1), True
         return x, False
@@ -201,11 +208,14 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         naming the part when a layer is not one the fused step runs (e.g. a catalog subclass
         whose ``build_pi_head`` returns its own module): the torch forward runs then."""
         from ..fastpath import EncoderLayers, PolicyLayers
+        from ..models.cnn import is_cnn_encoder
         from ..models.heads import TorchFreeLogStdMLPHead, TorchMLPHead
 
         fusable_heads = (TorchMLPHead, TorchFreeLogStdMLPHead)
 
         def enc(e, what: str) -> EncoderLayers:
+            if is_cnn_encoder(e):  # models.cnn.cnn_conv_layers(e) describes its convs for a conv stage
+                raise ValueError(f"{what}: conv encoder: not fused in this build")
             try:
                 if self._recurrent:
                     return EncoderLayers(mlp=e.tokenizer.net.linears, activation=e.tokenizer.activation, rnn=e.rnn)
@@ -313,6 +323,10 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
 def _check_finite_obs(obs: torch.Tensor) -> None:
     """ValueError naming the first row of ``obs`` with a NaN or inf (the fused step's message)."""
     if obs.numel() == 0:
+        return
+    # One reduction first (an isfinite pass costs ~15x a sum on an Atari batch); a sum that is not
+    # finite (a NaN / inf, or finite values overflowing) goes to the exact per-row check.
+    if bool(torch.isfinite(obs.sum())):
         return
     finite = torch.isfinite(obs.reshape(obs.shape[0], -1) if obs.dim() else obs.reshape(1, 1)).all(dim=-1)
     if not bool(finite.all()):

@@ -48,11 +48,11 @@ _MUST_BE = {
     "lstm_use_prev_reward": False,
     "use_attention": False,
 }
-# Keys that only matter when building fresh weights (initializers) or for inputs these modules
-# never see (conv nets run only on image observations, which the state check below refuses);
-# the loaded weights make them irrelevant.
+# Keys that only matter when building fresh weights (initializers) or for models other than
+# PPO's (fusion nets); the loaded weights make them irrelevant. (conv_filters / conv_activation
+# are model keys of ours: image observations get RLlib's CNN encoder.)
 _IRRELEVANT_SUFFIXES = ("_initializer", "_initializer_kwargs", "_initializer_config")
-_IRRELEVANT = {"conv_filters", "conv_activation", "fusionnet_hiddens", "fusionnet_activation",
+_IRRELEVANT = {"fusionnet_hiddens", "fusionnet_activation",
                "_disable_preprocessor_api", "_disable_action_flattening"}
 
 # Messages show file data through these (and ``_pickle._describe``): by type and size, names cut
@@ -84,8 +84,8 @@ def _cut(e: BaseException) -> str:
 def rllib_model_config(cfg: Any, *, source: str = "model_config") -> dict:
     """Our model config from RLlib's (a dict, a ``DefaultModelConfig``, or its pickle record).
 
-    Keys we implement are kept (and validated by our config code when the module is built);
-    initializer / conv / fusion keys are dropped (the weights are loaded, not initialised);
+    Keys we implement are kept (``conv_filters`` and ``conv_activation`` included; validated by
+    our config code when the module is built); initializer / fusion keys are dropped (the weights are loaded, not initialised);
     architecture keys we do not implement (layer norm, prev-action/reward inputs, attention) are a
     ValueError unless they hold RLlib's default; any other key (RLlib ignores unknown keys) is
     dropped with a warning naming it.
@@ -242,7 +242,8 @@ def load_rllib_checkpoint(path: PathLike, *, module_id: str = DEFAULT_MODULE_ID,
     holding one under ``module_id`` (Algorithm: the learner's module). ``inference_only``:
     build without value function (default: as the checkpoint says).
 
-    Supported: MLP and LSTM encoders, shared or separate value encoder, ``Box`` observations,
+    Supported: MLP, CNN (image ``[H, W, C]`` observations) and LSTM (over an MLP or CNN tokenizer)
+    encoders, shared or separate value encoder, 1-D and image ``Box`` observations,
     ``Discrete`` / ``MultiDiscrete`` / ``Box`` actions. The pickles are read with a restricted
     unpickler (numpy arrays, gymnasium spaces, builtins): a file naming any other class or
     function raises ``UnsafeCheckpointError`` naming the file and the global, and runs nothing.

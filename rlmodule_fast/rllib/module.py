@@ -23,7 +23,8 @@ parameters' versions on each call, so the weights RLlib's learner syncs into env
 (``set_state`` -> ``load_state_dict``, an in-place copy) are used by the next step.
 
 When the fused step cannot run (no C++ backend here, a CUDA module, an observation or action
-space it does not support, ``RLMODULE_FAST_BACKEND=torch``) the module runs RLlib's torch forward
+space it does not support, a CNN encoder (image observations: not fused in this build),
+``RLMODULE_FAST_BACKEND=torch``) the module runs RLlib's torch forward
 instead; :meth:`fast_path_info` says which path runs and why.
 
 Layouts (RLlib's): MLP obs [B, D]; LSTM obs [B, 1, D] with ``state_in`` {"h", "c"} each
@@ -43,6 +44,7 @@ from ray.rllib.core.columns import Columns
 
 from ..core.torch_rl_module import WeightsLockMixin
 from ..fastpath import EncoderLayers, PolicyLayers, fused_plan, mark_unfusable, refresh, unfusable_reason
+from ..models.cnn import is_cnn_encoder
 from ..models.config import resolve_model_config
 from ..ops import dispatch
 from .convert import rllib_model_config
@@ -102,6 +104,9 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
             dist, sizes = "diag_gaussian", [int(space.shape[0])]
         else:
             raise ValueError(f"action space {space} is not supported by the fused step")
+        if is_cnn_encoder(self.encoder.encoder if hasattr(self.encoder, "encoder") else self.encoder.actor_encoder):
+            # models.cnn.cnn_conv_layers reads RLlib's conv stack too (the same layout as ours)
+            raise ValueError("encoder: conv encoder: not fused in this build")
         obs = self.observation_space
         if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1):
             raise ValueError(f"observation space {obs} is not supported by the fused step (1-D Box only)")

@@ -91,8 +91,9 @@ def _child(args) -> int:  # noqa: C901 -- one closure-heavy generator, kept in o
 
     makers = {
         "mlp": lambda: ppo(box4, gym.spaces.Discrete(3), fcnet_hiddens=[8, 6]),
-        "lstm": lambda: ppo(gym.spaces.Box(-1.0, 1.0, (2, 3), np.float32), gym.spaces.Box(-2.0, 2.0, (2,), np.float32),
-                            use_lstm=True, lstm_cell_size=4, fcnet_hiddens=[5], vf_share_layers=False),
+        # an image (CNN tokenizer -> LSTM): a 2-D Box is RLlib's ValueError since issue 14
+        "lstm": lambda: ppo(gym.spaces.Box(-1.0, 1.0, (6, 5, 2), np.float32), gym.spaces.Box(-2.0, 2.0, (2,), np.float32),
+                            use_lstm=True, lstm_cell_size=4, conv_filters=[[3, 3, 2]], vf_share_layers=False),
         "gru": lambda: ppo(gym.spaces.Discrete(5), gym.spaces.MultiDiscrete([2, 3]), use_gru=True, lstm_cell_size=3,
                            fcnet_hiddens=[4], head_fcnet_hiddens=[3]),
         "custom": lambda: FuzzCustomModule(observation_space=box4, action_space=gym.spaces.Discrete(2),
