@@ -401,3 +401,28 @@ def test_catalog_builds_rllib_heads():
     assert cat.build_af_head().net.linears[-1].out_features == 12
     assert cat.build_vf_head().net.linears[-1].out_features == 1
     assert math.isclose(cat.dqn_config["v_max"], 4.0)
+
+
+def test_image_observations_use_rllibs_cnn():
+    """[H, W, C] observations: RLlib's CNN encoder (same names and shapes as RLlib's DQN module),
+    run by the torch layers (not fused), which fast_path_info says after one warning."""
+    img = gym.spaces.Box(0.0, 1.0, (10, 10, 3), np.float32)
+    cfg = dict(conv_filters=[[4, [3, 3], 2], [8, [3, 3], 2]], num_atoms=1)
+    m = build(img, n=4, **cfg)
+    obs = np.random.default_rng(0).uniform(0, 1, (6, 10, 10, 3)).astype(np.float32)
+    with pytest.warns(UserWarning, match="conv encoders are not fused"):
+        out = m.forward_inference({"obs": obs})
+    with torch.no_grad():
+        q = m.compute_q_values({"obs": torch.from_numpy(obs)})["qf_preds"]
+    assert torch.equal(out["action_dist_inputs"], q) and torch.equal(out["actions"], q.argmax(-1))
+    info = m.fast_path_info()
+    assert not info["active"] and "conv" in info["reason"]
+    pytest.importorskip("ray.rllib")
+    from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQNTorchRLModule
+
+    theirs = DefaultDQNTorchRLModule(observation_space=img, action_space=gym.spaces.Discrete(4), model_config=config(**cfg))
+    assert {k: tuple(v.shape) for k, v in theirs.state_dict().items()} == {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    m.set_state(theirs.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(m.compute_q_values({"obs": torch.from_numpy(obs)})["qf_preds"],
+                                   theirs.compute_q_values({"obs": torch.from_numpy(obs)})["qf_preds"])

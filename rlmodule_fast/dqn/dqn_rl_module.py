@@ -5,8 +5,9 @@ Layers (RLlib's names): ``encoder`` (MLP over the flattened observation), ``af``
 when dueling, else the Q head; ``A * num_atoms`` outputs), ``vf`` (dueling value head, 1 output);
 after ``make_target_networks()``: ``_target_encoder``, ``_target_af`` (, ``_target_vf``).
 
-Shapes: obs [B, *obs_shape] (Discrete obs: [B] indices, one-hot encoded); action-masking Dict
-observations {"action_mask": [B, A] of 0/1, "observations": [B, ...]}.
+Shapes: obs [B, *obs_shape] (Discrete obs: [B] indices, one-hot encoded; [H, W, C] image Boxes:
+RLlib's CNN encoder, channel-last, run by the torch layers: the fused step has no conv stage);
+action-masking Dict observations {"action_mask": [B, A] of 0/1, "observations": [B, ...]}.
 
 - ``compute_q_values(batch)`` -> {"qf_preds": [B, A]} (distributional, num_atoms N > 1: also
   "atoms" [N], "qf_logits" [B, A, N], "qf_probs" [B, A, N]), differentiable, as RLlib's.
@@ -98,6 +99,7 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         self._num_actions = int(self.action_space.n)
         # [B, D] batches of a 1-D Box observation go to the fused step as they are
         self._flat_box = isinstance(self._enc_space, gym.spaces.Box) and self._obs_rank == 1
+        self._image = getattr(cat, "encoder_kind", "mlp") == "cnn"  # RLlib's CNN over [H, W, C] images
 
     # ---- RLlib's API mixins ---------------------------------------------------------------------
     def get_non_inference_attributes(self) -> list[str]:
@@ -189,7 +191,11 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
     def _features(self, obs: torch.Tensor) -> torch.Tensor:
         """[B, *obs_shape] -> [B, D] in the layers' dtype, on their device (Discrete: one-hot)."""
         w = self.af.net.linears[0].weight
-        x = flatten_obs(torch.as_tensor(obs), self._enc_space, obs.dim() - self._obs_rank, w.dtype)
+        obs = torch.as_tensor(obs)
+        if self._image:  # [B, H, W, C] as it is: the CNN reads channel-last images
+            x = obs.to(w.dtype)
+        else:
+            x = flatten_obs(obs, self._enc_space, obs.dim() - self._obs_rank, w.dtype)
         return x if x.device == w.device else x.to(w.device)
 
     def _qf_forward_helper(self, batch: dict, encoder: nn.Module, head: Any) -> dict:
@@ -277,7 +283,7 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         cfg = self.catalog.model_config_dict
         if not isinstance(self.encoder, TorchMLPEncoder):
             raise ValueError(f"encoder: a {type(self.encoder).__name__} is not an encoder the fused step runs "
-                             "(DQNCatalog's MLP encoder)")
+                             "(DQNCatalog's MLP encoder; conv encoders are not fused in this build)")
         for name in ("af", "vf") if self.uses_dueling else ("af",):
             h = getattr(self, name)
             if type(h) is not TorchMLPHead or h.clip_log_std:
