@@ -18,6 +18,8 @@ import rlmodule_fast as rf
 from rlmodule_fast.dqn import FLOAT_MIN, DQNCatalog, DQNTorchRLModule, EpsilonSchedule
 
 TOL = dict(rtol=2e-5, atol=2e-5)
+# the 2-D Box case is flattened into the MLP on purpose (models.catalog says so with this warning)
+pytestmark = pytest.mark.filterwarnings("ignore::rlmodule_fast.models.catalog.FlattenedObservationWarning")
 BOX5 = gym.spaces.Box(-1.0, 1.0, (5,), np.float32)
 
 # (dueling, double_q, num_atoms)
