@@ -334,6 +334,18 @@ def test_nan_obs_and_bad_mask_raise(backend, monkeypatch):
         mm.forward_inference({"obs": {"observations": sample_obs(BOX5, 2), "action_mask": mask}})
 
 
+def test_any_layout_of_obs(monkeypatch):
+    """Strided, transposed, reversed, float64 and tensor observations give the same Q-values."""
+    m = build()
+    base = sample_obs(BOX5, 6)
+    want = m.forward_inference({"obs": base})["action_dist_inputs"]
+    wide = np.zeros((6, 9), np.float32)
+    wide[:, 2:7] = base
+    for obs in (wide[:, 2:7], np.ascontiguousarray(base.T).T, base[::-1][::-1], base[::-1].copy()[::-1],
+                base.astype(np.float64), torch.from_numpy(base).t().contiguous().t()):
+        torch.testing.assert_close(m.forward_inference({"obs": obs})["action_dist_inputs"], want, **TOL)
+
+
 def test_fused_step_sees_weight_updates():
     m = build(fcnet_hiddens=[16])
     obs = sample_obs(BOX5, 9)

@@ -212,7 +212,7 @@ class QNetPlan:
             obs = np.asarray(obs, dtype=np.float32)
         if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
             raise ValueError(f"obs: expected shape [B, {self.obs_dim}], got {tuple(obs.shape)}")
-        if obs.shape[0] > 1 and obs.strides[1] != 4:
+        if not obs.flags.c_contiguous:  # sliced, transposed, negative or zero strides
             obs = np.ascontiguousarray(obs)
         return obs
 
@@ -228,9 +228,9 @@ class QNetPlan:
     def step(self, obs, mask, epsilon: float, deterministic: bool) -> tuple:
         if self._gen != _STRUCTURE_GEN[0] or self._stamp_of(self._params) != self._packed:
             self._repack()
-        if type(obs) is not np.ndarray or obs.dtype != _F32 or obs.ndim != 2:
+        if type(obs) is not np.ndarray or obs.dtype != _F32 or obs.ndim != 2 or not obs.flags.c_contiguous:
             obs = self._obs(obs)
-        elif obs.shape[1] != self.obs_dim:  # the common case: an env's float32 batch (_C checks strides)
+        elif obs.shape[1] != self.obs_dim:  # the common case: an env's contiguous float32 batch
             raise ValueError(f"obs: expected shape [B, {self.obs_dim}], got {tuple(obs.shape)}")
         if mask is not None:
             mask = self._mask(mask)
