@@ -440,3 +440,22 @@ def test_image_observations_use_rllibs_cnn():
     with torch.no_grad():
         torch.testing.assert_close(m.compute_q_values({"obs": torch.from_numpy(obs)})["qf_preds"],
                                    theirs.compute_q_values({"obs": torch.from_numpy(obs)})["qf_preds"])
+
+
+def test_set_state_while_stepping_never_tears():
+    """set_state from another thread (an env runner receiving weights) while the fused step runs:
+    every result is all-old or all-new weights (the plan repacks under the module's weights_lock)."""
+    from test_concurrency import race
+
+    m = build(fcnet_hiddens=[64, 64])
+    obs = sample_obs(BOX5, 8)
+    s0 = {k: v.clone() for k, v in m.get_state().items()}
+    s1 = {k: (v * 1.5 if k.endswith(("weight", "bias")) else v.clone()) for k, v in s0.items()}
+    outs = []
+    for s in (s0, s1):
+        m.set_state(s)
+        outs.append(m.forward_inference({"obs": obs})["action_dist_inputs"])
+    assert not torch.equal(outs[0], outs[1])
+    steps, torn = race(lambda: m.forward_inference({"obs": obs})["action_dist_inputs"],
+                       lambda i: m.set_state(s1 if i % 2 == 0 else s0), outs, seconds=1.0)
+    assert steps > 10 and torn == 0
