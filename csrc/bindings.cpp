@@ -171,6 +171,40 @@ void pack_mlp(const char* fn, PackedMLP& m, const std::vector<LayerDesc>& layers
     }
 }
 
+// Optional spec[key] (absent or None: no norms): per layer of m, None or (gamma_ptr, beta_ptr,
+// eps) of an nn.LayerNorm over that layer's N outputs; a 0 pointer means ones / zeros.
+void pack_norms(const char* fn, PackedMLP& m, const py::dict& s, const char* key) {
+    m.norms.clear();
+    if (!s.contains(key) || s[key].is_none()) return;
+    auto lst = s[key].cast<std::vector<py::object>>();
+    if (lst.size() != m.layers.size())
+        fail(fn, key, "expected one entry per layer (" + std::to_string(m.layers.size()) + "), got " +
+                          std::to_string(lst.size()));
+    m.norms.resize(lst.size());
+    for (size_t i = 0; i < lst.size(); ++i) {
+        if (lst[i].is_none()) continue;
+        auto [gp, bp, eps] = lst[i].cast<std::tuple<uint64_t, uint64_t, float>>();
+        if (!(eps >= 0.0f) || !std::isfinite(eps))
+            fail(fn, std::string(key) + "[" + std::to_string(i) + "].eps", "expected a finite eps >= 0");
+        PackedNorm& nm = m.norms[i];
+        const PackedLinear& L = m.layers[i];
+        nm.on = true;
+        nm.N = L.N;
+        nm.eps = eps;
+        const size_t np = size_t(L.padded_n());
+        nm.g.resize(np);
+        nm.b.resize(np);
+        std::memset(nm.g.p, 0, sizeof(float) * np);
+        std::memset(nm.b.p, 0, sizeof(float) * np);
+        const float* g = P<const float>(gp);
+        const float* b = P<const float>(bp);
+        for (int j = 0; j < L.N; ++j) {
+            nm.g.p[j] = g ? g[j] : 1.0f;
+            nm.b.p[j] = b ? b[j] : 0.0f;
+        }
+    }
+}
+
 void pack_rnn(const char* fn, PackedRNN& R, const RnnDesc& d, const char* what = "rnn") {
     check_rnn_desc(fn, d, what);
     auto [kind, I, H, wih, ldi, whh, ldh, bih, bhh] = d;
@@ -376,17 +410,21 @@ PolicyNet build_policy(const py::dict& s) {
     check_dim(fn, "obs_dim", n.obs_dim);
     pack_mlp(fn, n.actor_mlp, item(s, "actor_mlp").cast<std::vector<LayerDesc>>(), item(s, "actor_acts").cast<std::vector<int>>(),
              n.obs_dim, true, "actor_mlp");
+    pack_norms(fn, n.actor_mlp, s, "actor_norms");
     if (!item(s, "actor_rnn").is_none()) { n.actor_rnn_on = true; pack_rnn(fn, n.actor_rnn, item(s, "actor_rnn").cast<RnnDesc>(), "actor_rnn"); }
     n.critic_on = item(s, "critic_on").cast<bool>();
     if (n.critic_on) {
         pack_mlp(fn, n.critic_mlp, item(s, "critic_mlp").cast<std::vector<LayerDesc>>(), item(s, "critic_acts").cast<std::vector<int>>(),
                  n.obs_dim, true, "critic_mlp");
+        pack_norms(fn, n.critic_mlp, s, "critic_norms");
         if (!item(s, "critic_rnn").is_none()) { n.critic_rnn_on = true; pack_rnn(fn, n.critic_rnn, item(s, "critic_rnn").cast<RnnDesc>(), "critic_rnn"); }
     }
     pack_mlp(fn, n.pi, item(s, "pi").cast<std::vector<LayerDesc>>(), item(s, "pi_acts").cast<std::vector<int>>(), -1, false, "pi");
+    pack_norms(fn, n.pi, s, "pi_norms");
     if (!item(s, "vf").is_none()) {
         n.vf_on = true;
         pack_mlp(fn, n.vf, item(s, "vf").cast<std::vector<LayerDesc>>(), item(s, "vf_acts").cast<std::vector<int>>(), -1, false, "vf");
+        pack_norms(fn, n.vf, s, "vf_norms");
         RF_CHECK(!n.vf.layers.empty() && n.vf.out_dim() == 1, "vf head must end in one output");
     }
     // defensive shape checks (fastpath.py validates first): every pointer walk stays in bounds

@@ -190,9 +190,19 @@ struct PackedLinear {
 };
 
 // A stack of packed layers with an activation after each.
+// nn.LayerNorm over a layer's N outputs (between the layer and its activation): gamma / beta
+// zero-padded to the layer's padded width, so padded columns stay 0 after the norm.
+struct PackedNorm {
+    bool on = false;
+    int N = 0;
+    float eps = 1e-5f;
+    AlignedBuf g, b;
+};
+
 struct PackedMLP {
     std::vector<PackedLinear> layers;
     std::vector<int> acts;
+    std::vector<PackedNorm> norms;  // empty, or one per layer (off: no norm after that layer)
     bool keep_rows = false;  // every layer keeps a row-major copy (PackedLinear::keep_rows)
     int in_dim() const { return layers.empty() ? 0 : layers.front().K; }
     int out_dim() const { return layers.empty() ? 0 : layers.back().N; }

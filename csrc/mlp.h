@@ -152,8 +152,50 @@ static RF_T void gemm_packed(const float* X, int64_t ldx, int rows, const Packed
     }
 }
 
+static RF_AI RF_T float hsum_store(reg v) {
+    alignas(64) float t[V::W];
+    V::store(t, v);
+    float s = 0.0f;
+    for (int i = 0; i < V::W; ++i) s += t[i];
+    return s;
+}
+
+// Layer norm of `rows` rows of Y (the layer's pre-activations, padded to np columns, zero past
+// N), as torch's nn.LayerNorm: mean and biased variance over the N columns (two passes), eps
+// inside the square root; then gamma, beta and the activation over the padded row (gamma and
+// beta are zero past N, so the padded columns stay act(0) = 0). NaN/inf propagate.
+static RF_T void layernorm_rows(const PackedNorm& nm, float* Y, int64_t ldy, int rows, int np, int act) {
+    const int N = nm.N;
+    const int nv = N / V::W * V::W;
+    const float inv_n = 1.0f / float(N);
+    for (int r = 0; r < rows; ++r) {
+        float* y = Y + r * ldy;
+        reg acc = V::zero();
+        int j = 0;
+        for (; j < nv; j += V::W) acc = V::add(acc, V::load(y + j));
+        float sum = hsum_store(acc);
+        for (; j < N; ++j) sum += y[j];
+        const float mean = sum * inv_n;
+        const reg m = V::set1(mean);
+        acc = V::zero();
+        for (j = 0; j < nv; j += V::W) {
+            reg d = V::sub(V::load(y + j), m);
+            acc = V::fmadd(d, d, acc);
+        }
+        float ss = hsum_store(acc);
+        for (; j < N; ++j) ss += (y[j] - mean) * (y[j] - mean);
+        const reg rs = V::set1(1.0f / std::sqrt(ss * inv_n + nm.eps));
+        for (j = 0; j < np; j += V::W) {
+            reg x = V::mul(V::sub(V::load(y + j), m), rs);
+            V::store(y + j, V::fmadd(x, V::load(nm.g.p + j), V::load(nm.b.p + j)));
+        }
+        act_inplace(y, np, act);
+    }
+}
+
 // Runs the MLP on `rows` rows of X. buf0/buf1: scratch of rows*ldb floats each, ldb >= every
 // layer's padded width. Returns the buffer holding the output ([rows, ldb], N_L valid columns).
+// A layer with a norm runs GEMM + bias, then layernorm_rows (norm, affine, activation).
 static RF_T float* mlp_block(const PackedMLP& mlp, const float* X, int64_t ldx, int rows,
                              float* buf0, float* buf1, int64_t ldb) {
     const float* in = X;
@@ -161,7 +203,9 @@ static RF_T float* mlp_block(const PackedMLP& mlp, const float* X, int64_t ldx, 
     float* out = buf0;
     for (size_t l = 0; l < mlp.layers.size(); ++l) {
         out = (l % 2 == 0) ? buf0 : buf1;
-        gemm_packed(in, ldin, rows, mlp.layers[l], out, ldb, mlp.acts[l]);
+        const bool ln = l < mlp.norms.size() && mlp.norms[l].on;
+        gemm_packed(in, ldin, rows, mlp.layers[l], out, ldb, ln ? int(ACT_LINEAR) : mlp.acts[l]);
+        if (ln) layernorm_rows(mlp.norms[l], out, ldb, rows, mlp.layers[l].padded_n(), mlp.acts[l]);
         in = out;
         ldin = ldb;
     }

@@ -121,6 +121,36 @@ def _dense_tile(h, w_ptr, b_ptr, D: tl.constexpr, ACT: tl.constexpr, PRECISION: 
 
 
 @triton.jit
+def _layernorm_tile(a, ln_ptr, W: tl.constexpr, D: tl.constexpr):
+    """nn.LayerNorm of a [BLOCK_B, W] tile of pre-activations that are zero past the layer's N
+    columns: mean and biased variance over the N columns, eps inside the square root, then
+    gamma and beta (zero past N, so the padded columns stay 0). ln_ptr points at the layer's row
+    of the packed norm table (``pack_norms``): [gamma (D), beta (D), N, eps] float32."""
+    cols = tl.arange(0, W)
+    n = tl.load(ln_ptr + 2 * D)
+    eps = tl.load(ln_ptr + 2 * D + 1)
+    mean = tl.sum(a, axis=1) / n
+    d = tl.where(cols[None, :].to(tl.float32) < n, a - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / n + eps)
+    g = tl.load(ln_ptr + cols, mask=cols < D, other=0.0)
+    b = tl.load(ln_ptr + D + cols, mask=cols < D, other=0.0)
+    return d * rstd[:, None] * g[None, :] + b[None, :]
+
+
+@triton.jit
+def _dense_tile_ln(h, w_ptr, b_ptr, ln_ptr, D: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
+                   NORM: tl.constexpr):
+    """``_dense_tile`` with an optional layer norm (NORM) between the bias and the activation."""
+    rk = tl.arange(0, D)
+    w = tl.load(w_ptr + rk[:, None] * D + rk[None, :])
+    a = tl.dot(h, w, input_precision=PRECISION)
+    a += tl.load(b_ptr + rk)[None, :]
+    if NORM:
+        a = _layernorm_tile(a, ln_ptr, D, D)
+    return _activate(a, ACT)
+
+
+@triton.jit
 def _load_rows(ptr, rows, B, C, stride_b, stride_c, D: tl.constexpr):
     cols = tl.arange(0, D)
     return tl.load(ptr + rows[:, None] * stride_b + cols[None, :] * stride_c,
@@ -178,6 +208,57 @@ def _dense_staged(src_ptr, s_b, s_k, src_rows, src_row_ok, K,
         tl.store(dst_ptr + dst_rows[:, None] * d_b + cols[None, :],
                  acc.to(dst_ptr.dtype.element_ty),
                  mask=dst_mask_rows[:, None] & (cols[None, :] < N_STORE))
+
+
+@triton.jit
+def _dense_staged_ln(src_ptr, s_b, s_k, src_rows, src_row_ok, K,
+                     dst_ptr, d_b, dst_rows, dst_mask_rows, N_STORE,
+                     w_ptr, b_ptr, N, ln_ptr,
+                     D: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
+                     BLOCK_B: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """``_dense_staged`` with a layer norm before the activation: the pre-activations go to dst
+    first (all N columns: dst must be a scratch slot of width D), then two passes over dst give
+    each row's mean and variance, and a third writes act(norm(x) * gamma + beta). The same CTA
+    reads back what it wrote, with a barrier between passes (and between a tile's read and its
+    rewrite: the load and store layouts may give an element to different threads)."""
+    rk = tl.arange(0, BK)
+    rn = tl.arange(0, BN)
+    n = tl.load(ln_ptr + 2 * D)
+    eps = tl.load(ln_ptr + 2 * D + 1)
+    s = tl.zeros((BLOCK_B,), dtype=tl.float32)
+    for n0 in range(0, N, BN):
+        acc = tl.zeros((BLOCK_B, BN), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            kk = k0 + rk
+            a = tl.load(src_ptr + src_rows[:, None] * s_b + kk[None, :] * s_k,
+                        mask=src_row_ok[:, None] & (kk[None, :] < K), other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + kk[:, None] * D + (n0 + rn)[None, :])
+            acc = tl.dot(a, w, acc, input_precision=PRECISION)
+        acc += tl.load(b_ptr + n0 + rn)[None, :]
+        s += tl.sum(acc, axis=1)
+        cols = n0 + rn
+        tl.store(dst_ptr + dst_rows[:, None] * d_b + cols[None, :], acc,
+                 mask=dst_mask_rows[:, None] & (cols[None, :] < N_STORE))
+    mean = s / n
+    tl.debug_barrier()
+    ss = tl.zeros((BLOCK_B,), dtype=tl.float32)
+    for n0 in range(0, N, BN):
+        cols = n0 + rn
+        x = tl.load(dst_ptr + dst_rows[:, None] * d_b + cols[None, :],
+                    mask=dst_mask_rows[:, None] & (cols[None, :] < N_STORE), other=0.0)
+        d = tl.where(cols[None, :].to(tl.float32) < n, x - mean[:, None], 0.0)
+        ss += tl.sum(d * d, axis=1)
+    rstd = 1.0 / tl.sqrt(ss / n + eps)
+    for n0 in range(0, N, BN):
+        cols = n0 + rn
+        ptrs = dst_ptr + dst_rows[:, None] * d_b + cols[None, :]
+        msk = dst_mask_rows[:, None] & (cols[None, :] < N_STORE)
+        x = tl.load(ptrs, mask=msk, other=0.0)
+        g = tl.load(ln_ptr + cols)
+        b = tl.load(ln_ptr + D + cols)
+        y = _activate((x - mean[:, None]) * rstd[:, None] * g[None, :] + b[None, :], ACT)
+        tl.debug_barrier()
+        tl.store(ptrs, y, mask=msk)
 
 
 @triton.jit
@@ -269,6 +350,72 @@ def pack_mlp(weights, biases, D: int, device=None, out=None):
             if bl is not None:
                 b[l, :n].copy_(bl.detach())
     return w, b
+
+
+def pack_norms(norms, D: int, device):
+    """The packed norm table of a packed net: float32 [L, 2D + 2], row l = [gamma (D), beta (D),
+    N, eps] of layer l's nn.LayerNorm (zeros for a layer without one; gamma / beta zero past N;
+    a LayerNorm without affine weights packs ones / zeros). ``norms``: one entry per packed
+    layer, None or an nn.LayerNorm. Returns (table, mask): bit l of the int mask is set when
+    layer l has a norm (the kernels' NORM_MASK constexpr)."""
+    import torch
+
+    t = torch.zeros((max(len(norms), 1), 2 * D + 2), dtype=torch.float32, device=device)
+    mask = 0
+    with torch.no_grad():
+        for l, ln in enumerate(norms):
+            if ln is None:
+                continue
+            n = int(ln.normalized_shape[0])
+            t[l, :n] = ln.weight.detach().float() if ln.weight is not None else 1.0
+            if ln.bias is not None:
+                t[l, D:D + n] = ln.bias.detach().float()
+            t[l, 2 * D] = float(n)
+            t[l, 2 * D + 1] = float(ln.eps)
+            mask |= 1 << l
+    return t, mask
+
+
+@triton.jit
+def _layernorm_act_fwd_kernel(x_ptr, g_ptr, b_ptr, y_ptr, M, N, eps, stride_xm, stride_ym,
+                              HAS_G: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """y[M, N] = act(layer_norm(x[M, N]) * g + b), one [BLOCK_M, BLOCK_N >= N] tile per program."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.arange(0, BLOCK_N)
+    msk = (rm[:, None] < M) & (rn[None, :] < N)
+    x = tl.load(x_ptr + rm[:, None] * stride_xm + rn[None, :], mask=msk, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / N
+    d = tl.where(rn[None, :] < N, x - mean[:, None], 0.0)
+    y = d * (1.0 / tl.sqrt(tl.sum(d * d, axis=1) / N + eps))[:, None]
+    if HAS_G:
+        y = y * tl.load(g_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    if HAS_B:
+        y = y + tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    y = _activate(y, ACT)
+    tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], y.to(y_ptr.dtype.element_ty), mask=msk)
+
+
+def layernorm_act(x, ln, act: int, out_dtype=None):
+    """Launch ``_layernorm_act_fwd_kernel``: x [M, N] (unit column stride) -> act(ln(x)) [M, N]
+    for an nn.LayerNorm ``ln`` over N (the per-layer path of nets too wide for one kernel)."""
+    import torch
+
+    M, N = x.shape
+    y = torch.empty((M, N), dtype=out_dtype or x.dtype, device=x.device)
+    if M == 0:
+        return y
+    x = x if x.stride(1) == 1 else x.contiguous()
+    BLOCK_N = _pow2_at_least_16(N)
+    BLOCK_M = max(1, min(16, 4096 // BLOCK_N))
+    g = ln.weight.detach() if ln.weight is not None else None
+    b = ln.bias.detach() if ln.bias is not None else None
+    _layernorm_act_fwd_kernel[(triton.cdiv(M, BLOCK_M),)](
+        x, g if g is not None else x, b if b is not None else x, y, M, N, float(ln.eps),
+        x.stride(0), y.stride(0), HAS_G=g is not None, HAS_B=b is not None, ACT=act,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=4,
+    )
+    return y
 
 
 def fused_mlp_packed(x, w_packed, b_packed, out_features: int, hidden_act: int, out_act: int,

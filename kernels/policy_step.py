@@ -18,6 +18,13 @@ indices are constexpr, so the layer loops are unrolled. Two variants:
   layers are tiled GEMMs through this program's four scratch slots (L1/L2-resident, written
   and re-read by the same CTA), the head outputs come back into registers for the sampling.
 
+Layer norms (``fcnet_use_layernorm`` / ``head_fcnet_use_layernorm``): bit l of the constexpr
+NORM_MASK marks packed layer l as normed between its bias and its activation; gamma, beta, N and
+eps come from ``ln_ptr`` (``kernels.mlp.pack_norms``: [L, LN_W = 2D + 2]). The register variant
+normalises the tile in registers; the staged one writes the pre-activations to its scratch slot
+and normalises from there (``kernels.mlp._dense_staged_ln``). NORM_MASK = 0 compiles to the
+kernels without norms.
+
 RNG: ``seed_ptr`` is the int64 [2] (key, counter) Philox state of ``kernels.sampling`` and the
 element offsets are its (row * NL + column for categorical logits, row * A + column for Gaussian
 noise), so for the same state tensor the fused step draws exactly what the standalone samplers
@@ -29,7 +36,7 @@ import triton
 import triton.language as tl
 
 from ..ops.codes import DISTRIBUTIONS
-from .mlp import _dense_staged, _dense_tile, _load_rows
+from .mlp import _dense_staged, _dense_staged_ln, _dense_tile, _dense_tile_ln, _layernorm_tile, _load_rows
 from .sampling import ERR_POLICY, _categorical_row_block, _rng_normal
 
 _ERR_POLICY = tl.constexpr(ERR_POLICY)  # a jit-visible global must be constexpr
@@ -90,9 +97,11 @@ def _policy_tail(out, ls, rows, row_ok, cols, rng_ptr, seg_ptr, dist_ptr, act_pt
 
 @triton.jit
 def _layers(h, w_ptr, b_ptr, FIRST: tl.constexpr, N: tl.constexpr, ACT: tl.constexpr,
-            D: tl.constexpr, PRECISION: tl.constexpr):
+            D: tl.constexpr, PRECISION: tl.constexpr, ln_ptr, NORM_MASK: tl.constexpr, LN_W: tl.constexpr):
+    """N packed layers from FIRST; layer j has a layer norm when bit j of NORM_MASK is set."""
     for l in tl.static_range(N):
-        h = _dense_tile(h, w_ptr + (FIRST + l) * D * D, b_ptr + (FIRST + l) * D, D, ACT, PRECISION)
+        h = _dense_tile_ln(h, w_ptr + (FIRST + l) * D * D, b_ptr + (FIRST + l) * D, ln_ptr + (FIRST + l) * LN_W,
+                           D, ACT, PRECISION, (NORM_MASK >> (FIRST + l)) & 1)
     return h
 
 
@@ -110,6 +119,7 @@ def _policy_step_fwd_kernel(
     SHARED: tl.constexpr, COMPUTE_VALUE: tl.constexpr, DETERMINISTIC: tl.constexpr,
     D: tl.constexpr, NP: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, VF_SLOT: tl.constexpr,
+    ln_ptr, NORM_MASK: tl.constexpr, LN_W: tl.constexpr,
 ):
     """Register-tile variant (D <= 64): x [B, I] -> dist [B, NL | 2A], actions, logp [B],
     value [B] (COMPUTE_VALUE); critic input xc [B, IC] when not SHARED. (dims_ptr, scratch_ptr,
@@ -119,9 +129,10 @@ def _policy_step_fwd_kernel(
     row_ok = rows < B
     cols = tl.arange(0, D)
     h = _load_rows(x_ptr, rows, B, I, stride_xb, stride_xi, D)
-    lat = _layers(h, w_ptr, b_ptr, 0, N_ENC, ENC_ACT, D, PRECISION)
-    p = _layers(lat, w_ptr, b_ptr, PI0, N_PI_HID, HEAD_ACT, D, PRECISION)
-    out = _dense_tile(p, w_ptr + PI_OUT * D * D, b_ptr + PI_OUT * D, D, 0, PRECISION)
+    lat = _layers(h, w_ptr, b_ptr, 0, N_ENC, ENC_ACT, D, PRECISION, ln_ptr, NORM_MASK, LN_W)
+    p = _layers(lat, w_ptr, b_ptr, PI0, N_PI_HID, HEAD_ACT, D, PRECISION, ln_ptr, NORM_MASK, LN_W)
+    out = _dense_tile_ln(p, w_ptr + PI_OUT * D * D, b_ptr + PI_OUT * D, ln_ptr + PI_OUT * LN_W, D, 0, PRECISION,
+                         (NORM_MASK >> PI_OUT) & 1)
     if DIST == 2:
         if FREE_LOG_STD:
             ls = tl.zeros((BLOCK_B, D), dtype=tl.float32) + tl.load(
@@ -137,9 +148,10 @@ def _policy_step_fwd_kernel(
             v = lat
         else:
             v = _load_rows(xc_ptr, rows, B, IC, stride_cb, stride_ci, D)
-            v = _layers(v, w_ptr, b_ptr, C0, N_CRIT, CRIT_ACT, D, PRECISION)
-        v = _layers(v, w_ptr, b_ptr, V0, N_VF_HID, HEAD_ACT, D, PRECISION)
-        vo = _dense_tile(v, w_ptr + VF_OUT * D * D, b_ptr + VF_OUT * D, D, 0, PRECISION)
+            v = _layers(v, w_ptr, b_ptr, C0, N_CRIT, CRIT_ACT, D, PRECISION, ln_ptr, NORM_MASK, LN_W)
+        v = _layers(v, w_ptr, b_ptr, V0, N_VF_HID, HEAD_ACT, D, PRECISION, ln_ptr, NORM_MASK, LN_W)
+        vo = _dense_tile_ln(v, w_ptr + VF_OUT * D * D, b_ptr + VF_OUT * D, ln_ptr + VF_OUT * LN_W, D, 0, PRECISION,
+                            (NORM_MASK >> VF_OUT) & 1)
         tl.store(value_ptr + rows, tl.sum(tl.where(cols[None, :] == 0, vo, 0.0), axis=1), mask=row_ok)
 
 
@@ -164,20 +176,24 @@ def _dense_to_regs(src_ptr, s_b, s_k, src_rows, src_ok, K, w_ptr, b_ptr,
 def _staged_chain(src, s_b, s_k, src_rows, src_ok, K0, scr, local, all_rows, w_ptr, b_ptr, dims_ptr,
                   FIRST: tl.constexpr, N: tl.constexpr, SLOT0: tl.constexpr, ACT: tl.constexpr,
                   D: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
-                  BN: tl.constexpr, BK: tl.constexpr):
+                  BN: tl.constexpr, BK: tl.constexpr, ln_ptr, NORM_MASK: tl.constexpr, LN_W: tl.constexpr):
     """N staged layers from src (K0 input columns) ping-ponging through slots SLOT0, SLOT0 + 1.
-    The result is in slot SLOT0 + (N - 1) % 2 (nothing happens for N == 0)."""
+    The result is in slot SLOT0 + (N - 1) % 2 (nothing happens for N == 0). Layer j has a layer
+    norm (``_dense_staged_ln``) when bit j of NORM_MASK is set."""
     for l in tl.static_range(N):
         n_out = tl.load(dims_ptr + 2 * (FIRST + l) + 1)
         dst = scr + (SLOT0 + l % 2) * BLOCK_B * D
         if l == 0:
-            _dense_staged(src, s_b, s_k, src_rows, src_ok, K0, dst, D, local, all_rows, n_out,
-                          w_ptr + FIRST * D * D, b_ptr + FIRST * D, n_out,
-                          D, ACT, PRECISION, BLOCK_B, BN, BK)
+            s_src, s_sb, s_sk, s_rows, s_ok, k_in = src, s_b, s_k, src_rows, src_ok, K0
         else:
+            s_src, s_sb, s_sk, s_rows, s_ok = scr + (SLOT0 + (l - 1) % 2) * BLOCK_B * D, D, 1, local, all_rows
             k_in = tl.load(dims_ptr + 2 * (FIRST + l))
-            _dense_staged(scr + (SLOT0 + (l - 1) % 2) * BLOCK_B * D, D, 1, local, all_rows, k_in,
-                          dst, D, local, all_rows, n_out,
+        if (NORM_MASK >> (FIRST + l)) & 1:
+            _dense_staged_ln(s_src, s_sb, s_sk, s_rows, s_ok, k_in, dst, D, local, all_rows, n_out,
+                             w_ptr + (FIRST + l) * D * D, b_ptr + (FIRST + l) * D, n_out,
+                             ln_ptr + (FIRST + l) * LN_W, D, ACT, PRECISION, BLOCK_B, BN, BK)
+        else:
+            _dense_staged(s_src, s_sb, s_sk, s_rows, s_ok, k_in, dst, D, local, all_rows, n_out,
                           w_ptr + (FIRST + l) * D * D, b_ptr + (FIRST + l) * D, n_out,
                           D, ACT, PRECISION, BLOCK_B, BN, BK)
         tl.debug_barrier()
@@ -197,6 +213,7 @@ def _policy_step_staged_fwd_kernel(
     SHARED: tl.constexpr, COMPUTE_VALUE: tl.constexpr, DETERMINISTIC: tl.constexpr,
     D: tl.constexpr, NP: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, VF_SLOT: tl.constexpr,
+    ln_ptr, NORM_MASK: tl.constexpr, LN_W: tl.constexpr,
 ):
     """Staged variant (D <= 256). dims: int32 [2L] = (K_pad, N_pad) per packed layer; scratch:
     [programs, 4, BLOCK_B, D] f32. Slots 0/1: actor encoder; 2/3: pi hidden, then the critic
@@ -211,14 +228,14 @@ def _policy_step_staged_fwd_kernel(
     scr = scratch_ptr + pid * (4 * BLOCK_B * D)
 
     _staged_chain(x_ptr, stride_xb, stride_xi, rows, row_ok, I, scr, local, all_rows, w_ptr, b_ptr,
-                  dims_ptr, 0, N_ENC, 0, ENC_ACT, D, PRECISION, BLOCK_B, BN, BK)
+                  dims_ptr, 0, N_ENC, 0, ENC_ACT, D, PRECISION, BLOCK_B, BN, BK, ln_ptr, NORM_MASK, LN_W)
     if N_ENC == 0:
         lat, lat_b, lat_k, lat_rows, lat_ok, lat_K = x_ptr, stride_xb, stride_xi, rows, row_ok, I
     else:
         lat, lat_b, lat_k, lat_rows, lat_ok = scr + ((N_ENC - 1) % 2) * BLOCK_B * D, D, 1, local, all_rows
         lat_K = tl.load(dims_ptr + 2 * (N_ENC - 1) + 1)
     _staged_chain(lat, lat_b, lat_k, lat_rows, lat_ok, lat_K, scr, local, all_rows, w_ptr, b_ptr,
-                  dims_ptr, PI0, N_PI_HID, 2, HEAD_ACT, D, PRECISION, BLOCK_B, BN, BK)
+                  dims_ptr, PI0, N_PI_HID, 2, HEAD_ACT, D, PRECISION, BLOCK_B, BN, BK, ln_ptr, NORM_MASK, LN_W)
     if N_PI_HID == 0:
         p, p_b, p_k, p_rows, p_ok, p_K = lat, lat_b, lat_k, lat_rows, lat_ok, lat_K
     else:
@@ -226,6 +243,8 @@ def _policy_step_staged_fwd_kernel(
         p_K = tl.load(dims_ptr + 2 * (PI0 + N_PI_HID - 1) + 1)
     out = _dense_to_regs(p, p_b, p_k, p_rows, p_ok, p_K, w_ptr + PI_OUT * D * D, b_ptr + PI_OUT * D,
                          D, NP, PRECISION, BLOCK_B, BK)
+    if (NORM_MASK >> PI_OUT) & 1:
+        out = _layernorm_tile(out, ln_ptr + PI_OUT * LN_W, NP, D)
     if DIST == 2:
         if FREE_LOG_STD:
             ls = tl.zeros((BLOCK_B, NP), dtype=tl.float32) + tl.load(
@@ -245,19 +264,21 @@ def _policy_step_staged_fwd_kernel(
         else:
             _staged_chain(xc_ptr, stride_cb, stride_ci, rows, row_ok, IC, scr, local, all_rows,
                           w_ptr, b_ptr, dims_ptr, C0, N_CRIT, 2, CRIT_ACT, D, PRECISION,
-                          BLOCK_B, BN, BK)
+                          BLOCK_B, BN, BK, ln_ptr, NORM_MASK, LN_W)
             if N_CRIT == 0:
                 v, v_b, v_k, v_rows, v_ok, v_K = xc_ptr, stride_cb, stride_ci, rows, row_ok, IC
             else:
                 v, v_b, v_k, v_rows, v_ok = scr + (2 + (N_CRIT - 1) % 2) * BLOCK_B * D, D, 1, local, all_rows
                 v_K = tl.load(dims_ptr + 2 * (C0 + N_CRIT - 1) + 1)
         _staged_chain(v, v_b, v_k, v_rows, v_ok, v_K, scr, local, all_rows, w_ptr, b_ptr,
-                      dims_ptr, V0, N_VF_HID, VF_SLOT, HEAD_ACT, D, PRECISION, BLOCK_B, BN, BK)
+                      dims_ptr, V0, N_VF_HID, VF_SLOT, HEAD_ACT, D, PRECISION, BLOCK_B, BN, BK, ln_ptr, NORM_MASK, LN_W)
         if N_VF_HID > 0:
             v, v_b, v_k, v_rows, v_ok = scr + (VF_SLOT + (N_VF_HID - 1) % 2) * BLOCK_B * D, D, 1, local, all_rows
             v_K = tl.load(dims_ptr + 2 * (V0 + N_VF_HID - 1) + 1)
         vo = _dense_to_regs(v, v_b, v_k, v_rows, v_ok, v_K, w_ptr + VF_OUT * D * D,
                             b_ptr + VF_OUT * D, D, 16, PRECISION, BLOCK_B, BK)
+        if (NORM_MASK >> VF_OUT) & 1:
+            vo = _layernorm_tile(vo, ln_ptr + VF_OUT * LN_W, 16, D)
         c16 = tl.arange(0, 16)
         tl.store(value_ptr + rows, tl.sum(tl.where(c16[None, :] == 0, vo, 0.0), axis=1), mask=row_ok)
 
@@ -287,7 +308,7 @@ def block_rows(meta: dict, B: int, staged: bool) -> int:
 
 
 def policy_step(x, xc, w_packed, b_packed, dims, meta: dict, *, seed, log_std=None, seg=None,
-                deterministic: bool = False, compute_value: bool = False, flag=None):
+                deterministic: bool = False, compute_value: bool = False, flag=None, ln=None):
     """Launch the policy kernel (register variant for D <= REG_MAX_WIDTH, staged otherwise).
 
     ``meta``: the constexpr layer table and sizes built by the host plan (keys N_ENC, PI0,
@@ -295,6 +316,7 @@ def policy_step(x, xc, w_packed, b_packed, dims, meta: dict, *, seed, log_std=No
     NSEG, FREE_LOG_STD, CLIP, SHARED, D, NL, A, log_std_clip, PRECISION).
     ``seed``: int64 [2] (key, counter) Philox state (any tensor when deterministic); ``flag``:
     an int32 [1] device tensor to OR the error bit into (fresh zeros when None).
+    ``ln``: the packed norm table (``kernels.mlp.pack_norms``) when ``meta["NORM_MASK"]`` is not 0.
     Returns (dist [B, NL | 2A] f32, actions, logp [B] f32, value [B] f32 or None, flag [1] i32).
     """
     import torch
@@ -343,6 +365,8 @@ def policy_step(x, xc, w_packed, b_packed, dims, meta: dict, *, seed, log_std=No
         DIST=dist_code, NSEG=meta["NSEG"], FREE_LOG_STD=meta["FREE_LOG_STD"], CLIP=meta["CLIP"],
         SHARED=meta["SHARED"], COMPUTE_VALUE=bool(compute_value),
         DETERMINISTIC=bool(deterministic), D=D, NP=NP, PRECISION=meta["PRECISION"],
-        BLOCK_B=block_b, BN=min(64, D), BK=32, VF_SLOT=2 if meta["SHARED"] else 0, num_warps=4,
+        BLOCK_B=block_b, BN=min(64, D), BK=32, VF_SLOT=2 if meta["SHARED"] else 0,
+        ln_ptr=ln if ln is not None else flag, NORM_MASK=int(meta.get("NORM_MASK", 0)), LN_W=2 * D + 2,
+        num_warps=4,
     )
     return dist, actions, logp, value, flag

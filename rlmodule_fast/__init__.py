@@ -9,12 +9,13 @@ from .core.rl_module import RLModule, RLModuleConfig, RLModuleSpec
 from .core.specs import TensorSpec
 from .core.torch_rl_module import TorchRLModule
 from .models.catalog import Catalog
+from .models.config import DefaultModelConfig
 from .ops import backend_info, get_rng_state, manual_seed, set_rng_state
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Catalog", "Columns", "DEFAULT_MODULE_ID", "MultiRLModule", "MultiRLModuleSpec", "RLModule",
+    "Catalog", "Columns", "DEFAULT_MODULE_ID", "DefaultModelConfig", "MultiRLModule", "MultiRLModuleSpec", "RLModule",
     "RLModuleConfig", "RLModuleSpec", "TensorSpec", "TorchRLModule", "apis", "backend_info", "distributions", "dqn",
     "get_rng_state", "manual_seed", "ops", "ppo", "rllib", "set_rng_state",
 ]

@@ -202,10 +202,23 @@ def test_from_rllib_module_refuses_other_classes():
 
 def test_unsupported_model_config_is_named(tmp_path):
     act, cfg = CASES["mlp-shared-discrete"]
-    rl = rllib_module(act, {**cfg, "fcnet_use_layernorm": True})
+    rl = rllib_module(act, {**cfg, "use_attention": True})  # RLlib's new stack ignores it; we refuse it
     path = rl.save_to_path(tmp_path / "m")
-    with pytest.raises(ValueError, match="fcnet_use_layernorm"):
+    with pytest.raises(ValueError, match="use_attention"):
         rr.load_rllib_checkpoint(path)
+
+
+@pytest.mark.parametrize("name", ["mlp-separate-box-freestd", "lstm-separate-discrete"])
+def test_rllib_checkpoint_with_layernorm(name, tmp_path):
+    """Layer norms (fcnet_use_layernorm / head_fcnet_use_layernorm) load and match RLlib."""
+    act, cfg = CASES[name]
+    cfg = {**cfg, "fcnet_use_layernorm": True, "head_fcnet_use_layernorm": True,
+           "head_fcnet_hiddens": cfg.get("head_fcnet_hiddens") or [6]}
+    rl = rllib_module(act, cfg, dataclass_cfg=True)
+    ours = rr.load_rllib_checkpoint(rl.save_to_path(tmp_path / "m"))
+    assert sorted(ours.get_state()) == sorted(rl.get_state())
+    assert any("LayerNorm" in type(x).__name__ for x in ours.modules())
+    compare(rl, ours, bool(cfg.get("use_lstm")), name)
 
 
 def test_mismatched_state_names_file(tmp_path):

@@ -263,7 +263,8 @@ BAD_CONFIGS = {
     "sizes-not-list": ({"fcnet_hiddens": 8}, "fcnet_hiddens"),
     "head-size-zero": ({"head_fcnet_hiddens": [0]}, "head_fcnet_hiddens"),
     "hidden-and-fcnet_hiddens": ({"hidden": [4], "fcnet_hiddens": [4]}, "hidden"),
-    "post-and-head-hiddens": ({"post_fcnet_hiddens": [4], "head_fcnet_hiddens": [4]}, "post_fcnet_hiddens"),
+    # (the same value under both names is RLlib's MODEL_DEFAULTS, accepted: tests/test_model_config.py)
+    "post-and-head-hiddens": ({"post_fcnet_hiddens": [4], "head_fcnet_hiddens": [5]}, "post_fcnet_hiddens"),
     "vf_share_layers-int": ({"vf_share_layers": 1}, "vf_share_layers"),
     "use_lstm-str": ({"use_lstm": "yes"}, "use_lstm"),
     "lstm_cell_size-zero": ({"use_lstm": True, "lstm_cell_size": 0}, "lstm_cell_size"),

@@ -807,8 +807,17 @@ build(policy_step._policy_step_staged_fwd_kernel, dict(
       N_ENC=1, PI0=1, N_PI_HID=0, PI_OUT=1, PI_LS=2, C0=3, N_CRIT=1, V0=4, N_VF_HID=0, VF_OUT=4,
       ENC_ACT=1, CRIT_ACT=1, HEAD_ACT=2, DIST=2, NSEG=1, FREE_LOG_STD=False, CLIP=True, SHARED=False,
       COMPUTE_VALUE=True, DETERMINISTIC=False, D=32, NP=16, PRECISION=P, BLOCK_B=16, BN=32, BK=16,
-      VF_SLOT=0), {"dims_ptr": "*i32", "seg_ptr": "*i32", "seed_ptr": "*i64", "flag_ptr": "*i32",
-      "log_std_clip": "fp32"})
+      VF_SLOT=0, NORM_MASK=0, LN_W=66), {"dims_ptr": "*i32", "seg_ptr": "*i32", "seed_ptr": "*i64",
+      "flag_ptr": "*i32", "log_std_clip": "fp32"})
+# layer norms (fcnet_use_layernorm / head_fcnet_use_layernorm): every packed layer normed, both variants
+for _fn, _D, _NP in ((policy_step._policy_step_staged_fwd_kernel, 128, 16), (policy_step._policy_step_fwd_kernel, 32, 32)):
+    build(_fn, dict(
+          N_ENC=2, PI0=2, N_PI_HID=1, PI_OUT=3, PI_LS=3, C0=4, N_CRIT=2, V0=6, N_VF_HID=1, VF_OUT=7,
+          ENC_ACT=1, CRIT_ACT=3, HEAD_ACT=2, DIST=1, NSEG=2, FREE_LOG_STD=False, CLIP=False, SHARED=False,
+          COMPUTE_VALUE=True, DETERMINISTIC=False, D=_D, NP=_NP, PRECISION=P, BLOCK_B=16, BN=min(64, _D),
+          BK=32, VF_SLOT=0, NORM_MASK=0b11111111, LN_W=2 * _D + 2), {"dims_ptr": "*i32", "seg_ptr": "*i32",
+          "seed_ptr": "*i64", "flag_ptr": "*i32", "log_std_clip": "fp32", "act_ptr": "*i64"})
+build(mlp._layernorm_act_fwd_kernel, dict(HAS_G=True, HAS_B=False, ACT=3, BLOCK_M=16, BLOCK_N=64), {"eps": "fp32"})
 build(sampling._sample_categorical_fwd_kernel, dict(DETERMINISTIC=False, HAS_ENTROPY=True,
       CHECK=True, BLOCK_B=16, BLOCK_A=16, ERR=1), {"actions_ptr": "*i64", "flag_ptr": "*i32",
       "seed_ptr": "*i64"})
@@ -880,7 +889,7 @@ for staged, D in ((False, 64), (True, 256)):
                      NSEG=3 if dist == 1 else 1, FREE_LOG_STD=False, CLIP=dist == 2,
                      SHARED=shared, COMPUTE_VALUE=True, DETERMINISTIC=False, D=D,
                      NP=16 if staged else D, PRECISION="tf32x3", BLOCK_B=bb,
-                     BN=min(64, D), BK=32, VF_SLOT=2 if shared else 0)
+                     BN=min(64, D), BK=32, VF_SLOT=2 if shared else 0, NORM_MASK=0, LN_W=2 * D + 2)
             types = dict(T, act_ptr="*fp32" if dist == 2 else "*i64")
             sig = {n: ("constexpr" if n in c else types.get(n, "*fp32" if n.endswith("_ptr") else "i32"))
                    for n in fn.arg_names}

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Type, U
 
 from . import checkpoint as ckpt
 from .columns import DEFAULT_MODULE_ID
-from .rl_module import RLModule, RLModuleSpec, _refuse_rllib_checkpoint
+from .rl_module import RLModule, RLModuleSpec, _merge_model_config, _refuse_rllib_checkpoint
 from .specs import to_torch
 
 
@@ -345,7 +345,7 @@ class MultiRLModuleSpec:
             if spec.action_space is None:
                 spec.action_space = self.action_space
             if not spec.model_config_dict and self.model_config:
-                spec.model_config_dict = dict(self.model_config)
+                spec.model_config = self.model_config  # a copied dict, or a DefaultModelConfig as given
             spec.inference_only = spec.inference_only or self.inference_only
             specs[mid] = spec
         if module_id is not None:
@@ -354,7 +354,8 @@ class MultiRLModuleSpec:
             return specs[module_id].build()
         module = self.multi_rl_module_class(observation_space=self.observation_space, action_space=self.action_space,
                                             inference_only=bool(self.inference_only),
-                                            model_config=dict(self.model_config or {}), rl_module_specs=specs)
+                                            model_config=_merge_model_config(self.model_config, None),
+                                            rl_module_specs=specs)
         if self.load_state_path is not None:
             module.restore_from_path(self.load_state_path)
         return module

@@ -24,13 +24,15 @@ from .specs import SpecChecker, SpecType, to_torch
 
 @dataclasses.dataclass
 class RLModuleConfig:
-    """Everything needed to build a module: spaces, model config, catalog class, inference_only."""
+    """Everything needed to build a module: spaces, model config, catalog class, inference_only,
+    learner_only (RLlib's: the module is built only on learners, never on env runners)."""
 
     observation_space: Any = None
     action_space: Any = None
     model_config_dict: dict = dataclasses.field(default_factory=dict)
     catalog_class: Optional[type] = None
     inference_only: bool = False
+    learner_only: bool = False
 
     def get_catalog(self):
         """A catalog instance for these spaces and model config (None without catalog_class)."""
@@ -47,9 +49,10 @@ class RLModuleConfig:
         return {
             "observation_space": space_to_json(self.observation_space),
             "action_space": space_to_json(self.action_space),
-            "model_config_dict": dict(self.model_config_dict or {}),
+            "model_config_dict": _model_config_json(self.model_config_dict),
             "catalog_class": ckpt.class_path(self.catalog_class) if self.catalog_class else None,
             "inference_only": bool(self.inference_only),
+            "learner_only": bool(self.learner_only),
         }
 
     @classmethod
@@ -65,6 +68,7 @@ class RLModuleConfig:
             model_config_dict=_plain_dict(d.get("model_config_dict"), "RLModuleConfig.model_config_dict"),
             catalog_class=_catalog_from_name(d.get("catalog_class"), "RLModuleConfig.catalog_class", trusted_classes),
             inference_only=_plain_bool(d.get("inference_only", False), "RLModuleConfig.inference_only"),
+            learner_only=_plain_bool(d.get("learner_only", False), "RLModuleConfig.learner_only"),
         )
 
 
@@ -113,6 +117,14 @@ def _refuse_rllib_checkpoint(path: pathlib.Path, ctor_file_name: str) -> None:
                 "without running code from them) or rlmodule_fast.rllib.from_rllib_module(module)")
 
 
+def _model_config_json(cfg: Any) -> dict:
+    """A model config (dict or DefaultModelConfig) as plain data for JSON; initializer callables
+    by their torch.nn.init name, any other callable a ValueError (models.config)."""
+    from ..models.config import model_config_to_json
+
+    return model_config_to_json(cfg)
+
+
 def _spec_model_config(model_config_dict: Any, model_config: Any) -> Any:
     """A spec's model config: a copied dict, {} for None, anything else kept as given (RLlib's
     specs hold any value; ``build()`` validates it)."""
@@ -124,12 +136,17 @@ def _spec_model_config(model_config_dict: Any, model_config: Any) -> Any:
     return dict(cfg) if isinstance(cfg, Mapping) else cfg
 
 
-def _merge_model_config(model_config_dict: Optional[dict], model_config: Optional[dict]) -> dict:
+def _merge_model_config(model_config_dict: Any, model_config: Any) -> dict:
+    """The module's model config as a dict: a dict (copied), or a dataclass such as
+    ``DefaultModelConfig`` (ours or RLlib's) turned into the dict of its fields, as RLlib's
+    ``RLModuleSpec._get_model_config`` does."""
     if model_config_dict is not None and model_config is not None and model_config_dict != model_config:
         raise ValueError("give either model_config_dict or model_config (its alias), not both")
     cfg = model_config if model_config is not None else model_config_dict
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
     if cfg is not None and not isinstance(cfg, Mapping):
-        raise ValueError(f"model_config_dict: expected a dict, got {type(cfg).__name__}")
+        raise ValueError(f"model_config_dict: expected a dict or a DefaultModelConfig, got {type(cfg).__name__}")
     return dict(cfg or {})
 
 
@@ -185,12 +202,13 @@ class RLModule(abc.ABC):
                 model_config_dict=_merge_model_config(model_config_dict, model_config),
                 catalog_class=catalog_class,
                 inference_only=bool(inference_only),
+                learner_only=bool(learner_only),
             )
         self.config = config
         self.observation_space = config.observation_space
         self.action_space = config.action_space
         self.inference_only = config.inference_only
-        self.learner_only = learner_only
+        self.learner_only = bool(config.learner_only or learner_only)
         self.model_config = config.model_config_dict
         self.catalog = config.get_catalog()
         if self.catalog is not None and getattr(self.catalog, "action_dist_cls", None) is not None:
@@ -518,12 +536,17 @@ def _construct(module_class: type, config: RLModuleConfig) -> RLModule:
     params = inspect.signature(module_class.__init__).parameters
     if "config" in params or not ("observation_space" in params and "action_space" in params):
         return module_class(config)
+    kwargs = {}
+    if config.learner_only and ("learner_only" in params or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())):
+        kwargs["learner_only"] = True
     return module_class(
         observation_space=config.observation_space,
         action_space=config.action_space,
         inference_only=config.inference_only,
         model_config=config.model_config_dict,
         catalog_class=config.catalog_class,
+        **kwargs,
     )
 
 
@@ -536,10 +559,13 @@ class RLModuleSpec:
     a spec holds whatever model config it is given (``update()`` may replace it); ``build()``
     requires a dict (ValueError otherwise).
     ``load_state_path``: a checkpoint directory whose weights ``build()`` loads.
+    ``learner_only`` (RLlib 2.60): the module is only for learners (RLlib then builds no copy on
+    env runners); the built module has ``learner_only`` set. ``model_config`` may also be a
+    ``DefaultModelConfig`` (ours or RLlib's), kept as given until ``build()``.
     """
 
     _FIELDS = ("module_class", "observation_space", "action_space", "model_config_dict",
-               "catalog_class", "load_state_path", "inference_only")
+               "catalog_class", "load_state_path", "inference_only", "learner_only")
 
     def __init__(
         self,
@@ -551,6 +577,7 @@ class RLModuleSpec:
         load_state_path: Optional[str] = None,
         inference_only: bool = False,
         model_config: Optional[dict] = None,
+        learner_only: bool = False,
     ):
         self.module_class = module_class
         self.observation_space = observation_space
@@ -559,6 +586,7 @@ class RLModuleSpec:
         self.catalog_class = catalog_class
         self.load_state_path = load_state_path
         self.inference_only = inference_only
+        self.learner_only = learner_only
 
     @property
     def model_config(self) -> dict:
@@ -587,6 +615,7 @@ class RLModuleSpec:
             model_config_dict=copy.deepcopy(config.model_config_dict),
             catalog_class=config.catalog_class,
             inference_only=config.inference_only,
+            learner_only=bool(getattr(module, "learner_only", False) or config.learner_only),
         )
 
     def as_multi_rl_module_spec(self):
@@ -614,6 +643,7 @@ class RLModuleSpec:
             model_config_dict=_merge_model_config(self.model_config_dict, None),
             catalog_class=self.catalog_class,
             inference_only=self.inference_only,
+            learner_only=bool(self.learner_only),
         )
 
     def build(self) -> RLModule:
@@ -631,8 +661,9 @@ class RLModuleSpec:
 
     def update(self, other: "RLModuleSpec", override: bool = True) -> None:
         """Update from ``other`` like RLlib's ``RLModuleSpec.update``: with ``override`` every
-        field ``other`` sets (not None / empty) replaces ours, and ``inference_only`` becomes
-        True if either is; without it only our unset fields are filled (``inference_only`` kept).
+        field ``other`` sets (not None / empty) replaces ours, ``inference_only`` becomes
+        True if either is and ``learner_only`` only if both are (RLlib's rules); without it only
+        our unset fields are filled (the two flags kept).
         ValueError if ``other`` is not an RLModuleSpec."""
         if not isinstance(other, RLModuleSpec):
             raise ValueError(f"RLModuleSpec.update: expected an RLModuleSpec, got {type(other).__name__}")
@@ -640,6 +671,10 @@ class RLModuleSpec:
             if f == "inference_only":
                 if override:
                     self.inference_only = bool(other.inference_only or self.inference_only)
+                continue
+            if f == "learner_only":
+                if override:
+                    self.learner_only = bool(other.learner_only and self.learner_only)
                 continue
             mine, theirs = getattr(self, f), getattr(other, f)
             if override:
@@ -653,10 +688,11 @@ class RLModuleSpec:
             "module_class": ckpt.class_path(self.module_class) if self.module_class else None,
             "observation_space": space_to_json(self.observation_space),
             "action_space": space_to_json(self.action_space),
-            "model_config_dict": dict(self.model_config_dict or {}),
+            "model_config_dict": _model_config_json(self.model_config_dict),
             "catalog_class": ckpt.class_path(self.catalog_class) if self.catalog_class else None,
             "load_state_path": self.load_state_path,
             "inference_only": bool(self.inference_only),
+            "learner_only": bool(self.learner_only),
         }
 
     @classmethod
@@ -681,4 +717,5 @@ class RLModuleSpec:
                                              trusted_classes),
             load_state_path=lsp,
             inference_only=_plain_bool(d.get("inference_only", False), "RLModuleSpec.from_dict: inference_only"),
+            learner_only=_plain_bool(d.get("learner_only", False), "RLModuleSpec.from_dict: learner_only"),
         )

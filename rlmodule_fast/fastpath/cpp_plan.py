@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..ops.reference import canonical_activation
-from .layers import PolicyLayers, _params, _step_params, validate
+from .layers import PolicyLayers, _params, _step_params, has_norms, validate
 
 _F32 = np.dtype(np.float32)
 _NO_STATE = (None, None, None, None)
@@ -106,6 +106,14 @@ class CppPolicyPlan:
             kind = self._cpp._C.RNN_KINDS["lstm" if isinstance(r, torch.nn.LSTM) else "gru"]
             return (kind, r.input_size, r.hidden_size, wi.data_ptr(), wi.shape[1], wh.data_ptr(), wh.shape[1], bi, bh)
 
+        def norms(ns):
+            """None, or per layer None / (gamma ptr, beta ptr, eps) of its nn.LayerNorm (0: ones / zeros)."""
+            if not has_norms(ns):
+                return None
+            return [None if n is None else (f32(n.weight).data_ptr() if n.weight is not None else 0,
+                                            f32(n.bias).data_ptr() if n.bias is not None else 0, float(n.eps))
+                    for n in ns]
+
         enc_act = self._cpp.ACT_CODES[canonical_activation(L.actor.activation)]
         head = self._cpp.ACT_CODES[self.head_act]
         spec = {
@@ -117,12 +125,14 @@ class CppPolicyPlan:
             "dist": self._cpp._C.DISTRIBUTIONS[L.dist], "action_sizes": self.action_sizes,
             "log_std_clip": -1.0 if L.log_std_clip is None else float(L.log_std_clip),
             "free_log_std": [] if L.free_log_std is None else [float(v) for v in L.free_log_std.detach().float().tolist()],
+            "actor_norms": norms(getattr(L.actor, "norms", None)), "pi_norms": norms(getattr(L, "pi_norms", None)),
         }
         if L.critic is not None:
             c_act = self._cpp.ACT_CODES[canonical_activation(L.critic.activation)]
-            spec.update(critic_mlp=mlp(L.critic.mlp), critic_acts=[c_act] * len(L.critic.mlp), critic_rnn=rnn(L.critic.rnn))
+            spec.update(critic_mlp=mlp(L.critic.mlp), critic_acts=[c_act] * len(L.critic.mlp), critic_rnn=rnn(L.critic.rnn),
+                        critic_norms=norms(getattr(L.critic, "norms", None)))
         if self.has_vf:
-            spec.update(vf=mlp(L.vf), vf_acts=[head] * (len(L.vf) - 1) + [0])
+            spec.update(vf=mlp(L.vf), vf_acts=[head] * (len(L.vf) - 1) + [0], vf_norms=norms(getattr(L, "vf_norms", None)))
         return spec, keep
 
     def _repack(self, force: bool = False) -> None:

@@ -21,6 +21,7 @@ class EncoderLayers:
     mlp: list            # list[nn.Linear]; every layer followed by `activation`
     activation: str      # canonical name (see ops.reference.canonical_activation)
     rnn: object = None   # None, or an nn.LSTM / nn.GRU (1 layer, batch_first=True) applied after the mlp
+    norms: Optional[list] = None  # None, or per mlp layer an nn.LayerNorm (between the layer and its activation) or None
 
 
 @dataclass
@@ -34,6 +35,8 @@ class PolicyLayers:
     action_sizes: list                # categorical [A]; multi_categorical [n1, n2, ...]; diag_gaussian [A]
     log_std_clip: Optional[float]     # diag gaussian: clamp log-std to [-c, c]
     free_log_std: object = None       # nn.Parameter [A] or None: state-independent log-std appended after pi's mean output
+    pi_norms: Optional[list] = None   # None, or per pi layer an nn.LayerNorm (before the layer's activation) or None
+    vf_norms: Optional[list] = None   # the same for the vf layers
 
 
 DIST_NAMES = tuple(DISTRIBUTIONS)  # the names; each backend reads the codes (cpp: from _C)
@@ -61,20 +64,54 @@ def _linear_params(lins) -> list:
     return ps
 
 
+def _norm_params(norms) -> list:
+    ps = []
+    for n in norms or []:
+        if n is not None:
+            ps += [p for p in (n.weight, n.bias) if p is not None]
+    return ps
+
+
 def _encoder_params(enc: EncoderLayers) -> list:
-    return _linear_params(enc.mlp) + (list(enc.rnn.parameters()) if enc.rnn is not None else [])
+    return (_linear_params(enc.mlp) + _norm_params(getattr(enc, "norms", None))
+            + (list(enc.rnn.parameters()) if enc.rnn is not None else []))
 
 
 def _step_params(layers: PolicyLayers) -> list:
     """The parameters a step without the value head reads: actor encoder, pi head, log-std."""
     fls = [layers.free_log_std] if layers.free_log_std is not None else []
-    return _encoder_params(layers.actor) + _linear_params(layers.pi) + fls
+    return (_encoder_params(layers.actor) + _linear_params(layers.pi) + _norm_params(getattr(layers, "pi_norms", None)) + fls)
 
 
 def _params(layers: PolicyLayers) -> list:
     """Every parameter of the description: the step's (``_step_params``), then critic and vf."""
     critic = _encoder_params(layers.critic) if layers.critic is not None else []
-    return _step_params(layers) + critic + _linear_params(layers.vf or [])
+    return _step_params(layers) + critic + _linear_params(layers.vf or []) + _norm_params(getattr(layers, "vf_norms", None))
+
+
+def _check_norms(norms, lins: list, what: str) -> None:
+    """``norms``: None, or one entry per layer of ``lins``: None or an nn.LayerNorm over that
+    layer's outputs (1-D normalized_shape, float eps >= 0)."""
+    if norms is None:
+        return
+    norms = list(norms)
+    if len(norms) != len(lins):
+        raise ValueError(f"{what}: expected one entry per layer ({len(lins)}), got {len(norms)}")
+    for i, (n, lin) in enumerate(zip(norms, lins)):
+        if n is None:
+            continue
+        if not isinstance(n, torch.nn.LayerNorm):
+            raise ValueError(f"{what}[{i}]: expected None or nn.LayerNorm, got {type(n).__name__}")
+        if tuple(n.normalized_shape) != (lin.out_features,):
+            raise ValueError(f"{what}[{i}]: expected normalized_shape ({lin.out_features},) (the layer's outputs), "
+                             f"got {tuple(n.normalized_shape)}")
+        if not float(n.eps) >= 0:
+            raise ValueError(f"{what}[{i}]: expected eps >= 0, got {n.eps}")
+
+
+def has_norms(norms) -> bool:
+    """Whether a norms list (EncoderLayers.norms, PolicyLayers.pi_norms / vf_norms) holds any."""
+    return bool(norms) and any(n is not None for n in norms)
 
 
 def _linears(layers, what: str) -> list:
@@ -107,6 +144,7 @@ def _encoder_dims(enc: EncoderLayers, what: str) -> tuple[int, int]:
     """(obs dim, latent dim) of an encoder; obs dim 0 when it is empty (latent = obs)."""
     mlp = _linears(enc.mlp, f"{what}.mlp")
     rnn = _check_rnn(enc.rnn, f"{what}.rnn")
+    _check_norms(getattr(enc, "norms", None), mlp, f"{what}.norms")
     canonical_activation(enc.activation, what=f"{what}.activation")
     if mlp:
         obs_dim = mlp[0].in_features
@@ -137,6 +175,7 @@ def validate(L: PolicyLayers) -> dict:
     pi = _linears(L.pi, "pi")
     if not pi:
         raise ValueError("pi: expected at least one nn.Linear")
+    _check_norms(getattr(L, "pi_norms", None), pi, "pi_norms")
     if a_obs == 0:  # empty actor encoder: the heads read the observation
         a_obs = a_lat = pi[0].in_features
     d["obs_dim"] = a_obs
@@ -165,6 +204,7 @@ def validate(L: PolicyLayers) -> dict:
             raise ValueError(f"critic: expected input size {d['obs_dim']} (the actor's), got {c_obs}")
         d["critic_rnn"] = L.critic.rnn
     vf = _linears(L.vf, "vf")
+    _check_norms(getattr(L, "vf_norms", None), vf, "vf_norms")
     if L.vf is not None:
         if not vf or _chain(vf, c_lat, "vf") != 1:
             raise ValueError(f"vf: expected layers ending in 1 output, got {[tuple(l.weight.shape) for l in vf]}")

@@ -14,7 +14,7 @@ import torch
 
 from ..ops import triton as tri
 from ..ops.reference import canonical_activation
-from .layers import _params, validate
+from .layers import _params, has_norms, validate
 
 
 class TritonPolicyPlan:
@@ -49,6 +49,8 @@ class TritonPolicyPlan:
             self.rnn_kind = "lstm" if isinstance(layers.actor.rnn, torch.nn.LSTM) else "gru"
         self.pi = list(layers.pi)
         self.vf = list(layers.vf) if layers.vf else None
+        self.pi_norms = list(layers.pi_norms) if has_norms(getattr(layers, "pi_norms", None)) else None
+        self.vf_norms = list(layers.vf_norms) if has_norms(getattr(layers, "vf_norms", None)) else None
         self.enc_act = canonical_activation(layers.actor.activation, what="actor.activation")
         self.crit_act = self.enc_act if self.shared else canonical_activation(
             layers.critic.activation, what="critic.activation")
@@ -86,35 +88,43 @@ class TritonPolicyPlan:
 
     # -- layout --------------------------------------------------------------------------
     def _build_table(self, mlp, policy_step) -> None:
-        """The packed layer list (weights, biases) and the kernel's constexpr layer table."""
-        ws, bs = [], []
+        """The packed layer list (weights, biases, layer norms) and the kernel's constexpr layer table."""
+        ws, bs, ns = [], [], []
 
-        def add(lins):
-            for lin in lins:
+        def add(lins, norms=None):
+            norms = list(norms) if has_norms(norms) else [None] * len(lins)
+            for lin, ln in zip(lins, norms):
                 ws.append(lin.weight)
                 bs.append(lin.bias)
+                ns.append(ln)
 
+        pi_norms = self.pi_norms or [None] * len(self.pi)
         enc = [] if self.recurrent else list(self.actor.mlp)
-        add(enc)
+        add(enc, None if self.recurrent else getattr(self.actor, "norms", None))
         pi0 = len(ws)
-        add(self.pi[:-1])
+        add(self.pi[:-1], pi_norms[:-1])
         last = self.pi[-1]
         pi_out = len(ws)
         pi_ls = pi_out
+        # A norm over the whole last pi layer cannot run on its two halves (means, log-stds):
+        # that layout takes the per-layer path (RLlib's heads never norm their output layer).
+        split_norm = False
         if self.dist == "diag_gaussian" and self.free_log_std is None:
             A = self.A
             ws += [last.weight[:A], last.weight[A:]]
             bs += [None if last.bias is None else last.bias[:A], None if last.bias is None else last.bias[A:]]
+            ns += [None, None]
+            split_norm = pi_norms[-1] is not None
             pi_ls = pi_out + 1
         else:
-            add([last])
+            add([last], [pi_norms[-1]])
         c0 = len(ws)
         crit = [] if (self.shared or self.recurrent) else list(self.critic.mlp)
-        add(crit)
+        add(crit, None if (self.shared or self.recurrent) else getattr(self.critic, "norms", None))
         v0 = len(ws)
         if self.vf:
-            add(self.vf)
-        self._ws, self._bs = ws, bs
+            add(self.vf, self.vf_norms)
+        self._ws, self._bs, self._ns = ws, bs, ns
         rnn_h = self.actor.rnn.hidden_size if self.recurrent else None
         in_actor = rnn_h if self.recurrent else self._obs_dim()
         widths = [in_actor] + [w.shape[0] for w in ws] + [w.shape[1] for w in ws]
@@ -122,7 +132,7 @@ class TritonPolicyPlan:
             widths.append(self.critic.rnn.hidden_size if self.recurrent else self._obs_dim())
         plan = mlp.fused_tile_plan(widths)
         out_cols = self.A if self.dist == "diag_gaussian" else self.NL
-        if plan is not None and out_cols <= plan[0]:
+        if plan is not None and out_cols <= plan[0] and not split_norm:
             self.mode = "recurrent" if self.recurrent else "fused"
             self.D, self.kernel_kind = plan
             self.dims = policy_step.layer_dims(ws, self.device)
@@ -139,6 +149,7 @@ class TritonPolicyPlan:
             CLIP=self.dist == "diag_gaussian" and self.log_std_clip is not None,
             SHARED=self.shared, D=self.D, NL=self.NL, A=self.A,
             log_std_clip=float(self.log_std_clip or 0.0), PRECISION=tri._precision,
+            NORM_MASK=sum(1 << i for i, n in enumerate(ns) if n is not None),
         )
 
     def _obs_dim(self) -> int:
@@ -160,23 +171,42 @@ class TritonPolicyPlan:
             packed = None
             if self.mode != "sequence":
                 packed = mlp.pack_mlp(self._ws, self._bs, self.D, device=self.device)
+                ln = mlp.pack_norms(self._ns, self.D, self.device)[0] if self.meta["NORM_MASK"] else None
+                packed = (*packed, ln)
             self._packed = packed
             self._lstm_bias = {}
             self._stamp = stamp
 
     # -- pieces --------------------------------------------------------------------------
     @staticmethod
-    def _mlp(x, lins, act):
+    def _mlp(x, lins, act, norms=None, out_act=None):
+        """x [B, I] through ``lins`` (every layer ``act``, the last ``out_act`` when given), with
+        the layer norms of ``norms``: one fused kernel without norms, else one linear kernel and
+        one norm+activation kernel per normed layer."""
         if not lins:
             return x
-        return tri.fused_mlp(x, [l.weight for l in lins], [l.bias for l in lins], act, act)
+        out_act = act if out_act is None else out_act
+        if not has_norms(norms):
+            return tri.fused_mlp(x, [l.weight for l in lins], [l.bias for l in lins], act, out_act)
+        from ..kernels import mlp
+
+        h = x
+        for i, (lin, ln) in enumerate(zip(lins, norms)):
+            code = mlp.ACT_CODES[canonical_activation(out_act if i == len(lins) - 1 else act)]
+            w, b = lin.weight.detach(), None if lin.bias is None else lin.bias.detach()
+            if ln is None:
+                h = mlp.linear_act(h, w, b, code, tri._precision, out_dtype=torch.float32)
+            else:
+                z = mlp.linear_act(h, w, b, mlp.ACT_CODES["linear"], tri._precision, out_dtype=torch.float32)
+                h = mlp.layernorm_act(z, ln, code, out_dtype=torch.float32)
+        return h
 
     def _rnn(self, which: str, enc, x, st: Optional[dict]):
         from ..kernels import rnn as rk
 
         rnn = enc.rnn
         B, H = x.shape[0], rnn.hidden_size
-        tokens = self._mlp(x, list(enc.mlp), canonical_activation(enc.activation))
+        tokens = self._mlp(x, list(enc.mlp), canonical_activation(enc.activation), getattr(enc, "norms", None))
         who = "state" if self.shared else f"state[{which!r}]"
 
         def get(key):
@@ -214,8 +244,7 @@ class TritonPolicyPlan:
 
         kw = dict(seed=seed, flag=flag)
         out = {}
-        pi_out = tri.fused_mlp(lat, [l.weight for l in self.pi], [l.bias for l in self.pi],
-                           self.head_act, None)
+        pi_out = self._mlp(lat, self.pi, self.head_act, self.pi_norms, "linear")
         if self.dist == "diag_gaussian":
             if self.free_log_std is not None:
                 pi_out = torch.cat([pi_out, self.free_log_std.detach().to(pi_out.dtype).expand_as(pi_out)], -1)
@@ -242,8 +271,7 @@ class TritonPolicyPlan:
             actions = torch.stack(acts, -1)
         out["action_dist_inputs"], out["actions"], out["action_logp"] = pi_out, actions, logp
         if compute_value:
-            out["vf_preds"] = tri.fused_mlp(lat_c, [l.weight for l in self.vf], [l.bias for l in self.vf],
-                                        self.head_act, None)[:, 0]
+            out["vf_preds"] = self._mlp(lat_c, self.vf, self.head_act, self.vf_norms, "linear")[:, 0]
         return out, flag
 
     # -- the step ------------------------------------------------------------------------
@@ -281,20 +309,22 @@ class TritonPolicyPlan:
         elif not self.shared:
             x_critic = x
         if self.mode == "sequence":
-            lat = self._mlp(x_actor, [] if self.recurrent else list(self.actor.mlp), self.enc_act)
+            lat = self._mlp(x_actor, [] if self.recurrent else list(self.actor.mlp), self.enc_act,
+                            None if self.recurrent else getattr(self.actor, "norms", None))
             lat_c = lat
             if compute_value and not self.shared:
-                lat_c = x_critic if self.recurrent else self._mlp(x_critic, list(self.critic.mlp), self.crit_act)
+                lat_c = x_critic if self.recurrent else self._mlp(x_critic, list(self.critic.mlp), self.crit_act,
+                                                                  getattr(self.critic, "norms", None))
             out, flag = self._sequence_heads(lat, lat_c, deterministic, compute_value, gseed, gflag)
         else:
-            wp, bp = self._packed
+            wp, bp, ln = self._packed
             seed = gseed
             if seed is None and not deterministic:
                 seed = sampling.draw_seed(x.device)
             dist, actions, logp, value, flag = policy_step.policy_step(
                 x_actor, x_critic, wp, bp, self.dims, self.meta, seed=seed if seed is not None else self.seg,
                 log_std=None if self.free_log_std is None else self.free_log_std.detach(),
-                seg=self.seg, deterministic=deterministic, compute_value=compute_value, flag=gflag)
+                seg=self.seg, deterministic=deterministic, compute_value=compute_value, flag=gflag, ln=ln)
             if gseed is not None and not deterministic and x.shape[0]:
                 sampling.advance_rng(gseed)
             out = {"action_dist_inputs": dist, "actions": actions, "action_logp": logp}

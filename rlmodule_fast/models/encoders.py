@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import dispatch, fused_mlp
+from .initializers import init_layer, init_rnn
 
 _ACT_MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU}
 
@@ -44,20 +45,39 @@ def flatten_obs(obs: torch.Tensor, space: gym.Space, n_lead: int, dtype: torch.d
     return obs.reshape(*lead, obs_dim(space)).to(dtype)  # explicit width: a 0-row batch has no -1
 
 
+#: RLlib's TorchMLP puts LayerNorm(eps=0.001) between a layer's output and its activation.
+LAYERNORM_EPS = 1e-3
+
+
 class TorchMLP(nn.Module):
-    """Linear layers in ``self.mlp`` (an nn.Sequential), each followed by its activation
-    module unless that activation is linear (RLlib's TorchMLP layout)."""
+    """RLlib's TorchMLP layout in ``self.mlp`` (an nn.Sequential): per layer an ``nn.Linear``,
+    then (with layer norm) ``nn.LayerNorm(out, eps=0.001)``, then its activation module unless
+    the activation is linear. ``hidden_layernorm`` applies to the hidden layers,
+    ``output_layernorm`` to the output layer (when ``output_dim`` is given); RLlib's encoders set
+    both from ``fcnet_use_layernorm``, its heads only the first (``head_fcnet_use_layernorm``).
+
+    ``hidden_init`` / ``output_init``: initializer settings (``models.initializers.init_layer``
+    keywords: kernel, kernel_kwargs, bias, bias_kwargs) applied to each layer right after it is
+    created, as RLlib does (so a seed gives RLlib's weights). forward(x [..., in]) -> [..., out].
+    """
 
     def __init__(self, input_dim: int, hidden_layer_dims: list[int], hidden_activation: str,
-                 output_dim: Optional[int] = None, output_activation: str = "linear"):
+                 output_dim: Optional[int] = None, output_activation: str = "linear", *,
+                 hidden_layernorm: bool = False, output_layernorm: bool = False,
+                 hidden_init: Optional[dict] = None, output_init: Optional[dict] = None):
         super().__init__()
         dims = [input_dim, *hidden_layer_dims] + ([output_dim] if output_dim is not None else [])
         layers: list[nn.Module] = []
         self.activations: list[str] = []
         for i in range(len(dims) - 1):
-            act = output_activation if (output_dim is not None and i == len(dims) - 2) else hidden_activation
-            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            is_out = output_dim is not None and i == len(dims) - 2
+            act = output_activation if is_out else hidden_activation
+            lin = nn.Linear(dims[i], dims[i + 1])
+            init_layer(lin, **((output_init if is_out else hidden_init) or {}))
+            layers.append(lin)
             self.activations.append(act)
+            if output_layernorm if is_out else hidden_layernorm:
+                layers.append(nn.LayerNorm(dims[i + 1], eps=LAYERNORM_EPS))
             if act != "linear":
                 layers.append(_ACT_MODULES[act]())
         self.mlp = nn.Sequential(*layers)
@@ -70,9 +90,21 @@ class TorchMLP(nn.Module):
         """The nn.Linear layers as the Sequential holds them now (a replaced layer is seen)."""
         return [m for m in self.mlp if isinstance(m, nn.Linear)]
 
+    @property
+    def norms(self) -> list[Optional[nn.LayerNorm]]:
+        """Per linear layer (aligned with ``linears``): the nn.LayerNorm right after it, or None."""
+        out: list = []
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                out.append(None)
+            elif isinstance(m, nn.LayerNorm) and out and out[-1] is None:
+                out[-1] = m
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if dispatch.training_mlp_backend(x) == "triton" and self.linears:
+        if dispatch.training_mlp_backend(x) == "triton" and self.linears and not any(self.norms):
             # Differentiable fused kernel (Triton forward, autograd backward) over the same weights.
+            # (Layer-normed stacks train through the torch layers; the policy step fuses them.)
             lead = x.shape[:-1]
             linears = self.linears
             y = fused_mlp(x.reshape(-1, x.shape[-1]), [m.weight for m in linears],
@@ -83,12 +115,18 @@ class TorchMLP(nn.Module):
 
 
 class TorchMLPEncoder(nn.Module):
-    """MLP over the flattened observation; its last hidden layer is the latent (``net``)."""
+    """MLP over the flattened observation; its last hidden layer is the latent (``net``).
 
-    def __init__(self, input_dim: int, hiddens: list[int], activation: str):
+    As RLlib's MLP encoder: ``use_layernorm`` (``fcnet_use_layernorm``) norms every layer, the
+    latent layer included, and ``init`` (``fcnet_*_initializer``) initialises every layer."""
+
+    def __init__(self, input_dim: int, hiddens: list[int], activation: str, *,
+                 use_layernorm: bool = False, init: Optional[dict] = None):
         super().__init__()
         self.activation = activation
-        self.net = TorchMLP(input_dim, hiddens[:-1], activation, hiddens[-1] if hiddens else None, activation)
+        self.net = TorchMLP(input_dim, hiddens[:-1], activation, hiddens[-1] if hiddens else None, activation,
+                            hidden_layernorm=use_layernorm, output_layernorm=use_layernorm,
+                            hidden_init=init, output_init=init)
         self.output_dim = self.net.output_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,18 +137,27 @@ class TorchRNNEncoder(nn.Module):
     """Tokenizer MLP (or the given ``tokenizer``, e.g. a ``models.cnn.TorchCNNEncoder``), then a
     1-layer LSTM (``self.lstm``) or GRU (``self.gru``), batch-major.
 
+    ``tokenizer``: a module mapping [..., D] -> [..., token_dim] (default: ``TorchMLPEncoder(input_dim, hiddens,
+    activation, **tokenizer_kwargs)``, RLlib's tokenizer for a 1-D observation). ``rnn_init``:
+    ``lstm_*_initializer`` settings (``models.initializers.init_rnn``).
+
     forward(x [B, T, D] (CNN tokenizer: [B, T, H, W, C]), state {"h": [B, 1, H](, "c")})
     -> (out [B, T, H], state_out same layout).
     """
 
-    def __init__(self, input_dim: int, hiddens: list[int], activation: str, cell_size: int, kind: str,
-                 tokenizer: Optional[nn.Module] = None):
+    def __init__(self, input_dim: int, hiddens: list[int], activation: str, cell_size: int, kind: str, *,
+                 tokenizer: Optional[nn.Module] = None, token_dim: Optional[int] = None,
+                 tokenizer_kwargs: Optional[dict] = None, rnn_init: Optional[dict] = None):
         super().__init__()
         self.kind = kind
         self.cell_size = cell_size
-        self.tokenizer = tokenizer if tokenizer is not None else TorchMLPEncoder(input_dim, hiddens, activation)
+        self.tokenizer = tokenizer if tokenizer is not None else TorchMLPEncoder(
+            input_dim, hiddens, activation, **(tokenizer_kwargs or {}))
         rnn_cls = nn.LSTM if kind == "lstm" else nn.GRU
-        setattr(self, kind, rnn_cls(self.tokenizer.output_dim, cell_size, batch_first=True))
+        token_dim = self.tokenizer.output_dim if token_dim is None else token_dim
+        rnn = rnn_cls(token_dim, cell_size, batch_first=True)
+        init_rnn(rnn, **(rnn_init or {}))
+        setattr(self, kind, rnn)
         self.output_dim = cell_size
 
     @property

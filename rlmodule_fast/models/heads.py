@@ -1,6 +1,10 @@
 """Torch heads with RLlib's parameter names (``net.mlp.N.*``, ``log_std``,
-``log_std_clip_param_const``)."""
+``log_std_clip_param_const``). ``use_layernorm`` (``head_fcnet_use_layernorm``) norms the hidden
+layers, never the output layer (RLlib's MLP heads); ``init``: initializer settings for every
+layer (``models.initializers.init_layer`` keywords)."""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
@@ -16,9 +20,11 @@ class TorchMLPHead(nn.Module):
     """
 
     def __init__(self, input_dim: int, hiddens: list[int], activation: str, output_dim: int,
-                 clip_log_std: bool = False, log_std_clip_param: float = 20.0):
+                 clip_log_std: bool = False, log_std_clip_param: float = 20.0, *,
+                 use_layernorm: bool = False, init: Optional[dict] = None):
         super().__init__()
-        self.net = TorchMLP(input_dim, hiddens, activation, output_dim, "linear")
+        self.net = TorchMLP(input_dim, hiddens, activation, output_dim, "linear",
+                            hidden_layernorm=use_layernorm, hidden_init=init, output_init=init)
         self.clip_log_std = clip_log_std
         self.register_buffer("log_std_clip_param_const", torch.tensor([float(log_std_clip_param)]))
 
@@ -38,9 +44,11 @@ class TorchFreeLogStdMLPHead(nn.Module):
     """
 
     def __init__(self, input_dim: int, hiddens: list[int], activation: str, action_dim: int,
-                 clip_log_std: bool = True, log_std_clip_param: float = 20.0):
+                 clip_log_std: bool = True, log_std_clip_param: float = 20.0, *,
+                 use_layernorm: bool = False, init: Optional[dict] = None):
         super().__init__()
-        self.net = TorchMLP(input_dim, hiddens, activation, action_dim, "linear")
+        self.net = TorchMLP(input_dim, hiddens, activation, action_dim, "linear",
+                            hidden_layernorm=use_layernorm, hidden_init=init, output_init=init)
         self.log_std = nn.Parameter(torch.zeros(action_dim))
         self.clip_log_std = clip_log_std
         self.register_buffer("log_std_clip_param_const", torch.tensor([float(log_std_clip_param)]))

@@ -151,13 +151,20 @@ def _f64(t: torch.Tensor, device) -> torch.Tensor:
     return t.detach().to(device=device, dtype=torch.float64)
 
 
-def _linear_chain(lins, x: torch.Tensor, act: Optional[str], last_linear: bool) -> torch.Tensor:
-    """nn.Linear layers, each followed by ``act`` (the last one linear when ``last_linear``)."""
+def _linear_chain(lins, x: torch.Tensor, act: Optional[str], last_linear: bool, norms=None) -> torch.Tensor:
+    """nn.Linear layers, each followed by its nn.LayerNorm when ``norms`` (one entry per layer,
+    None or a LayerNorm) has one, then ``act`` (the last layer linear when ``last_linear``)."""
     f = activation_fn(act)
     n = len(lins)
+    norms = list(norms) if norms is not None else [None] * n
     for i, lin in enumerate(lins):
         b = None if lin.bias is None else _f64(lin.bias, x.device)
         x = F.linear(x, _f64(lin.weight, x.device), b)
+        ln = norms[i]
+        if ln is not None:
+            x = F.layer_norm(x, tuple(ln.normalized_shape),
+                             None if ln.weight is None else _f64(ln.weight, x.device),
+                             None if ln.bias is None else _f64(ln.bias, x.device), float(ln.eps))
         if not (last_linear and i == n - 1):
             x = f(x)
     return x
@@ -171,7 +178,7 @@ def _state_in(st, key: str, B: int, H: int, x: torch.Tensor) -> torch.Tensor:
 
 def _encode(enc, x: torch.Tensor, st) -> tuple[torch.Tensor, Optional[dict]]:
     """An encoder (mlp, then an optional 1-layer LSTM/GRU step): (latent, state_out or None)."""
-    x = _linear_chain(enc.mlp, x, enc.activation, False)
+    x = _linear_chain(enc.mlp, x, enc.activation, False, getattr(enc, "norms", None))
     r = enc.rnn
     if r is None:
         return x, None
@@ -217,9 +224,11 @@ def policy_step(layers, obs, state=None, *, deterministic: bool = False, compute
     that ``PolicyPlan.step`` (cpp and triton) is tested against.
 
     ``layers`` is read duck-typed: ``actor`` / ``critic`` (None: the value head reads the actor
-    latent) with ``mlp`` (nn.Linear list, each followed by ``activation``) and ``rnn`` (None or a
-    1-layer nn.LSTM / nn.GRU stepped once after the mlp); ``pi`` / ``vf`` (hidden layers use
-    ``head_activation``, the last is linear); ``dist`` in {"categorical", "multi_categorical",
+    latent) with ``mlp`` (nn.Linear list, each followed by ``activation``), ``norms`` (optional:
+    per layer an nn.LayerNorm applied between the layer and its activation, or None) and ``rnn``
+    (None or a 1-layer nn.LSTM / nn.GRU stepped once after the mlp); ``pi`` / ``vf`` (hidden
+    layers use ``head_activation``, the last is linear; optional ``pi_norms`` / ``vf_norms`` as
+    ``norms``); ``dist`` in {"categorical", "multi_categorical",
     "diag_gaussian"}, ``action_sizes``, ``log_std_clip`` (clamps the log-std to [-c, c]) and
     ``free_log_std`` ([A], appended after pi's mean output).
 
@@ -236,7 +245,7 @@ def policy_step(layers, obs, state=None, *, deterministic: bool = False, compute
     nested = L.critic is not None and L.critic.rnn is not None
     sa = state.get("actor") if (nested and state is not None) else state
     lat, so_a = _encode(L.actor, x, sa)
-    d = _linear_chain(L.pi, lat, L.head_activation, True)
+    d = _linear_chain(L.pi, lat, L.head_activation, True, getattr(L, "pi_norms", None))
     if L.free_log_std is not None:
         d = torch.cat([d, _f64(L.free_log_std, x.device).expand(d.shape[0], -1)], -1)
     if L.dist == "diag_gaussian" and L.log_std_clip is not None:
@@ -261,7 +270,7 @@ def policy_step(layers, obs, state=None, *, deterministic: bool = False, compute
     if compute_value:
         if not L.vf:
             raise ValueError("compute_value: these layers have no value head (vf is None)")
-        out["vf_preds"] = _linear_chain(L.vf, lat_c, L.head_activation, True)[:, 0]
+        out["vf_preds"] = _linear_chain(L.vf, lat_c, L.head_activation, True, getattr(L, "vf_norms", None))[:, 0]
     if so_a is not None:
         out["state_out"] = {"actor": so_a, "critic": so_c} if nested else so_a
     return out

@@ -218,8 +218,9 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
                 raise ValueError(f"{what}: conv encoder: not fused in this build")
             try:
                 if self._recurrent:
-                    return EncoderLayers(mlp=e.tokenizer.net.linears, activation=e.tokenizer.activation, rnn=e.rnn)
-                return EncoderLayers(mlp=e.net.linears, activation=e.activation)
+                    return EncoderLayers(mlp=e.tokenizer.net.linears, activation=e.tokenizer.activation, rnn=e.rnn,
+                                         norms=e.tokenizer.net.norms)
+                return EncoderLayers(mlp=e.net.linears, activation=e.activation, norms=e.net.norms)
             except AttributeError:
                 raise ValueError(f"{what}: a {type(e).__name__} is not an encoder the fused step runs "
                                  "(an MLP / LSTM / GRU encoder from PPOCatalog)") from None
@@ -228,10 +229,14 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             if not isinstance(h, fusable_heads):
                 raise ValueError(f"{what}: a {type(h).__name__} head (from {type(self.catalog).__name__}."
                                  f"build_{what}_head) is not a head the fused step runs (PPOCatalog's MLP heads)")
-            return h.net.linears
+            return h.net
 
         cfg = self.catalog.model_config_dict
         space = self.action_space
+        if not _default_dist_cls(self.action_dist_cls, space):
+            raise ValueError(f"action_dist_cls: {getattr(self.action_dist_cls, '__name__', self.action_dist_cls)!r} "
+                             f"(from {type(self.catalog).__name__}) is not the distribution the fused step samples "
+                             "(TorchCategorical / TorchMultiCategorical / TorchDiagGaussian for the action space)")
         if isinstance(space, gym.spaces.Discrete):
             dist, sizes = "categorical", [int(space.n)]
         elif isinstance(space, gym.spaces.MultiDiscrete):
@@ -242,12 +247,15 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         critic = None if shared or self.encoder.critic is None else enc(self.encoder.critic, "encoder.critic")
         vf = None
         if not self.inference_only and isinstance(self.vf, fusable_heads):
-            vf = self.vf.net.linears  # a custom value head only costs the fused value output
+            vf = self.vf.net  # a custom value head only costs the fused value output
+        pi = head(self.pi, "pi")
         return PolicyLayers(
             actor=enc(self.encoder.actor, "encoder.actor"),
             critic=critic,
-            pi=head(self.pi, "pi"),
-            vf=vf,
+            pi=pi.linears,
+            pi_norms=pi.norms,
+            vf=None if vf is None else vf.linears,
+            vf_norms=None if vf is None else vf.norms,
             head_activation=cfg["head_fcnet_activation"],
             dist=dist,
             action_sizes=sizes,
@@ -318,6 +326,21 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
 
     def _forward_inference(self, batch: dict, **kwargs) -> dict:
         return self._forward_fast_or_torch(batch, deterministic=True)
+
+
+def _default_dist_cls(cls, space) -> bool:
+    """Whether ``cls`` is the distribution class the fused step samples for ``space`` (the
+    catalog default; a catalog's own class, e.g. a subclass with a temperature, is not)."""
+    from .. import distributions as d
+
+    if isinstance(space, gym.spaces.Discrete):
+        return cls is d.TorchCategorical
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        # Catalog._get_dist_cls_from_action_space: a partial class made fresh per catalog
+        return (isinstance(cls, type) and cls.__bases__ == (d.TorchMultiCategorical,)
+                and cls.__name__ == "TorchMultiCategoricalPartial" and cls.from_logits.__func__.__qualname__.endswith(
+                    "DistributionPartial.from_logits"))
+    return cls is d.TorchDiagGaussian
 
 
 def _check_finite_obs(obs: torch.Tensor) -> None:

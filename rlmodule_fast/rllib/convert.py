@@ -42,10 +42,6 @@ RLLIB_PPO_CATALOGS = frozenset({"ray.rllib.algorithms.ppo.ppo_catalog.PPOCatalog
 # RLlib model-config keys (DefaultModelConfig and the old-stack dict) that change the network
 # in a way these modules do not implement: accepted only at the value given here.
 _MUST_BE = {
-    "fcnet_use_layernorm": False,
-    "head_fcnet_use_layernorm": False,
-    "lstm_use_prev_action": False,
-    "lstm_use_prev_reward": False,
     "use_attention": False,
 }
 # Keys that only matter when building fresh weights (initializers) or for models other than
@@ -84,9 +80,10 @@ def _cut(e: BaseException) -> str:
 def rllib_model_config(cfg: Any, *, source: str = "model_config") -> dict:
     """Our model config from RLlib's (a dict, a ``DefaultModelConfig``, or its pickle record).
 
-    Keys we implement are kept (``conv_filters`` and ``conv_activation`` included; validated by
-    our config code when the module is built); initializer / fusion keys are dropped (the weights are loaded, not initialised);
-    architecture keys we do not implement (layer norm, prev-action/reward inputs, attention) are a
+    Keys we implement are kept (``conv_filters``, ``conv_activation`` and the layer-norm keys
+    included; validated by our config code when the module is built); initializer / fusion keys
+    are dropped (the weights are loaded, not initialised); architecture keys we do not implement
+    (attention) are a
     ValueError unless they hold RLlib's default; any other key (RLlib ignores unknown keys) is
     dropped with a warning naming it.
     """
@@ -103,6 +100,8 @@ def rllib_model_config(cfg: Any, *, source: str = "model_config") -> dict:
     for key, value in cfg.items():
         if not isinstance(key, str):
             raise ValueError(f"{source}: keys must be strings, got {_describe(key)}")
+        if key in _IRRELEVANT or key.endswith(_IRRELEVANT_SUFFIXES):
+            continue
         if key in DEFAULTS:
             out[key] = list(value) if isinstance(value, tuple) else value
         elif key in _MUST_BE:
@@ -112,8 +111,6 @@ def rllib_model_config(cfg: Any, *, source: str = "model_config") -> dict:
                 unsupported = True
             if unsupported:
                 raise ValueError(f"{source}: {key}={_describe(value)} is not supported by rlmodule_fast's PPO module")
-        elif key in _IRRELEVANT or key.endswith(_IRRELEVANT_SUFFIXES) or key.startswith("conv_"):
-            continue
         else:
             ignored.append(key)
     if ignored:

@@ -50,17 +50,26 @@ from ..ops import dispatch
 from .convert import rllib_model_config
 
 
-def _linears(seq: nn.Module, what: str) -> list:
-    """The nn.Linear layers of an RLlib TorchMLP's Sequential (activations between them only)."""
-    layers = []
+def _linears_norms(seq: nn.Module, what: str) -> tuple[list, list]:
+    """The nn.Linear layers of an RLlib TorchMLP's Sequential and, per layer, the nn.LayerNorm
+    right after it or None (``*_use_layernorm``); only activations may sit between them."""
+    layers, norms = [], []
     for m in seq.children():
         if isinstance(m, nn.Linear):
             layers.append(m)
+            norms.append(None)
+        elif isinstance(m, nn.LayerNorm) and norms and norms[-1] is None:
+            norms[-1] = m
         elif len(list(m.parameters())) or len(list(m.buffers())):
             raise ValueError(f"{what}: layer {type(m).__name__} has weights (not a plain MLP)")
     if not layers:
         raise ValueError(f"{what}: no nn.Linear layers")
-    return layers
+    return layers, norms
+
+
+def _linears(seq: nn.Module, what: str) -> list:
+    """The nn.Linear layers of an RLlib TorchMLP's Sequential (activations and norms between them)."""
+    return _linears_norms(seq, what)[0]
 
 
 class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
@@ -91,9 +100,10 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
             if hasattr(e, "lstm"):
                 if e.tokenizer is None:
                     raise ValueError(f"{what}: LSTM encoder without tokenizer")
-                return EncoderLayers(mlp=_linears(e.tokenizer.net.mlp, f"{what}.tokenizer"),
-                                     activation=cfg["fcnet_activation"], rnn=e.lstm)
-            return EncoderLayers(mlp=_linears(e.net.mlp, f"{what}.net"), activation=cfg["fcnet_activation"])
+                lins, norms = _linears_norms(e.tokenizer.net.mlp, f"{what}.tokenizer")
+                return EncoderLayers(mlp=lins, activation=cfg["fcnet_activation"], rnn=e.lstm, norms=norms)
+            lins, norms = _linears_norms(e.net.mlp, f"{what}.net")
+            return EncoderLayers(mlp=lins, activation=cfg["fcnet_activation"], norms=norms)
 
         space = self.action_space
         if isinstance(space, gym.spaces.Discrete):
@@ -117,11 +127,15 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
         if not shared and getattr(e, "critic_encoder", None) is not None:
             critic = enc(e.critic_encoder, "encoder.critic_encoder")
         vf = getattr(self, "vf", None)
+        pi, pi_norms = _linears_norms(self.pi.net.mlp, "pi.net")
+        vf, vf_norms = (None, None) if vf is None else _linears_norms(vf.net.mlp, "vf.net")
         return PolicyLayers(
             actor=actor,
             critic=critic,
-            pi=_linears(self.pi.net.mlp, "pi.net"),
-            vf=None if vf is None else _linears(vf.net.mlp, "vf.net"),
+            pi=pi,
+            pi_norms=pi_norms,
+            vf=vf,
+            vf_norms=vf_norms,
             head_activation=cfg["head_fcnet_activation"],
             dist=dist,
             action_sizes=sizes,
