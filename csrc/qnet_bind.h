@@ -18,7 +18,9 @@ py::object qitem(const py::dict& s, const char* key) {
 }
 
 // spec: obs_dim, enc / enc_acts (may be empty), af / af_acts, vf / vf_acts (None: no value head),
-// num_actions, num_atoms, z (the support, num_atoms floats when num_atoms > 1).
+// num_actions, num_atoms, z (the support, num_atoms floats when num_atoms > 1); optional
+// enc_norms / af_norms / vf_norms (bindings.cpp's pack_norms: per layer None or an nn.LayerNorm's
+// (gamma, beta, eps), applied between the layer and its activation by mlp_block).
 QNet build_qnet(const py::dict& s) {
     QNet n;
     const char* fn = "QNet";
@@ -31,14 +33,17 @@ QNet build_qnet(const py::dict& s) {
     RF_CHECK(int64_t(n.A) * n.N <= kMaxDim, "QNet: num_actions * num_atoms: too large");
     pack_mlp(fn, n.enc, qitem(s, "enc").cast<std::vector<LayerDesc>>(), qitem(s, "enc_acts").cast<std::vector<int>>(),
              n.obs_dim, true, "enc");
+    pack_norms(fn, n.enc, s, "enc_norms");
     const int lat = n.enc.layers.empty() ? n.obs_dim : n.enc.out_dim();
     pack_mlp(fn, n.af, qitem(s, "af").cast<std::vector<LayerDesc>>(), qitem(s, "af_acts").cast<std::vector<int>>(),
              lat, false, "af");
+    pack_norms(fn, n.af, s, "af_norms");
     RF_CHECK(n.af.out_dim() == n.A * n.N, "QNet: af: last layer must have num_actions * num_atoms outputs");
     if (!qitem(s, "vf").is_none()) {
         n.vf_on = true;
         pack_mlp(fn, n.vf, qitem(s, "vf").cast<std::vector<LayerDesc>>(), qitem(s, "vf_acts").cast<std::vector<int>>(),
                  lat, false, "vf");
+        pack_norms(fn, n.vf, s, "vf_norms");
         RF_CHECK(n.vf.out_dim() == 1, "QNet: vf: last layer must have 1 output");
     }
     n.z = qitem(s, "z").cast<std::vector<float>>();

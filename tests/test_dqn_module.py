@@ -459,3 +459,56 @@ def test_set_state_while_stepping_never_tears():
     steps, torn = race(lambda: m.forward_inference({"obs": obs})["action_dist_inputs"],
                        lambda i: m.set_state(s1 if i % 2 == 0 else s0), outs, seconds=1.0)
     assert steps > 10 and torn == 0
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_layernorm_encoder_fused(backend, monkeypatch):
+    """fcnet_use_layernorm (RLlib's LayerNorm(eps=1e-3) after every encoder layer) runs in the fused
+    step; same Q-values as the torch layers and as RLlib's module with the same weights."""
+    if backend == "torch":
+        torch_path(monkeypatch)
+    m = build(n=4, fcnet_hiddens=[19, 11], fcnet_use_layernorm=True, head_fcnet_hiddens=[6])
+    assert any(m.encoder.net.norms)
+    with torch.no_grad():
+        for n in m.encoder.net.norms:
+            n.weight.uniform_(0.5, 1.5)
+            n.bias.uniform_(-0.3, 0.3)
+    obs = sample_obs(BOX5, 9)
+    out = m.forward_inference({"obs": obs})
+    with torch.no_grad():
+        q = m.compute_q_values({"obs": torch.from_numpy(obs)})["qf_preds"]
+    torch.testing.assert_close(out["action_dist_inputs"], q, **TOL)
+    if backend == "cpp":
+        assert m.fast_path_info()["backend"] == "cpp"
+    pytest.importorskip("ray.rllib")
+    from rlmodule_fast.rllib import FastDQNTorchRLModule
+
+    fast = FastDQNTorchRLModule(observation_space=BOX5, action_space=gym.spaces.Discrete(4),
+                                model_config=config(fcnet_hiddens=[19, 11], fcnet_use_layernorm=True, head_fcnet_hiddens=[6]))
+    fast.set_state(m.get_state())
+    got = fast.forward_inference({"obs": torch.from_numpy(obs)})["actions"]
+    assert torch.equal(got, q.argmax(-1))
+    assert fast.fast_path_info()["active"] == (backend == "cpp")
+
+
+def test_same_seed_same_weights_as_rllib_with_initializers():
+    """RLlib's DQNCatalog passes head_fcnet_*_initializer to the heads and fcnet_*_initializer to
+    the encoder: with the same seed our module draws RLlib's weights exactly."""
+    pytest.importorskip("ray.rllib")
+    from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQNTorchRLModule
+
+    cfg = config(fcnet_hiddens=[8, 6], head_fcnet_hiddens=[5], head_fcnet_kernel_initializer="xavier_uniform_",
+                 head_fcnet_bias_initializer="normal_", head_fcnet_bias_initializer_kwargs={"std": 0.1},
+                 fcnet_kernel_initializer="orthogonal_")
+    torch.manual_seed(7)
+    theirs = DefaultDQNTorchRLModule(observation_space=BOX5, action_space=gym.spaces.Discrete(3), model_config=cfg)
+    torch.manual_seed(7)
+    ours = DQNTorchRLModule(observation_space=BOX5, action_space=gym.spaces.Discrete(3), model_config=cfg)
+    a, b = theirs.state_dict(), ours.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_default_model_config_object_is_accepted():
+    cfg = rf.DefaultModelConfig(fcnet_hiddens=[12])
+    m = DQNTorchRLModule(observation_space=BOX5, action_space=gym.spaces.Discrete(3), model_config=cfg)
+    assert m.encoder.net.linears[0].out_features == 12 and m.uses_dueling  # DQN keys: DQNConfig's defaults

@@ -120,6 +120,17 @@ def test_triton_errors_and_freshness(device):
     torch.testing.assert_close(m.forward_inference({"obs": x})["action_dist_inputs"], want, **tol(device))
 
 
+def test_triton_says_layernorm_runs_the_torch_layers(device):
+    m = build(device, fcnet_hiddens=[12], fcnet_use_layernorm=True)
+    obs = on(device, np.zeros((3, 5), np.float32))
+    with pytest.warns(UserWarning, match="layer norm"):
+        out = m.forward_inference({"obs": obs})
+    with torch.no_grad():
+        torch.testing.assert_close(out["action_dist_inputs"], m.compute_q_values({"obs": obs})["qf_preds"])
+    info = m.fast_path_info()
+    assert not info["active"] and "layer norm" in info["reason"]
+
+
 _SM90_SCRIPT = r"""
 import json, os, re, subprocess, tempfile
 import triton

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional
 import gymnasium as gym
 
 from ..models.catalog import Catalog, check_framework
-from ..models.config import _short
+from ..models.config import _short, as_config_mapping
 from ..models.heads import TorchMLPHead
 from .schedule import check_epsilon
 
@@ -37,8 +37,9 @@ MASK_KEY, OBS_KEY = "action_mask", "observations"
 
 
 def resolve_dqn_config(user: Mapping[str, Any]) -> tuple[dict, dict]:
-    """(DQN keys validated, with DQNConfig's defaults; every other key, untouched)."""
-    user = dict(user or {})
+    """(DQN keys validated, with DQNConfig's defaults; every other key, untouched). ``user``: a
+    dict, or a ``DefaultModelConfig`` (ours or RLlib's) without DQN keys."""
+    user = dict(as_config_mapping(user))
     dqn = {k: user.pop(k, v) for k, v in DQN_DEFAULTS.items()}
     for key in ("double_q", "dueling"):
         if not isinstance(dqn[key], bool):
@@ -104,7 +105,12 @@ class DQNCatalog(Catalog):
         return self._head(framework, 1)
 
     def _head(self, framework: str, out: int) -> TorchMLPHead:
+        """RLlib's ``DQNCatalog._get_head_config``: head_fcnet_hiddens / _activation, the
+        ``head_fcnet_*_initializer`` settings on every layer (a seed gives RLlib's weights), no
+        layer norm (RLlib 2.60's DQN heads do not read ``head_fcnet_use_layernorm``)."""
         check_framework(framework)
         cfg = self.model_config_dict
+        init = {"kernel": cfg["head_fcnet_kernel_initializer"], "kernel_kwargs": cfg["head_fcnet_kernel_initializer_kwargs"],
+                "bias": cfg["head_fcnet_bias_initializer"], "bias_kwargs": cfg["head_fcnet_bias_initializer_kwargs"]}
         return TorchMLPHead(self.latent_dims[0], cfg["head_fcnet_hiddens"], cfg["head_fcnet_activation"], out,
-                            False, cfg["log_std_clip_param"])
+                            False, cfg["log_std_clip_param"], init=init)

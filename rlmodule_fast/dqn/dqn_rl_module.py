@@ -294,7 +294,9 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
             af=self.af.net.linears,
             vf=self.vf.net.linears if self.uses_dueling and self.num_atoms == 1 else None,
             head_activation=cfg["head_fcnet_activation"], num_actions=self._num_actions,
-            num_atoms=self.num_atoms, v_min=getattr(self, "v_min", -10.0), v_max=getattr(self, "v_max", 10.0))
+            num_atoms=self.num_atoms, v_min=getattr(self, "v_min", -10.0), v_max=getattr(self, "v_max", 10.0),
+            enc_norms=self.encoder.net.norms, af_norms=self.af.net.norms,
+            vf_norms=self.vf.net.norms if self.uses_dueling and self.num_atoms == 1 else None)
 
     def _example(self):
         return next(self.parameters(), None)

@@ -34,7 +34,7 @@ import torch
 
 from ..ops import dispatch
 from ..ops.reference import canonical_activation
-from .layers import _STRUCTURE_GEN, _linear_params, _linears
+from .layers import _STRUCTURE_GEN, _check_norms, _linear_params, _linears, _norm_params, has_norms
 from .plan import _PLANS_LOCK, _UNFUSABLE_ATTR, UnfusableLayers, _plan_cache, mark_unfusable, unfusable_reason
 
 _F32 = np.dtype(np.float32)
@@ -53,6 +53,9 @@ class QNetLayers:
     num_atoms: int = 1
     v_min: float = -10.0
     v_max: float = 10.0
+    enc_norms: Optional[list] = None  # None, or per encoder layer an nn.LayerNorm (before its activation) or None
+    af_norms: Optional[list] = None   # the same for the af layers
+    vf_norms: Optional[list] = None   # the same for the vf layers
 
 
 def support(num_atoms: int, v_min: float, v_max: float, device=None) -> torch.Tensor:
@@ -62,7 +65,8 @@ def support(num_atoms: int, v_min: float, v_max: float, device=None) -> torch.Te
 
 
 def qnet_params(L: QNetLayers) -> list:
-    return _linear_params(L.encoder) + _linear_params(L.af) + _linear_params(L.vf or [])
+    return (_linear_params(L.encoder) + _norm_params(L.enc_norms) + _linear_params(L.af) + _norm_params(L.af_norms)
+            + _linear_params(L.vf or []) + _norm_params(L.vf_norms))
 
 
 def validate(L: QNetLayers) -> int:
@@ -91,6 +95,11 @@ def validate(L: QNetLayers) -> int:
         vf = _linears(L.vf, "vf")
         if not vf or chain(vf, lat, "vf") != 1:
             raise ValueError(f"vf: expected layers ending in 1 output, got {[tuple(v.weight.shape) for v in vf]}")
+        _check_norms(L.vf_norms, vf, "vf_norms")
+    elif has_norms(L.vf_norms):
+        raise ValueError("vf_norms: given without vf layers")
+    _check_norms(L.enc_norms, enc, "enc_norms")
+    _check_norms(L.af_norms, af, "af_norms")
     return obs_dim
 
 
@@ -152,6 +161,21 @@ class QNetPlan:
                 out.append((w.data_ptr(), w.shape[0], w.shape[1], w.shape[1], b.data_ptr() if b is not None else 0, 1))
             return out
 
+        def norms(ns):
+            """None, or per layer None / (gamma ptr, beta ptr, eps) of its nn.LayerNorm (0: ones / zeros)."""
+            if not has_norms(ns):
+                return None
+            out = []
+            for n in ns:
+                if n is None:
+                    out.append(None)
+                    continue
+                g = n.weight.detach().float().contiguous() if n.weight is not None else None
+                b = n.bias.detach().float().contiguous() if n.bias is not None else None
+                keep.extend([g, b])
+                out.append((g.data_ptr() if g is not None else 0, b.data_ptr() if b is not None else 0, float(n.eps)))
+            return out
+
         codes = self._cpp.ACT_CODES
         head = codes[canonical_activation(L.head_activation)]
         N = int(L.num_atoms)
@@ -162,6 +186,8 @@ class QNetPlan:
             "vf": None if L.vf is None else mlp(L.vf),
             "vf_acts": [] if L.vf is None else [head] * (len(L.vf) - 1) + [0],
             "z": support(N, L.v_min, L.v_max).tolist() if N > 1 else [],
+            "enc_norms": norms(L.enc_norms), "af_norms": norms(L.af_norms),
+            "vf_norms": norms(L.vf_norms) if L.vf is not None else None,
         }
         return spec, keep
 

@@ -20,7 +20,7 @@ import torch
 
 from ..ops import triton as tri
 from ..ops.reference import canonical_activation
-from .layers import _STRUCTURE_GEN
+from .layers import _STRUCTURE_GEN, has_norms
 from .qnet_plan import QNetLayers, qnet_params, support, validate
 
 
@@ -41,6 +41,8 @@ class TritonQNetPlan:
         from ..kernels import mlp, policy_step
 
         self.obs_dim = validate(layers)
+        if any(has_norms(n) for n in (layers.enc_norms, layers.af_norms, layers.vf_norms)):
+            raise ValueError("layer norm (fcnet_use_layernorm): not in the triton DQN step yet (the cpp step has it)")
         params = qnet_params(layers)
         tri._check_input_device(params[0], "DQN parameters")
         self.device = params[0].device

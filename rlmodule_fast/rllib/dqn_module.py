@@ -42,7 +42,7 @@ from ..fastpath.qnet_plan import OP, QNetLayers, fused_qnet_plan
 from ..models.config import resolve_model_config
 from ..ops import dispatch
 from .convert import rllib_model_config
-from .module import _linears
+from .module import _linears_norms
 
 
 class FastDQNTorchRLModule(WeightsLockMixin, DefaultDQNTorchRLModule):
@@ -73,12 +73,14 @@ class FastDQNTorchRLModule(WeightsLockMixin, DefaultDQNTorchRLModule):
         if not hasattr(enc, "net") or hasattr(enc, "lstm"):
             raise ValueError(f"encoder: a {type(enc).__name__} is not an MLP encoder the fused step runs")
         dueling, atoms = bool(self.uses_dueling), int(self.num_atoms)
+        enc_lins, enc_norms = _linears_norms(enc.net.mlp, "encoder.net")
+        af, af_norms = _linears_norms(self.af.net.mlp, "af.net")
+        vf, vf_norms = _linears_norms(self.vf.net.mlp, "vf.net") if dueling and atoms == 1 else (None, None)
         return QNetLayers(
-            encoder=_linears(enc.net.mlp, "encoder.net"), enc_activation=cfg["fcnet_activation"],
-            af=_linears(self.af.net.mlp, "af.net"),
-            vf=_linears(self.vf.net.mlp, "vf.net") if dueling and atoms == 1 else None,
+            encoder=enc_lins, enc_activation=cfg["fcnet_activation"], af=af, vf=vf,
             head_activation=cfg["head_fcnet_activation"], num_actions=int(self.action_space.n), num_atoms=atoms,
-            v_min=float(getattr(self, "v_min", -10.0)), v_max=float(getattr(self, "v_max", 10.0)))
+            v_min=float(getattr(self, "v_min", -10.0)), v_max=float(getattr(self, "v_max", 10.0)),
+            enc_norms=enc_norms, af_norms=af_norms, vf_norms=vf_norms)
 
     def fast_path_info(self) -> dict:
         """{"active": bool, "backend": str | None, "reason": str, "calls": int}: whether
