@@ -11,6 +11,9 @@ observation row is read once and only Q-values, actions and logp are written. We
 once per weight version by the host plan into one [L, D, D] buffer (``kernels.mlp.pack_mlp``);
 layer indices are constexpr. Two variants, as the policy kernels (``kernels.policy_step``):
 
+Layer norms (``fcnet_use_layernorm``): the policy kernels' ``NORM_MASK`` / norm table (one bit per
+packed layer), through the same layer helpers.
+
 - ``_qnet_step_fwd_kernel`` (D <= 64): every activation tile stays in registers.
 - ``_qnet_step_staged_fwd_kernel`` (D <= 256, e.g. RLlib's default [256, 256]): hidden layers are
   tiled GEMMs through this program's four scratch slots; the head outputs come back to registers.
@@ -96,7 +99,7 @@ def _qnet_step_fwd_kernel(
     ENC_ACT: tl.constexpr, HEAD_ACT: tl.constexpr, NATOMS: tl.constexpr, DUELING: tl.constexpr,
     HAS_MASK: tl.constexpr, EXPLORE: tl.constexpr,
     D: tl.constexpr, NP: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
-    BN: tl.constexpr, BK: tl.constexpr,
+    BN: tl.constexpr, BK: tl.constexpr, ln_ptr, NORM_MASK: tl.constexpr, LN_W: tl.constexpr,
 ):
     """Register-tile variant (D <= 64, NP == D). (dims_ptr, scratch_ptr, BN, BK: unused here,
     shared signature with the staged variant.)"""
@@ -105,13 +108,13 @@ def _qnet_step_fwd_kernel(
     row_ok = rows < B
     cols = tl.arange(0, D)
     h = _load_rows(x_ptr, rows, B, I, stride_xb, stride_xi, D)
-    lat = _layers(h, w_ptr, b_ptr, 0, N_ENC, ENC_ACT, D, PRECISION)
-    p = _layers(lat, w_ptr, b_ptr, AF0, N_AF_HID, HEAD_ACT, D, PRECISION)
+    lat = _layers(h, w_ptr, b_ptr, 0, N_ENC, ENC_ACT, D, PRECISION, ln_ptr, NORM_MASK, LN_W)
+    p = _layers(lat, w_ptr, b_ptr, AF0, N_AF_HID, HEAD_ACT, D, PRECISION, ln_ptr, NORM_MASK, LN_W)
     out = _dense_tile(p, w_ptr + AF_OUT * D * D, b_ptr + AF_OUT * D, D, 0, PRECISION)
     v = tl.zeros((BLOCK_B,), dtype=tl.float32)
     if DUELING:
         if NATOMS == 1:
-            hv = _layers(lat, w_ptr, b_ptr, V0, N_VF_HID, HEAD_ACT, D, PRECISION)
+            hv = _layers(lat, w_ptr, b_ptr, V0, N_VF_HID, HEAD_ACT, D, PRECISION, ln_ptr, NORM_MASK, LN_W)
             vo = _dense_tile(hv, w_ptr + VF_OUT * D * D, b_ptr + VF_OUT * D, D, 0, PRECISION)
             v = tl.sum(tl.where(cols[None, :] == 0, vo, 0.0), axis=1)
     _qnet_tail(out, v, rows, row_ok, cols, z_ptr, mask_ptr, rng_ptr, q_ptr, act_ptr, logp_ptr, flag_ptr,
@@ -128,7 +131,7 @@ def _qnet_step_staged_fwd_kernel(
     ENC_ACT: tl.constexpr, HEAD_ACT: tl.constexpr, NATOMS: tl.constexpr, DUELING: tl.constexpr,
     HAS_MASK: tl.constexpr, EXPLORE: tl.constexpr,
     D: tl.constexpr, NP: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
-    BN: tl.constexpr, BK: tl.constexpr,
+    BN: tl.constexpr, BK: tl.constexpr, ln_ptr, NORM_MASK: tl.constexpr, LN_W: tl.constexpr,
 ):
     """Staged variant (D <= 256). dims: int32 [2L] = (K_pad, N_pad) per packed layer; scratch:
     [programs, 4, BLOCK_B, D] f32. Slots 0/1: encoder; 2/3: advantage head hidden layers, then
@@ -142,14 +145,14 @@ def _qnet_step_staged_fwd_kernel(
     scr = scratch_ptr + pid * (4 * BLOCK_B * D)
 
     _staged_chain(x_ptr, stride_xb, stride_xi, rows, row_ok, I, scr, local, all_rows, w_ptr, b_ptr,
-                  dims_ptr, 0, N_ENC, 0, ENC_ACT, D, PRECISION, BLOCK_B, BN, BK)
+                  dims_ptr, 0, N_ENC, 0, ENC_ACT, D, PRECISION, BLOCK_B, BN, BK, ln_ptr, NORM_MASK, LN_W)
     if N_ENC == 0:
         lat, lat_b, lat_k, lat_rows, lat_ok, lat_K = x_ptr, stride_xb, stride_xi, rows, row_ok, I
     else:
         lat, lat_b, lat_k, lat_rows, lat_ok = scr + ((N_ENC - 1) % 2) * BLOCK_B * D, D, 1, local, all_rows
         lat_K = tl.load(dims_ptr + 2 * (N_ENC - 1) + 1)
     _staged_chain(lat, lat_b, lat_k, lat_rows, lat_ok, lat_K, scr, local, all_rows, w_ptr, b_ptr,
-                  dims_ptr, AF0, N_AF_HID, 2, HEAD_ACT, D, PRECISION, BLOCK_B, BN, BK)
+                  dims_ptr, AF0, N_AF_HID, 2, HEAD_ACT, D, PRECISION, BLOCK_B, BN, BK, ln_ptr, NORM_MASK, LN_W)
     if N_AF_HID == 0:
         p, p_b, p_k, p_rows, p_ok, p_K = lat, lat_b, lat_k, lat_rows, lat_ok, lat_K
     else:
@@ -162,7 +165,8 @@ def _qnet_step_staged_fwd_kernel(
         if NATOMS == 1:
             tl.debug_barrier()  # the advantage head's reads of slots 2/3 are done before they are rewritten
             _staged_chain(lat, lat_b, lat_k, lat_rows, lat_ok, lat_K, scr, local, all_rows, w_ptr, b_ptr,
-                          dims_ptr, V0, N_VF_HID, 2, HEAD_ACT, D, PRECISION, BLOCK_B, BN, BK)
+                          dims_ptr, V0, N_VF_HID, 2, HEAD_ACT, D, PRECISION, BLOCK_B, BN, BK, ln_ptr, NORM_MASK,
+                          LN_W)
             if N_VF_HID == 0:
                 hv, hv_b, hv_k, hv_rows, hv_ok, hv_K = lat, lat_b, lat_k, lat_rows, lat_ok, lat_K
             else:
@@ -189,13 +193,15 @@ def qnet_block_rows(meta: dict, B: int, staged: bool, NP: int) -> int:
 
 
 def qnet_step(x, w_packed, b_packed, dims, meta: dict, *, seed, z=None, mask=None, epsilon: float = 0.0,
-              explore: bool = False, flag=None):
+              explore: bool = False, flag=None, ln=None):
     """Launch the DQN step kernel (register variant for D <= REG_MAX_WIDTH, staged otherwise).
 
     ``x`` [B, I] float32 on the device; ``meta``: the constexpr layer table of the host plan
     (N_ENC, AF0, N_AF_HID, AF_OUT, V0, N_VF_HID, VF_OUT, ENC_ACT, HEAD_ACT, NATOMS, DUELING, D, A,
     PRECISION); ``seed``: int64 [2] Philox state; ``z``: the support [N] (NATOMS > 1); ``mask``:
-    float32 [B, A] of 0 / 1 or None; ``explore``: draw the epsilon coin and random action.
+    float32 [B, A] of 0 / 1 or None; ``explore``: draw the epsilon coin and random action; ``ln``:
+    the packed norm table (``kernels.mlp.pack_norms``) when meta["NORM_MASK"] names normed layers
+    (hidden and encoder layers only: the heads' output layers have none).
     Returns (q [B, A] f32, actions [B] int64, logp [B] f32, flag [1] i32).
     """
     import torch
@@ -233,6 +239,7 @@ def qnet_step(x, w_packed, b_packed, dims, meta: dict, *, seed, z=None, mask=Non
         V0=meta["V0"], N_VF_HID=meta["N_VF_HID"], VF_OUT=meta["VF_OUT"],
         ENC_ACT=meta["ENC_ACT"], HEAD_ACT=meta["HEAD_ACT"], NATOMS=meta["NATOMS"], DUELING=meta["DUELING"],
         HAS_MASK=mask is not None, EXPLORE=bool(explore),
-        D=D, NP=NP, PRECISION=meta["PRECISION"], BLOCK_B=block_b, BN=min(64, D), BK=32, num_warps=4,
+        D=D, NP=NP, PRECISION=meta["PRECISION"], BLOCK_B=block_b, BN=min(64, D), BK=32,
+        ln_ptr=ln if ln is not None else flag, NORM_MASK=int(meta.get("NORM_MASK", 0)), LN_W=2 * D + 2, num_warps=4,
     )
     return q, actions, logp, flag

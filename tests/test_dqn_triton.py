@@ -120,15 +120,20 @@ def test_triton_errors_and_freshness(device):
     torch.testing.assert_close(m.forward_inference({"obs": x})["action_dist_inputs"], want, **tol(device))
 
 
-def test_triton_says_layernorm_runs_the_torch_layers(device):
-    m = build(device, fcnet_hiddens=[12], fcnet_use_layernorm=True)
-    obs = on(device, np.zeros((3, 5), np.float32))
-    with pytest.warns(UserWarning, match="layer norm"):
+def test_triton_layernorm(device):
+    """fcnet_use_layernorm (every encoder layer normed) in the Triton step, both variants."""
+    for hiddens in ([12, 9], [70]):
+        m = build(device, fcnet_hiddens=hiddens, fcnet_use_layernorm=True, head_fcnet_hiddens=[6])
+        with torch.no_grad():
+            for n in m.encoder.net.norms:
+                n.weight.uniform_(0.5, 1.5)
+                n.bias.uniform_(-0.3, 0.3)
+        obs = on(device, np.random.default_rng(0).uniform(-1, 1, (7, 5)).astype(np.float32))
         out = m.forward_inference({"obs": obs})
-    with torch.no_grad():
-        torch.testing.assert_close(out["action_dist_inputs"], m.compute_q_values({"obs": obs})["qf_preds"])
-    info = m.fast_path_info()
-    assert not info["active"] and "layer norm" in info["reason"]
+        assert m.fast_path_info()["active"]
+        with torch.no_grad():
+            torch.testing.assert_close(out["action_dist_inputs"], m.compute_q_values({"obs": obs})["qf_preds"],
+                                       **tol(device))
 
 
 _SM90_SCRIPT = r"""
@@ -152,7 +157,8 @@ for staged, D, natoms, dueling in ((False, 64, 1, True), (False, 64, 1, False), 
     meta = dict(D=D, NATOMS=natoms)
     c = dict(N_ENC=2, AF0=2, N_AF_HID=0, AF_OUT=2, V0=3, N_VF_HID=0, VF_OUT=3, ENC_ACT=1, HEAD_ACT=2,
              NATOMS=natoms, DUELING=dueling and natoms == 1, HAS_MASK=True, EXPLORE=True, D=D, NP=NP,
-             PRECISION="tf32x3", BLOCK_B=qnet.qnet_block_rows(meta, 4096, staged, NP), BN=min(64, D), BK=32)
+             PRECISION="tf32x3", BLOCK_B=qnet.qnet_block_rows(meta, 4096, staged, NP), BN=min(64, D), BK=32,
+             NORM_MASK=3, LN_W=2 * D + 2)  # fcnet_use_layernorm: both encoder layers normed
     sig = {n: ("constexpr" if n in c else T.get(n, "*fp32" if n.endswith("_ptr") else "i32")) for n in fn.arg_names}
     k = triton.compile(ASTSource(fn, sig, c), target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
@@ -171,8 +177,8 @@ print("SPILLS-JSON", json.dumps(rows))
 
 @pytest.mark.slow
 def test_qnet_kernels_compile_for_sm90_without_spills():
-    """The interpreter never runs Triton's compiler: compile both DQN kernels (masked, exploring;
-    dueling, plain and 51-atom heads) for sm_90 without a GPU, in a subprocess without the
+    """The interpreter never runs Triton's compiler: compile both DQN kernels (masked, exploring,
+    layer-normed encoder; dueling, plain and 51-atom heads) for sm_90 without a GPU, in a subprocess without the
     interpreter, and check with triton's ptxas (-v) that none spills or exceeds 255 registers."""
     import json
     import os

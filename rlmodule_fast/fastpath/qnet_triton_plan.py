@@ -41,8 +41,9 @@ class TritonQNetPlan:
         from ..kernels import mlp, policy_step
 
         self.obs_dim = validate(layers)
-        if any(has_norms(n) for n in (layers.enc_norms, layers.af_norms, layers.vf_norms)):
-            raise ValueError("layer norm (fcnet_use_layernorm): not in the triton DQN step yet (the cpp step has it)")
+        for ns, what in ((layers.af_norms, "af_norms"), (layers.vf_norms, "vf_norms")):
+            if has_norms(ns) and list(ns)[-1] is not None:
+                raise ValueError(f"{what}: a layer norm on the head's output layer is not in the triton DQN step")
         params = qnet_params(layers)
         tri._check_input_device(params[0], "DQN parameters")
         self.device = params[0].device
@@ -50,6 +51,10 @@ class TritonQNetPlan:
         vf = list(layers.vf) if layers.vf is not None else []
         ws = [lin.weight for lin in enc + af + vf]
         bs = [lin.bias for lin in enc + af + vf]
+
+        def aligned(ns, lins):
+            return list(ns) if has_norms(ns) else [None] * len(lins)
+        self._ns = aligned(layers.enc_norms, enc) + aligned(layers.af_norms, af) + aligned(layers.vf_norms, vf)
         A, N = int(layers.num_actions), int(layers.num_atoms)
         widths = [self.obs_dim] + [w.shape[0] for w in ws] + [w.shape[1] for w in ws]
         plan = mlp.fused_tile_plan(widths)
@@ -68,6 +73,7 @@ class TritonQNetPlan:
             ENC_ACT=mlp.ACT_CODES[canonical_activation(layers.enc_activation)],
             HEAD_ACT=mlp.ACT_CODES[canonical_activation(layers.head_activation)],
             NATOMS=N, DUELING=bool(vf), D=self.D, A=A, PRECISION=tri._precision,
+            NORM_MASK=sum(1 << i for i, n in enumerate(self._ns) if n is not None),
         )
         self._gen = _STRUCTURE_GEN[0]
         self._stamp = None
@@ -89,7 +95,9 @@ class TritonQNetPlan:
             return
         with self._lock:
             if stamp != self._stamp:
-                self._packed = mlp.pack_mlp(self._ws, self._bs, self.D, device=self.device)
+                packed = mlp.pack_mlp(self._ws, self._bs, self.D, device=self.device)
+                ln = mlp.pack_norms(self._ns, self.D, self.device)[0] if self.meta["NORM_MASK"] else None
+                self._packed = (*packed, ln)
                 self._stamp = stamp
 
     def refresh(self) -> None:
@@ -123,11 +131,11 @@ class TritonQNetPlan:
             if bool(empty.any()):
                 raise ValueError(f"action_mask: every action is masked (row {int(empty.nonzero()[0, 0])})")
         self._refresh()
-        wp, bp = self._packed
+        wp, bp, ln = self._packed
         explore = not deterministic and epsilon > 0.0
         seed = sampling.draw_seed(self.device) if explore else self.dims
         q, actions, logp, flag = qnet.qnet_step(x, wp, bp, self.dims, self.meta, seed=seed, z=self.z, mask=m,
-                                               epsilon=float(epsilon), explore=explore)
+                                               epsilon=float(epsilon), explore=explore, ln=ln)
         if int(flag.item()):
             finite = torch.isfinite(q).all(-1)
             row = int((~finite).nonzero()[0, 0]) if bool((~finite).any()) else 0  # 0: a masked entry
