@@ -260,7 +260,33 @@ int64_t first_nonfinite_row(const float* x, int B, int64_t ld, int D) {
 }
 
 void raise_nonfinite(int64_t err, const char* what) {
-    throw py::value_error(std::string(what) + ": contains NaN or inf (row " + std::to_string(-1 - err) + ")");
+    int64_t row;
+    const int kind = decode_err(err, &row);
+    if (kind == ERRK_MASK_ALL)
+        throw py::value_error("action_mask: every action is masked (row " + std::to_string(row) +
+                              "); expected at least one allowed action per row (per segment)");
+    if (kind == ERRK_MASK_VALUE)
+        throw py::value_error("action_mask: expected values 0 or 1, got another value (row " + std::to_string(row) + ")");
+    throw py::value_error(std::string(what) + ": contains NaN or inf (row " + std::to_string(row) + ")");
+}
+
+// A float32 action mask [B, n] for a step or sampler: a numpy array or a raw pointer (with its
+// row stride ldm); None: no mask. Returns nullptr for None.
+const float* mask_arg(py::handle o, int B, int n, int64_t ldm, int64_t* ld_out) {
+    if (o.is_none()) return nullptr;
+    if (py::isinstance<py::array>(o)) {
+        auto arr = py::reinterpret_borrow<py::array>(o);
+        RF_CHECK(is_f32(arr) && arr.ndim() == 2 && arr.shape(0) == B && arr.shape(1) == n &&
+                     (arr.flags() & py::array::c_style),
+                 "action_mask: expected a contiguous float32 array [" + std::to_string(B) + ", " + std::to_string(n) + "]");
+        *ld_out = n;
+        return static_cast<const float*>(arr.data());
+    }
+    RF_CHECK(ldm >= n, "action_mask: row stride " + std::to_string(ldm) + " < width " + std::to_string(n));
+    *ld_out = ldm;
+    const uint64_t p = o.cast<uint64_t>();
+    RF_CHECK(B == 0 || p != 0, "action_mask: null pointer");
+    return P<const float>(p);
 }
 
 // A packed object replaced atomically on repack, so concurrent steps see old or new, never half.
@@ -478,7 +504,7 @@ struct PyPolicy {
     // returned) or 8 integer pointers (dist, actions, logp, value, ha, ca, hc, cc; 0 = absent).
     // Returns (dist, actions, logp, value, ha, ca, hc, cc), None where absent or when out given.
     py::tuple step(py::object obs, int B, int64_t ldobs, py::tuple states_in, bool det, bool want_value,
-                   py::object out) {
+                   py::object out, py::object mask, int64_t ldmask) {
         auto net = h.get();
         const float* obs_p = nullptr;
         if (py::isinstance<py::array>(obs)) {
@@ -563,6 +589,10 @@ struct PyPolicy {
             }
         }
         io.det = det;
+        if (!mask.is_none()) {
+            RF_CHECK(net->dist != DIST_DIAG_GAUSSIAN, "action_mask: masking needs categorical actions (this plan samples a Gaussian)");
+            io.mask = mask_arg(mask, B, D, ldmask, &io.ldmask);
+        }
         // An inf observation can saturate to a finite action: refuse non-finite inputs up front
         // (the torch path raises the same message), before any draw is reserved.
         const int64_t bad_row = first_nonfinite_row(obs_p, B, ldobs, net->obs_dim);
@@ -704,23 +734,37 @@ PYBIND11_MODULE(_C, m) {
         return std::make_tuple(s.key, s.counter);
     });
 
-    m.def("sample_categorical", [](uint64_t logits, int B, int A, int64_t ld, bool det, uint64_t act, uint64_t logp) {
+    m.def("sample_categorical", [](uint64_t logits, int B, int A, int64_t ld, bool det, uint64_t act, uint64_t logp,
+                                   uint64_t mask, int64_t ldm) {
         const char* fn = "sample_categorical";
         check_batch(fn, B);
         check_dim(fn, "A", A);
         check_rows(fn, "logits", logits, B, ld, A);
         check_ptr(fn, "actions", act, B);
         check_ptr(fn, "logp", logp, B);
+        if (mask) check_rows(fn, "action_mask", mask, B, ldm, A);
         uint64_t key = 0, ctr = 0;
         if (!det) rng_stream().reserve(uint64_t(B), &key, &ctr);
-        int64_t err;
+        int64_t err = 0;
         {
             py::gil_scoped_release nogil;
-            err = sample_categorical_rows(P<const float>(logits), ld, B, A, det, key, ctr, 1, P<int64_t>(act), 1,
-                                          P<float>(logp), false);
+            const float* x = P<const float>(logits);
+            int64_t ldx = ld;
+            thread_local AlignedBuf masked;  // the caller's logits are never written
+            if (mask && B > 0) {
+                masked.resize(size_t(B) * size_t(A));
+                for (int r = 0; r < B; ++r) std::memcpy(masked.p + int64_t(r) * A, x + int64_t(r) * ld, sizeof(float) * A);
+                err = apply_action_mask_rows(masked.p, A, B, &A, 1, P<const float>(mask), ldm);
+                x = masked.p;
+                ldx = A;
+            }
+            if (!err)
+                err = sample_categorical_rows(x, ldx, B, A, det, key, ctr, 1, P<int64_t>(act), 1, P<float>(logp), false);
         }
         if (err) raise_nonfinite(err, "logits");
-    });
+    }, py::arg("logits"), py::arg("B"), py::arg("A"), py::arg("ld"), py::arg("det"), py::arg("actions"), py::arg("logp"),
+       py::arg("mask") = 0, py::arg("ldm") = 0,
+       "One draw per row of logits [B, A]; mask (0: none) a float32 [B, A] of 0/1 (row stride ldm).");
     m.def("sample_diag_gaussian", [](uint64_t ml, int B, int A, int64_t ld, bool det, uint64_t act, uint64_t logp) {
         const char* fn = "sample_diag_gaussian";
         check_batch(fn, B);
@@ -765,7 +809,10 @@ PYBIND11_MODULE(_C, m) {
     py::class_<PyPolicy>(m, "Policy")
         .def(py::init<const py::dict&>())
         .def("load", &PyPolicy::load)
-        .def("step", &PyPolicy::step)
+        .def("step", &PyPolicy::step, py::arg("obs"), py::arg("B"), py::arg("ldobs"), py::arg("states_in"),
+             py::arg("det"), py::arg("want_value"), py::arg("out"), py::arg("mask") = py::none(),
+             py::arg("ldmask") = 0,
+             "One policy step; mask: None, or the action mask [B, dist_dim] (float32 0/1 array, or pointer + ldmask).")
         .def_property_readonly("dist_dim", &PyPolicy::dist_dim);
     bind_qnet(m);
 }

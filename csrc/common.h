@@ -278,6 +278,8 @@ struct StepIO {
     float* value = nullptr;        // [B] or nullptr (no value head run)
     bool det = false;
     uint64_t key = 0, ctr0 = 0;
+    // action mask [B, D] (row stride ldmask; categorical kinds only), nullptr: no masking
+    const float* mask = nullptr; int64_t ldmask = 0;
 };
 
 // Counter-based RNG: every draw is a pure function of (key, counter), so blocks of rows (and

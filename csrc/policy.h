@@ -135,9 +135,18 @@ static RF_T int64_t policy_rows(const PolicyNet& net, const StepIO& io, int r0, 
                 for (int j = A; j < D; ++j) d[j] = std::min(std::max(d[j], -net.log_std_clip), net.log_std_clip);
             }
         }
+        // action mask (masked logits become MASKED_LOGIT in dist, so the samplers below never
+        // draw them and their logp normalises over the allowed actions only)
+        int64_t err = 0;
+        if (io.mask) {
+            const bool multi = net.dist == DIST_MULTI_CATEGORICAL;
+            err = apply_action_mask_rows(dist, D, rows, multi ? net.action_sizes.data() : &D,
+                                         multi ? int(net.action_sizes.size()) : 1, io.mask + int64_t(r0) * io.ldmask,
+                                         io.ldmask);
+            if (err) return err - r0;
+        }
         // sampling
         const uint64_t ctr = io.ctr0 + uint64_t(r0) * draws;
-        int64_t err = 0;
         if (net.dist == DIST_CATEGORICAL) {
             err = sample_categorical_rows(dist, D, rows, D, io.det, io.key, ctr, 1, io.act_i + r0, 1, io.logp + r0, false);
         } else if (net.dist == DIST_MULTI_CATEGORICAL) {

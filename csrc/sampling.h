@@ -11,6 +11,57 @@ namespace rf {
 
 constexpr double LOG_SQRT_2PI = 0.9189385332046727;
 
+// RLlib's FLOAT_MIN (rllib/utils/torch_utils.py: -3.4e38), the logit of a masked action: RLlib
+// adds clamp(log(mask), FLOAT_MIN) to the logits, which in float32 is exactly this value.
+constexpr float MASKED_LOGIT = -3.4e38f;
+
+// Error codes of the samplers and the policy step, for row r: -1 - r (a NaN/inf input),
+// ERR_MASK_ALL - r (every action of the row, or of one of its segments, is masked),
+// ERR_MASK_VALUE - r (a mask entry other than 0 or 1). decode_err() splits a code again.
+constexpr int64_t ERR_MASK_ALL = -(int64_t(1) << 40) - 1;
+constexpr int64_t ERR_MASK_VALUE = -(int64_t(2) << 40) - 1;
+enum ErrKind : int { ERRK_NONFINITE = 0, ERRK_MASK_ALL = 1, ERRK_MASK_VALUE = 2 };
+inline int decode_err(int64_t err, int64_t* row) {
+    const int64_t m = -1 - err;  // >= 0
+    const int kind = int(m >> 40);
+    *row = m & ((int64_t(1) << 40) - 1);
+    return kind;
+}
+
+// Action masking, reusable by every discrete head (categorical policies, Q-value argmax): for
+// rows of x [rows, sum(seg)] (row stride ld) and mask [rows, sum(seg)] (row stride ldm; entries
+// exactly 0 or 1), x[j] = MASKED_LOGIT where mask[j] == 0. Segments (nseg sizes; a categorical is
+// one segment) must each keep at least one allowed entry; a NaN/inf x is an error even where it is
+// masked (never hidden by the overwrite). Returns 0 or an error code (above).
+// After it, the unmasked samplers below are exact masked samplers: exp(MASKED_LOGIT - max) is 0
+// in double, so a masked action has probability exactly 0 and logp is the log-softmax over the
+// allowed actions only; the argmax (first maximum) is an allowed action.
+inline int64_t apply_action_mask_rows(float* x, int64_t ld, int rows, const int* seg, int nseg,
+                                      const float* mask, int64_t ldm) {
+    for (int r = 0; r < rows; ++r) {
+        float* xr = x + r * ld;
+        const float* mr = mask + r * ldm;
+        int off = 0;
+        for (int s = 0; s < nseg; ++s) {
+            bool any = false;
+            for (int j = off; j < off + seg[s]; ++j) {
+                const float m = mr[j];
+                if (!std::isfinite(xr[j])) return -1 - r;
+                if (m == 1.0f) { any = true; continue; }
+                if (m != 0.0f) return ERR_MASK_VALUE - r;  // NaN included
+                xr[j] = MASKED_LOGIT;
+            }
+            if (!any) return ERR_MASK_ALL - r;
+            off += seg[s];
+        }
+    }
+    return 0;
+}
+
+// exp(z) for z <= 0, with 0 straight away where double's exp underflows to 0 anyway (z < -746:
+// masked logits, z ~ -3.4e38): glibc's underflow path (errno, FP flags) costs ~10x a normal exp.
+inline double exp_or_zero(double z) { return z < -746.0 ? 0.0 : std::exp(z); }
+
 // One categorical draw per row (inverse CDF on softmax). actions[r * astride], logp[r] (logp
 // is log softmax(logits)[action]). Returns -1 - r for the first row r holding a NaN/inf, else 0.
 inline int64_t sample_categorical_rows(const float* logits, int64_t ld, int rows, int A, bool det,
@@ -27,14 +78,15 @@ inline int64_t sample_categorical_rows(const float* logits, int64_t ld, int rows
         }
         if (!finite) return -1 - r;
         double s = 0.0;
-        for (int j = 0; j < A; ++j) s += std::exp(double(l[j] - mx));
+        for (int j = 0; j < A; ++j) s += exp_or_zero(double(l[j] - mx));
         int a = amax;
         if (!det) {
             double u = u01_hi(rng_bits(key, ctr0 + uint64_t(r) * ctr_stride)) * s;
             double cum = 0.0;
-            a = A - 1;
+            // u < s, so the loop always breaks; amax (never a masked action) only guards rounding
+            a = amax;
             for (int j = 0; j < A; ++j) {
-                cum += std::exp(double(l[j] - mx));
+                cum += exp_or_zero(double(l[j] - mx));
                 if (u < cum) { a = j; break; }
             }
         }

@@ -29,6 +29,11 @@ RNG: ``seed_ptr`` is the int64 [2] (key, counter) Philox state of ``kernels.samp
 element offsets are its (row * NL + column for categorical logits, row * A + column for Gaussian
 noise), so for the same state tensor the fused step draws exactly what the standalone samplers
 draw from its distribution inputs. Non-finite distribution inputs OR ERR_POLICY into flag.
+
+Action masking (HAS_MASK, categorical kinds): mask [B, NL] of 0/1; masked logits are stored as
+RLlib's FLOAT_MIN and excluded from the draw and the log-softmax (exactly what FLOAT_MIN logits
+give: their exp underflows to 0); a row (segment) with nothing allowed, or a value other than
+0/1, ORs ERR_MASK into flag.
 """
 from __future__ import annotations
 
@@ -37,7 +42,8 @@ import triton.language as tl
 
 from ..ops.codes import DISTRIBUTIONS
 from .mlp import _dense_staged, _dense_staged_ln, _dense_tile, _dense_tile_ln, _layernorm_tile, _load_rows
-from .sampling import ERR_POLICY, _categorical_row_block, _rng_normal
+from .sampling import (_FLOAT_MIN, ERR_POLICY, _categorical_row_block, _ERR_MASK, _load_action_mask,
+                       _none_allowed, _rng_normal)
 
 _ERR_POLICY = tl.constexpr(ERR_POLICY)  # a jit-visible global must be constexpr
 
@@ -47,11 +53,14 @@ DIST_CODES = DISTRIBUTIONS
 
 @triton.jit
 def _policy_tail(out, ls, rows, row_ok, cols, rng_ptr, seg_ptr, dist_ptr, act_ptr, logp_ptr, flag_ptr,
-                 NL, A, log_std_clip, DIST: tl.constexpr, NSEG: tl.constexpr, CLIP: tl.constexpr,
-                 DETERMINISTIC: tl.constexpr, BLOCK_B: tl.constexpr, NP: tl.constexpr):
+                 NL, A, log_std_clip, mask_ptr, stride_mb,
+                 DIST: tl.constexpr, NSEG: tl.constexpr, CLIP: tl.constexpr,
+                 DETERMINISTIC: tl.constexpr, BLOCK_B: tl.constexpr, NP: tl.constexpr,
+                 HAS_MASK: tl.constexpr):
     """Distribution inputs -> stores of dist, actions, logp; non-finite inputs set flag.
 
-    out: [BLOCK_B, NP] logits (categorical) or means (Gaussian); ls: [BLOCK_B, NP] log-stds."""
+    out: [BLOCK_B, NP] logits (categorical) or means (Gaussian); ls: [BLOCK_B, NP] log-stds.
+    HAS_MASK (categorical kinds): mask [B, NL] (row stride stride_mb), see the module doc."""
     if DIST == 2:
         valid = row_ok[:, None] & (cols[None, :] < A)
         # NaN is checked before the clamp: max/min may return the non-NaN operand (they do on
@@ -75,17 +84,30 @@ def _policy_tail(out, ls, rows, row_ok, cols, rng_ptr, seg_ptr, dist_ptr, act_pt
     else:
         valid = row_ok[:, None] & (cols[None, :] < NL)
         bad = valid & ((out != out) | (tl.abs(out) == float("inf")))
+        allowed = valid
+        if HAS_MASK:
+            allowed, mbad = _load_action_mask(mask_ptr, rows, cols, valid, stride_mb, 1)
+            allowed = allowed & valid
+            out = tl.where(allowed | (~valid), out, _FLOAT_MIN)
+            merr = tl.max(tl.max(mbad.to(tl.int32), axis=1), axis=0)
+            if DIST == 0:
+                merr = tl.maximum(merr, tl.max(_none_allowed(allowed, valid, row_ok), axis=0))
+            else:
+                for s in tl.static_range(NSEG):
+                    seg_in = valid & (cols[None, :] >= tl.load(seg_ptr + s)) & (cols[None, :] < tl.load(seg_ptr + s + 1))
+                    merr = tl.maximum(merr, tl.max(_none_allowed(allowed, seg_in, row_ok), axis=0))
+            tl.atomic_or(flag_ptr, merr * _ERR_MASK)
         tl.store(dist_ptr + rows[:, None] * NL + cols[None, :], out, mask=valid)
         if DIST == 0:
-            x = tl.where(valid, out, float("-inf"))
-            a, lp, _l, _s = _categorical_row_block(x, cols, valid, rng_ptr, rows, NL, DETERMINISTIC)
+            x = tl.where(allowed, out, float("-inf"))
+            a, lp, _l, _s = _categorical_row_block(x, cols, allowed, rng_ptr, rows, NL, DETERMINISTIC)
             tl.store(act_ptr + rows, a.to(tl.int64), mask=row_ok)
         else:
             lp = tl.zeros((BLOCK_B,), dtype=tl.float32)
             for s in tl.static_range(NSEG):
                 lo = tl.load(seg_ptr + s)
                 hi = tl.load(seg_ptr + s + 1)
-                seg_valid = valid & (cols[None, :] >= lo) & (cols[None, :] < hi)
+                seg_valid = allowed & (cols[None, :] >= lo) & (cols[None, :] < hi)
                 x = tl.where(seg_valid, out, float("-inf"))
                 a, lps, _l, _s = _categorical_row_block(x, cols, seg_valid, rng_ptr, rows, NL,
                                                          DETERMINISTIC)
@@ -108,9 +130,9 @@ def _layers(h, w_ptr, b_ptr, FIRST: tl.constexpr, N: tl.constexpr, ACT: tl.const
 @triton.jit
 def _policy_step_fwd_kernel(
     x_ptr, xc_ptr, w_ptr, b_ptr, dims_ptr, scratch_ptr, logstd_ptr, seg_ptr, seed_ptr,
-    dist_ptr, act_ptr, logp_ptr, value_ptr, flag_ptr,
+    dist_ptr, act_ptr, logp_ptr, value_ptr, flag_ptr, mask_ptr,
     B, I, IC, NL, A, log_std_clip,
-    stride_xb, stride_xi, stride_cb, stride_ci,
+    stride_xb, stride_xi, stride_cb, stride_ci, stride_mb,
     N_ENC: tl.constexpr, PI0: tl.constexpr, N_PI_HID: tl.constexpr, PI_OUT: tl.constexpr,
     PI_LS: tl.constexpr, C0: tl.constexpr, N_CRIT: tl.constexpr, V0: tl.constexpr,
     N_VF_HID: tl.constexpr, VF_OUT: tl.constexpr,
@@ -119,7 +141,7 @@ def _policy_step_fwd_kernel(
     SHARED: tl.constexpr, COMPUTE_VALUE: tl.constexpr, DETERMINISTIC: tl.constexpr,
     D: tl.constexpr, NP: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, VF_SLOT: tl.constexpr,
-    ln_ptr, NORM_MASK: tl.constexpr, LN_W: tl.constexpr,
+    ln_ptr, NORM_MASK: tl.constexpr, LN_W: tl.constexpr, HAS_MASK: tl.constexpr = False,
 ):
     """Register-tile variant (D <= 64): x [B, I] -> dist [B, NL | 2A], actions, logp [B],
     value [B] (COMPUTE_VALUE); critic input xc [B, IC] when not SHARED. (dims_ptr, scratch_ptr,
@@ -142,7 +164,8 @@ def _policy_step_fwd_kernel(
     else:
         ls = out
     _policy_tail(out, ls, rows, row_ok, cols, seed_ptr, seg_ptr, dist_ptr, act_ptr, logp_ptr, flag_ptr,
-                 NL, A, log_std_clip, DIST, NSEG, CLIP, DETERMINISTIC, BLOCK_B, D)
+                 NL, A, log_std_clip, mask_ptr, stride_mb, DIST, NSEG, CLIP, DETERMINISTIC, BLOCK_B, D,
+                 HAS_MASK)
     if COMPUTE_VALUE:
         if SHARED:
             v = lat
@@ -202,9 +225,9 @@ def _staged_chain(src, s_b, s_k, src_rows, src_ok, K0, scr, local, all_rows, w_p
 @triton.jit
 def _policy_step_staged_fwd_kernel(
     x_ptr, xc_ptr, w_ptr, b_ptr, dims_ptr, scratch_ptr, logstd_ptr, seg_ptr, seed_ptr,
-    dist_ptr, act_ptr, logp_ptr, value_ptr, flag_ptr,
+    dist_ptr, act_ptr, logp_ptr, value_ptr, flag_ptr, mask_ptr,
     B, I, IC, NL, A, log_std_clip,
-    stride_xb, stride_xi, stride_cb, stride_ci,
+    stride_xb, stride_xi, stride_cb, stride_ci, stride_mb,
     N_ENC: tl.constexpr, PI0: tl.constexpr, N_PI_HID: tl.constexpr, PI_OUT: tl.constexpr,
     PI_LS: tl.constexpr, C0: tl.constexpr, N_CRIT: tl.constexpr, V0: tl.constexpr,
     N_VF_HID: tl.constexpr, VF_OUT: tl.constexpr,
@@ -213,7 +236,7 @@ def _policy_step_staged_fwd_kernel(
     SHARED: tl.constexpr, COMPUTE_VALUE: tl.constexpr, DETERMINISTIC: tl.constexpr,
     D: tl.constexpr, NP: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, VF_SLOT: tl.constexpr,
-    ln_ptr, NORM_MASK: tl.constexpr, LN_W: tl.constexpr,
+    ln_ptr, NORM_MASK: tl.constexpr, LN_W: tl.constexpr, HAS_MASK: tl.constexpr = False,
 ):
     """Staged variant (D <= 256). dims: int32 [2L] = (K_pad, N_pad) per packed layer; scratch:
     [programs, 4, BLOCK_B, D] f32. Slots 0/1: actor encoder; 2/3: pi hidden, then the critic
@@ -255,7 +278,8 @@ def _policy_step_staged_fwd_kernel(
     else:
         ls = out
     _policy_tail(out, ls, rows, row_ok, cols, seed_ptr, seg_ptr, dist_ptr, act_ptr, logp_ptr, flag_ptr,
-                 NL, A, log_std_clip, DIST, NSEG, CLIP, DETERMINISTIC, BLOCK_B, NP)
+                 NL, A, log_std_clip, mask_ptr, stride_mb, DIST, NSEG, CLIP, DETERMINISTIC, BLOCK_B, NP,
+                 HAS_MASK)
 
     if COMPUTE_VALUE:
         tl.debug_barrier()  # the pi head's reads of slots 2/3 are done before they are rewritten
@@ -308,7 +332,7 @@ def block_rows(meta: dict, B: int, staged: bool) -> int:
 
 
 def policy_step(x, xc, w_packed, b_packed, dims, meta: dict, *, seed, log_std=None, seg=None,
-                deterministic: bool = False, compute_value: bool = False, flag=None, ln=None):
+                deterministic: bool = False, compute_value: bool = False, flag=None, ln=None, mask=None):
     """Launch the policy kernel (register variant for D <= REG_MAX_WIDTH, staged otherwise).
 
     ``meta``: the constexpr layer table and sizes built by the host plan (keys N_ENC, PI0,
@@ -317,6 +341,7 @@ def policy_step(x, xc, w_packed, b_packed, dims, meta: dict, *, seed, log_std=No
     ``seed``: int64 [2] (key, counter) Philox state (any tensor when deterministic); ``flag``:
     an int32 [1] device tensor to OR the error bit into (fresh zeros when None).
     ``ln``: the packed norm table (``kernels.mlp.pack_norms``) when ``meta["NORM_MASK"]`` is not 0.
+    ``mask``: None or a float32 [B, NL] action mask with unit column stride (categorical kinds).
     Returns (dist [B, NL | 2A] f32, actions, logp [B] f32, value [B] f32 or None, flag [1] i32).
     """
     import torch
@@ -356,8 +381,9 @@ def policy_step(x, xc, w_packed, b_packed, dims, meta: dict, *, seed, log_std=No
         x, xc, w_packed, b_packed, dims, scratch, log_std if log_std is not None else flag,
         seg if seg is not None else flag, seed,
         dist, actions, logp, value if value is not None else logp, flag,
+        mask if mask is not None else flag,
         B, I, xc.shape[1], NL, A, float(meta["log_std_clip"]),
-        x.stride(0), x.stride(1), xc.stride(0), xc.stride(1),
+        x.stride(0), x.stride(1), xc.stride(0), xc.stride(1), mask.stride(0) if mask is not None else 0,
         N_ENC=meta["N_ENC"], PI0=meta["PI0"], N_PI_HID=meta["N_PI_HID"], PI_OUT=meta["PI_OUT"],
         PI_LS=meta["PI_LS"], C0=meta["C0"], N_CRIT=meta["N_CRIT"], V0=meta["V0"],
         N_VF_HID=meta["N_VF_HID"], VF_OUT=meta["VF_OUT"],
@@ -367,6 +393,6 @@ def policy_step(x, xc, w_packed, b_packed, dims, meta: dict, *, seed, log_std=No
         DETERMINISTIC=bool(deterministic), D=D, NP=NP, PRECISION=meta["PRECISION"],
         BLOCK_B=block_b, BN=min(64, D), BK=32, VF_SLOT=2 if meta["SHARED"] else 0,
         ln_ptr=ln if ln is not None else flag, NORM_MASK=int(meta.get("NORM_MASK", 0)), LN_W=2 * D + 2,
-        num_warps=4,
+        HAS_MASK=mask is not None, num_warps=4,
     )
     return dist, actions, logp, value, flag

@@ -26,8 +26,14 @@ import triton.language as tl
 
 _TINY = 1.1754943508222875e-38  # float32 tiny, as the reference clamps the uniform
 
-#: error bits OR-ed into the flag by each kernel (ops.triton.raise_if_error names them)
-ERR_LOGITS, ERR_GAUSSIAN, ERR_POLICY = 1, 2, 4
+#: error bits OR-ed into the flag by each kernel (ops.triton.raise_if_error names them);
+#: ERR_MASK: an action mask with a value other than 0/1, or a row (segment) with none allowed
+ERR_LOGITS, ERR_GAUSSIAN, ERR_POLICY, ERR_MASK = 1, 2, 4, 8
+_ERR_MASK = tl.constexpr(ERR_MASK)
+
+#: RLlib's FLOAT_MIN (rllib/utils/torch_utils.py), the logit a masked action gets
+FLOAT_MIN = -3.4e38
+_FLOAT_MIN = tl.constexpr(FLOAT_MIN)
 
 
 @triton.jit
@@ -59,6 +65,22 @@ def _rng_normal(rng_ptr, offsets):
 
 
 @triton.jit
+def _load_action_mask(mask_ptr, rows, cols, valid, stride_mb, stride_ma):
+    """(allowed [BLOCK_B, BLOCK_A] bool, bad [BLOCK_B, BLOCK_A]: an entry neither 0 nor 1) of a
+    float action-mask tile; entries outside ``valid`` read as allowed and never bad."""
+    m = tl.load(mask_ptr + rows[:, None] * stride_mb + cols[None, :] * stride_ma, mask=valid,
+                other=1.0).to(tl.float32)
+    return m != 0.0, valid & (m != 0.0) & (m != 1.0)
+
+
+@triton.jit
+def _none_allowed(allowed, seg_valid, row_ok):
+    """int32 [BLOCK_B]: 1 where a valid row has no allowed entry inside ``seg_valid``."""
+    n = tl.sum((seg_valid & allowed).to(tl.int32), axis=1)
+    return (row_ok & (n == 0)).to(tl.int32)
+
+
+@triton.jit
 def _categorical_row_block(x, cols, valid, rng_ptr, rows, A, DETERMINISTIC: tl.constexpr):
     """Gumbel-max over a [BLOCK_B, BLOCK_A] tile (invalid entries -inf).
 
@@ -83,12 +105,14 @@ def _categorical_row_block(x, cols, valid, rng_ptr, rows, A, DETERMINISTIC: tl.c
 
 @triton.jit
 def _sample_categorical_fwd_kernel(
-    logits_ptr, actions_ptr, logp_ptr, entropy_ptr, flag_ptr, seed_ptr,
-    B, A, stride_b, stride_a,
+    logits_ptr, actions_ptr, logp_ptr, entropy_ptr, flag_ptr, seed_ptr, mask_ptr,
+    B, A, stride_b, stride_a, stride_mb, stride_ma,
     DETERMINISTIC: tl.constexpr, HAS_ENTROPY: tl.constexpr, CHECK: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_A: tl.constexpr, ERR: tl.constexpr = 1,
+    BLOCK_B: tl.constexpr, BLOCK_A: tl.constexpr, HAS_MASK: tl.constexpr = False, ERR: tl.constexpr = 1,
 ):
-    """actions[B] (int64), logp[B] (= log softmax(logits)[action]), entropy[B] optional."""
+    """actions[B] (int64), logp[B] (= log softmax(logits)[action]), entropy[B] optional.
+    HAS_MASK: mask [B, A] (0/1) excludes masked entries (-inf: RLlib's FLOAT_MIN logits give
+    the same numbers, exp underflowing to 0); bad masks OR ERR_MASK into the flag."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_A)
@@ -99,6 +123,13 @@ def _sample_categorical_fwd_kernel(
     if CHECK:
         bad = valid & ((x != x) | (tl.abs(x) == float("inf")))
         tl.atomic_or(flag_ptr, tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0) * ERR)
+    if HAS_MASK:
+        allowed, mbad = _load_action_mask(mask_ptr, rows, cols, valid, stride_mb, stride_ma)
+        merr = tl.maximum(tl.max(tl.max(mbad.to(tl.int32), axis=1), axis=0),
+                          tl.max(_none_allowed(allowed, valid, row_ok), axis=0))
+        tl.atomic_or(flag_ptr, merr * _ERR_MASK)
+        valid = valid & allowed
+        x = tl.where(valid, x, float("-inf"))
     a, logp, m, log_s = _categorical_row_block(x, cols, valid, seed_ptr, rows, A, DETERMINISTIC)
     tl.store(actions_ptr + rows, a.to(tl.int64), mask=row_ok)
     tl.store(logp_ptr + rows, logp.to(logp_ptr.dtype.element_ty), mask=row_ok)
@@ -171,12 +202,13 @@ def _check_offsets(B: int, A: int) -> None:
 
 
 def sample_categorical(logits, deterministic: bool = False, *, entropy: bool = False,
-                       check: bool = True, seed=None, flag=None):
+                       check: bool = True, seed=None, flag=None, mask=None):
     """logits [B, A] -> (actions [B] int64, logp [B], flag [1] int32[, entropy [B]]).
 
     ``flag`` (fresh zeros unless given: then OR-ed into) gets ERR_LOGITS when an input was
     NaN/inf (only with ``check``); the caller raises. ``seed``: an int64 [2] (key, counter)
-    tensor (``draw_seed`` when None)."""
+    tensor (``draw_seed`` when None). ``mask``: None or a float [B, A] action mask (0/1) on the
+    logits' device; its errors set ERR_MASK (always checked)."""
     import torch
 
     B, A = logits.shape
@@ -193,9 +225,11 @@ def sample_categorical(logits, deterministic: bool = False, *, entropy: bool = F
             seed = flag if deterministic else draw_seed(dev)
         block_b, block_a = _blocks(B, A)
         _sample_categorical_fwd_kernel[(triton.cdiv(B, block_b),)](
-            logits, actions, logp, ent, flag, seed, B, A, logits.stride(0), logits.stride(1),
+            logits, actions, logp, ent, flag, seed, mask if mask is not None else logits,
+            B, A, logits.stride(0), logits.stride(1),
+            mask.stride(0) if mask is not None else 0, mask.stride(1) if mask is not None else 0,
             DETERMINISTIC=bool(deterministic), HAS_ENTROPY=bool(entropy), CHECK=bool(check),
-            BLOCK_B=block_b, BLOCK_A=block_a,
+            BLOCK_B=block_b, BLOCK_A=block_a, HAS_MASK=mask is not None,
         )
     return (actions, logp, flag, ent) if entropy else (actions, logp, flag)
 

@@ -301,10 +301,12 @@ def test_unsupported_action_space_is_value_error(space, what):
         PPOTorchRLModule(observation_space=OBS, action_space=space, model_config={"fcnet_hiddens": [4]})
 
 
-def test_unsupported_observation_space_is_value_error():
+@pytest.mark.parametrize("space", [gym.spaces.Tuple([OBS, gym.spaces.Text(5)]), gym.spaces.Sequence(OBS)],
+                         ids=["Tuple-with-Text", "Sequence"])
+def test_unsupported_observation_space_is_value_error(space):
+    # (Dict / Tuple of Box, Discrete, MultiDiscrete, MultiBinary are flattened as RLlib does)
     with pytest.raises(ValueError, match="observation_space"):
-        PPOTorchRLModule(observation_space=gym.spaces.Tuple([OBS, OBS]), action_space=ACT,
-                         model_config={"fcnet_hiddens": [4]})
+        PPOTorchRLModule(observation_space=space, action_space=ACT, model_config={"fcnet_hiddens": [4]})
 
 
 def test_hidden_alias():

@@ -119,7 +119,7 @@ class SpecChecker:
             if kind == 0:
                 continue
             if kind == 1:
-                if not isinstance(value, Mapping):
+                if type(value) is not dict and not isinstance(value, Mapping):  # (the ABC check is slow)
                     raise ValueError(f"{self.what}: {path!r} must be a dict with keys {sorted(sub[0])}, got {type(value).__name__}")
                 self._check(value, sub[1])
                 continue

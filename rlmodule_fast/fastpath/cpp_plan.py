@@ -57,6 +57,7 @@ class CppPolicyPlan:
         dims = validate(layers)
         self.__dict__.update(dims)
         self._recurrent = self.actor_rnn is not None or self.critic_rnn is not None
+        self._gauss = layers.dist == "diag_gaussian"
         self.layers, self._params = layers, params
         self._watch()
 
@@ -231,9 +232,16 @@ class CppPolicyPlan:
             x = np.ascontiguousarray(x)
         return x, x.shape[0], 0, as_tensor, x
 
-    def step_flat(self, obs, deterministic: bool) -> tuple:
+    def _mask(self, mask, B: int):
+        """The action mask as the contiguous float32 [B, D] array _C reads (None: no mask)."""
+        if self._gauss:
+            raise ValueError("action_mask: masking needs categorical actions, this plan samples a Gaussian")
+        return self._cpp.mask_f32(mask, B, self.dist_dim)
+
+    def step_flat(self, obs, deterministic: bool, mask=None) -> tuple:
         """The env-runner hot path of a feed-forward plan: obs [B, O] (numpy or CPU tensor)
-        -> (action_dist_inputs, actions, action_logp) as fresh torch tensors, no value head."""
+        -> (action_dist_inputs, actions, action_logp) as fresh torch tensors, no value head.
+        ``mask``: None or the action mask [B, D] (0/1; masked logits become RLlib's FLOAT_MIN)."""
         if self._stamp_of(self._watch_policy) != self._packed_policy:
             self._repack()
         if type(obs) is np.ndarray and obs.dtype == _F32 and obs.ndim == 2 and obs.flags.c_contiguous:
@@ -242,14 +250,16 @@ class CppPolicyPlan:
             obs_arg, B, ld = obs, obs.shape[0], 0
         else:
             obs_arg, B, ld, _, _ = self._obs(obs)
+        m = None if mask is None else self._mask(mask, B)
         if not deterministic:
             self._sync_rng()
         self._sync_threads()
-        r = self._net.step(obs_arg, B, ld, _NO_STATE, deterministic, False, None)
+        r = self._net.step(obs_arg, B, ld, _NO_STATE, deterministic, False, None, m)
         from_np = torch.from_numpy
         return from_np(r[0]), from_np(r[1]), from_np(r[2])
 
-    def step(self, obs, state=None, *, deterministic: bool = False, compute_value: bool = False, out=None) -> dict:
+    def step(self, obs, state=None, *, deterministic: bool = False, compute_value: bool = False, out=None,
+             mask=None) -> dict:
         if compute_value:
             if self._stamp_of(self._watch_all) != self._packed_all:
                 self._repack()
@@ -265,12 +275,13 @@ class CppPolicyPlan:
         if compute_value and not self.has_vf:
             raise ValueError("compute_value: this plan has no value head (layers.vf is None)")
         keep, states = self._states(state, B) if self._recurrent else (None, _NO_STATE)
+        m = None if mask is None else self._mask(mask, B)
         if not deterministic:
             self._sync_rng()
         self._sync_threads()
         if out is not None:
-            return self._step_out(obs_arg, B, ld, states, deterministic, compute_value, out)
-        r = self._net.step(obs_arg, B, ld, states, bool(deterministic), bool(compute_value), None)
+            return self._step_out(obs_arg, B, ld, states, deterministic, compute_value, out, m)
+        r = self._net.step(obs_arg, B, ld, states, bool(deterministic), bool(compute_value), None, m)
         del keep, keep_obs
         if as_tensor:
             from_np = torch.from_numpy
@@ -287,7 +298,7 @@ class CppPolicyPlan:
                 res["state_out"] = sa
         return res
 
-    def _step_out(self, obs_arg, B, ld, states, deterministic, compute_value, out: dict) -> dict:
+    def _step_out(self, obs_arg, B, ld, states, deterministic, compute_value, out: dict, mask=None) -> dict:
         gauss = self.layers.dist == "diag_gaussian"
         na = len(self.action_sizes) if self.layers.dist == "multi_categorical" else None
         A = self.action_sizes[0]
@@ -329,5 +340,5 @@ class CppPolicyPlan:
                 if isinstance(rnn, torch.nn.LSTM):
                     sp[i + 1] = buf("c", (B, rnn.hidden_size), torch.float32, d)
         self._net.step(obs_arg, B, ld, states, bool(deterministic), bool(compute_value),
-                       (dist, act, logp, val, sp[0], sp[1], sp[2], sp[3]))
+                       (dist, act, logp, val, sp[0], sp[1], sp[2], sp[3]), mask)
         return out

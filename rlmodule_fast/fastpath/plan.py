@@ -64,6 +64,11 @@ class PolicyPlan:
       kind (numpy / tensor) as obs. Outputs are fresh every call (the caller owns them);
       ``out=`` takes a dict of caller-owned contiguous buffers with those keys instead (written
       in place and returned; rnn plans also need "state_out").
+    - mask (categorical kinds): None or RLlib's action mask [B, D] (1 allowed, 0 masked; float,
+      int or bool): masked entries of ``action_dist_inputs`` are RLlib's FLOAT_MIN, a masked
+      action is never sampled (nor the argmax), ``action_logp`` normalises over the allowed
+      actions; a row (multi-categorical: a segment) with none allowed, or a value other than
+      0/1, is a ValueError naming the row.
 
     ``deterministic`` takes the mode (argmax / mean). Draws follow the cpp backend's stream
     (see ``ops.cpp``): reproducible under ``torch.manual_seed`` / ``rf.manual_seed``. Safe to
@@ -147,21 +152,24 @@ class PolicyPlan:
                 self.impl._repack()
 
     # -- the step -----------------------------------------------------------------------------------
-    def step(self, obs, state=None, *, deterministic: bool = False, compute_value: bool = False, out=None) -> dict:
+    def step(self, obs, state=None, *, deterministic: bool = False, compute_value: bool = False, out=None,
+             mask=None) -> dict:
         if self._gen != _STRUCTURE_GEN[0]:
             self._repack()
+        kw = {} if mask is None else {"mask": mask}
         if out is None:
-            return self.impl.step(obs, state, deterministic=deterministic, compute_value=compute_value)
+            return self.impl.step(obs, state, deterministic=deterministic, compute_value=compute_value, **kw)
         if self.backend != "cpp":
             raise ValueError("out=: not supported by the triton plan")
-        return self.impl.step(obs, state, deterministic=deterministic, compute_value=compute_value, out=out)
+        return self.impl.step(obs, state, deterministic=deterministic, compute_value=compute_value, out=out, **kw)
 
-    def step_flat(self, obs, deterministic: bool) -> tuple:
+    def step_flat(self, obs, deterministic: bool, mask=None) -> tuple:
         """The env-runner hot path of a feed-forward cpp plan: obs [B, O] (numpy or CPU tensor)
-        -> (action_dist_inputs, actions, action_logp) as fresh torch tensors, no value head."""
+        -> (action_dist_inputs, actions, action_logp) as fresh torch tensors, no value head
+        (``mask``: as ``step``)."""
         if self._gen != _STRUCTURE_GEN[0]:
             self._repack()
-        return self.impl.step_flat(obs, deterministic)
+        return self.impl.step_flat(obs, deterministic, mask)
 
 
 # Plans cached per module: {(RLMODULE_FAST_BACKEND's raw value, CUDA input?): plan or None}. Our

@@ -24,7 +24,7 @@ class TritonPolicyPlan:
     ``free_log_std``). It holds the layers themselves, packs their weights once and repacks
     when any parameter's storage or version changes (optimizer step, ``set_state``).
 
-    ``step(obs [B, I], state=None, *, deterministic=False, compute_value=False)`` returns
+    ``step(obs [B, I], state=None, *, deterministic=False, compute_value=False, mask=None)`` returns
     {"action_dist_inputs" [B, NL | 2A] f32, "actions" ([B] int64 | [B, NSEG] int64 | [B, A] f32),
     "action_logp" [B] f32[, "vf_preds" [B] f32][, "state_out"]}; fresh tensors every call.
 
@@ -233,9 +233,10 @@ class TritonPolicyPlan:
                          getattr(rnn, "bias_ih_l0", None), getattr(rnn, "bias_hh_l0", None), tri._precision)
         return h2, {"h": h2}
 
-    def _sequence_heads(self, lat, lat_c, deterministic, compute_value, seed=None, flag=None):
+    def _sequence_heads(self, lat, lat_c, deterministic, compute_value, seed=None, flag=None, mask=None):
         """The heads as separate kernels. ``seed``/``flag``: the graph-mode Philox state (advanced
-        on the device after each sampler) and error flag; None = eager (fresh per call)."""
+        on the device after each sampler) and error flag; None = eager (fresh per call). ``mask``:
+        float32 [B, NL] action mask (categorical kinds) or None."""
         from ..kernels import sampling
 
         def adv():
@@ -254,7 +255,7 @@ class TritonPolicyPlan:
             actions, logp, flag = sampling.sample_diag_gaussian(pi_out, deterministic, **kw)
             adv()
         elif self.dist == "categorical":
-            actions, logp, flag = sampling.sample_categorical(pi_out, deterministic, **kw)
+            actions, logp, flag = sampling.sample_categorical(pi_out, deterministic, mask=mask, **kw)
             adv()
         else:
             acts, logp = [], 0.0
@@ -262,13 +263,16 @@ class TritonPolicyPlan:
                 flag = torch.zeros(1, dtype=torch.int32, device=lat.device)
             lo = 0
             for n in self.action_sizes:
-                a, lp, _f = sampling.sample_categorical(pi_out[:, lo:lo + n], deterministic,
-                                                        seed=seed, flag=flag)
+                a, lp, _f = sampling.sample_categorical(pi_out[:, lo:lo + n], deterministic, seed=seed, flag=flag,
+                                                        mask=None if mask is None else mask[:, lo:lo + n])
                 adv()
                 acts.append(a)
                 logp = logp + lp
                 lo += n
             actions = torch.stack(acts, -1)
+        if mask is not None:  # RLlib's FLOAT_MIN logits in the output (the samplers, which checked
+            # every logit for NaN/inf first, excluded them)
+            pi_out = torch.where(mask != 0, pi_out, torch.full_like(pi_out, sampling.FLOAT_MIN))
         out["action_dist_inputs"], out["actions"], out["action_logp"] = pi_out, actions, logp
         if compute_value:
             out["vf_preds"] = self._mlp(lat_c, self.vf, self.head_act, self.vf_norms, "linear")[:, 0]
@@ -277,8 +281,9 @@ class TritonPolicyPlan:
     # -- the step ------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, obs, state: Optional[dict] = None, *, deterministic: bool = False,
-             compute_value: bool = False, check: bool = True) -> dict:
+             compute_value: bool = False, check: bool = True, mask=None) -> dict:
         """One policy step (see the class docstring). obs [B, I] float (tensor or numpy).
+        ``mask``: None or RLlib's action mask [B, NL] (categorical kinds; see ``fastpath.PolicyPlan``).
 
         ``check=False`` (graph mode, CUDA-graph capturable): no host sync -- NaN/inf distribution
         inputs set a bit of ``ops.triton.error_flag(device)`` (``ops.triton.raise_if_error``
@@ -293,6 +298,11 @@ class TritonPolicyPlan:
         tri._check_device(x, "obs", self.device)
         if compute_value and not self.vf:
             raise ValueError("compute_value: this policy has no value head (vf is None)")
+        m = None
+        if mask is not None:
+            if self.dist == "diag_gaussian":
+                raise ValueError("action_mask: masking needs categorical actions, this plan samples a Gaussian")
+            m = tri.mask_tensor(mask, x.shape[0], self.NL, self.device).contiguous()
         self._refresh()
         gseed, gflag = tri._graph_args(self.device, check)
         state_out = None
@@ -315,7 +325,7 @@ class TritonPolicyPlan:
             if compute_value and not self.shared:
                 lat_c = x_critic if self.recurrent else self._mlp(x_critic, list(self.critic.mlp), self.crit_act,
                                                                   getattr(self.critic, "norms", None))
-            out, flag = self._sequence_heads(lat, lat_c, deterministic, compute_value, gseed, gflag)
+            out, flag = self._sequence_heads(lat, lat_c, deterministic, compute_value, gseed, gflag, m)
         else:
             wp, bp, ln = self._packed
             seed = gseed
@@ -324,14 +334,19 @@ class TritonPolicyPlan:
             dist, actions, logp, value, flag = policy_step.policy_step(
                 x_actor, x_critic, wp, bp, self.dims, self.meta, seed=seed if seed is not None else self.seg,
                 log_std=None if self.free_log_std is None else self.free_log_std.detach(),
-                seg=self.seg, deterministic=deterministic, compute_value=compute_value, flag=gflag, ln=ln)
+                seg=self.seg, deterministic=deterministic, compute_value=compute_value, flag=gflag, ln=ln,
+                mask=m)
             if gseed is not None and not deterministic and x.shape[0]:
                 sampling.advance_rng(gseed)
             out = {"action_dist_inputs": dist, "actions": actions, "action_logp": logp}
             if compute_value:
                 out["vf_preds"] = value
-        if check and int(flag.item()):
-            raise ValueError("action_dist_inputs: the policy produced NaN or inf")
+        if check:
+            bits = int(flag.item())
+            if bits & ~sampling.ERR_MASK:
+                raise ValueError("action_dist_inputs: the policy produced NaN or inf")
+            if bits:
+                tri.raise_mask_error(m, self.action_sizes if self.dist == "multi_categorical" else [self.NL])
         if state_out is not None:
             out["state_out"] = state_out
         if is_numpy:

@@ -29,6 +29,7 @@ from .config import resolve_model_config
 from .configs import CNNEncoderConfig, MLPEncoderConfig, RecurrentEncoderConfig
 from .encoders import obs_dim
 from .initializers import conv_init_hook
+from .flatten import split_action_mask
 
 
 def check_framework(framework: str) -> None:
@@ -67,7 +68,9 @@ class Catalog:
 
     Attributes: ``model_config_dict`` (resolved), ``obs_dim`` (flattened observation width),
     ``latent_dims`` (encoder output shape), ``action_dist_cls``, ``recurrent_kind`` (None,
-    "lstm" or "gru").
+    "lstm" or "gru"), ``encoder_observation_space`` (the space the encoders read:
+    ``observation_space["observations"]`` for RLlib's action-masking Dict, see ``models.flatten``),
+    ``action_mask_dim`` (its mask width, or None).
     """
 
     def __init_subclass__(cls, **kwargs):
@@ -84,14 +87,16 @@ class Catalog:
         self.observation_space = observation_space
         self.action_space = action_space
         self._model_config_dict = resolve_model_config(model_config_dict)
-        self.encoder_kind = obs_encoder_kind(observation_space)
-        self.obs_dim = obs_dim(observation_space)
+        self.encoder_observation_space, self.action_mask_dim = split_action_mask(observation_space)
+        enc_space = self.encoder_observation_space
+        self.encoder_kind = obs_encoder_kind(enc_space)
+        self.obs_dim = obs_dim(enc_space)
         cfg = self._model_config_dict
         self.recurrent_kind = "lstm" if cfg["use_lstm"] else ("gru" if cfg["use_gru"] else None)
         # conv_filters as built: the config's, or RLlib's default stack for the image size
         self.conv_filters = None
         if self.encoder_kind == "cnn":
-            self.conv_filters = cfg["conv_filters"] or default_conv_filters(observation_space.shape)
+            self.conv_filters = cfg["conv_filters"] or default_conv_filters(enc_space.shape)
         self._latent_dims = None
         self._determine_components_hook()
 
@@ -99,7 +104,7 @@ class Catalog:
         """Decide the components (RLlib's hook): ``_encoder_config``, ``_action_dist_class_fn``
         and ``latent_dims``. Subclasses override it to replace any of them."""
         self._encoder_config = self._get_encoder_config(
-            observation_space=self.observation_space,
+            observation_space=self.encoder_observation_space,  # an action-masking Dict's "observations"
             action_space=self.action_space,
             model_config_dict=self._model_config_dict,
         )
@@ -226,13 +231,17 @@ class Catalog:
     def _get_dist_cls_from_action_space(cls, action_space: gym.Space, *, framework: Optional[str] = None):
         """Distribution class for an action space (None when ``framework`` is None, as RLlib):
         Discrete -> TorchCategorical, MultiDiscrete -> TorchMultiCategorical (partial over its
-        sizes), 1-D float Box -> TorchDiagGaussian."""
+        sizes), 1-D float Box -> TorchDiagGaussian, Tuple / Dict -> TorchMultiDistribution (partial:
+        the children's classes, from this method, in the space's structure and their input widths
+        in dm-tree order -- Dict keys sorted -- as RLlib's ``_multi_action_dist_partial_helper``)."""
         if framework is None:
             return None
         check_framework(framework)
         from .. import distributions as d
 
         space = action_space
+        if isinstance(space, (gym.spaces.Tuple, gym.spaces.Dict)):
+            return cls._multi_action_dist_cls(space, framework)
         if isinstance(space, gym.spaces.Discrete):
             return d.TorchCategorical
         if isinstance(space, gym.spaces.MultiDiscrete):
@@ -244,7 +253,33 @@ class Catalog:
                 raise ValueError("action_space: Box(..., int) action spaces are not supported; use MultiDiscrete "
                                  "or a float Box")
             return d.TorchDiagGaussian
-        raise ValueError(f"action_space: {space!r} is not supported (Discrete, MultiDiscrete or 1-D Box)")
+        raise ValueError(f"action_space: {space!r} is not supported (Discrete, MultiDiscrete, 1-D Box, or a "
+                         "Tuple / Dict of them)")
+
+    @classmethod
+    def _multi_action_dist_cls(cls, space: gym.Space, framework: str):
+        """TorchMultiDistribution partial for a Tuple / Dict action space (see
+        ``_get_dist_cls_from_action_space``)."""
+        from .. import distributions as d
+
+        def struct(sp):
+            if isinstance(sp, gym.spaces.Dict):
+                return {k: struct(sp.spaces[k]) for k in sp.spaces}  # flattened by sorted key
+            if isinstance(sp, gym.spaces.Tuple):
+                return tuple(struct(s) for s in sp.spaces)
+            return cls._get_dist_cls_from_action_space(sp, framework=framework)
+
+        def leaves(sp):
+            if isinstance(sp, gym.spaces.Dict):
+                return [x for k in sorted(sp.spaces) for x in leaves(sp.spaces[k])]
+            if isinstance(sp, gym.spaces.Tuple):
+                return [x for s in sp.spaces for x in leaves(s)]
+            return [sp]
+
+        lens = [int(cls._get_dist_cls_from_action_space(sp, framework=framework).required_input_dim(sp))
+                for sp in leaves(space)]
+        return d.TorchMultiDistribution.get_partial_dist_cls(space=space, child_distribution_cls_struct=struct(space),
+                                                             input_lens=lens)
 
     @property
     def action_dist_input_dim(self) -> int:

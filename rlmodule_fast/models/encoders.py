@@ -20,7 +20,12 @@ _ACT_MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU
 
 
 def obs_dim(space: gym.Space) -> int:
-    """Width of the flattened observation: prod(shape) for Box, n for Discrete (one-hot)."""
+    """Width of the flattened observation: prod(shape) for Box, n for Discrete (one-hot); Dict /
+    Tuple spaces as RLlib's FlattenObservations flattens them (``models.flatten``)."""
+    from .flatten import flat_dim, is_structured
+
+    if is_structured(space):
+        return flat_dim(space)
     if isinstance(space, gym.spaces.Box):
         return int(math.prod(space.shape)) if space.shape else 1
     if isinstance(space, gym.spaces.Discrete):

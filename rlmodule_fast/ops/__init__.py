@@ -36,14 +36,25 @@ def fused_mlp(
 __all__ = ["fused_mlp", "backend_info", "dispatch"]
 
 
-def sample_categorical(logits, deterministic: bool = False, *, backend: str = "auto"):
+def sample_categorical(logits, deterministic: bool = False, *, mask=None, backend: str = "auto"):
     """One action per row of logits [B, A] (float32/64 tensor or numpy).
 
     Returns (actions [B] int64, logp [B]); logp is log softmax(logits)[action].
     ``deterministic`` takes the argmax. NaN/inf logits raise ValueError. Stochastic draws are
     reproducible under ``rf.manual_seed`` / ``torch.manual_seed``.
+
+    ``mask``: None or RLlib's action mask [B, A] (1 allowed, 0 masked; float, int or bool):
+    masked logits count as RLlib's FLOAT_MIN (``ops.reference.mask_logits``), so a masked action
+    is never drawn (nor the argmax) and logp is the log-softmax over the allowed actions. A row
+    with every action masked, or a value other than 0/1, is a ValueError naming the row.
+
+    >>> import torch, rlmodule_fast as rf
+    >>> a, lp = rf.ops.sample_categorical(torch.zeros(2, 3), mask=torch.tensor([[1, 0, 0], [0, 1, 1]]))
+    >>> int(a[0]), round(float(lp[1]), 4)
+    (0, -0.6931)
     """
-    return dispatch.get("sample_categorical", backend, logits)(logits, deterministic)
+    fn = dispatch.get("sample_categorical", backend, logits)
+    return fn(logits, deterministic) if mask is None else fn(logits, deterministic, mask=mask)
 
 
 def sample_diag_gaussian(mean_logstd, deterministic: bool = False, *, backend: str = "auto"):

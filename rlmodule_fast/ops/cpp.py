@@ -484,11 +484,41 @@ def set_rng_state(state: dict) -> None:
         _keyed_from[0] = seed
 
 
-def sample_categorical(logits, deterministic=False):
+_F32_MASK = np.dtype(np.float32)
+
+
+def mask_f32(mask, B: int, n: int) -> np.ndarray:
+    """An action mask (numpy array or CPU tensor; float, int or bool) as the contiguous float32
+    [B, n] array ``_C`` reads (a view when it already is one). ValueError naming the shape
+    otherwise; the values (0 or 1, an allowed action per row) are checked in C++."""
+    if type(mask) is np.ndarray and mask.dtype == _F32_MASK and mask.shape == (B, n) and mask.flags.c_contiguous:
+        return mask  # an env's float32 mask: the hot path
+    if isinstance(mask, torch.Tensor):
+        if mask.device.type != "cpu":
+            raise ValueError(f"action_mask: the cpp backend needs a CPU tensor, got device {mask.device}")
+        mask = mask.detach()
+        mask = mask.numpy() if mask.dtype != torch.bfloat16 else mask.float().numpy()
+    m = np.asarray(mask)
+    if m.dtype.kind not in "fiub":
+        raise ValueError(f"action_mask: expected a numeric or bool array, got dtype {m.dtype}")
+    if m.shape != (B, n):
+        if m.ndim == 3 and m.shape[1] == 1 and (m.shape[0], m.shape[2]) == (B, n):
+            m = m[:, 0]
+        else:
+            raise ValueError(f"action_mask: expected shape [{B}, {n}], got {tuple(m.shape)}")
+    if m.dtype != np.float32 or not m.flags.c_contiguous or not m.dtype.isnative:
+        m = np.ascontiguousarray(m, dtype=np.float32)
+    return m
+
+
+def sample_categorical(logits, deterministic=False, mask=None):
     """(actions [B] int64, logp [B] in logits' dtype) for logits [B, A] (or [A]).
 
     Inverse-CDF draw per row on softmax(logits) from the counter-based stream (see module doc);
     ``deterministic`` takes the argmax (first maximum). NaN/inf logits raise ValueError.
+    ``mask`` [B, A] (0/1, RLlib's action mask): masked logits count as RLlib's FLOAT_MIN (the
+    caller's logits are not written), so a masked action is never drawn; an all-masked row or a
+    value other than 0/1 is a ValueError naming the row.
     """
     is_numpy = isinstance(logits, np.ndarray)
     t = _to_tensor(logits, "logits")
@@ -499,12 +529,16 @@ def sample_categorical(logits, deterministic=False):
         raise ValueError(f"logits: expected shape [B, A] with A >= 1, got {_shape(t)}")
     t32 = _f32_rows(t)
     B, A = t32.shape
+    m = None
+    if mask is not None:
+        m = mask_f32(mask, B, A) if not squeeze else mask_f32(np.asarray(mask).reshape(1, -1), B, A)
     actions = torch.empty(B, dtype=torch.int64)
     logp = torch.empty(B, dtype=torch.float32)
     if not deterministic:
         _sync_rng()
     if B:
-        _C.sample_categorical(t32.data_ptr(), B, A, _ld(t32), bool(deterministic), actions.data_ptr(), logp.data_ptr())
+        _C.sample_categorical(t32.data_ptr(), B, A, _ld(t32), bool(deterministic), actions.data_ptr(), logp.data_ptr(),
+                              m.__array_interface__["data"][0] if m is not None else 0, A)
     if squeeze:
         actions, logp = actions[0], logp[0]
     return (actions.numpy() if is_numpy else actions), _out(logp, t.dtype, is_numpy)

@@ -69,16 +69,56 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what}: contains NaN or inf")
 
 
+#: RLlib's FLOAT_MIN (rllib/utils/torch_utils.py): the logit of a masked action.
+FLOAT_MIN = -3.4e38
+
+
+def check_action_mask(mask: torch.Tensor, segments: Sequence[int]) -> None:
+    """ValueError unless ``mask`` [..., sum(segments)] holds only 0 and 1 and every row keeps an
+    allowed action in every segment (a categorical is one segment); the row is named."""
+    m = mask.reshape(-1, mask.shape[-1]) if mask.dim() else mask.reshape(1, 1)
+    if m.numel() == 0:
+        return
+    bad = ~((m == 0) | (m == 1)).all(-1)
+    if bool(bad.any()):
+        raise ValueError(f"action_mask: expected values 0 or 1, got another value (row {int(bad.nonzero()[0, 0])})")
+    lo = 0
+    for n in segments:
+        none = ~(m[:, lo:lo + int(n)] != 0).any(-1)
+        if bool(none.any()):
+            raise ValueError(f"action_mask: every action is masked (row {int(none.nonzero()[0, 0])}); "
+                             "expected at least one allowed action per row (per segment)")
+        lo += int(n)
+
+
+def mask_logits(logits: torch.Tensor, mask, segments: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """RLlib's action masking (its action-masking example module): logits + clamp(log(mask),
+    FLOAT_MIN), so a masked logit is FLOAT_MIN and an allowed one is unchanged (differentiable).
+    ``mask`` [..., A] broadcasts against ``logits``; checked by ``check_action_mask`` (segments:
+    the multi-categorical sizes, default one segment of width A)."""
+    m = torch.as_tensor(mask).to(device=logits.device)
+    if m.shape[-1:] != logits.shape[-1:]:
+        raise ValueError(f"action_mask: expected shape [..., {logits.shape[-1]}] (one entry per logit), "
+                         f"got {tuple(m.shape)}")
+    check_action_mask(m, segments if segments is not None else [logits.shape[-1]])
+    m = m.to(logits.dtype) if m.dtype.is_floating_point else m.to(torch.float32).to(logits.dtype)
+    return logits + torch.clamp(torch.log(m), min=FLOAT_MIN)
+
+
 def sample_categorical(
-    logits: torch.Tensor, deterministic: bool = False, generator: Optional[torch.Generator] = None
+    logits: torch.Tensor, deterministic: bool = False, generator: Optional[torch.Generator] = None,
+    mask: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one action per row of ``logits`` [B, A] (Gumbel-max over torch's generator).
 
     Returns (actions [B] int64, logp [B] in logits' dtype). ``deterministic`` takes the argmax.
     logp is always log softmax(logits)[action] of the returned action. NaN/inf logits raise
-    ValueError.
+    ValueError. ``mask`` [B, A] of 0/1 (RLlib's action mask): the logits are first masked by
+    ``mask_logits``, so a masked action is never drawn and logp normalises over the allowed ones.
     """
     _check_finite(logits, "logits")
+    if mask is not None:
+        logits = mask_logits(logits, mask)
     logp_all = torch.log_softmax(logits, dim=-1)
     if deterministic:
         actions = torch.argmax(logits, dim=-1)
@@ -219,7 +259,7 @@ def action_logp(dist: str, action_sizes, dist_inputs, actions) -> torch.Tensor:
 
 @torch.no_grad()
 def policy_step(layers, obs, state=None, *, deterministic: bool = False, compute_value: bool = False,
-                generator: Optional[torch.Generator] = None) -> dict:
+                generator: Optional[torch.Generator] = None, mask=None) -> dict:
     """The whole policy step of a ``fastpath.PolicyLayers`` description, in float64: the truth
     that ``PolicyPlan.step`` (cpp and triton) is tested against.
 
@@ -238,7 +278,8 @@ def policy_step(layers, obs, state=None, *, deterministic: bool = False, compute
     [B, n] int64 | [B, A] f64, "action_logp": [B] f64[, "vf_preds": [B] f64][, "state_out":
     nested like state]} (the actor has an rnn: "state_out"). Draws use this file's samplers
     (Gumbel-max / ``torch.randn``) on ``generator``; ``deterministic`` takes
-    the mode (argmax / mean).
+    the mode (argmax / mean). ``mask``: None or the action mask [B, D] (categorical kinds), applied
+    by ``mask_logits`` to the distribution inputs before sampling.
     """
     L = layers
     x = torch.as_tensor(obs).detach().to(device=L.pi[0].weight.device, dtype=torch.float64)
@@ -251,6 +292,10 @@ def policy_step(layers, obs, state=None, *, deterministic: bool = False, compute
     if L.dist == "diag_gaussian" and L.log_std_clip is not None:
         A, c = d.shape[1] // 2, float(L.log_std_clip)
         d = torch.cat([d[:, :A], d[:, A:].clamp(-c, c)], -1)
+    if mask is not None:
+        if L.dist == "diag_gaussian":
+            raise ValueError("action_mask: masking needs categorical actions, got dist 'diag_gaussian'")
+        d = mask_logits(d, mask, _segments(L.dist, L.action_sizes))
     if L.dist == "diag_gaussian":
         actions, logp = sample_diag_gaussian(d, deterministic, generator)
     elif L.dist in ("categorical", "multi_categorical"):

@@ -76,9 +76,13 @@ def _logits(a, what: str, even: bool = False) -> torch.Tensor:
     return t
 
 
-def sample_categorical(logits, deterministic=False):
+def sample_categorical(logits, deterministic=False, mask=None):
     t = _logits(logits, "logits")
-    return _result(reference.sample_categorical(t, deterministic), isinstance(logits, np.ndarray))
+    m = None
+    if mask is not None:
+        m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+        _shape(m, "action_mask", tuple(t.shape), f"[B, A] = {list(t.shape)}")
+    return _result(reference.sample_categorical(t, deterministic, mask=m), isinstance(logits, np.ndarray))
 
 
 def sample_diag_gaussian(mean_logstd, deterministic=False):

@@ -204,6 +204,9 @@ def raise_if_error(device="cuda", *, reset: bool = True) -> None:
     bits = last_error(device)
     if reset and bits:
         _error_flags[_dev_key(device)].zero_()
+    if bits & 8:
+        raise ValueError("action_mask: a row with every action masked, or a value other than 0/1 "
+                         "(reported by a check=False call)")
     if bits:
         what = ", ".join(w for b, w in _ERR_WHAT if bits & b) or f"error bits {bits}"
         raise ValueError(f"{what}: contains NaN or inf (reported by a check=False call)")
@@ -463,7 +466,29 @@ def _check_sampler_input(t, what: str):
     return t
 
 
-def sample_categorical(logits, deterministic: bool = False, *, check: bool = True):
+def mask_tensor(mask, B: int, n: int, device) -> torch.Tensor:
+    """An action mask (numpy array or tensor; float, int or bool) as a float32 [B, n] tensor on
+    ``device`` (no copy when it already is one). ValueError naming the shape otherwise."""
+    m = _to_tensor(mask, "action_mask")
+    if m.dim() == 3 and m.shape[1] == 1:
+        m = m[:, 0]
+    if tuple(m.shape) != (B, n):
+        raise ValueError(f"action_mask: expected shape [{B}, {n}], got {tuple(m.shape)}")
+    if m.is_complex():
+        raise ValueError(f"action_mask: expected a numeric or bool tensor, got dtype {m.dtype}")
+    return m.to(device=device, dtype=torch.float32)
+
+
+def raise_mask_error(mask: torch.Tensor, segments) -> None:
+    """A kernel flagged ERR_MASK: raise the ValueError naming the row (the reference's check,
+    run on the error path only)."""
+    from .reference import check_action_mask
+
+    check_action_mask(mask, segments)
+    raise ValueError("action_mask: rejected by the kernel (a value other than 0/1 or no allowed action)")
+
+
+def sample_categorical(logits, deterministic: bool = False, *, check: bool = True, mask=None):
     """Triton Gumbel-max: logits [..., A] -> (actions [...] int64, logp [...] logits' dtype).
 
     One kernel (plus a seed draw from torch's generator); NaN/inf logits raise ValueError
@@ -478,16 +503,23 @@ def sample_categorical(logits, deterministic: bool = False, *, check: bool = Tru
     if A == 0:
         raise ValueError(f"logits: expected at least one action in the last dim, got {tuple(logits.shape)}")
     flat = logits.reshape(-1, A)
+    m = None if mask is None else mask_tensor(mask, flat.shape[0], A, flat.device)
     seed, gflag = _graph_args(flat.device, check)
     actions, logp, flag = sampling.sample_categorical(flat.detach(), deterministic, seed=seed,
-                                                      flag=gflag)
+                                                      flag=gflag, mask=m)
     if check:
-        if int(flag.item()):
+        bits = int(flag.item())
+        if bits & sampling.ERR_LOGITS:
             raise ValueError("logits: contains NaN or inf")
+        if bits & sampling.ERR_MASK:
+            raise_mask_error(m, [A])
     elif seed is not None and not deterministic and flat.shape[0]:
         sampling.advance_rng(seed)
     if _needs_grad(logits):
-        logp = torch.log_softmax(flat, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        from .reference import mask_logits
+
+        lg = flat if m is None else mask_logits(flat, m)
+        logp = torch.log_softmax(lg, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     actions, logp = actions.reshape(lead), logp.reshape(lead)
     return (actions.numpy(), logp.detach().numpy()) if is_numpy else (actions, logp)
 

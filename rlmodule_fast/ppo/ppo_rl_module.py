@@ -13,6 +13,15 @@ Fast path: under ``backend="auto"`` (or ``RLMODULE_FAST_BACKEND``) ``forward_exp
 triton for CUDA) and also return ``actions`` and ``action_logp`` (inference: the
 deterministic action). These outputs are not differentiable (as in RLlib, where env runners
 call them under no_grad); ``forward_train`` always runs the torch layers with autograd.
+
+Action masking (RLlib's ActionMaskingTorchRLModule semantics): with a Dict observation space
+{"action_mask": Box(0, 1, [n]), "observations": <space>} only ``obs["observations"]`` is encoded
+and ``action_dist_inputs`` = logits + clamp(log(mask), FLOAT_MIN) in every forward (masked
+logits are RLlib's FLOAT_MIN = -3.4e38); the fused step samples only allowed actions (exact
+``action_logp``). ``forward_train`` / ``compute_values`` also take RLlib's learner layout (obs
+the observations, the mask under ``batch["action_mask"]``). An all-masked row is a ValueError.
+Dict / Tuple observations without a mask are flattened as RLlib's FlattenObservations
+connector does (``models.flatten``).
 """
 from __future__ import annotations
 
@@ -28,6 +37,8 @@ from ..core.specs import TensorSpec, to_torch
 from ..fastpath import fused_plan, refresh, unfusable_reason
 from ..core.torch_rl_module import TorchRLModule
 from ..models.encoders import flatten_obs, obs_lead_dims
+from ..models.flatten import ACTION_MASK, OBSERVATIONS, first_leaf, flatten, is_structured, lead_dims
+from ..ops.reference import mask_logits
 from .ppo_catalog import PPOCatalog
 
 
@@ -52,10 +63,17 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             self.vf = cat.build_vf_head("torch")
         self.action_dist_cls = cat.action_dist_cls
         self._recurrent = cat.recurrent_kind
+        # the space the encoder reads (RLlib's action-masking Dict: its "observations") and the mask width
+        self._enc_space = getattr(cat, "encoder_observation_space", self.observation_space)
+        self._mask_dim = getattr(cat, "action_mask_dim", None)
+        if self._mask_dim is not None:
+            self._mask_segments = _mask_segments(self.action_space, self._mask_dim)
+        self._structured = is_structured(self._enc_space)
+        self._action_struct = isinstance(self.action_space, (gym.spaces.Tuple, gym.spaces.Dict))
         self._image = cat.encoder_kind == "cnn"
-        self._obs_rank = obs_lead_dims(self.observation_space)
+        self._obs_rank = obs_lead_dims(self._enc_space)
         # [B, D] batches of a feed-forward module with a 1-D Box observation: the env-runner hot path
-        self._flat_step = isinstance(self.observation_space, gym.spaces.Box) and self._obs_rank == 1 \
+        self._flat_step = isinstance(self._enc_space, gym.spaces.Box) and self._obs_rank == 1 \
             and not self._recurrent
 
     # ---- distributions & state --------------------------------------------------------------
@@ -83,9 +101,20 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         return ["vf", "encoder.critic_encoder"]
 
     # ---- specs --------------------------------------------------------------------------------
-    def _obs_spec(self, with_time: Optional[bool]) -> TensorSpec:
-        shape = tuple(self.observation_space.shape) if isinstance(self.observation_space, gym.spaces.Box) else ()
-        kind = "int" if isinstance(self.observation_space, gym.spaces.Discrete) else "number"
+    def _obs_spec(self, with_time: Optional[bool]):
+        inner = self._enc_obs_spec(with_time)
+        if self._mask_dim is None:
+            return inner
+        n = self._mask_dim
+        pats = [("B", n), ("B", "T", n)] if with_time is None else [("B", "T", n) if with_time else ("B", n)]
+        return {ACTION_MASK: TensorSpec(*pats, dtype_kind="number"), OBSERVATIONS: inner}
+
+    def _enc_obs_spec(self, with_time: Optional[bool]) -> Optional[TensorSpec]:
+        space = self._enc_space
+        if self._structured:
+            return None  # nested: checked leaf by leaf when flattened (models.flatten)
+        shape = tuple(space.shape) if isinstance(space, gym.spaces.Box) else ()
+        kind = "int" if isinstance(space, gym.spaces.Discrete) else "number"
         if with_time is None:
             return TensorSpec(("B", *shape), ("B", "T", *shape), dtype_kind=kind)
         return TensorSpec(("B", "T", *shape) if with_time else ("B", *shape), dtype_kind=kind)
@@ -110,6 +139,13 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         return self._step_specs()
 
     def input_specs_train(self):
+        if self._mask_dim is not None:
+            # obs is {"action_mask", "observations"}, or (RLlib's learner layout, after its
+            # compute_values popped the mask) the observations with batch["action_mask"]
+            spec = {Columns.OBS: None}
+            if self._recurrent:
+                spec[Columns.STATE_IN] = self._state_spec()
+            return spec
         if self._recurrent:
             return {Columns.OBS: self._obs_spec(True), Columns.STATE_IN: self._state_spec()}
         return {Columns.OBS: self._obs_spec(False)}
@@ -118,14 +154,18 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         return [Columns.ACTION_DIST_INPUTS, Columns.VF_PREDS, Columns.EMBEDDINGS]
 
     # ---- the torch layers -----------------------------------------------------------------------
-    def _features(self, obs: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """Float features [B, (T,) D] (images: [B, (T,) H, W, C], not flattened) and whether a T=1
-        axis was added."""
-        n_lead = obs.dim() - self._obs_rank
-        if self._image:  # [*lead, H, W, C] as it is: the CNN reads channel-last images
-            x = obs.to(self._float_dtype())
+    def _features(self, obs) -> tuple[torch.Tensor, bool]:
+        """Float features [B, (T,) D] (images: [B, (T,) H, W, C], not flattened; Dict / Tuple
+        observations flattened as RLlib's FlattenObservations) and whether a T=1 axis was added."""
+        if self._structured:
+            n_lead = lead_dims(obs, self._enc_space)
+            x = flatten(obs, self._enc_space, n_lead, self._float_dtype())
         else:
-            x = flatten_obs(obs, self.observation_space, n_lead, self._float_dtype())
+            n_lead = obs.dim() - self._obs_rank
+            if self._image:  # [*lead, H, W, C] as it is: the CNN reads channel-last images
+                x = obs.to(self._float_dtype())
+            else:
+                x = flatten_obs(obs, self._enc_space, n_lead, self._float_dtype())
         if self._recurrent and n_lead == 1:
             return x.unsqueeze(1), True
         return x, False
@@ -141,10 +181,11 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
     def _state_3d(state: dict) -> dict:
         return {k: (v.unsqueeze(1) if v.dim() == 2 else v).to(torch.float32) for k, v in state.items()}
 
-    def _encode(self, batch: dict, *, critic: bool) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[dict], bool]:
-        """(actor latent, critic latent or None, state_out or None, T axis added)."""
+    def _encode(self, batch: dict, *, critic: bool, encoder=None) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[dict], bool]:
+        """(actor latent, critic latent or None, state_out or None, T axis added); ``encoder``:
+        another encoder of the same layout (e.g. APPO's target copy), default ``self.encoder``."""
         x, added_t = self._features(batch[Columns.OBS])
-        enc = self.encoder
+        enc = self.encoder if encoder is None else encoder
         if not self._recurrent:
             a = enc.actor(x)
             c = (a if enc.shared else enc.critic(x)) if critic else None
@@ -166,10 +207,50 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             c = c.squeeze(1) if c is not None else None
         return a, c, state_out, added_t
 
+    def _split_mask(self, batch: dict) -> tuple[dict, Optional[object]]:
+        """(a shallow copy of batch whose obs is what the encoder reads, the action mask or None).
+        The caller's batch is not modified (RLlib's example module pops from it)."""
+        if self._mask_dim is None:
+            return batch, None
+        inner, mask = self._obs_and_mask(batch)
+        out = dict(batch)
+        out[Columns.OBS] = inner
+        return out, mask
+
+    def _obs_and_mask(self, batch: dict) -> tuple:
+        """(the observations the encoder reads, the action mask) of a masking module's batch."""
+        obs = batch[Columns.OBS]
+        if type(obs) is dict:  # the env-runner layout, fast
+            try:
+                return obs[OBSERVATIONS], obs[ACTION_MASK]
+            except KeyError:
+                pass
+        if isinstance(obs, dict):
+            for key in (ACTION_MASK, OBSERVATIONS):
+                if key not in obs:
+                    raise ValueError(f"obs: missing key {key!r} (an action-masking module expects obs = "
+                                     f"{{'action_mask': [B, {self._mask_dim}], 'observations': ...}}); got keys "
+                                     f"{sorted(map(str, obs))}")
+            mask, inner = obs[ACTION_MASK], obs[OBSERVATIONS]
+        else:
+            mask, inner = batch.get(ACTION_MASK), obs
+            if mask is None:
+                raise ValueError(f"obs: expected {{'action_mask': [B, {self._mask_dim}], 'observations': ...}} "
+                                 f"(or the observations with batch['action_mask']), got a {type(obs).__name__} "
+                                 "and no 'action_mask' column")
+        return inner, mask
+
+    def _mask(self, logits: torch.Tensor, mask) -> torch.Tensor:
+        """RLlib's masking of the logits (differentiable); ValueError for a bad mask."""
+        if mask is None:
+            return logits
+        return mask_logits(logits, mask, self._mask_segments)
+
     def _forward_train(self, batch: dict, **kwargs) -> dict:
+        batch, mask = self._split_mask(batch)
         a, c, state_out, _ = self._encode(to_torch(batch), critic=True)
         out = {
-            Columns.ACTION_DIST_INPUTS: self.pi(a),
+            Columns.ACTION_DIST_INPUTS: self._mask(self.pi(a), mask),
             Columns.VF_PREDS: self.vf(c).squeeze(-1),
             Columns.EMBEDDINGS: c,
         }
@@ -181,11 +262,14 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         """The torch layers' exploration / inference step, with the same keys as the fused one:
         ``actions`` sampled from the distribution (inference: its deterministic action) and
         ``action_logp`` under the distribution (torch's random stream)."""
+        batch, mask = self._split_mask(batch)
         obs = batch[Columns.OBS]
         if isinstance(obs, torch.Tensor) and obs.is_floating_point():
             _check_finite_obs(obs)
         a, _, state_out, _ = self._encode(batch, critic=False)
         logits = self.pi(a)
+        if mask is not None:
+            logits = self._mask(logits, torch.as_tensor(mask).reshape(logits.shape))
         dist = self.action_dist_cls.from_logits(logits)
         actions = dist.to_deterministic().sample() if deterministic else dist.sample()
         out = {Columns.ACTION_DIST_INPUTS: logits, Columns.ACTIONS: actions, Columns.ACTION_LOGP: dist.logp(actions)}
@@ -198,6 +282,7 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         if self.inference_only:
             raise RuntimeError("compute_values: module was built with inference_only=True (no value head)")
         if embeddings is None:
+            batch, _ = self._split_mask(batch)
             _, embeddings, _, _ = self._encode(to_torch(batch), critic=True)
         return self.vf(embeddings).squeeze(-1)
 
@@ -241,6 +326,9 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             dist, sizes = "categorical", [int(space.n)]
         elif isinstance(space, gym.spaces.MultiDiscrete):
             dist, sizes = "multi_categorical", [int(n) for n in space.nvec.ravel()]
+        elif isinstance(space, (gym.spaces.Tuple, gym.spaces.Dict)):
+            # all-Discrete structures: one multi-categorical step, actions regrouped afterwards
+            dist, sizes = "multi_categorical", _discrete_leaf_sizes(space)
         else:
             dist, sizes = "diag_gaussian", [int(space.shape[0])]
         shared = self.encoder.shared
@@ -288,26 +376,32 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         refresh(self)  # layers refused before are tried again
 
     def _forward_fast_or_torch(self, batch: dict, deterministic: bool) -> dict:
-        obs = batch[Columns.OBS]
-        plan = fused_plan(self, obs)
+        full = batch
+        if self._mask_dim is None:
+            obs, mask = batch[Columns.OBS], None
+        else:
+            obs, mask = self._obs_and_mask(batch)
+        plan = fused_plan(self, first_leaf(obs, self._enc_space) if self._structured else obs)
         if plan is None:
-            return self._forward_torch(to_torch(batch), deterministic)
+            return self._forward_torch(to_torch(full), deterministic)
         if self._flat_step and obs.ndim == 2 and plan.backend == "cpp":
             # The hot path: [B, D] Box observations go to the plan as they are (numpy or tensor).
-            adi, actions, logp = plan.step_flat(obs, deterministic)
+            adi, actions, logp = plan.step_flat(obs, deterministic, mask)
+            if self._action_struct:
+                actions = _regroup_actions(actions, self.action_space)
             return {Columns.ACTION_DIST_INPUTS: adi, Columns.ACTIONS: actions, Columns.ACTION_LOGP: logp}
-        batch = to_torch(batch)
+        batch = to_torch(self._split_mask(batch)[0])
         x, added_t = self._features(batch[Columns.OBS])
         if added_t:
             x = x.squeeze(1)
         elif self._recurrent:  # [B, T=1, D] stepping input
             if x.shape[1] != 1:
-                return self._forward_torch(batch, deterministic)
+                return self._forward_torch(to_torch(full), deterministic)
             x = x[:, 0]
         state = None
         if self._recurrent:
             state = _map_state(batch[Columns.STATE_IN], lambda v: v.reshape(v.shape[0], v.shape[-1]))
-        res = _as_tensors(plan.step(x, state, deterministic=deterministic))
+        res = _as_tensors(plan.step(x, state, deterministic=deterministic, mask=mask))
         out = {
             Columns.ACTION_DIST_INPUTS: res["action_dist_inputs"],
             Columns.ACTIONS: res["actions"],
@@ -319,6 +413,8 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
                 for k in (Columns.ACTION_DIST_INPUTS, Columns.ACTIONS, Columns.ACTION_LOGP):
                     out[k] = out[k].unsqueeze(1)
             out[Columns.STATE_OUT] = state_out
+        if self._action_struct:
+            out[Columns.ACTIONS] = _regroup_actions(out[Columns.ACTIONS], self.action_space)
         return out
 
     def _forward_exploration(self, batch: dict, **kwargs) -> dict:
@@ -326,6 +422,51 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
 
     def _forward_inference(self, batch: dict, **kwargs) -> dict:
         return self._forward_fast_or_torch(batch, deterministic=True)
+
+
+def _discrete_leaf_sizes(space: gym.Space) -> list:
+    """The sizes of a Tuple / Dict action space's Discrete leaves in dm-tree order (Dict keys
+    sorted); ValueError ("not fused: ...") for any other leaf: the torch path samples those."""
+    if isinstance(space, gym.spaces.Dict):
+        return [n for k in sorted(space.spaces) for n in _discrete_leaf_sizes(space.spaces[k])]
+    if isinstance(space, gym.spaces.Tuple):
+        return [n for s in space.spaces for n in _discrete_leaf_sizes(s)]
+    if isinstance(space, gym.spaces.Discrete) and int(space.start) == 0:
+        return [int(space.n)]
+    raise ValueError(f"not fused: a {type(space).__name__} leaf in a Tuple / Dict action space (the fused step "
+                     "runs all-Discrete structures; TorchMultiDistribution samples this one on the torch path)")
+
+
+def _regroup_actions(actions: torch.Tensor, space: gym.Space):
+    """[B, n] (or [B, 1, n]) int64 columns of the fused multi-categorical step -> the action
+    space's structure of [B] (or [B, 1]) tensors, as TorchMultiDistribution.sample returns."""
+    cols = iter(torch.unbind(actions, -1))
+
+    def build(sp):
+        if isinstance(sp, gym.spaces.Dict):
+            built = {k: build(sp.spaces[k]) for k in sorted(sp.spaces)}
+            return {k: built[k] for k in sp.spaces}
+        if isinstance(sp, gym.spaces.Tuple):
+            return tuple(build(s) for s in sp.spaces)
+        return next(cols)
+
+    return build(space)
+
+
+def _mask_segments(space: gym.Space, n: int) -> list:
+    """The categorical segments an action mask of width ``n`` covers (RLlib masks the logits:
+    one entry per logit); ValueError for an action space masking cannot apply to."""
+    if isinstance(space, gym.spaces.Discrete):
+        segs = [int(space.n)]
+    elif isinstance(space, gym.spaces.MultiDiscrete):
+        segs = [int(k) for k in np.ravel(space.nvec)]
+    else:
+        raise ValueError(f"observation_space['action_mask']: masking needs Discrete or MultiDiscrete actions, "
+                         f"got action_space {space!r}")
+    if sum(segs) != n:
+        raise ValueError(f"observation_space['action_mask']: expected shape [{sum(segs)}] (one entry per action "
+                         f"logit of {space!r}), got [{n}]")
+    return segs
 
 
 def _default_dist_cls(cls, space) -> bool:
@@ -340,6 +481,8 @@ def _default_dist_cls(cls, space) -> bool:
         return (isinstance(cls, type) and cls.__bases__ == (d.TorchMultiCategorical,)
                 and cls.__name__ == "TorchMultiCategoricalPartial" and cls.from_logits.__func__.__qualname__.endswith(
                     "DistributionPartial.from_logits"))
+    if isinstance(space, (gym.spaces.Tuple, gym.spaces.Dict)):  # Catalog._multi_action_dist_cls's partial
+        return isinstance(cls, type) and cls.__bases__ == (d.TorchMultiDistribution,)
     return cls is d.TorchDiagGaussian
 
 

@@ -27,7 +27,8 @@ from .dqn_convert import (
 )
 
 __all__ = [
-    "FastDQNTorchRLModule", "FastPPOTorchRLModule", "UnsafeCheckpointError", "from_rllib_module", "load_rllib_checkpoint",
+    "FastAPPOTorchRLModule", "FastDQNTorchRLModule", "FastPPOTorchRLModule", "UnsafeCheckpointError", "from_rllib_module",
+    "load_rllib_checkpoint",
     "rllib_model_config", "rllib_module_kwargs", "to_rllib_module", "to_rllib_state",
     "from_rllib_dqn_module", "load_rllib_dqn_checkpoint", "rllib_dqn_module_kwargs", "to_rllib_dqn_module",
     "to_rllib_dqn_state",
@@ -37,6 +38,7 @@ __all__ = [
 # Names whose modules import ray: imported on first access only. name -> submodule
 _LAZY = {
     "FastPPOTorchRLModule": "module",
+    "FastAPPOTorchRLModule": "appo_module",
     "FastDQNTorchRLModule": "dqn_module",
 }
 
