@@ -512,3 +512,26 @@ def test_default_model_config_object_is_accepted():
     cfg = rf.DefaultModelConfig(fcnet_hiddens=[12])
     m = DQNTorchRLModule(observation_space=BOX5, action_space=gym.spaces.Discrete(3), model_config=cfg)
     assert m.encoder.net.linears[0].out_features == 12 and m.uses_dueling  # DQN keys: DQNConfig's defaults
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_dict_and_tuple_observations(backend, monkeypatch):
+    """Dict / Tuple observations flattened as RLlib's FlattenObservations; the fused step runs on the
+    flattened features; forward_train concatenates obs / new_obs leaf by leaf (double Q)."""
+    if backend == "torch":
+        torch_path(monkeypatch)
+    space = gym.spaces.Dict({"pos": gym.spaces.Box(-1.0, 1.0, (3,), np.float32),
+                             "k": gym.spaces.Tuple((gym.spaces.Discrete(4), gym.spaces.Box(-1.0, 1.0, (2,), np.float32)))})
+    m = build(space, n=3)
+    rng = np.random.default_rng(0)
+    obs = {"pos": rng.uniform(-1, 1, (5, 3)).astype(np.float32),
+           "k": (rng.integers(0, 4, 5), rng.uniform(-1, 1, (5, 2)).astype(np.float32))}
+    out = m.forward_inference({"obs": obs})
+    tobs = {"pos": torch.from_numpy(obs["pos"]), "k": (torch.from_numpy(obs["k"][0]), torch.from_numpy(obs["k"][1]))}
+    with torch.no_grad():
+        q = m.compute_q_values({"obs": tobs})["qf_preds"]
+    torch.testing.assert_close(out["action_dist_inputs"], q, **TOL)
+    assert m.fast_path_info()["active"] == (backend == "cpp")
+    m.make_target_networks()
+    tr = m.forward_train({"obs": tobs, "new_obs": tobs})
+    torch.testing.assert_close(tr["qf_preds"], tr["qf_next_preds"])

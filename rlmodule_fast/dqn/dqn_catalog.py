@@ -7,9 +7,10 @@ resolves the rest (which refuses unknown keys). Missing DQN keys take ``DQNConfi
 ``std_init`` (noisy nets' sigma0) is accepted and unused, as in RLlib 2.60, whose DQN module
 has no noisy layers.
 
-Observation spaces: the base Catalog's (Box, Discrete), and RLlib's action-masking layout
-``Dict({"action_mask": Box(0, 1, (A,)), "observations": <Box or Discrete>})``: only
-``"observations"`` is encoded; ``mask_key`` is then ``"action_mask"``.
+Observation spaces: the base Catalog's (Box, Discrete, images, Dict / Tuple flattened as RLlib's
+FlattenObservations), and RLlib's action-masking layout
+``Dict({"action_mask": Box(0, 1, (A,)), "observations": <space>})`` (``models.flatten.split_action_mask``):
+only ``"observations"`` is encoded; ``mask_key`` is then ``"action_mask"``.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import gymnasium as gym
 
 from ..models.catalog import Catalog, check_framework
 from ..models.config import _short, as_config_mapping
+from ..models.flatten import ACTION_MASK, split_action_mask
 from ..models.heads import TorchMLPHead
 from .schedule import check_epsilon
 
@@ -33,7 +35,7 @@ DQN_DEFAULTS: dict = {
     "v_min": -10.0,
 }
 
-MASK_KEY, OBS_KEY = "action_mask", "observations"
+MASK_KEY = ACTION_MASK
 
 
 def resolve_dqn_config(user: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -60,20 +62,6 @@ def resolve_dqn_config(user: Mapping[str, Any]) -> tuple[dict, dict]:
     return dqn, user
 
 
-def split_masked_space(space: gym.Space) -> tuple[gym.Space, Optional[int]]:
-    """(the space the encoder reads, number of actions in the mask or None) for RLlib's
-    action-masking Dict layout; other spaces are returned as they are."""
-    if isinstance(space, gym.spaces.Dict) and MASK_KEY in space.spaces:
-        if set(space.spaces) != {MASK_KEY, OBS_KEY}:
-            raise ValueError(f"observation_space: an action-masking Dict must have exactly the keys "
-                             f"{[MASK_KEY, OBS_KEY]}, got {sorted(space.spaces)}")
-        m = space[MASK_KEY]
-        if not isinstance(m, gym.spaces.Box) or len(m.shape) != 1:
-            raise ValueError(f"observation_space[{MASK_KEY!r}]: expected a 1-D Box of 0/1, got {m!r}")
-        return space[OBS_KEY], int(m.shape[0])
-    return space, None
-
-
 class DQNCatalog(Catalog):
     """Catalog + ``build_af_head`` / ``build_vf_head`` (RLlib's DQNCatalog). ``dqn_config`` holds
     the DQN keys; ``model_config_dict`` the resolved base keys; ``num_atoms``; ``mask_key``."""
@@ -82,7 +70,7 @@ class DQNCatalog(Catalog):
                  model_config_dict: Optional[Mapping[str, Any]] = None, **kwargs: Any):
         if not isinstance(action_space, gym.spaces.Discrete):
             raise ValueError(f"action_space: DQN needs a Discrete action space, got {action_space!r}")
-        inner, n_mask = split_masked_space(observation_space)
+        inner, n_mask = split_action_mask(observation_space)
         if n_mask is not None and n_mask != int(action_space.n):
             raise ValueError(f"observation_space[{MASK_KEY!r}]: expected shape ({int(action_space.n)},) "
                              f"(the number of actions), got ({n_mask},)")

@@ -52,6 +52,7 @@ from ..core.torch_rl_module import TorchRLModule
 from ..fastpath import refresh
 from ..fastpath.qnet_plan import QNetLayers, fused_qnet_plan, qnet_fast_path_info, support
 from ..models.encoders import TorchMLPEncoder, flatten_obs, obs_lead_dims
+from ..models.flatten import first_leaf, flatten, is_structured, lead_dims
 from ..models.heads import TorchMLPHead
 from ..ppo.ppo_rl_module import _check_finite_obs
 from .dqn_catalog import DQNCatalog
@@ -100,6 +101,7 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         # [B, D] batches of a 1-D Box observation go to the fused step as they are
         self._flat_box = isinstance(self._enc_space, gym.spaces.Box) and self._obs_rank == 1
         self._image = getattr(cat, "encoder_kind", "mlp") == "cnn"  # RLlib's CNN over [H, W, C] images
+        self._structured = is_structured(self._enc_space)  # Dict / Tuple: flattened as RLlib's connector
 
     # ---- RLlib's API mixins ---------------------------------------------------------------------
     def get_non_inference_attributes(self) -> list[str]:
@@ -158,7 +160,8 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         sp = self._enc_space
         shape = tuple(sp.shape) if isinstance(sp, gym.spaces.Box) else ()
         kind = "int" if isinstance(sp, gym.spaces.Discrete) else "number"
-        inner = TensorSpec(("B", *shape), dtype_kind=kind)
+        # nested Dict / Tuple: checked leaf by leaf when flattened (models.flatten)
+        inner = None if self._structured else TensorSpec(("B", *shape), dtype_kind=kind)
         if self._mask_key is None:
             return inner
         return {"observations": inner, self._mask_key: TensorSpec(("B", self._num_actions), dtype_kind="number")}
@@ -191,6 +194,9 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
     def _features(self, obs: torch.Tensor) -> torch.Tensor:
         """[B, *obs_shape] -> [B, D] in the layers' dtype, on their device (Discrete: one-hot)."""
         w = self.af.net.linears[0].weight
+        if self._structured:
+            x = flatten(obs, self._enc_space, lead_dims(obs, self._enc_space), w.dtype)
+            return x if x.device == w.device else x.to(w.device)
         obs = torch.as_tensor(obs)
         if self._image:  # [B, H, W, C] as it is: the CNN reads channel-last images
             x = obs.to(w.dtype)
@@ -241,8 +247,7 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         obs, next_obs = batch[Columns.OBS], batch[Columns.NEXT_OBS]
         out = {}
         if self.uses_double_q:
-            cat = {k: torch.cat([obs[k], next_obs[k]], 0) for k in obs} if isinstance(obs, dict) \
-                else torch.cat([obs, next_obs], 0)
+            cat = _cat(obs, next_obs)
             qf_outs = self.compute_q_values({Columns.OBS: cat})
             out[QF_PREDS], out[QF_NEXT_PREDS] = torch.chunk(qf_outs[QF_PREDS], chunks=2, dim=0)
         else:
@@ -261,7 +266,9 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         """The torch layers' step (same keys and semantics as the fused one; torch's RNG)."""
         batch = to_torch(batch)
         obs, mask = self._split_obs(batch[Columns.OBS])
-        if obs.is_floating_point():
+        if self._structured:
+            _check_finite_obs(self._features(obs))
+        elif obs.is_floating_point():
             _check_finite_obs(obs)
         q = self.compute_q_values(batch)[QF_PREDS]
         finite = torch.isfinite(q).all(dim=-1)
@@ -313,12 +320,12 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
 
     def _step(self, batch: dict, epsilon: float, deterministic: bool) -> dict:
         obs, mask = self._split_obs(batch[Columns.OBS])
-        plan = fused_qnet_plan(self, obs)
+        plan = fused_qnet_plan(self, first_leaf(obs, self._enc_space) if self._structured else obs)
         if plan is None:
             with torch.no_grad():
                 return self._explore_torch(batch, epsilon, deterministic)
         if not (self._flat_box and getattr(obs, "ndim", 0) == 2):
-            obs = self._features(torch.as_tensor(obs))  # Discrete (one-hot) or multi-dim Box
+            obs = self._features(obs)  # Discrete (one-hot), multi-dim Box, Dict / Tuple (flattened)
         q, actions, logp = plan.step(obs, mask, epsilon, deterministic)
         return {Columns.ACTIONS: actions, Columns.ACTION_DIST_INPUTS: q, Columns.ACTION_LOGP: logp}
 
@@ -327,6 +334,15 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
 
     def _forward_inference(self, batch: dict, **kwargs) -> dict:
         return self._step(batch, 0.0, deterministic=True)
+
+
+def _cat(a: Any, b: Any) -> Any:
+    """torch.cat([a, b]) over the leaves of (nested) dict / tuple observations (RLlib: tree.map)."""
+    if isinstance(a, dict):
+        return {k: _cat(a[k], b[k]) for k in a}
+    if isinstance(a, (tuple, list)):
+        return type(a)(_cat(x, y) for x, y in zip(a, b))
+    return torch.cat([torch.as_tensor(a), torch.as_tensor(b)], 0)
 
 
 def _check_mask(mask: Any, n: int) -> torch.Tensor:
