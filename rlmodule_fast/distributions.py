@@ -96,7 +96,8 @@ def _logits_tensor(logits: Any, what: str = "logits", *, min_dim: int = 1) -> to
             f"{what}: expected a tensor of shape [*batch, K] (at least {min_dim}-d), "
             f"got shape {tuple(t.shape)}"
         )
-    if t.numel() and bool(torch.isnan(t).any()):
+    # Skipped while torch.compile / torch.export trace (a data-dependent branch; rf.export).
+    if t.numel() and not torch.compiler.is_compiling() and bool(torch.isnan(t).any()):
         raise ValueError(f"{what}: contains NaN (shape {tuple(t.shape)})")
     return t
 

@@ -83,6 +83,8 @@ PROVIDER_HELP = """providers (--providers; each computes the same thing on the s
                  onnxruntime and onnx
   ort-sampling   ort logits + action and log-prob sampled in numpy: the whole policy step on
                  ONNX Runtime (the reference of the "vs ort-sampling" ratios)
+  ort-exported   module.export_onnx(explore=True) in ONNX Runtime: sampling and logp inside the
+                 graph, one sess.run per step (policy step only; also needs onnxscript)
 
 sampling drivers (--drivers): env-alone (random actions: the ceiling), torch-eager, rf-torch,
   rf-fast (cpp; n/a while the module's step is not fused), ort-sampling, rllib-module (RLlib's
@@ -172,13 +174,13 @@ def _provider_status(providers, device: str, quick: bool, threads: int = 1) -> d
         elif p == "rllib":
             ok, why = C.ray_status()
             st[p] = "ok (policy_step only)" if ok else f"n/a: {why}"
-        elif p in ("ort", "ort-sampling"):
+        elif p in ("ort", "ort-sampling", "ort-exported"):
             ok, why = C.ort_status()
             if ok:
                 from .ort import ort_version
 
                 st[p] = (f"ok (onnxruntime {ort_version()}, CPU, {threads} intra-op thread"
-                         f"{'s' if threads > 1 else ''}{'; policy_step only' if p == 'ort-sampling' else ''})")
+                         f"{'s' if threads > 1 else ''}{'; policy_step only' if p != 'ort' else ''})")
             else:
                 st[p] = f"n/a: {why}"
         else:

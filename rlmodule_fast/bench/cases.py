@@ -23,6 +23,8 @@ computing the same thing on the same weights:
                    the logits only, from numpy obs; ``fused_mlp``: the MLP
 ``ort-sampling``   policy step only: ``ort`` logits, then action + logp sampled in numpy
                    (Gumbel-max / Gaussian), i.e. the whole step on ONNX Runtime + numpy
+``ort-exported``   policy step only: ``module.export_onnx(explore=True)`` in ONNX Runtime:
+                   the whole step (sampling, logp) in the graph, one ``sess.run``
 =================  ==========================================================================
 
 ``--checkpoint DIR`` builds policy-step cases from a saved module (:func:`load_checkpoint`,
@@ -43,7 +45,8 @@ import torch
 
 from .timing import Bench
 
-PROVIDERS = ("torch-eager", "torch-compile", "rf-torch", "cpp", "triton", "rllib", "ort", "ort-sampling")
+PROVIDERS = ("torch-eager", "torch-compile", "rf-torch", "cpp", "triton", "rllib", "ort", "ort-sampling",
+             "ort-exported")
 BASELINE = "torch-eager"
 OPS = ("fused_mlp", "sample_categorical", "sample_diag_gaussian", "lstm_step", "gru_step", "policy_step", "dqn_step")
 QUICK_BATCHES = (1, 256)
@@ -624,8 +627,18 @@ def module_policy_step(module, batch: dict, ctx: Context, cuda_module: Optional[
         args = ort_args(p)
         return Bench(lambda: p.step(*args), note=f"{p.exporter}, numpy sampling")
 
+    def ort_exported():
+        from .ort import ExportedPolicy, OrtUnavailable
+
+        try:
+            p = ExportedPolicy(module, obs[:, 0] if stateful else obs, state)
+        except OrtUnavailable as e:
+            raise Unavailable(str(e))
+        return Bench(lambda: p.step(*p.args), note=f"module.export_onnx, max abs diff vs torch {p.max_abs_diff:.1e}")
+
     return {"torch-eager": eager, "torch-compile": compiled, "rf-torch": rf_torch, "cpp": cpp,
-            "triton": triton, "rllib": rllib, "ort": ort_logits, "ort-sampling": ort_sampling}
+            "triton": triton, "rllib": rllib, "ort": ort_logits, "ort-sampling": ort_sampling,
+            "ort-exported": ort_exported}
 
 
 def _line(e: BaseException) -> str:

@@ -8,6 +8,8 @@ Two providers use it:
 - ``ort-sampling``: the policy step as an env runner needs it: ORT logits, then the action and
   its log-probability sampled in numpy (:func:`numpy_sampler`: Gumbel-max for Categorical /
   MultiCategorical, ``mean + std * eps`` for the diagonal Gaussian).
+- ``ort-exported``: the policy step as ``module.export_onnx(explore=True)`` writes it
+  (:class:`ExportedPolicy`): sampling and logp inside the graph, one ``sess.run`` per step.
 
 The export uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``, which
 needs the ``onnx`` package): it traces a module in ~0.1 s, where the dynamo exporter takes
@@ -316,6 +318,55 @@ class OrtPolicy:
         return (a, logp, *out[1:])
 
 
+class ExportedPolicy:
+    """``module.export_onnx(explore=True, with_value=False)`` in an ONNX Runtime session: the whole
+    policy step (preprocessing, encoder, pi head, sampling with the graph's own random ops,
+    logp) in one ``sess.run``. ``step(obs, *state)`` -> [actions, action_logp,
+    action_dist_inputs, *state_out]; state leaves are the module's [B, 1, H] arrays in
+    ``state_names`` order ("h", "c" or "actor.h", ...). ``max_abs_diff``: action_dist_inputs
+    against the module's torch layers on the example inputs."""
+
+    def __init__(self, module, obs: np.ndarray, state: Optional[dict] = None, threads: Optional[int] = None,
+                 atol: float = 1e-3):
+        import os
+        import tempfile
+
+        ok, why = ort_status()
+        if not ok:
+            raise OrtUnavailable(why)
+        if importlib.util.find_spec("onnxscript") is None:
+            raise OrtUnavailable("onnxscript not installed (module.export_onnx needs it; "
+                                 "pip install 'rlmodule_fast[export]')")
+        from ..export import PolicyStep
+        from ..export.policy import flatten_state
+
+        step = PolicyStep(module, explore=True, with_value=False)
+        self.state_names = step.state_names
+        self.in_names, self.out_names = step.input_names, step.output_names
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                with _quiet_torch_onnx():
+                    path = module.export_onnx(os.path.join(d, "policy.onnx"), explore=True, with_value=False)
+            except Exception as e:
+                raise OrtUnavailable(f"module.export_onnx failed: {type(e).__name__}: {_first_line(e)}")
+            with open(path, "rb") as f:
+                self.model_bytes = f.read()
+        self.sess = session(self.model_bytes, threads)
+        flat = dict(flatten_state(state)) if state else {}
+        args = (np.asarray(obs), *[np.ascontiguousarray(flat[n]) for n in self.state_names])
+        got = self.step(*args)[2]
+        with torch.no_grad():
+            want = step(*[torch.from_numpy(np.asarray(a)) for a in args])[2].numpy()
+        self.max_abs_diff = float(np.abs(got - want).max()) if got.size else 0.0
+        if not self.max_abs_diff <= atol * max(1.0, float(np.abs(want).max()) if want.size else 1.0):
+            raise OrtUnavailable(f"the exported model disagrees with the torch layers (max abs diff "
+                                 f"{self.max_abs_diff:.2g} > {atol})")
+        self.args = args
+
+    def step(self, obs, *state) -> list:
+        return self.sess.run(None, dict(zip(self.in_names, (obs, *state))))
+
+
 def mlp_session(seq: torch.nn.Module, x: torch.Tensor, threads: Optional[int] = None, atol: float = 1e-3) -> tuple:
     """(session, exporter, max abs diff) of an ``nn.Sequential`` MLP (the ``fused_mlp`` op case)."""
     import copy
@@ -335,5 +386,5 @@ def mlp_session(seq: torch.nn.Module, x: torch.Tensor, threads: Optional[int] = 
     return sess, exporter, diff
 
 
-__all__ = ["INSTALL_HINT", "LogitsPath", "OrtPolicy", "OrtUnavailable", "export", "mlp_session",
+__all__ = ["INSTALL_HINT", "ExportedPolicy", "LogitsPath", "OrtPolicy", "OrtUnavailable", "export", "mlp_session",
            "numpy_sampler", "ort_status", "ort_version", "session"]

@@ -209,3 +209,17 @@ class TorchRLModule(WeightsLockMixin, nn.Module, RLModule):
     def unwrapped(self) -> "TorchRLModule":
         return self
 
+    def export_onnx(self, path, *, explore: bool = False, batch="dynamic", **kwargs) -> str:
+        """The policy step (encoder, heads, action selection, value) as an ONNX file at ``path``;
+        inputs "obs" (+ "state_in.*"), outputs "actions", "action_logp", "action_dist_inputs"
+        (+ "vf_preds", "state_out.*"). See ``rlmodule_fast.export.export_onnx``."""
+        from ..export import export_onnx
+
+        return export_onnx(self, path, explore=explore, batch=batch, **kwargs)
+
+    def export_program(self, *, explore: bool = False, batch="dynamic", **kwargs):
+        """The policy step as a ``torch.export.ExportedProgram``; see ``rlmodule_fast.export``."""
+        from ..export import export_program
+
+        return export_program(self, explore=explore, batch=batch, **kwargs)
+

@@ -42,7 +42,8 @@ def flatten_obs(obs: torch.Tensor, space: gym.Space, n_lead: int, dtype: torch.d
     """[*lead, *obs_shape] -> [*lead, D] in ``dtype`` (Discrete: one-hot of the index)."""
     if isinstance(space, gym.spaces.Discrete):
         idx = obs.long() - int(space.start)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= int(space.n)):
+        # Not checked while torch.compile / torch.export trace (data-dependent; see rf.export).
+        if idx.numel() and not torch.compiler.is_compiling() and (int(idx.min()) < 0 or int(idx.max()) >= int(space.n)):
             raise ValueError(f"obs: Discrete observations must lie in [{int(space.start)}, "
                              f"{int(space.start) + int(space.n)}), got values in [{int(obs.min())}, {int(obs.max())}]")
         return F.one_hot(idx, int(space.n)).to(dtype)
@@ -107,7 +108,9 @@ class TorchMLP(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if dispatch.training_mlp_backend(x) == "triton" and self.linears and not any(self.norms):
+        # torch.export (rf.export) traces the layers' torch ops, never the Triton kernel.
+        if not torch.compiler.is_exporting() and dispatch.training_mlp_backend(x) == "triton" and self.linears \
+                and not any(self.norms):
             # Differentiable fused kernel (Triton forward, autograd backward) over the same weights.
             # (Layer-normed stacks train through the torch layers; the policy step fuses them.)
             lead = x.shape[:-1]

@@ -100,7 +100,8 @@ def mask_logits(logits: torch.Tensor, mask, segments: Optional[Sequence[int]] = 
     if m.shape[-1:] != logits.shape[-1:]:
         raise ValueError(f"action_mask: expected shape [..., {logits.shape[-1]}] (one entry per logit), "
                          f"got {tuple(m.shape)}")
-    check_action_mask(m, segments if segments is not None else [logits.shape[-1]])
+    if not torch.compiler.is_compiling():  # data-dependent: not while torch.export traces (rf.export)
+        check_action_mask(m, segments if segments is not None else [logits.shape[-1]])
     m = m.to(logits.dtype) if m.dtype.is_floating_point else m.to(torch.float32).to(logits.dtype)
     return logits + torch.clamp(torch.log(m), min=FLOAT_MIN)
 
