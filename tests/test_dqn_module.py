@@ -535,3 +535,23 @@ def test_dict_and_tuple_observations(backend, monkeypatch):
     m.make_target_networks()
     tr = m.forward_train({"obs": tobs, "new_obs": tobs})
     torch.testing.assert_close(tr["qf_preds"], tr["qf_next_preds"])
+
+
+def test_export_onnx_greedy_step(tmp_path):
+    """export_onnx: the greedy DQN step (masked Q as action_dist_inputs, argmax actions) equals
+    forward_inference in ONNX Runtime; explore=True is refused (epsilon-greedy is not in the graph)."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    m = build(masked_space(4), n=4, fcnet_hiddens=[9])
+    with pytest.raises(ValueError, match="explore=True"):
+        m.export_onnx(tmp_path / "x.onnx", explore=True)
+    path = m.export_onnx(tmp_path / "dqn.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    mask = np.array([[1, 0, 1, 1], [0, 0, 0, 1], [1, 1, 1, 1]], np.float32)
+    obs = {"observations": sample_obs(BOX5, 3), "action_mask": mask}
+    feeds = {i.name: obs[i.name.split(".", 1)[1]] for i in sess.get_inputs()}
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    want = m.forward_inference({"obs": obs})
+    np.testing.assert_array_equal(got["actions"], want["actions"].numpy())
+    np.testing.assert_allclose(got["action_dist_inputs"], want["action_dist_inputs"].numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["action_logp"], want["action_logp"].numpy(), rtol=1e-5, atol=1e-5)

@@ -308,6 +308,34 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
     def _example(self):
         return next(self.parameters(), None)
 
+    # ---- export ------------------------------------------------------------------------------------
+    def export_onnx(self, path, *, explore: bool = False, batch="dynamic", **kwargs) -> str:
+        """The greedy step as ONNX (``rlmodule_fast.export``): inputs "obs" (masked: "obs.action_mask",
+        "obs.observations"), outputs "actions" (argmax Q), "action_logp", "action_dist_inputs" (Q).
+        ``explore=True`` is refused: epsilon-greedy with RLlib's schedule is not a distribution
+        the exporter samples (it would draw from softmax(Q) instead)."""
+        self._check_export(explore, kwargs)
+        return super().export_onnx(path, explore=False, batch=batch, with_value=False, **kwargs)
+
+    def export_program(self, *, explore: bool = False, batch="dynamic", **kwargs):
+        """The greedy step as a ``torch.export.ExportedProgram`` (see ``export_onnx``)."""
+        self._check_export(explore, kwargs)
+        return super().export_program(explore=False, batch=batch, with_value=False, **kwargs)
+
+    @staticmethod
+    def _check_export(explore: bool, kwargs: dict) -> None:
+        if kwargs.pop("with_value", None):  # the dueling "vf" is a value stream, not a value function
+            raise ValueError("with_value=True: a DQN module has no value function to export (its dueling 'vf' "
+                             "is the value stream inside Q)")
+        if explore:
+            raise ValueError("explore=True: a DQN module's exploration is epsilon-greedy on RLlib's schedule, which "
+                             "the exported graph does not run; export explore=False (greedy) and draw the epsilon "
+                             "coin outside, or use forward_exploration")
+        from ..export.policy import _FORWARDS, register_forward
+
+        if DQNTorchRLModule not in _FORWARDS:
+            register_forward(DQNTorchRLModule)(_export_forward)
+
     def fast_path_info(self) -> dict:
         """{"backend": "cpp" | "torch", "active": bool, "reason": str}: which path
         ``forward_exploration`` / ``forward_inference`` take for inputs on this module's device."""
@@ -336,6 +364,12 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         return self._step(batch, 0.0, deterministic=True)
 
 
+def _export_forward(module: "DQNTorchRLModule", batch: dict, with_value: bool) -> dict:
+    """``rlmodule_fast.export``'s forward for DQN modules: the Q-values (masked as the module
+    masks them) as the categorical inputs whose argmax is the greedy action."""
+    return {Columns.ACTION_DIST_INPUTS: module.compute_q_values(batch)[QF_PREDS]}
+
+
 def _cat(a: Any, b: Any) -> Any:
     """torch.cat([a, b]) over the leaves of (nested) dict / tuple observations (RLlib: tree.map)."""
     if isinstance(a, dict):
@@ -351,6 +385,8 @@ def _check_mask(mask: Any, n: int) -> torch.Tensor:
     m = torch.as_tensor(mask)
     if m.dim() != 2 or m.shape[1] != n:
         raise ValueError(f"action_mask: expected shape [B, {n}], got {tuple(m.shape)}")
+    if torch.compiler.is_compiling():  # data-dependent checks: not while torch.export traces (rf.export)
+        return m != 0
     bad = (m != 0) & (m != 1)
     if bool(bad.any()):
         r, a = (int(i) for i in bad.nonzero()[0])
