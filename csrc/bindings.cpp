@@ -423,10 +423,147 @@ struct PyRNN {
     }
 };
 
+// ---------------------------------------------------------------------------------------------
+// conv2d (csrc/conv.h): (w_ptr, Cout, Cin, kh, kw, s0, s1, s2, s3, b_ptr, b_stride, sh, sw,
+// pl, pr, pt, pb, act); weight in nn.Conv2d layout [Cout, Cin, kh, kw] with element strides
+// s0..s3 (>= 0), bias [Cout] with stride b_stride or b_ptr = 0.
+using ConvDesc = std::tuple<uint64_t, int, int, int, int, int64_t, int64_t, int64_t, int64_t, uint64_t, int64_t,
+                            int, int, int, int, int, int, int>;
+constexpr int kMaxKernel = 1 << 12;  // kernel size, stride, padding: each at most this
+
+void check_conv_desc(const char* fn, const ConvDesc& d, const std::string& w) {
+    auto [wp, Cout, Cin, kh, kw, s0, s1, s2, s3, bp, bs, sh, sw, pl, pr, pt, pb, act] = d;
+    check_dim(fn, w + ".Cout", Cout);
+    check_dim(fn, w + ".Cin", Cin);
+    auto small = [&](const char* what, int64_t v, int64_t lo) {
+        if (v < lo || v > kMaxKernel)
+            fail(fn, w + "." + what, "expected " + std::to_string(lo) + " ... " + std::to_string(kMaxKernel) + ", got " +
+                                         std::to_string(v));
+    };
+    small("kh", kh, 1); small("kw", kw, 1); small("stride_h", sh, 1); small("stride_w", sw, 1);
+    small("pad_left", pl, 0); small("pad_right", pr, 0); small("pad_top", pt, 0); small("pad_bottom", pb, 0);
+    if (int64_t(kh) * kw * Cin > kMaxDim)
+        fail(fn, w + ".K", "expected kh * kw * Cin <= " + std::to_string(kMaxDim) + ", got " +
+                               std::to_string(int64_t(kh) * kw * Cin));
+    if (wp == 0) fail(fn, w + ".weight", "null pointer");
+    if (s0 < 0 || s1 < 0 || s2 < 0 || s3 < 0) fail(fn, w + ".weight", "expected non-negative strides");
+    if (bp != 0 && bs < 0) fail(fn, w + ".bias_stride", "expected >= 0, got " + std::to_string(bs));
+    check_act(fn, w + ".act", act);
+}
+
+void pack_conv(PackedConv& L, const ConvDesc& d) {  // d checked (check_conv_desc)
+    auto [wp, Cout, Cin, kh, kw, s0, s1, s2, s3, bp, bs, sh, sw, pl, pr, pt, pb, act] = d;
+    L.init(Cin, Cout, kh, kw);
+    const int64_t st[4] = {s0, s1, s2, s3};
+    L.put_weight(P<const float>(wp), st);
+    L.put_bias(P<const float>(bp), bs);
+    L.sh = sh; L.sw = sw; L.pl = pl; L.pr = pr; L.pt = pt; L.pb = pb; L.act = act;
+}
+
+// Output size of one layer over H x W, or ValueError naming the layer.
+std::pair<int, int> conv_out_size(const char* fn, const PackedConv& L, int64_t H, int64_t W, const std::string& w) {
+    const int64_t Hp = H + L.pt + L.pb, Wp = W + L.pl + L.pr;
+    if (Hp < L.kh || Wp < L.kw)
+        fail(fn, w, "padded input " + std::to_string(Hp) + "x" + std::to_string(Wp) + " is smaller than the kernel " +
+                        std::to_string(L.kh) + "x" + std::to_string(L.kw));
+    return {int((Hp - L.kh) / L.sh + 1), int((Wp - L.kw) / L.sw + 1)};
+}
+
+// Image sizes at the border: each side in [1, 2^16], a whole image in [1, 2^28] elements.
+void check_image(const char* fn, int64_t H, int64_t W, int64_t C) {
+    auto side = [&](const char* what, int64_t v) {
+        if (v < 1 || v > (1 << 16)) fail(fn, what, "expected 1 ... 65536, got " + std::to_string(v));
+    };
+    side("H", H); side("W", W);
+    check_dim(fn, "C", C);
+    if (H * W * C > (int64_t(1) << 28)) fail(fn, "H*W*C", "expected <= 2^28, got " + std::to_string(H * W * C));
+}
+
+// One conv layer packed once (the one-shot op keeps these in ops/cpp.py's pack cache, checked
+// with same() before each reuse).
+struct PyConv {
+    Holder<PackedConv> h;
+    explicit PyConv(const ConvDesc& d) { repack(d); }
+    void repack(const ConvDesc& d) {
+        check_conv_desc("PackedConv", d, "conv");
+        h.repack([&](const PackedConv& c) { return c.Cout == std::get<1>(d) && c.Cin == std::get<2>(d) &&
+                                                   c.kh == std::get<3>(d) && c.kw == std::get<4>(d); },
+                 [&](PackedConv& c) { pack_conv(c, d); });
+    }
+    // Whether packing d now gives exactly this layer (weights=False: geometry and bias only).
+    bool same(const ConvDesc& d, bool weights) {
+        check_conv_desc("PackedConv.same", d, "conv");
+        auto c = h.get();
+        auto [wp, Cout, Cin, kh, kw, s0, s1, s2, s3, bp, bs, sh, sw, pl, pr, pt, pb, act] = d;
+        (void)wp; (void)s0; (void)s1; (void)s2; (void)s3;
+        if (c->Cout != Cout || c->Cin != Cin || c->kh != kh || c->kw != kw || c->sh != sh || c->sw != sw ||
+            c->pl != pl || c->pr != pr || c->pt != pt || c->pb != pb || c->act != act)
+            return false;
+        const float* bias = P<const float>(bp);
+        uint32_t diff = 0;
+        for (int co = 0; co < Cout; ++co)
+            diff |= PackedLinear::bits(bias ? bias[co * bs] : 0.0f) ^ PackedLinear::bits(c->b.p[co]);
+        if (diff) return false;
+        if (!weights) return true;
+        thread_local PackedConv t;
+        pack_conv(t, d);
+        return !std::memcmp(c->w.p, t.w.p, sizeof(float) * size_t(t.P) * t.K * t.PW);
+    }
+    // x: B images [H, W, Cin] (contiguous HWC each, image b at x + b * ldx elements), float32 or
+    // uint8; y: contiguous [B, Ho, Wo, Cout] float32. Returns (Ho, Wo).
+    std::pair<int, int> forward(uint64_t x, bool u8, int64_t B, int64_t H, int64_t W, int64_t ldx, bool has_scale,
+                                float scale, uint64_t y) {
+        const char* fn = "conv2d_nhwc";
+        auto c = h.get();
+        check_batch(fn, B);
+        RF_CHECK(B <= INT32_MAX, "conv2d_nhwc: B: more than 2^31 - 1 images");
+        check_image(fn, H, W, c->Cin);
+        check_rows(fn, "x", x, B, ldx, H * W * c->Cin);
+        check_ptr(fn, "y", y, B);
+        RF_CHECK(!has_scale || std::isfinite(scale), "conv2d_nhwc: scale: expected a finite number");
+        auto [Ho, Wo] = conv_out_size(fn, *c, H, W, "x");
+        py::gil_scoped_release nogil;
+        K().conv_forward(c.get(), 1, int(H), int(W), P<const void>(x), u8, ldx, int(B), has_scale, scale, P<float>(y),
+                         int64_t(Ho) * Wo * c->Cout);
+        return {Ho, Wo};
+    }
+};
+
 // spec[key], or ValueError naming the missing key
 py::object item(const py::dict& s, const char* key) {
     if (!s.contains(key)) throw py::value_error(std::string("Policy: spec: missing key '") + key + "'");
     return s[key];
+}
+
+// (H, W, C, has_scale, scale, [ConvDesc...]): an encoder's conv stage over H x W x C images.
+using ConvStackDesc = std::tuple<int64_t, int64_t, int64_t, bool, float, std::vector<ConvDesc>>;
+
+std::shared_ptr<const ConvStack> build_conv_stack(const char* fn, const py::dict& s, const char* key) {
+    if (!s.contains(key) || s[key].is_none()) return nullptr;
+    auto [H, W, C, has_scale, scale, descs] = s[key].cast<ConvStackDesc>();
+    const std::string w(key);
+    check_image(fn, H, W, C);
+    if (descs.empty()) fail(fn, w, "expected at least one conv layer");
+    RF_CHECK(!has_scale || std::isfinite(scale), std::string("Policy: ") + key + ": scale: expected a finite number");
+    auto st = std::make_shared<ConvStack>();
+    st->layers.resize(descs.size());
+    st->has_scale = has_scale;
+    st->scale = scale;
+    int64_t h = H, wd = W, c = C;
+    for (size_t l = 0; l < descs.size(); ++l) {
+        const std::string li = w + "[" + std::to_string(l) + "]";
+        check_conv_desc(fn, descs[l], li);
+        if (std::get<2>(descs[l]) != c)
+            fail(fn, li + ".Cin", "expected " + std::to_string(c) + (l ? " (the previous layer's Cout)" : " (the image's C)") +
+                                      ", got " + std::to_string(std::get<2>(descs[l])));
+        pack_conv(st->layers[l], descs[l]);
+        auto [ho, wo] = conv_out_size(fn, st->layers[l], h, wd, li);
+        check_image(fn, ho, wo, st->layers[l].Cout);
+        h = ho; wd = wo; c = st->layers[l].Cout;
+    }
+    RF_CHECK(st->plan(int(H), int(W), int(C)), std::string("Policy: ") + key + ": empty output");
+    check_dim(fn, w + ".out_dim", st->out_dim());
+    return st;
 }
 
 PolicyNet build_policy(const py::dict& s) {
@@ -434,14 +571,21 @@ PolicyNet build_policy(const py::dict& s) {
     const char* fn = "Policy";
     n.obs_dim = item(s, "obs_dim").cast<int>();
     check_dim(fn, "obs_dim", n.obs_dim);
+    n.actor_conv = build_conv_stack(fn, s, "actor_conv");
+    n.critic_conv = build_conv_stack(fn, s, "critic_conv");
+    for (auto* cs : {n.actor_conv.get(), n.critic_conv.get()})
+        if (cs) RF_CHECK(cs->in_dim() == n.obs_dim, "Policy: conv image size H*W*C differs from obs_dim");
+    // what each encoder's first stage reads: the observation or its conv features
+    const int in_a = n.actor_conv ? n.actor_conv->out_dim() : n.obs_dim;
+    const int in_c = n.critic_conv ? n.critic_conv->out_dim() : n.obs_dim;
     pack_mlp(fn, n.actor_mlp, item(s, "actor_mlp").cast<std::vector<LayerDesc>>(), item(s, "actor_acts").cast<std::vector<int>>(),
-             n.obs_dim, true, "actor_mlp");
+             in_a, true, "actor_mlp");
     pack_norms(fn, n.actor_mlp, s, "actor_norms");
     if (!item(s, "actor_rnn").is_none()) { n.actor_rnn_on = true; pack_rnn(fn, n.actor_rnn, item(s, "actor_rnn").cast<RnnDesc>(), "actor_rnn"); }
     n.critic_on = item(s, "critic_on").cast<bool>();
     if (n.critic_on) {
         pack_mlp(fn, n.critic_mlp, item(s, "critic_mlp").cast<std::vector<LayerDesc>>(), item(s, "critic_acts").cast<std::vector<int>>(),
-                 n.obs_dim, true, "critic_mlp");
+                 in_c, true, "critic_mlp");
         pack_norms(fn, n.critic_mlp, s, "critic_norms");
         if (!item(s, "critic_rnn").is_none()) { n.critic_rnn_on = true; pack_rnn(fn, n.critic_rnn, item(s, "critic_rnn").cast<RnnDesc>(), "critic_rnn"); }
     }
@@ -460,14 +604,16 @@ PolicyNet build_policy(const py::dict& s) {
         if (rnn_on) { RF_CHECK(r.I == o, "rnn input size differs from its mlp's output size"); o = r.H; }
         return o;
     };
-    RF_CHECK(in_of(n.actor_mlp, n.obs_dim) == n.obs_dim, "actor mlp input size differs from obs_dim");
-    if (n.actor_mlp.layers.empty() && n.actor_rnn_on) RF_CHECK(n.actor_rnn.I == n.obs_dim, "actor rnn input size differs from obs_dim");
-    const int lat_a = out_of(n.actor_mlp, n.actor_rnn_on, n.actor_rnn, n.obs_dim);
+    RF_CHECK(!n.critic_conv || n.critic_on, "Policy: critic_conv given without a critic encoder (critic_on)");
+    RF_CHECK(in_of(n.actor_mlp, in_a) == in_a, "actor mlp input size differs from obs_dim (or the conv output size)");
+    if (n.actor_mlp.layers.empty() && n.actor_rnn_on) RF_CHECK(n.actor_rnn.I == in_a, "actor rnn input size differs from obs_dim");
+    const int lat_a = out_of(n.actor_mlp, n.actor_rnn_on, n.actor_rnn, in_a);
     RF_CHECK(n.pi.in_dim() == lat_a, "pi input size differs from the actor latent size");
     int lat_c = lat_a;
     if (n.critic_on) {
-        RF_CHECK(in_of(n.critic_mlp, n.obs_dim) == n.obs_dim, "critic mlp input size differs from obs_dim");
-        lat_c = out_of(n.critic_mlp, n.critic_rnn_on, n.critic_rnn, n.obs_dim);
+        RF_CHECK(in_of(n.critic_mlp, in_c) == in_c, "critic mlp input size differs from obs_dim (or the conv output size)");
+        if (n.critic_mlp.layers.empty() && n.critic_rnn_on) RF_CHECK(n.critic_rnn.I == in_c, "critic rnn input size differs from obs_dim");
+        lat_c = out_of(n.critic_mlp, n.critic_rnn_on, n.critic_rnn, in_c);
     }
     if (n.vf_on) RF_CHECK(n.vf.in_dim() == lat_c, "vf input size differs from the critic latent size");
     n.dist = item(s, "dist").cast<int>();
@@ -507,7 +653,19 @@ struct PyPolicy {
                    py::object out, py::object mask, int64_t ldmask) {
         auto net = h.get();
         const float* obs_p = nullptr;
-        if (py::isinstance<py::array>(obs)) {
+        const uint8_t* obs_u8 = nullptr;
+        // uint8 observations: only when every encoder that reads them converts them (a conv stage)
+        const bool u8_ok = net->actor_conv && (!net->critic_on || net->critic_conv);
+        if (py::isinstance<py::array_t<uint8_t>>(obs)) {
+            auto arr = py::reinterpret_borrow<py::array>(obs);
+            RF_CHECK(u8_ok, "obs: uint8 observations need conv encoders (every encoder reading obs has a conv stage)");
+            RF_CHECK(arr.ndim() == 2 && arr.shape(1) == net->obs_dim && (arr.flags() & py::array::c_style),
+                     "obs: expected a contiguous uint8 array [B, " + std::to_string(net->obs_dim) + "]");
+            RF_CHECK(arr.shape(0) <= INT32_MAX, "obs: more than 2^31 - 1 rows");
+            obs_u8 = static_cast<const uint8_t*>(arr.data());
+            B = int(arr.shape(0));
+            ldobs = net->obs_dim;
+        } else if (py::isinstance<py::array>(obs)) {
             auto arr = py::reinterpret_borrow<py::array>(obs);
             RF_CHECK(is_f32(arr) && arr.ndim() == 2 && arr.shape(1) == net->obs_dim &&
                          (arr.shape(0) == 0 ||
@@ -522,7 +680,8 @@ struct PyPolicy {
             obs_p = P<const float>(obs.cast<uint64_t>());
         }
         check_batch("Policy.step", B);
-        check_rows("Policy.step", "obs", reinterpret_cast<uintptr_t>(obs_p), B, ldobs, net->obs_dim);
+        check_rows("Policy.step", "obs", obs_u8 ? reinterpret_cast<uintptr_t>(obs_u8) : reinterpret_cast<uintptr_t>(obs_p),
+                   B, ldobs, net->obs_dim);
         RF_CHECK(states_in.size() == 4, "states_in: expected 4 entries");
         const int Ha = net->actor_rnn_on ? net->actor_rnn.H : 0;
         const int Hc = net->critic_rnn_on ? net->critic_rnn.H : 0;
@@ -539,7 +698,7 @@ struct PyPolicy {
             return P<const float>(o.cast<uint64_t>());
         };
         StepIO io;
-        io.obs = obs_p; io.ldobs = ldobs; io.B = B;
+        io.obs = obs_p; io.obs_u8 = obs_u8; io.ldobs = ldobs; io.B = B;
         io.ha = state_ptr(states_in[0], Ha, "state h"); io.ca = state_ptr(states_in[1], Ha, "state c");
         io.hc = state_ptr(states_in[2], Hc, "critic state h"); io.cc = state_ptr(states_in[3], Hc, "critic state c");
         const int D = net->dist_dim();
@@ -595,7 +754,7 @@ struct PyPolicy {
         }
         // An inf observation can saturate to a finite action: refuse non-finite inputs up front
         // (the torch path raises the same message), before any draw is reserved.
-        const int64_t bad_row = first_nonfinite_row(obs_p, B, ldobs, net->obs_dim);
+        const int64_t bad_row = obs_u8 ? -1 : first_nonfinite_row(obs_p, B, ldobs, net->obs_dim);
         if (bad_row >= 0) throw py::value_error("obs: contains NaN or inf (row " + std::to_string(bad_row) + ")");
         if (!det) rng_stream().reserve(uint64_t(B) * net->draws_per_row(), &io.key, &io.ctr0);
         int64_t err;
@@ -805,6 +964,16 @@ PYBIND11_MODULE(_C, m) {
              "the biases only).")
         .def("step", &PyRNN::step, "One step; h_out/c_out contiguous [B, H].")
         .def_property_readonly("nbytes", [](PyRNN& s) { return s.h.get()->nbytes(); });
+
+    py::class_<PyConv>(m, "PackedConv")
+        .def(py::init<const ConvDesc&>(), py::arg("desc"))
+        .def("repack", &PyConv::repack)
+        .def("same", &PyConv::same, py::arg("desc"), py::arg("weights") = true,
+             "Whether packing this description now gives exactly this layer (weights=False: geometry and bias).")
+        .def("forward", &PyConv::forward, py::arg("x"), py::arg("u8"), py::arg("B"), py::arg("H"), py::arg("W"),
+             py::arg("ldx"), py::arg("has_scale"), py::arg("scale"), py::arg("y"),
+             "y[B, Ho, Wo, Cout] = act(conv(pad(x[B, H, W, Cin] (* scale)))); returns (Ho, Wo).")
+        .def_property_readonly("nbytes", [](PyConv& s) { return s.h.get()->nbytes(); });
 
     py::class_<PyPolicy>(m, "Policy")
         .def(py::init<const py::dict&>())

@@ -236,10 +236,15 @@ struct PackedRNN {
     size_t nbytes() const { return gates.nbytes() + gnx.nbytes() + gnh.nbytes(); }
 };
 
+struct ConvStack;  // conv_pack.h: an encoder's conv layers (the CNN stage of the policy step)
+
 // The whole policy network of a PPO-style module, packed (fastpath.PolicyPlan builds it).
 enum DistKind : int { DIST_CATEGORICAL = 0, DIST_MULTI_CATEGORICAL = 1, DIST_DIAG_GAUSSIAN = 2 };
 struct PolicyNet {
     int obs_dim = 0;
+    // Conv stages (null: the encoder's mlp reads the observation): the observation row is an
+    // H x W x C image (HWC); the mlp (or, when it is empty, the head) reads the flattened output.
+    std::shared_ptr<const ConvStack> actor_conv, critic_conv;
     PackedMLP actor_mlp;
     bool actor_rnn_on = false;
     PackedRNN actor_rnn;
@@ -268,6 +273,10 @@ struct PolicyNet {
 // Inputs and outputs of one policy step (policy.h).
 struct StepIO {
     const float* obs = nullptr; int64_t ldobs = 0; int B = 0;
+    const uint8_t* obs_u8 = nullptr;  // uint8 observations instead of obs (conv encoders only), same ldobs
+    // conv features (set inside policy_step): [B, ld] rows the actor / critic encoder reads instead of obs
+    const float* feat_a = nullptr; int64_t ld_fa = 0;
+    const float* feat_c = nullptr; int64_t ld_fc = 0;
     // recurrent state in (nullptr: zeros) and out, all [B, H] contiguous
     const float* ha = nullptr; const float* ca = nullptr; const float* hc = nullptr; const float* cc = nullptr;
     float* ha_out = nullptr; float* ca_out = nullptr; float* hc_out = nullptr; float* cc_out = nullptr;

@@ -3,6 +3,7 @@
 // ISA. cpu.h decides at run time which table runs. Torch-free.
 #pragma once
 #include "common.h"
+#include "conv_pack.h"
 #include "cpu.h"
 #include "sampling.h"
 #include "simd.h"
@@ -18,6 +19,7 @@ using V = VSse2;
 #include "vmath.h"
 #include "mlp.h"
 #include "rnn.h"
+#include "conv.h"
 #include "policy.h"
 #include "qnet.h"
 }  // namespace sse2
@@ -31,6 +33,7 @@ using V = VAvx2;
 #include "vmath.h"
 #include "mlp.h"
 #include "rnn.h"
+#include "conv.h"
 #include "policy.h"
 #include "qnet.h"
 }  // namespace avx2
@@ -44,6 +47,7 @@ using V = VAvx512;
 #include "vmath.h"
 #include "mlp.h"
 #include "rnn.h"
+#include "conv.h"
 #include "policy.h"
 #include "qnet.h"
 }  // namespace avx512
@@ -59,12 +63,13 @@ struct KernelTable {
                         int64_t, float*, int64_t, float*, int64_t);
     int64_t (*policy_step)(const PolicyNet&, const StepIO&);
     int64_t (*sample_gaussian)(const float*, int64_t, int, int, bool, uint64_t, uint64_t, float*, int64_t, float*);
+    void (*conv_forward)(const PackedConv*, int, int, int, const void*, bool, int64_t, int, bool, float, float*, int64_t);
 };
 
 #define RF_TABLE(ns, tag)                                                                         \
     KernelTable {                                                                                 \
         tag, &ns::mlp_forward, &ns::gemv_rowmajor, &ns::act_inplace, &ns::rnn_forward,            \
-            &ns::policy_step, &ns::gaussian_rows                                                  \
+            &ns::policy_step, &ns::gaussian_rows, &ns::conv_chain_forward                                                 \
     }
 
 inline const KernelTable& kernel_table(Isa isa) {

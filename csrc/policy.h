@@ -115,9 +115,12 @@ static RF_T int64_t policy_rows(const PolicyNet& net, const StepIO& io, int r0, 
     const int Ha = net.actor_rnn_on ? net.actor_rnn.H : 0;
     const int Hc = net.critic_rnn_on ? net.critic_rnn.H : 0;
     {
-        const float* X = io.obs + r0 * io.ldobs;
+        const float* X = io.obs ? io.obs + r0 * io.ldobs : nullptr;
+        // encoders read the conv features when they have a conv stage (policy_step computed them)
+        const float* Xa = io.feat_a ? io.feat_a + r0 * io.ld_fa : X;
+        const int64_t ldxa = io.feat_a ? io.ld_fa : io.ldobs;
         // actor encoder -> pi head -> distribution inputs
-        Enc a = encoder_block(net.actor_mlp, net.actor_rnn_on, net.actor_rnn, X, io.ldobs, rows, e0, e1, ldb,
+        Enc a = encoder_block(net.actor_mlp, net.actor_rnn_on, net.actor_rnn, Xa, ldxa, rows, e0, e1, ldb,
                               io.ha ? io.ha + int64_t(r0) * Ha : nullptr, io.ca ? io.ca + int64_t(r0) * Ha : nullptr,
                               io.ha_out ? io.ha_out + int64_t(r0) * Ha : nullptr,
                               io.ca_out ? io.ca_out + int64_t(r0) * Ha : nullptr, rs);
@@ -165,7 +168,9 @@ static RF_T int64_t policy_rows(const PolicyNet& net, const StepIO& io, int r0, 
         // critic encoder (always when it carries state, so state_out advances) and value head
         Enc v = a;
         if (net.critic_on && (io.value || net.critic_rnn_on)) {
-            v = encoder_block(net.critic_mlp, net.critic_rnn_on, net.critic_rnn, X, io.ldobs, rows, e0, e1, ldb,
+            const float* Xc = io.feat_c ? io.feat_c + r0 * io.ld_fc : X;
+            v = encoder_block(net.critic_mlp, net.critic_rnn_on, net.critic_rnn, Xc, io.feat_c ? io.ld_fc : io.ldobs,
+                              rows, e0, e1, ldb,
                               io.hc ? io.hc + int64_t(r0) * Hc : nullptr, io.cc ? io.cc + int64_t(r0) * Hc : nullptr,
                               io.hc_out ? io.hc_out + int64_t(r0) * Hc : nullptr,
                               io.cc_out ? io.cc_out + int64_t(r0) * Hc : nullptr, rs);
@@ -178,9 +183,31 @@ static RF_T int64_t policy_rows(const PolicyNet& net, const StepIO& io, int r0, 
     return 0;
 }
 
+// The conv stage of one encoder over the whole batch into feat [B, out_dim] (this thread's
+// buffer; images spread over the pool, or one image's rows when B is below the thread count).
+static RF_T const float* conv_features(const ConvStack& S, const StepIO& io, AlignedBuf& feat) {
+    const int64_t nf = S.out_dim();
+    feat.resize(size_t(io.B) * nf);
+    const bool u8 = io.obs_u8 != nullptr;
+    const void* x = u8 ? static_cast<const void*>(io.obs_u8) : static_cast<const void*>(io.obs);
+    conv_chain_forward(S.layers.data(), int(S.layers.size()), S.H, S.W, x, u8, io.ldobs, io.B, S.has_scale, S.scale,
+                       feat.p, nf);
+    return feat.p;
+}
+
 // The whole batch; row blocks spread over the thread pool. Same return as policy_rows.
-static RF_T int64_t policy_step(const PolicyNet& net, const StepIO& io) {
-    if (io.B <= 0) return 0;
+static RF_T int64_t policy_step(const PolicyNet& net, const StepIO& io_in) {
+    if (io_in.B <= 0) return 0;
+    StepIO io = io_in;
+    thread_local AlignedBuf feat_a, feat_c;
+    if (net.actor_conv) {
+        io.feat_a = conv_features(*net.actor_conv, io, feat_a);
+        io.ld_fa = net.actor_conv->out_dim();
+    }
+    if (net.critic_on && net.critic_conv && (io.value || net.critic_rnn_on)) {
+        io.feat_c = conv_features(*net.critic_conv, io, feat_c);
+        io.ld_fc = net.critic_conv->out_dim();
+    }
     const RowSplit sp(io.B, ThreadPool::get().threads());
     if (sp.nb == 1) return policy_rows(net, io, 0, io.B);
     std::atomic<int64_t> err{0};

@@ -45,6 +45,7 @@ NAMES = {
     "sample_diag_gaussian": ("mean_logstd",),
     "lstm_step": ("x", "h", "c", "w_ih", "w_hh", "b"),
     "gru_step": ("x", "h", "w_ih", "w_hh", "b_ih", "b_hh"),
+    "conv2d_nhwc": ("x", "weight", "bias", "stride", "pad", "activation", "scale"),
 }
 
 
@@ -377,6 +378,73 @@ def test_lstm_step_property(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gru_step_property(backend):
     _rnn_prop(backend, "gru_step")
+
+
+# ----------------------------------------------------------------------------------- conv2d_nhwc
+
+@st.composite
+def conv_case(draw, small):
+    """Random images, filters, strides and pads, sometimes invalid (a kernel larger than the
+    padded image, a negative pad, a zero stride, a channel mismatch, a bad dtype)."""
+    B = draw(st.sampled_from([0, 1, 2, 3] if small else [0, 1, 2, 3, 5, 9]))
+    H, W = draw(st.sampled_from([1, 2, 3, 5, 8])), draw(st.sampled_from([1, 2, 4, 7, 9]))
+    C = draw(st.sampled_from([1, 2, 3, 5] if small else [1, 2, 3, 4, 7, 16]))
+    Co = draw(st.sampled_from([1, 3, 16, 17] if small else [1, 2, 5, 16, 17, 33, 64, 70]))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    wrong = draw(st.sampled_from([None] * 8 + ["stride", "pad", "channels", "kernel"]))
+    stride = draw(st.sampled_from([1, 2, 3, (1, 2), (3, 1)]))
+    pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    if wrong == "stride":
+        stride = draw(st.sampled_from([0, -1, (1, 0), (2, 2, 2), 1.5]))
+    elif wrong == "pad":
+        pad = draw(st.sampled_from([(0, 0, -1, 0), (1, 1), 4097, (0, 0, 0, 0.5)]))
+    elif wrong == "kernel":
+        kh = H + pad[2] + pad[3] + 1
+    if wrong is None and (H + pad[2] + pad[3] < kh or W + pad[0] + pad[1] < kw):
+        wrong = "kernel"  # drawn too large for the padded image
+    xdtype = draw(st.sampled_from([torch.float32] * 4 + [torch.float64, torch.uint8, torch.int64, torch.bool]))
+    if xdtype == torch.uint8:
+        a = np.random.default_rng(draw(st.integers(0, 2**31 - 1))).integers(0, 256, (B, H, W, C)).astype(np.uint8)
+        x = a if draw(st.booleans()) else torch.from_numpy(a)
+        xi = {"dtype": torch.uint8, "layout": "contiguous", "numpy": isinstance(x, np.ndarray), "kind": "plain"}
+    else:
+        x, xi = draw(arrays((B, H, W, C), dtype=xdtype))
+    wC = C + 1 if wrong == "channels" else C
+    bad_w = draw(st.integers(0, 9)) == 0
+    w, wi = draw(arrays((Co, wC, kh, kw), dtype=None if bad_w else torch.float32, special=False,
+                        scale=1 / math.sqrt(wC * kh * kw)))
+    b, bi = (None, None) if draw(st.integers(0, 3)) == 0 else draw(
+        arrays((Co,), dtype=None if bad_w else torch.float32, special=False, scale=0.3))
+    act = draw(st.sampled_from(ACTS))
+    scale = draw(st.sampled_from([None, None, 1 / 255, 2.0]))
+    infos = [xi, wi] + ([bi] if bi is not None else [])
+    return x, w, b, stride, pad, act, scale, infos, wrong
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv2d_nhwc_property(backend):
+    @_settings(backend)
+    @given(case=conv_case(SMALL[backend]))
+    def prop(case):
+        x, w, b, stride, pad, act, scale, infos, wrong = case
+        dtypes = [i["dtype"] for i in infos]
+        valid = wrong is None and infos[0]["dtype"] in (torch.float32, torch.float64, torch.uint8) and all(
+            i["dtype"] in FLOATS for i in infos[1:])
+        try:
+            got = rf.ops.conv2d_nhwc(x, w, b, stride, pad, act, scale=scale, backend=backend)
+        except Exception as e:  # noqa: BLE001
+            _assert_named_error(e, "conv2d_nhwc")
+            assert not valid, f"{backend} refused a valid input: {e}"
+            return
+        assert valid, f"accepted an invalid input (dtypes {dtypes}, wrong {wrong})"
+        x64 = _t64(x)
+        targs = (_t64(w), None if b is None else _t64(b))
+        r64 = ref.conv2d_nhwc(x64, *targs, stride, pad, act, scale)
+        with np.errstate(all="ignore"):
+            rl = ref.conv2d_nhwc(x64.float(), *(None if a is None else a.float() for a in targs), stride, pad, act,
+                                 scale)
+        _close(got, r64, rl, f"conv2d_nhwc[{backend}]")
+    prop()
 
 
 # ----------------------------------------------------------------------------------- known gaps

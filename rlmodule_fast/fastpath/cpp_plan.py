@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from ..ops.reference import canonical_activation
-from .layers import PolicyLayers, _params, _step_params, has_norms, validate
+from .layers import PolicyLayers, _params, _step_params, conv_geometry, has_norms, validate
 
 _F32 = np.dtype(np.float32)
+_U8 = np.dtype(np.uint8)
 _NO_STATE = (None, None, None, None)
 _NULL_LOCK = contextlib.nullcontext()
 
@@ -57,6 +58,7 @@ class CppPolicyPlan:
         dims = validate(layers)
         self.__dict__.update(dims)
         self._recurrent = self.actor_rnn is not None or self.critic_rnn is not None
+        self._image = tuple(layers.actor.image_shape) if getattr(layers.actor, "conv", None) else None
         self._gauss = layers.dist == "diag_gaussian"
         self.layers, self._params = layers, params
         self._watch()
@@ -90,18 +92,19 @@ class CppPolicyPlan:
             keep.append(t)
             return t
 
-        def mlp(lins):
+        def mlp(lins, perm=None):
             out = []
-            for lin in lins:
-                w = f32(lin.weight)
+            for i, lin in enumerate(lins):
+                w = f32(lin.weight if perm is None or i else lin.weight.detach()[:, perm])
                 b = f32(lin.bias) if lin.bias is not None else None
                 out.append((w.data_ptr(), w.shape[0], w.shape[1], w.shape[1], b.data_ptr() if b is not None else 0, 1))
             return out
 
-        def rnn(r):
+        def rnn(r, perm=None):
             if r is None:
                 return None
-            wi, wh = f32(r.weight_ih_l0), f32(r.weight_hh_l0)
+            wi = f32(r.weight_ih_l0 if perm is None else r.weight_ih_l0.detach()[:, perm])
+            wh = f32(r.weight_hh_l0)
             bi = f32(r.bias_ih_l0).data_ptr() if r.bias else 0
             bh = f32(r.bias_hh_l0).data_ptr() if r.bias else 0
             kind = self._cpp._C.RNN_KINDS["lstm" if isinstance(r, torch.nn.LSTM) else "gru"]
@@ -115,25 +118,55 @@ class CppPolicyPlan:
                                             f32(n.bias).data_ptr() if n.bias is not None else 0, float(n.eps))
                     for n in ns]
 
+        def conv(enc, what):
+            """(conv stack description, column permutation for the layer reading its output)."""
+            geo = conv_geometry(enc, what)
+            if not geo:
+                return None, None
+            descs = []
+            for c, stride, pad, act, _, _ in geo:
+                w = f32(c.weight)
+                b = f32(c.bias) if c.bias is not None else None
+                descs.append(self._cpp.conv_desc(w, b, stride, pad, self._cpp.ACT_CODES[act]))
+            H, W, C = enc.image_shape
+            scale = enc.obs_scale
+            perm = None
+            if enc.conv_flatten == "chw":  # HWC position j reads CHW column perm[j] of the next layer
+                Ho, Wo, Co = geo[-1][5]
+                perm = torch.arange(Ho * Wo * Co).reshape(Co, Ho, Wo).permute(1, 2, 0).reshape(-1)
+            return (H, W, C, scale is not None, 0.0 if scale is None else float(scale), descs), perm
+
+        a_conv, a_perm = conv(L.actor, "actor")
+        # the first layer that reads the actor's conv output: its mlp, else its rnn, else pi (and a shared vf)
+        a_mlp_perm = a_perm if L.actor.mlp else None
+        a_rnn_perm = a_perm if not L.actor.mlp else None
+        a_head_perm = a_perm if not L.actor.mlp and L.actor.rnn is None else None
         enc_act = self._cpp.ACT_CODES[canonical_activation(L.actor.activation)]
         head = self._cpp.ACT_CODES[self.head_act]
         spec = {
-            "obs_dim": self.obs_dim,
-            "actor_mlp": mlp(L.actor.mlp), "actor_acts": [enc_act] * len(L.actor.mlp), "actor_rnn": rnn(L.actor.rnn),
+            "obs_dim": self.obs_dim, "actor_conv": a_conv, "critic_conv": None,
+            "actor_mlp": mlp(L.actor.mlp, a_mlp_perm), "actor_acts": [enc_act] * len(L.actor.mlp),
+            "actor_rnn": rnn(L.actor.rnn, a_rnn_perm),
             "critic_on": L.critic is not None, "critic_mlp": [], "critic_acts": [], "critic_rnn": None,
-            "pi": mlp(L.pi), "pi_acts": [head] * (len(L.pi) - 1) + [0],
+            "pi": mlp(L.pi, a_head_perm), "pi_acts": [head] * (len(L.pi) - 1) + [0],
             "vf": None, "vf_acts": [],
             "dist": self._cpp._C.DISTRIBUTIONS[L.dist], "action_sizes": self.action_sizes,
             "log_std_clip": -1.0 if L.log_std_clip is None else float(L.log_std_clip),
             "free_log_std": [] if L.free_log_std is None else [float(v) for v in L.free_log_std.detach().float().tolist()],
             "actor_norms": norms(getattr(L.actor, "norms", None)), "pi_norms": norms(getattr(L, "pi_norms", None)),
         }
+        vf_perm = a_head_perm if L.critic is None else None
         if L.critic is not None:
+            c_conv, c_perm = conv(L.critic, "critic")
             c_act = self._cpp.ACT_CODES[canonical_activation(L.critic.activation)]
-            spec.update(critic_mlp=mlp(L.critic.mlp), critic_acts=[c_act] * len(L.critic.mlp), critic_rnn=rnn(L.critic.rnn),
+            spec.update(critic_conv=c_conv, critic_mlp=mlp(L.critic.mlp, c_perm if L.critic.mlp else None),
+                        critic_acts=[c_act] * len(L.critic.mlp),
+                        critic_rnn=rnn(L.critic.rnn, c_perm if not L.critic.mlp else None),
                         critic_norms=norms(getattr(L.critic, "norms", None)))
+            vf_perm = c_perm if not L.critic.mlp and L.critic.rnn is None else None
         if self.has_vf:
-            spec.update(vf=mlp(L.vf), vf_acts=[head] * (len(L.vf) - 1) + [0], vf_norms=norms(getattr(L, "vf_norms", None)))
+            spec.update(vf=mlp(L.vf, vf_perm), vf_acts=[head] * (len(L.vf) - 1) + [0],
+                        vf_norms=norms(getattr(L, "vf_norms", None)))
         return spec, keep
 
     def _repack(self, force: bool = False) -> None:
@@ -221,11 +254,15 @@ class CppPolicyPlan:
                 raise ValueError(f"obs: the cpp plan needs a CPU tensor, got device {obs.device}")
             obs = obs.numpy() if not obs.requires_grad else obs.detach().numpy()  # a view, no copy
         x = obs
-        if type(x) is not np.ndarray or x.dtype != _F32 or x.ndim != 2:
+        if type(x) is not np.ndarray or x.ndim != 2 or not (x.dtype == _F32 or (x.dtype == _U8 and self.u8_ok)):
             x = np.asarray(obs)
+            if self._image is not None and x.ndim == 4 and tuple(x.shape[1:]) == self._image:
+                x = x.reshape(x.shape[0], D)  # [B, H, W, C] images: rows in HWC order
             if x.ndim != 2:
-                raise ValueError(f"obs: expected shape [B, {D}], got {tuple(x.shape)}")
-            x = x.astype(np.float32)
+                raise ValueError(f"obs: expected shape [B, {D}]" + (f" or [B, {', '.join(map(str, self._image))}]"
+                                                                    if self._image else "") + f", got {tuple(x.shape)}")
+            if not (x.dtype == _U8 and self.u8_ok):  # uint8 images go to the kernels as they are
+                x = x.astype(np.float32)
         if x.shape[1] != D:
             raise ValueError(f"obs: expected shape [B, {D}], got {tuple(x.shape)}")
         if not x.flags.c_contiguous:  # sliced, transposed, negative or zero strides

@@ -6,7 +6,7 @@ Shape legend: B batch, O flattened obs dim, H rnn hidden, D dist-input dim, A ac
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -17,11 +17,31 @@ from ..ops.reference import canonical_activation
 
 
 @dataclass
+class ConvLayer:
+    """One conv layer of an encoder's CNN stage: ``nn.ZeroPad2d(pad)``, ``conv``, ``activation``
+    (RLlib's TorchCNN: "same" padding as an explicit ZeroPad2d, the conv with padding 0)."""
+    conv: torch.nn.Conv2d  # groups 1, dilation 1, padding_mode "zeros" (its own padding adds to pad)
+    pad: tuple             # (left, right, top, bottom) zeros, nn.ZeroPad2d's order
+    activation: str        # canonical name, applied after every conv layer (RLlib's conv_activation)
+
+
+@dataclass
 class EncoderLayers:
     mlp: list            # list[nn.Linear]; every layer followed by `activation`
     activation: str      # canonical name (see ops.reference.canonical_activation)
     rnn: object = None   # None, or an nn.LSTM / nn.GRU (1 layer, batch_first=True) applied after the mlp
     norms: Optional[list] = None  # None, or per mlp layer an nn.LayerNorm (between the layer and its activation) or None
+    # CNN stage before the mlp (empty: none). The observation row is an image_shape (H, W, C)
+    # image, channels last (HWC order, RLlib's [B, H, W, C] obs flattened); the conv output is
+    # flattened in `conv_flatten` order: "hwc" (RLlib 2.60's TorchCNNEncoder permutes back to
+    # channels-last before nn.Flatten) or "chw" (a channels-first flatten of NCHW). The fused
+    # kernels always produce HWC and fold "chw" into the next layer's weight columns at pack time.
+    conv: list = field(default_factory=list)  # list[ConvLayer]
+    image_shape: Optional[tuple] = None       # (H, W, C), required with conv
+    conv_flatten: str = "hwc"
+    # The encoder reads obs * obs_scale (None: obs); with it, uint8 observations are accepted and
+    # converted inside the kernels (conv encoders only).
+    obs_scale: Optional[float] = None
 
 
 @dataclass
@@ -64,6 +84,10 @@ def _linear_params(lins) -> list:
     return ps
 
 
+def _conv_params(enc: EncoderLayers) -> list:
+    return _linear_params([c.conv for c in (getattr(enc, "conv", None) or [])])
+
+
 def _norm_params(norms) -> list:
     ps = []
     for n in norms or []:
@@ -73,7 +97,7 @@ def _norm_params(norms) -> list:
 
 
 def _encoder_params(enc: EncoderLayers) -> list:
-    return (_linear_params(enc.mlp) + _norm_params(getattr(enc, "norms", None))
+    return (_conv_params(enc) + _linear_params(enc.mlp) + _norm_params(getattr(enc, "norms", None))
             + (list(enc.rnn.parameters()) if enc.rnn is not None else []))
 
 
@@ -140,12 +164,70 @@ def _chain(lins: list, in_dim: int, what: str) -> int:
     return in_dim
 
 
+def conv_geometry(enc: EncoderLayers, what: str = "encoder") -> list:
+    """Check an encoder's conv stage and return, per layer, (conv, (sh, sw), (l, r, t, b) total
+    padding, activation, (H_in, W_in, C_in), (H_out, W_out, C_out)); [] without conv layers.
+    Raises ValueError naming the bad field (channel chain, image size, unsupported conv options)."""
+    from ..ops.conv import norm_pad, out_size
+
+    convs = list(getattr(enc, "conv", None) or [])
+    if not convs:
+        return []
+    shape = enc.image_shape
+    if (not isinstance(shape, (tuple, list)) or len(shape) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
+        raise ValueError(f"{what}.image_shape: expected (H, W, C) positive ints with conv layers, got {shape!r}")
+    if enc.conv_flatten not in ("hwc", "chw"):
+        raise ValueError(f"{what}.conv_flatten: expected 'hwc' or 'chw', got {enc.conv_flatten!r}")
+    H, W, C = (int(v) for v in shape)
+    out = []
+    for i, cl in enumerate(convs):
+        w = f"{what}.conv[{i}]"
+        conv = getattr(cl, "conv", None)
+        if not isinstance(conv, torch.nn.Conv2d):
+            raise ValueError(f"{w}.conv: expected nn.Conv2d, got {type(conv).__name__}")
+        if conv.groups != 1 or tuple(conv.dilation) != (1, 1) or conv.padding_mode != "zeros" or isinstance(
+                conv.padding, str):
+            raise ValueError(f"{w}.conv: expected groups=1, dilation=1, numeric zero padding, got groups={conv.groups}, "
+                             f"dilation={conv.dilation}, padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
+        if conv.in_channels != C:
+            raise ValueError(f"{w}.conv: expected in_channels {C} ({'the image' if i == 0 else 'the previous out_channels'}),"
+                             f" got {conv.in_channels}")
+        l, r, t, b = norm_pad(cl.pad, what=f"{w}.pad")
+        ph, pw = conv.padding
+        pad = (l + pw, r + pw, t + ph, b + ph)
+        act = canonical_activation(cl.activation, what=f"{w}.activation")
+        kh, kw = conv.kernel_size
+        Ho, Wo = out_size(H, W, kh, kw, tuple(conv.stride), pad, what=w)
+        out.append((conv, tuple(conv.stride), pad, act, (H, W, C), (Ho, Wo, conv.out_channels)))
+        H, W, C = Ho, Wo, conv.out_channels
+    if enc.obs_scale is not None and not (isinstance(enc.obs_scale, (int, float)) and not isinstance(enc.obs_scale, bool)
+                                          and float(enc.obs_scale) == float(enc.obs_scale)
+                                          and abs(float(enc.obs_scale)) != float("inf")):
+        raise ValueError(f"{what}.obs_scale: expected None or a finite number, got {enc.obs_scale!r}")
+    return out
+
+
 def _encoder_dims(enc: EncoderLayers, what: str) -> tuple[int, int]:
     """(obs dim, latent dim) of an encoder; obs dim 0 when it is empty (latent = obs)."""
     mlp = _linears(enc.mlp, f"{what}.mlp")
     rnn = _check_rnn(enc.rnn, f"{what}.rnn")
     _check_norms(getattr(enc, "norms", None), mlp, f"{what}.norms")
     canonical_activation(enc.activation, what=f"{what}.activation")
+    geo = conv_geometry(enc, what)
+    if not geo and getattr(enc, "obs_scale", None) is not None:
+        raise ValueError(f"{what}.obs_scale: only for encoders with conv layers, got {enc.obs_scale!r}")
+    if geo:
+        H, W, C = enc.image_shape
+        Ho, Wo, Co = geo[-1][5]
+        lat = Ho * Wo * Co
+        if mlp:
+            lat = _chain(mlp, lat, f"{what}.mlp")
+        if rnn is not None:
+            if rnn.input_size != lat:
+                raise ValueError(f"{what}.rnn: expected input_size {lat} (the conv/mlp output), got {rnn.input_size}")
+            lat = rnn.hidden_size
+        return H * W * C, lat
     if mlp:
         obs_dim = mlp[0].in_features
         lat = _chain(mlp, obs_dim, f"{what}.mlp")
@@ -203,6 +285,10 @@ def validate(L: PolicyLayers) -> dict:
         if c_obs != d["obs_dim"]:
             raise ValueError(f"critic: expected input size {d['obs_dim']} (the actor's), got {c_obs}")
         d["critic_rnn"] = L.critic.rnn
+        if getattr(L.actor, "conv", None) and getattr(L.critic, "conv", None) and \
+                tuple(L.actor.image_shape) != tuple(L.critic.image_shape):
+            raise ValueError(f"critic.image_shape: expected {tuple(L.actor.image_shape)} (the actor's), "
+                             f"got {tuple(L.critic.image_shape)}")
     vf = _linears(L.vf, "vf")
     _check_norms(getattr(L, "vf_norms", None), vf, "vf_norms")
     if L.vf is not None:
@@ -210,4 +296,6 @@ def validate(L: PolicyLayers) -> dict:
             raise ValueError(f"vf: expected layers ending in 1 output, got {[tuple(l.weight.shape) for l in vf]}")
     d["has_vf"] = bool(vf)
     d["actor_rnn"] = L.actor.rnn
+    # uint8 observations: every encoder that reads the observation converts it (a conv stage)
+    d["u8_ok"] = bool(getattr(L.actor, "conv", None)) and (L.critic is None or bool(getattr(L.critic, "conv", None)))
     return d

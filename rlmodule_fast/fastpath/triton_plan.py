@@ -14,7 +14,7 @@ import torch
 
 from ..ops import triton as tri
 from ..ops.reference import canonical_activation
-from .layers import _params, has_norms, validate
+from .layers import _params, conv_geometry, has_norms, validate
 
 
 class TritonPolicyPlan:
@@ -65,6 +65,13 @@ class TritonPolicyPlan:
                 raise ValueError(f"{who}.rnn: expected a 1-layer unidirectional nn.LSTM / nn.GRU "
                                  f"(the same kind for actor and critic), got {r!r}")
         self.head_act = described["head_act"]
+        self.obs_dim = described["obs_dim"]
+        self.u8_ok = described["u8_ok"]
+        # conv stages (kernels/conv.py launches before the fused kernel): per encoder the layer
+        # geometry and the width of the features its mlp / heads read
+        self._geo = {"actor": conv_geometry(layers.actor, "actor"),
+                     "critic": [] if self.shared else conv_geometry(layers.critic, "critic")}
+        self._image = tuple(layers.actor.image_shape) if self._geo["actor"] else None
         self.free_log_std = layers.free_log_std
         self.log_std_clip = layers.log_std_clip
         params = self._param_list = _params(layers)
@@ -129,7 +136,7 @@ class TritonPolicyPlan:
         in_actor = rnn_h if self.recurrent else self._obs_dim()
         widths = [in_actor] + [w.shape[0] for w in ws] + [w.shape[1] for w in ws]
         if not self.shared:
-            widths.append(self.critic.rnn.hidden_size if self.recurrent else self._obs_dim())
+            widths.append(self.critic.rnn.hidden_size if self.recurrent else self._critic_in())
         plan = mlp.fused_tile_plan(widths)
         out_cols = self.A if self.dist == "diag_gaussian" else self.NL
         if plan is not None and out_cols <= plan[0] and not split_norm:
@@ -153,11 +160,41 @@ class TritonPolicyPlan:
         )
 
     def _obs_dim(self) -> int:
+        """Width of the rows the actor's mlp (or rnn / heads) reads: the conv features with a conv
+        stage, else the observation."""
         if self.actor.mlp:
             return self.actor.mlp[0].in_features
         if self.actor.rnn is not None:
             return self.actor.rnn.input_size
         return self.pi[0].in_features
+
+    def _critic_in(self) -> int:
+        """Width of the rows a separate critic's mlp reads (its conv features, or the observation)."""
+        if self.critic.mlp:
+            return self.critic.mlp[0].in_features
+        g = self._geo["critic"]
+        return g[-1][5][0] * g[-1][5][1] * g[-1][5][2] if g else self.obs_dim
+
+    def _conv_stage(self, which: str, x: torch.Tensor) -> torch.Tensor:
+        """An encoder's conv layers over obs rows x [B, H*W*C] (float or uint8): one kernel per
+        layer; the last writes the flattened features [B, F] in the encoder's flatten order."""
+        from ..kernels import conv as ck
+
+        geo = self._geo[which]
+        if not geo:
+            return x
+        enc = self.actor if which == "actor" else self.critic
+        H, W, C = enc.image_shape
+        y = x.reshape(x.shape[0], H, W, C)
+        if y.dtype not in (torch.uint8, torch.float32):
+            y = y.float()
+        scale = enc.obs_scale
+        packed = self._conv_packed[which]
+        for i, ((conv, stride, pad, act, _, _), (wk, b)) in enumerate(zip(geo, packed)):
+            last = i == len(geo) - 1
+            y = ck.conv2d_nhwc(y, wk, b, conv.kernel_size[0], conv.kernel_size[1], stride, pad, ck.ACT_CODES[act],
+                               tri._precision, scale if i == 0 else None, chw=last and enc.conv_flatten == "chw")
+        return y.reshape(y.shape[0], -1)
 
     def _refresh(self) -> None:
         from ..kernels import mlp
@@ -168,12 +205,17 @@ class TritonPolicyPlan:
         with self._lock:  # steps from several threads: one repack, never a half-written buffer
             if stamp == self._stamp:
                 return
+            from ..kernels import conv as ck
+
             packed = None
             if self.mode != "sequence":
                 packed = mlp.pack_mlp(self._ws, self._bs, self.D, device=self.device)
                 ln = mlp.pack_norms(self._ns, self.D, self.device)[0] if self.meta["NORM_MASK"] else None
                 packed = (*packed, ln)
             self._packed = packed
+            self._conv_packed = {k: [(ck.pack_filters(c.weight).to(self.device),
+                                      None if c.bias is None else c.bias.detach().float().contiguous())
+                                     for c, *_ in g] for k, g in self._geo.items()}
             self._lstm_bias = {}
             self._stamp = stamp
 
@@ -293,9 +335,13 @@ class TritonPolicyPlan:
 
         is_numpy = not isinstance(obs, torch.Tensor)
         x = tri._to_tensor(obs, "obs")
-        if x.dim() != 2 or x.shape[1] != self._obs_dim():
-            raise tri._shape_err("obs", f"[B, {self._obs_dim()}]", x.shape)
+        if self._image is not None and x.dim() == 4 and tuple(x.shape[1:]) == self._image:
+            x = x.reshape(x.shape[0], self.obs_dim)  # [B, H, W, C] images: rows in HWC order
+        if x.dim() != 2 or x.shape[1] != self.obs_dim:
+            raise tri._shape_err("obs", f"[B, {self.obs_dim}]", x.shape)
         tri._check_device(x, "obs", self.device)
+        if x.dtype == torch.uint8 and not self.u8_ok:
+            raise ValueError("obs: uint8 observations need conv encoders (every encoder reading obs has a conv stage)")
         if compute_value and not self.vf:
             raise ValueError("compute_value: this policy has no value head (vf is None)")
         m = None
@@ -306,6 +352,9 @@ class TritonPolicyPlan:
         self._refresh()
         gseed, gflag = tri._graph_args(self.device, check)
         state_out = None
+        x_obs = x
+        if self._geo["actor"]:
+            x = self._conv_stage("actor", x_obs)
         x_actor, x_critic = x, None
         if self.recurrent:
             st_a = state if (state is None or self.shared) else state.get("actor")
@@ -314,10 +363,11 @@ class TritonPolicyPlan:
                 state_out = so_a
             else:
                 st_c = None if state is None else state.get("critic")
-                x_critic, so_c = self._rnn("critic", self.critic, x, st_c)
+                x_c = self._conv_stage("critic", x_obs) if self._geo["critic"] else x_obs
+                x_critic, so_c = self._rnn("critic", self.critic, x_c, st_c)
                 state_out = {"actor": so_a, "critic": so_c}
         elif not self.shared:
-            x_critic = x
+            x_critic = self._conv_stage("critic", x_obs) if self._geo["critic"] else x_obs
         if self.mode == "sequence":
             lat = self._mlp(x_actor, [] if self.recurrent else list(self.actor.mlp), self.enc_act,
                             None if self.recurrent else getattr(self.actor, "norms", None))

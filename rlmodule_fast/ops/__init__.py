@@ -116,3 +116,25 @@ def set_rng_state(state: dict) -> None:
 
 
 __all__ += ["manual_seed", "get_rng_state", "set_rng_state"]
+
+
+def conv2d_nhwc(x, weight, bias, stride, pad, activation: Optional[str] = "relu", *, scale=None,
+                backend: str = "auto"):
+    """One conv layer on channels-last images: act(conv2d(ZeroPad2d(pad)(x * scale))).
+
+    x: [B, H, W, C] float32/float64 tensor or numpy array, or uint8 (Atari frames: cast to float
+    and multiplied by ``scale`` inside the kernel); weight: [Cout, C, kh, kw] (``nn.Conv2d.weight``
+    layout); bias: [Cout] or None; stride: int or (sh, sw); pad: int or (left, right, top,
+    bottom) zeros as ``nn.ZeroPad2d``; activation: "relu", "tanh", "silu"/"swish", "elu",
+    "linear" or None. Returns [B, Ho, Wo, Cout], Ho = (H + top + bottom - kh) // sh + 1, same
+    kind as x, x's float dtype (float32 for uint8).
+
+    >>> import torch, rlmodule_fast as rf
+    >>> conv = torch.nn.Conv2d(4, 16, 8, 4)
+    >>> rf.ops.conv2d_nhwc(torch.rand(2, 84, 84, 4), conv.weight, conv.bias, 4, (2, 2, 2, 2), "relu").shape
+    torch.Size([2, 21, 21, 16])
+    """
+    return dispatch.get("conv2d_nhwc", backend, x)(x, weight, bias, stride, pad, activation, scale)
+
+
+__all__ += ["conv2d_nhwc"]

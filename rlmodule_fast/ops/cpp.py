@@ -42,7 +42,7 @@ from .reference import canonical_activation
 # "policy_step" is run by fastpath.PolicyPlan (the whole step in one _C call), not by a function here;
 # "qnet_step" (a DQN module's epsilon-greedy step) by fastpath.qnet_plan.QNetPlan.
 OPS: frozenset = frozenset({"fused_mlp", "sample_categorical", "sample_diag_gaussian", "lstm_step", "gru_step",
-                            "policy_step", "qnet_step"})
+                            "policy_step", "conv2d_nhwc", "qnet_step"})
 
 try:
     from .. import _C
@@ -745,3 +745,79 @@ class PackedMLP:
             sync_threads()
             self._obj.forward(x2.data_ptr(), B, _ld(x2), y.data_ptr(), self.out_dim)
         return _out(y.reshape(*lead, self.out_dim), xt.dtype, is_numpy)
+
+
+# ---------------------------------------------------------------------------------------------
+# conv2d_nhwc
+
+
+def conv_desc(weight: torch.Tensor, bias, stride, pad, act: int) -> tuple:
+    """_C's conv description of a float32 CPU weight [Cout, Cin, kh, kw] (any strides) and a
+    float32 bias [Cout] or None (shapes checked by the caller)."""
+    Cout, Cin, kh, kw = weight.shape
+    s = weight.stride()
+    bp, bs = (bias.data_ptr(), bias.stride(0)) if bias is not None else (0, 1)
+    return (weight.data_ptr(), Cout, Cin, kh, kw, s[0], s[1], s[2], s[3], bp, bs, *stride, *pad, act)
+
+
+def _conv_nbytes(Cout: int, K: int) -> int:
+    pw = 16 if Cout <= 16 else 32
+    P = (Cout + pw - 1) // pw
+    return 4 * P * pw * (K + 1)
+
+
+def conv2d_nhwc(x, weight, bias, stride, pad, activation, scale=None):
+    """One NHWC conv layer in one C++ call (implicit GEMM over packed filters, float32 compute;
+    see ``ops.conv2d_nhwc``). x uint8 is converted (and scaled) inside the kernel. Packed filters
+    are cached per weight object (``_PackCache``) and checked against the weight's current
+    version (or value, for numpy) before every reuse."""
+    from .conv import norm_pad, norm_stride, out_size
+
+    is_numpy = isinstance(x, np.ndarray)
+    if is_numpy and x.dtype == np.uint8:
+        xt = torch.from_numpy(np.ascontiguousarray(x))
+    elif isinstance(x, torch.Tensor) and x.dtype == torch.uint8:
+        if x.device.type != "cpu":
+            raise ValueError(f"x: the cpp backend needs a CPU tensor, got device {x.device}")
+        xt = x.detach()
+    else:
+        xt = _to_tensor(x, "x")
+    if xt.dim() != 4:
+        raise ValueError(f"x: expected shape [B, H, W, C], got {_shape(xt)}")
+    B, H, W, C = xt.shape
+    w = _to_tensor(weight, "weight")
+    if w.dim() != 4 or w.shape[1] != C or min(w.shape) < 1:
+        raise ValueError(f"weight: expected shape [Cout, {C}, kh, kw], got {_shape(w)}")
+    Cout, _, kh, kw = w.shape
+    w32 = w.float() if w.dtype != torch.float32 else w
+    b32 = None
+    if bias is not None:
+        b32 = _to_tensor(bias, "bias")
+        if b32.dim() != 1 or b32.shape[0] != Cout:
+            raise ValueError(f"bias: expected shape [{Cout}], got {_shape(b32)}")
+        b32 = b32.float() if b32.dtype != torch.float32 else b32
+    st, pd = norm_stride(stride), norm_pad(pad)
+    act = ACT_CODES[canonical_activation(activation, what="activation")]
+    if scale is not None and not (isinstance(scale, (int, float)) and not isinstance(scale, bool)
+                                  and np.isfinite(scale)):
+        raise ValueError(f"scale: expected None or a finite number, got {scale!r}")
+    Ho, Wo = out_size(H, W, kh, kw, st, pd)
+    out_dtype = xt.dtype if xt.dtype.is_floating_point else torch.float32
+    y = torch.empty((B, Ho, Wo, Cout), dtype=torch.float32)
+    if B and C:
+        u8 = xt.dtype == torch.uint8
+        x32 = xt if u8 else (xt.float() if xt.dtype != torch.float32 else xt)
+        x32 = x32.contiguous()
+        desc = conv_desc(w32, b32, st, pd, act)
+        sync_threads()
+        key = ("conv", Cout, C, kh, kw, st, pd, act, b32 is not None, id(weight))
+        nbytes = _conv_nbytes(Cout, kh * kw * C)
+        p = None
+        if isinstance(weight, (torch.Tensor, np.ndarray)):
+            p = _pack_cache.get(key, (weight,), nbytes, lambda rows: _C.PackedConv(desc),
+                                lambda p, full: p.same(desc, full), lambda p: p.repack(desc))
+        if p is None:
+            p = _C.PackedConv(desc)
+        p.forward(x32.data_ptr(), u8, B, H, W, H * W * C, scale is not None,
+                  0.0 if scale is None else float(scale), y.data_ptr())
+    return _out(y, out_dtype, is_numpy)

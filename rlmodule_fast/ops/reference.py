@@ -186,6 +186,28 @@ def gru_step(
     return (1 - z) * n + z * h
 
 
+def conv2d_nhwc(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, pad, activation: Optional[str],
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """act(conv2d(ZeroPad2d(pad)(x * scale), weight, bias, stride)) on channels-last images.
+
+    x: [B, H, W, C] float (or uint8: cast to float32 first); weight: [Cout, C, kh, kw]
+    (``nn.Conv2d`` layout); bias: [Cout] or None; stride: int or (sh, sw); pad: (left, right,
+    top, bottom) zeros, added after scaling (``nn.ZeroPad2d``); scale: None or a number the
+    (cast) input is multiplied by. Returns [B, Ho, Wo, Cout] in x's float dtype (float32 for uint8).
+    """
+    from .conv import norm_pad, norm_stride
+
+    if not x.dtype.is_floating_point:
+        x = x.float()
+    if scale is not None:
+        x = x * scale
+    y = F.pad(x.permute(0, 3, 1, 2), norm_pad(pad))
+    y = F.conv2d(y, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), norm_stride(stride))
+    return activation_fn(activation)(y).permute(0, 2, 3, 1)
+
+
 # ----------------------------------------------------------------------------- the policy step
 
 def _f64(t: torch.Tensor, device) -> torch.Tensor:
@@ -217,8 +239,32 @@ def _state_in(st, key: str, B: int, H: int, x: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(st[key]).detach().to(device=x.device, dtype=torch.float64).reshape(B, H)
 
 
+def _conv_stage(enc, x: torch.Tensor) -> torch.Tensor:
+    """An encoder's CNN stage (``fastpath.layers.EncoderLayers.conv``): obs rows [B, H*W*C] as
+    [B, H, W, C] images (times ``obs_scale``), every layer ZeroPad2d + Conv2d + activation, the
+    output flattened in ``conv_flatten`` order ("hwc" or "chw")."""
+    convs = getattr(enc, "conv", None) or []
+    scale = getattr(enc, "obs_scale", None)
+    if not convs:
+        return x if scale is None else x * scale
+    H, W, C = enc.image_shape
+    y = x.reshape(x.shape[0], H, W, C)
+    if scale is not None:
+        y = y * scale
+    for cl in convs:
+        conv = cl.conv
+        ph, pw = conv.padding
+        l, r, t, b = (cl.pad,) * 4 if isinstance(cl.pad, int) else cl.pad
+        y = conv2d_nhwc(y, _f64(conv.weight, x.device), None if conv.bias is None else _f64(conv.bias, x.device),
+                        tuple(conv.stride), (l + pw, r + pw, t + ph, b + ph), cl.activation)
+    if getattr(enc, "conv_flatten", "hwc") == "chw":
+        y = y.permute(0, 3, 1, 2)
+    return y.reshape(y.shape[0], -1)
+
+
 def _encode(enc, x: torch.Tensor, st) -> tuple[torch.Tensor, Optional[dict]]:
-    """An encoder (mlp, then an optional 1-layer LSTM/GRU step): (latent, state_out or None)."""
+    """An encoder (conv stage, mlp, then an optional 1-layer LSTM/GRU step): (latent, state_out or None)."""
+    x = _conv_stage(enc, x)
     x = _linear_chain(enc.mlp, x, enc.activation, False, getattr(enc, "norms", None))
     r = enc.rnn
     if r is None:
@@ -271,7 +317,8 @@ def policy_step(layers, obs, state=None, *, deterministic: bool = False, compute
     layers use ``head_activation``, the last is linear; optional ``pi_norms`` / ``vf_norms`` as
     ``norms``); ``dist`` in {"categorical", "multi_categorical",
     "diag_gaussian"}, ``action_sizes``, ``log_std_clip`` (clamps the log-std to [-c, c]) and
-    ``free_log_std`` ([A], appended after pi's mean output).
+    ``free_log_std`` ([A], appended after pi's mean output). An encoder may start with a CNN
+    stage (``conv``, ``image_shape``, ``conv_flatten``, ``obs_scale``: see ``_conv_stage``).
 
     obs: [B, O] tensor or numpy (computed on the parameters' device). state: None (zeros), {"h": [B, H]
     [, "c": [B, H]]} ([B, 1, H] accepted), nested {"actor": ..., "critic": ...} when the critic

@@ -13,7 +13,7 @@ import torch
 
 from . import reference
 
-OPS = frozenset({"fused_mlp", "sample_categorical", "sample_diag_gaussian", "lstm_step", "gru_step"})
+OPS = frozenset({"fused_mlp", "sample_categorical", "sample_diag_gaussian", "lstm_step", "gru_step", "conv2d_nhwc"})
 
 
 def status() -> tuple[bool, str]:
@@ -124,3 +124,25 @@ def gru_step(x, h, w_ih, w_hh, b_ih, b_hh):
     xt, ht, wi, wh, H = _rnn_args(x, h, w_ih, w_hh, 3)
     out = reference.gru_step(xt, ht, wi, wh, _bias(b_ih, "b_ih", 3 * H, xt.dtype), _bias(b_hh, "b_hh", 3 * H, xt.dtype))
     return _result(out, isinstance(x, np.ndarray))
+
+
+def conv2d_nhwc(x, weight, bias, stride, pad, activation, scale=None):
+    from .conv import norm_pad, norm_stride, out_size
+
+    is_numpy = isinstance(x, np.ndarray)
+    if is_numpy and x.dtype == np.uint8:
+        xt = torch.from_numpy(np.ascontiguousarray(x))
+    elif isinstance(x, torch.Tensor) and x.dtype == torch.uint8:
+        xt = x
+    else:
+        xt = _tensor(x, "x")
+    _shape(xt, "x", (None, None, None, None), "[B, H, W, C]")
+    dt = xt.dtype if xt.dtype.is_floating_point else torch.float32
+    w = _tensor(weight, "weight", dt)
+    _shape(w, "weight", (None, xt.shape[3], None, None), f"[Cout, {xt.shape[3]}, kh, kw]")
+    b = _bias(bias, "bias", w.shape[0], dt)
+    stride, pad = norm_stride(stride), norm_pad(pad)
+    out_size(xt.shape[1], xt.shape[2], w.shape[2], w.shape[3], stride, pad)
+    if scale is not None and not (isinstance(scale, (int, float)) and np.isfinite(scale)):
+        raise ValueError(f"scale: expected None or a finite number, got {scale!r}")
+    return _result(reference.conv2d_nhwc(xt, w, b, stride, pad, activation, scale), is_numpy)

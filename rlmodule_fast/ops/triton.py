@@ -12,6 +12,8 @@ inputs; ``lstm_step`` / ``gru_step`` are forward-only and refuse inputs that nee
 """
 from __future__ import annotations
 
+
+import math
 import os
 import weakref
 from typing import Optional, Sequence
@@ -23,7 +25,7 @@ from .reference import canonical_activation
 # "policy_step" is run by fastpath.triton_plan.TritonPolicyPlan (through fastpath.PolicyPlan), not here;
 # "qnet_step" (a DQN module's epsilon-greedy step) by fastpath.qnet_triton_plan.TritonQNetPlan.
 OPS: frozenset = frozenset({"fused_mlp", "sample_categorical", "sample_diag_gaussian",
-                            "lstm_step", "gru_step", "policy_step", "qnet_step"})
+                            "lstm_step", "gru_step", "policy_step", "conv2d_nhwc", "qnet_step"})
 
 #: tl.dot input precision. "tf32x3" (default) splits each float32 operand into two TF32 parts
 #: and runs three tensor-core MMAs: about float32 accuracy at tensor-core speed. "ieee" is the
@@ -625,3 +627,46 @@ def gru_step(x, h, w_ih, w_hh, b_ih, b_hh):
     _refuse_grad("gru_step", x, h, w_ih, w_hh, b_ih, b_hh)
     h2 = rnn.gru_step(x, h, w_ih, w_hh, b_ih, b_hh, _precision)
     return h2.numpy() if is_numpy else h2
+
+
+# ----------------------------------------------------------------------------- conv2d_nhwc
+
+def conv2d_nhwc(x, weight, bias, stride, pad, activation, scale=None):
+    """Triton ``conv2d_nhwc`` (see ``rf.ops.conv2d_nhwc``): one implicit-GEMM kernel, padding,
+    uint8 cast + scale, bias and activation fused; x read through its strides (no copy).
+    Returns [B, Ho, Wo, Cout] in x's float dtype (float32 for uint8). Forward-only."""
+    from ..kernels import conv as ck
+    from .conv import norm_pad, norm_stride, out_size
+
+    is_numpy = not isinstance(x, torch.Tensor)
+    x = _to_tensor(x, "x")
+    weight, bias = _to_tensor(weight, "weight"), _to_tensor(bias, "bias")
+    if x.dim() != 4:
+        raise _shape_err("x", "[B, H, W, C]", x.shape)
+    if x.dtype != torch.uint8:
+        _check_float(x, "x")
+    _check_input_device(x, "x")
+    B, H, W, C = x.shape
+    if weight.dim() != 4 or weight.shape[1] != C or min(weight.shape) < 1:
+        raise _shape_err("weight", f"[Cout, {C}, kh, kw]", weight.shape)
+    _check_float(weight, "weight")
+    _check_device(weight, "weight", x.device)
+    N, _, kh, kw = weight.shape
+    if bias is not None:
+        if tuple(bias.shape) != (N,):
+            raise _shape_err("bias", f"[{N}]", bias.shape)
+        _check_float(bias, "bias")
+        _check_device(bias, "bias", x.device)
+    st, pd = norm_stride(stride), norm_pad(pad)
+    act = canonical_activation(activation, what="activation")
+    if scale is not None and not (isinstance(scale, (int, float)) and not isinstance(scale, bool)
+                                  and math.isfinite(scale)):
+        raise ValueError(f"scale: expected None or a finite number, got {scale!r}")
+    out_size(H, W, kh, kw, st, pd)
+    _refuse_grad("conv2d_nhwc", x, weight, bias)
+    xk = x if x.dtype in (torch.uint8, torch.float32) else x.float()
+    b32 = None if bias is None else bias.detach().float().contiguous()
+    y = ck.conv2d_nhwc(xk, ck.pack_filters(weight), b32, kh, kw, st, pd, ck.ACT_CODES[act], _precision, scale)
+    if x.dtype.is_floating_point and x.dtype != torch.float32:
+        y = y.to(x.dtype)
+    return y.numpy() if is_numpy else y

@@ -66,6 +66,8 @@ TARGETS = [
     # adapters (ops/cpp.py, fastpath.PolicyPlan, the public ops with backend="cpp")
     "ops_fused_mlp", "ops_sample_categorical", "ops_sample_diag_gaussian", "ops_lstm_step",
     "ops_gru_step", "ops_packed_mlp", "plan_step",
+    # conv2d_nhwc: the raw _C.PackedConv binding, then its adapter
+    "conv", "ops_conv2d_nhwc",
 ]
 
 
@@ -79,6 +81,7 @@ def _child(args) -> int:
 
     torch.set_num_threads(1)
     from rlmodule_fast import _C, fastpath
+    from rlmodule_fast import ops as rf_ops
     from rlmodule_fast.ops import cpp as cpp_ops
     from rlmodule_fast.ops import reference as ref
 
@@ -862,6 +865,117 @@ def _child(args) -> int:
                 raise
             return ""
         return run, "adapter"
+
+    # ------------------------------------------------------------------ conv2d_nhwc
+    def g_conv(rng, invalid):
+        """_C.PackedConv(desc).forward(...) on buffers that respect the raw-pointer contract;
+        invalid: one argument broken in a way the binding can detect."""
+        B = int(rng.integers(0, 4))
+        H, W, C = int(rng.integers(1, 10)), int(rng.integers(1, 10)), size(rng, 1, 20)
+        Co = int(rng.choice([1, 3, 16, 17, 32, 33, 64, 65]))
+        kh, kw = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        pad = [int(v) for v in rng.integers(0, 3, size=4)]
+        if H + pad[2] + pad[3] < kh:
+            pad[3] += kh
+        if W + pad[0] + pad[1] < kw:
+            pad[1] += kw
+        act = int(rng.integers(0, NR_ACTS))
+        u8 = bool(rng.random() < 0.3)
+        has_scale = bool(rng.random() < 0.5)
+        scale = float(rng.choice([1 / 255, 2.0, -0.5]))
+        # weight [Co, C, kh, kw] stored in a random axis order (any non-negative strides)
+        order = rng.permutation(4)
+        wshape = (Co, C, kh, kw)
+        store = data(rng, tuple(wshape[i] for i in order), special=False) / np.float32(np.sqrt(C * kh * kw))
+        wview = np.transpose(store, np.argsort(order))
+        wstr = [st // 4 for st in wview.strides]
+        bias = data(rng, (Co,), special=False) if rng.random() < 0.8 else None
+        ldx = H * W * C + int(rng.integers(0, 3))
+        if u8:
+            xbuf = rng.integers(0, 256, size=max(B, 1) * ldx).astype(np.uint8)
+        else:
+            xbuf = data(rng, (max(B, 1) * ldx,), special=rng.random() < 0.2)
+        Ho, Wo = (H + pad[2] + pad[3] - kh) // sh + 1, (W + pad[0] + pad[1] - kw) // sw + 1
+        ybuf = np.full(max(B, 1) * Ho * Wo * Co, np.nan, np.float32)
+        desc = [wview.ctypes.data, Co, C, kh, kw, *wstr, bias.ctypes.data if bias is not None else 0, 1,
+                sh, sw, *pad, act]
+        fwd = [xbuf.ctypes.data, u8, B, H, W, ldx, has_scale, scale, ybuf.ctypes.data]
+        what = "valid"
+        if invalid:
+            k = int(rng.integers(0, 16))
+            what = ["w=null", "Cout=0", "Cin=-1", "kh=0", "kw=5000", "stride=0", "pad=-1", "act=9", "wstride<0",
+                    "K>2^24", "B<0", "H=0", "W=70000", "ldx<HWC", "x=null", "kernel>image"][k]
+            if k == 0: desc[0] = 0
+            elif k == 1: desc[1] = 0
+            elif k == 2: desc[2] = -1
+            elif k == 3: desc[3] = 0
+            elif k == 4: desc[4] = 5000
+            elif k == 5: desc[11] = 0
+            elif k == 6: desc[13 + int(rng.integers(0, 4))] = -1
+            elif k == 7: desc[17] = int(rng.choice([-1, 5, 9, 2**31 - 1]))
+            elif k == 8: desc[5 + int(rng.integers(0, 4))] = -4
+            elif k == 9: desc[2], desc[3], desc[4] = 2**16, 4096, 4096
+            elif k == 10: fwd[2] = -1
+            elif k == 11: fwd[3] = 0
+            elif k == 12: fwd[4] = 70000
+            elif k == 13: fwd[2], fwd[5] = max(B, 1), H * W * C - 1
+            elif k == 14: fwd[0], fwd[2] = 0, max(B, 1)
+            elif kh >= 2:  # the padded image shorter than the kernel (sizes kept: the weight buffer fits)
+                desc[15], desc[16], fwd[3] = 0, 0, kh - 1
+            else:
+                desc[13], desc[14], fwd[4] = 0, 0, max(kw - 1, 0)  # kw == 1: W = 0, also refused
+
+        def check():
+            if B == 0:
+                return ""
+            xt = torch.from_numpy(xbuf[:B * ldx].reshape(B, ldx)[:, :H * W * C].reshape(B, H, W, C).copy())
+            wt = torch.from_numpy(np.ascontiguousarray(wview))
+            bt = None if bias is None else torch.from_numpy(bias)
+            # float64 truth, and float32 where float32 itself overflows (huge / inf data)
+            want = [ref.conv2d_nhwc(xt.to(dt), wt.to(dt), None if bt is None else bt.to(dt), (sh, sw), pad,
+                                    ACT_NAMES[act], scale if has_scale else None) for dt in (torch.float64, torch.float32)]
+            return compare(ybuf[:B * Ho * Wo * Co].reshape(B, Ho, Wo, Co), tuple(want))
+
+        def run():
+            p = _C.PackedConv(tuple(desc))
+            if not invalid and rng.random() < 0.3:
+                p.repack(tuple(desc))
+                assert p.same(tuple(desc), True)
+            got = p.forward(*fwd)
+            if not invalid:
+                assert tuple(got) == (Ho, Wo), (got, (Ho, Wo))
+                return check()
+            return ""
+        return run, what
+
+    def g_ops_conv2d_nhwc(rng, invalid):
+        B, H, W = int(rng.integers(0, 4)), int(rng.integers(1, 9)), int(rng.integers(1, 9))
+        C, Co = size(rng, 1, 12), int(rng.choice([1, 5, 16, 33]))
+        kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        x = weird(rng, (B, H, W, C))
+        if rng.random() < 0.15:
+            x = torch.randint(0, 256, (B, H, W, C), dtype=torch.uint8)
+        w = weird(rng, (Co, C, kh, kw), allow_bad=rng.random() < 0.3) if rng.random() < 0.4 else \
+            torch.randn(Co, C, kh, kw) / np.sqrt(C * kh * kw)
+        b = None if rng.random() < 0.2 else torch.randn(Co) if rng.random() < 0.8 else weird(rng, (Co,))
+        stride = [1, 2, 3, (1, 2), (2, 1), 0, -1, (1,), 1.5, "2"][int(rng.integers(0, 10))] if rng.random() < 0.3 \
+            else int(rng.integers(1, 3))
+        pad = tuple(int(v) for v in rng.integers(0, 3, size=4))
+        if rng.random() < 0.2:
+            pad = [(0, 0, -1, 0), (1, 1), 5000, None, 2, (0.5, 0, 0, 0), "same"][int(rng.integers(0, 7))]
+        act = ACT_NAMES[rng.integers(0, 5)] if rng.random() < 0.95 else ["foo", 3, ""][rng.integers(0, 3)]
+        scale = [None, None, 1 / 255, float("nan"), True, "x"][int(rng.integers(0, 6))]
+
+        def fn():
+            return rf_ops.conv2d_nhwc(x, w, b, stride, pad, act, scale=scale, backend="cpp")
+
+        def reference(dt):
+            _DT[0] = dt
+            xt = to_t(x)
+            xr = xt.to(dt) if xt.dtype == torch.uint8 else ref_float64(x)
+            return ref.conv2d_nhwc(xr, ref_float64(w), None if b is None else ref_float64(b), stride, pad, act, scale)
+        return adapter_run(fn, reference), "adapter"
 
     _loc = locals()
     gens = {name: _loc["g_" + name] for name in TARGETS}
