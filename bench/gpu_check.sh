@@ -6,8 +6,10 @@
 #   GPU_CHECK_DRY=1 bash bench/gpu_check.sh   # CPU dry run: same steps, interpreter-sized
 #
 # Steps (each under `timeout`, ~8 min in all): build/install the package (no build isolation,
-# no deps; gymnasium/safetensors from wheels in $WHEELS when missing), `pytest -m cuda`, the
-# cuda-marked tests of the triton files, the sm_90 compile/spill check, a short benchmark.
+# no deps; gymnasium/safetensors from wheels in $WHEELS when missing), `pytest -m cuda` (every
+# cuda-marked test, tests/test_cuda_graph_step.py's real-CUDA-graph twins included), the
+# cuda-marked tests of the triton files, the sm_90 compile/spill check, a short benchmark, the
+# graph-replay clock of the policy step (bench/graph_replay.py: CudaGraphStep, B=1 and 256).
 # Every step's log is $OUT/<step>.log; $OUT/summary.json has each step's exit code and time.
 set -u
 cd "$(dirname "$0")/.."
@@ -70,12 +72,15 @@ fi
 TRITON_TESTS="tests/test_triton_ops.py tests/test_triton_module.py tests/test_triton_autograd.py tests/test_triton_graph_safe.py"
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider -rs)
 if [ "$HAS_GPU" = "1" ]; then
-  step pytest_cuda 180 "${PYTEST[@]}" -m cuda --junitxml="$OUT/pytest_cuda.xml" tests
+  step pytest_cuda 240 "${PYTEST[@]}" -m cuda --junitxml="$OUT/pytest_cuda.xml" tests
   step pytest_triton_cuda 150 "${PYTEST[@]}" -m cuda --junitxml="$OUT/pytest_triton_cuda.xml" $TRITON_TESTS
 else
   step pytest_cuda 120 "${PYTEST[@]}" -m cuda --collect-only tests
   step pytest_triton_cuda 300 "${PYTEST[@]}" --junitxml="$OUT/pytest_triton_cpu.xml" \
     tests/test_triton_graph_safe.py tests/test_triton_ops.py -k "graph_safe or seed or policy_plan_matches"
+  # CudaGraphStep's logic on CPU (EmulatedGraph); its cuda-marked twins ran in pytest_cuda on the GPU
+  step pytest_graph_step_cpu 300 "${PYTEST[@]}" --junitxml="$OUT/pytest_graph_step_cpu.xml" \
+    tests/test_cuda_graph_step.py
 fi
 step sm90_spills 200 "${PYTEST[@]}" tests/test_triton_ops.py -k "sm90"
 
@@ -86,6 +91,13 @@ if [ "$HAS_GPU" = "1" ]; then
 else
   step bench 150 env TRITON_INTERPRET=1 rlmodule-fast-bench --device cpu --ops fused_mlp \
     --providers torch-eager,triton --batches 1 --quick --repeats 1 --json "$OUT/bench.json" --out "$OUT/bench"
+fi
+# -- graph-replay clock of the policy step (fastpath.CudaGraphStep vs the eager triton step; B=1 host latency)
+if [ "$HAS_GPU" = "1" ]; then
+  step bench_graph 150 "$PY" bench/graph_replay.py --batches 1,256 --json "$OUT/graph_replay.json"
+else
+  step bench_graph 150 env TRITON_INTERPRET=1 "$PY" bench/graph_replay.py --emulate --batches 1 \
+    --models cartpole --json "$OUT/graph_replay.json"
 fi
 
 "$PY" - "$SUMMARY" "$OUT/summary.json" <<'EOF'

@@ -622,14 +622,17 @@ PolicyNet build_policy(const py::dict& s) {
     n.free_log_std = item(s, "free_log_std").cast<std::vector<float>>();
     RF_CHECK(!std::isnan(n.log_std_clip), "Policy: log_std_clip: expected < 0 (no clipping) or >= 0, got NaN");
     RF_CHECK(!n.action_sizes.empty(), "Policy: action_sizes: empty");
-    RF_CHECK(n.dist >= DIST_CATEGORICAL && n.dist <= DIST_DIAG_GAUSSIAN, "unknown dist code");
+    RF_CHECK(n.dist >= DIST_CATEGORICAL && n.dist <= DIST_SQUASHED_GAUSSIAN, "unknown dist code");
     int want = 0;
     int64_t want64 = 0;
     for (int a : n.action_sizes) { check_dim(fn, "action_sizes", a); want64 += a; }
     RF_CHECK(want64 <= kMaxDim, "Policy: action_sizes: total too large");
     want = int(want64);
-    if (n.dist == DIST_DIAG_GAUSSIAN) {
-        RF_CHECK(n.action_sizes.size() == 1, "diag_gaussian takes one action size");
+    if (is_gaussian(n.dist)) {
+        RF_CHECK(n.action_sizes.size() == 1, "a Gaussian takes one action size");
+        RF_CHECK(n.dist == DIST_DIAG_GAUSSIAN || n.free_log_std.empty(), "free_log_std is for diag_gaussian only");
+        RF_CHECK(n.dist == DIST_DIAG_GAUSSIAN || n.log_std_clip < 0.0f,
+                 "log_std_clip is for diag_gaussian only (squashed_gaussian clamps to [-5, 2])");
         want = 2 * n.action_sizes[0];
     } else {
         RF_CHECK(n.free_log_std.empty(), "free_log_std is for diag_gaussian only");
@@ -704,7 +707,7 @@ struct PyPolicy {
         const int D = net->dist_dim();
         const bool lstm_a = net->actor_rnn_on && net->actor_rnn.kind == RNN_LSTM;
         const bool lstm_c = net->critic_rnn_on && net->critic_rnn.kind == RNN_LSTM;
-        const bool gauss = net->dist == DIST_DIAG_GAUSSIAN;
+        const bool gauss = is_gaussian(net->dist);
         const bool value = want_value && net->vf_on;
         RF_CHECK(!want_value || net->vf_on, "compute_value: this plan has no value head");
         py::object r_dist = py::none(), r_act = py::none(), r_logp = py::none(), r_val = py::none();
@@ -749,7 +752,7 @@ struct PyPolicy {
         }
         io.det = det;
         if (!mask.is_none()) {
-            RF_CHECK(net->dist != DIST_DIAG_GAUSSIAN, "action_mask: masking needs categorical actions (this plan samples a Gaussian)");
+            RF_CHECK(!is_gaussian(net->dist), "action_mask: masking needs categorical actions (this plan samples a Gaussian)");
             io.mask = mask_arg(mask, B, D, ldmask, &io.ldmask);
         }
         // An inf observation can saturate to a finite action: refuse non-finite inputs up front
@@ -782,7 +785,7 @@ PYBIND11_MODULE(_C, m) {
     acts["linear"] = int(ACT_LINEAR); acts["tanh"] = int(ACT_TANH); acts["relu"] = int(ACT_RELU);
     acts["silu"] = int(ACT_SILU); acts["elu"] = int(ACT_ELU);
     dists["categorical"] = int(DIST_CATEGORICAL); dists["multi_categorical"] = int(DIST_MULTI_CATEGORICAL);
-    dists["diag_gaussian"] = int(DIST_DIAG_GAUSSIAN);
+    dists["diag_gaussian"] = int(DIST_DIAG_GAUSSIAN); dists["squashed_gaussian"] = int(DIST_SQUASHED_GAUSSIAN);
     rnns["lstm"] = int(RNN_LSTM); rnns["gru"] = int(RNN_GRU);
     m.attr("ACTIVATIONS") = acts;
     m.attr("DISTRIBUTIONS") = dists;

@@ -239,7 +239,12 @@ struct PackedRNN {
 struct ConvStack;  // conv_pack.h: an encoder's conv layers (the CNN stage of the policy step)
 
 // The whole policy network of a PPO-style module, packed (fastpath.PolicyPlan builds it).
-enum DistKind : int { DIST_CATEGORICAL = 0, DIST_MULTI_CATEGORICAL = 1, DIST_DIAG_GAUSSIAN = 2 };
+// DIST_SQUASHED_GAUSSIAN: SAC's tanh-squashed Gaussian (actions in [-1, 1]; log-std clamped to
+// [SQUASHED_LOG_STD_MIN, SQUASHED_LOG_STD_MAX] for sampling, as RLlib's TorchSquashedGaussian).
+enum DistKind : int { DIST_CATEGORICAL = 0, DIST_MULTI_CATEGORICAL = 1, DIST_DIAG_GAUSSIAN = 2,
+                      DIST_SQUASHED_GAUSSIAN = 3 };
+constexpr float SQUASHED_LOG_STD_MIN = -5.0f, SQUASHED_LOG_STD_MAX = 2.0f;
+inline bool is_gaussian(int dist) { return dist == DIST_DIAG_GAUSSIAN || dist == DIST_SQUASHED_GAUSSIAN; }
 struct PolicyNet {
     int obs_dim = 0;
     // Conv stages (null: the encoder's mlp reads the observation): the observation row is an

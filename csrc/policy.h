@@ -74,6 +74,29 @@ static RF_T int64_t gaussian_rows(const float* ml, int64_t ld, int rows, int A, 
     return 0;
 }
 
+// SAC's squashed Gaussian over rows of [mean, log_std] (row stride ld; the caller's distribution
+// inputs, left as they are): log-std clamped to [SQUASHED_LOG_STD_MIN, MAX] for the draw (RLlib's
+// TorchSquashedGaussian.from_logits), u = mean + std * eps by gaussian_rows (deterministic:
+// u = mean), then actions = tanh(u) and the Jacobian in the same row block (squash_rows).
+// Non-finite inputs are refused before the clamp (which would hide an infinite log-std).
+static RF_T int64_t squashed_gaussian_rows(const float* ml, int64_t ld, int rows, int A, bool det, uint64_t key,
+                                           uint64_t ctr0, float* actions, int64_t ald, float* logp) {
+    thread_local AlignedBuf clamped;  // [rows, 2A]
+    clamped.resize(size_t(rows) * 2 * A);
+    for (int r = 0; r < rows; ++r) {
+        const float* m = ml + r * ld;
+        float* c = clamped.p + int64_t(r) * 2 * A;
+        for (int j = 0; j < 2 * A; ++j)
+            if (!std::isfinite(m[j])) return -1 - r;
+        std::memcpy(c, m, sizeof(float) * A);
+        for (int j = A; j < 2 * A; ++j) c[j] = std::min(std::max(m[j], SQUASHED_LOG_STD_MIN), SQUASHED_LOG_STD_MAX);
+    }
+    const int64_t err = gaussian_rows(clamped.p, 2 * A, rows, A, det, key, ctr0, actions, ald, logp);
+    if (err) return err;
+    squash_rows(actions, ald, rows, A, logp);
+    return 0;
+}
+
 struct Enc { const float* p; int64_t ld; };
 
 // Encoder over a block: mlp (may be empty) then optional rnn whose h' is the latent.
@@ -160,6 +183,10 @@ static RF_T int64_t policy_rows(const PolicyNet& net, const StepIO& io, int r0, 
                                               io.act_i + int64_t(r0) * nc + j, nc, io.logp + r0, j > 0);
                 off += net.action_sizes[j];
             }
+        } else if (net.dist == DIST_SQUASHED_GAUSSIAN) {
+            const int A = D / 2;
+            err = squashed_gaussian_rows(dist, D, rows, A, io.det, io.key, ctr, io.act_f + int64_t(r0) * A, A,
+                                         io.logp + r0);
         } else {
             const int A = D / 2;
             err = gaussian_rows(dist, D, rows, A, io.det, io.key, ctr, io.act_f + int64_t(r0) * A, A, io.logp + r0);

@@ -164,4 +164,25 @@ inline int64_t sample_gaussian_rows(const float* ml, int64_t ld, int rows, int A
     return 0;
 }
 
+// Squashed Gaussian, second half: rows of pre-squash Gaussian draws u (actions [rows, A], row
+// stride ald) with their Normal log-densities (logp [rows]) become SAC's actions tanh(u) in
+// [-1, 1] and their log-densities, minus the tanh Jacobian sum_j log(1 - tanh(u_j)^2), computed
+// as 2 (log 2 - u - softplus(-2u)) (RLlib's TorchSquashedGaussian; finite for any finite u,
+// where 1 - tanh(u)^2 underflows to 0 past |u| ~ 9 in float).
+inline void squash_rows(float* actions, int64_t ald, int rows, int A, float* logp) {
+    constexpr double LOG2 = 0.6931471805599453;
+    for (int r = 0; r < rows; ++r) {
+        float* act = actions + r * ald;
+        double jac = 0.0;
+        for (int j = 0; j < A; ++j) {
+            const double u = act[j];
+            const double x = -2.0 * u;  // softplus(x) = max(x, 0) + log1p(exp(-|x|))
+            const double sp = std::max(x, 0.0) + std::log1p(std::exp(-std::fabs(x)));
+            jac += 2.0 * (LOG2 - u - sp);
+            act[j] = float(std::tanh(u));
+        }
+        logp[r] = float(double(logp[r]) - jac);
+    }
+}
+
 }  // namespace rf

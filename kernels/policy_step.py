@@ -5,6 +5,8 @@ Shape legend: B batch, I actor-input features (the observation, or the RNN's h' 
 policies), IC critic-input features, D padded width of every packed layer, NL pi outputs
 (categorical: logits; multi-categorical: all segments' logits; Gaussian: A means), A action
 columns (categorical 1, multi-categorical NSEG, Gaussian A dims), NP padded head width.
+Distributions (DIST, ops/codes.py): 0 categorical, 1 multi-categorical, 2 diagonal Gaussian,
+3 SAC's tanh-squashed Gaussian (actions in [-1, 1], exact logp with the tanh Jacobian).
 
 An env-runner step at batch 1..1024 through a small policy is launch- and latency-bound: the
 torch module runs ~15 kernels (linears, activations, log_softmax, rand, argmax, gather, the
@@ -41,7 +43,7 @@ import triton
 import triton.language as tl
 
 from ..ops.codes import DISTRIBUTIONS
-from .mlp import _dense_staged, _dense_staged_ln, _dense_tile, _dense_tile_ln, _layernorm_tile, _load_rows
+from .mlp import _dense_staged, _dense_staged_ln, _dense_tile, _dense_tile_ln, _layernorm_tile, _load_rows, _tanh
 from .sampling import (_FLOAT_MIN, ERR_POLICY, _categorical_row_block, _ERR_MASK, _load_action_mask,
                        _none_allowed, _rng_normal)
 
@@ -60,8 +62,28 @@ def _policy_tail(out, ls, rows, row_ok, cols, rng_ptr, seg_ptr, dist_ptr, act_pt
     """Distribution inputs -> stores of dist, actions, logp; non-finite inputs set flag.
 
     out: [BLOCK_B, NP] logits (categorical) or means (Gaussian); ls: [BLOCK_B, NP] log-stds.
-    HAS_MASK (categorical kinds): mask [B, NL] (row stride stride_mb), see the module doc."""
-    if DIST == 2:
+    HAS_MASK (categorical kinds): mask [B, NL] (row stride stride_mb), see the module doc.
+    DIST 3 (SAC's squashed Gaussian): dist gets the raw log-std; the draw uses it clamped to
+    [-5, 2] (RLlib's TorchSquashedGaussian), actions tanh(u), logp minus the tanh Jacobian."""
+    if DIST == 3:
+        valid = row_ok[:, None] & (cols[None, :] < A)
+        # every non-finite input is an error here (the clamp would hide an infinite log-std)
+        bad = valid & ((out != out) | (tl.abs(out) == float("inf")) | (ls != ls) | (tl.abs(ls) == float("inf")))
+        dbase = dist_ptr + rows[:, None] * (2 * A)
+        tl.store(dbase + cols[None, :], out, mask=valid)
+        tl.store(dbase + A + cols[None, :], ls, mask=valid)
+        lsc = tl.minimum(tl.maximum(ls, -5.0), 2.0)
+        if DETERMINISTIC:
+            eps = tl.zeros((BLOCK_B, NP), dtype=tl.float32)
+        else:
+            eps = _rng_normal(rng_ptr, rows[:, None] * A + cols[None, :])
+        u = out + tl.exp(lsc) * eps
+        x = -2.0 * u  # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))
+        softplus = tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+        log_det = 2.0 * (0.6931471805599453 - u - softplus)
+        lp = tl.sum(tl.where(valid, -0.5 * eps * eps - lsc - 0.9189385332046727 - log_det, 0.0), axis=1)
+        tl.store(act_ptr + rows[:, None] * A + cols[None, :], _tanh(u), mask=valid)
+    elif DIST == 2:
         valid = row_ok[:, None] & (cols[None, :] < A)
         # NaN is checked before the clamp: max/min may return the non-NaN operand (they do on
         # the GPU), which would turn a NaN log-std into the clip bound and a finite action. An
@@ -155,7 +177,7 @@ def _policy_step_fwd_kernel(
     p = _layers(lat, w_ptr, b_ptr, PI0, N_PI_HID, HEAD_ACT, D, PRECISION, ln_ptr, NORM_MASK, LN_W)
     out = _dense_tile_ln(p, w_ptr + PI_OUT * D * D, b_ptr + PI_OUT * D, ln_ptr + PI_OUT * LN_W, D, 0, PRECISION,
                          (NORM_MASK >> PI_OUT) & 1)
-    if DIST == 2:
+    if DIST >= 2:  # Gaussians: the log-std half (its own packed layer) or the free log-std
         if FREE_LOG_STD:
             ls = tl.zeros((BLOCK_B, D), dtype=tl.float32) + tl.load(
                 logstd_ptr + cols, mask=cols < A, other=0.0).to(tl.float32)[None, :]
@@ -268,7 +290,7 @@ def _policy_step_staged_fwd_kernel(
                          D, NP, PRECISION, BLOCK_B, BK)
     if (NORM_MASK >> PI_OUT) & 1:
         out = _layernorm_tile(out, ln_ptr + PI_OUT * LN_W, NP, D)
-    if DIST == 2:
+    if DIST >= 2:  # Gaussians: the log-std half (its own packed layer) or the free log-std
         if FREE_LOG_STD:
             ls = tl.zeros((BLOCK_B, NP), dtype=tl.float32) + tl.load(
                 logstd_ptr + cols, mask=cols < A, other=0.0).to(tl.float32)[None, :]
@@ -352,8 +374,9 @@ def policy_step(x, xc, w_packed, b_packed, dims, meta: dict, *, seed, log_std=No
     dev = x.device
     dist_code = meta["DIST"]
     NL, A = meta["NL"], meta["A"]
-    dist = torch.empty((B, 2 * A if dist_code == 2 else NL), dtype=torch.float32, device=dev)
-    if dist_code == 2:
+    gauss = dist_code in (DIST_CODES["diag_gaussian"], DIST_CODES["squashed_gaussian"])
+    dist = torch.empty((B, 2 * A if gauss else NL), dtype=torch.float32, device=dev)
+    if gauss:
         actions = torch.empty((B, A), dtype=torch.float32, device=dev)
     elif dist_code == 1:
         actions = torch.empty((B, meta["NSEG"]), dtype=torch.int64, device=dev)
@@ -373,7 +396,7 @@ def policy_step(x, xc, w_packed, b_packed, dims, meta: dict, *, seed, log_std=No
     if staged:
         kernel = _policy_step_staged_fwd_kernel
         scratch = torch.empty((grid[0], 4, block_b, D), dtype=torch.float32, device=dev)
-        NP = max(16, triton.next_power_of_2(A if dist_code == 2 else NL))
+        NP = max(16, triton.next_power_of_2(A if gauss else NL))
     else:
         kernel = _policy_step_fwd_kernel
         scratch, NP = flag, D

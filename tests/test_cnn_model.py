@@ -3,7 +3,7 @@
 - without ray: conv_filters validation, RLlib's "same" padding split, default stacks, the
   obs-rank policy (rank 2 / 4 / 0 Box refused as RLlib refuses them), the CNN against a plain
   F.pad + F.conv2d reference, ``cnn_conv_layers`` (the fused conv stage's hand-off), uint8
-  frames, checkpoints, the torch path that runs until the conv stage is fused;
+  frames, checkpoints (the fused conv step against the torch layers: test_cnn_fused.py);
 - with ``ray.rllib``: RLlib's ``DefaultPPOTorchRLModule`` built with the same config for every
   default stack and odd sizes (shared / separate value encoder, CNN -> LSTM): same parameter names
   and shapes, RLlib's weights into ours and ours back, same outputs; ``from_rllib_module``,
@@ -16,7 +16,6 @@ tolerance is 1e-4 relative (float32 sums of up to ~4k products).
 """
 from __future__ import annotations
 
-import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -113,14 +112,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _quiet_unfused():
-    # Until the conv stage is merged a CNN module warns once that its torch layers run.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*conv encoder: not fused in this build.*")
-        yield
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,11 +275,11 @@ def test_conv_layers_of_recurrent_tokenizer_and_refusals():
 # --------------------------------------------------------------------------------------------
 # The PPO module on images (no ray)
 # --------------------------------------------------------------------------------------------
-def test_torch_path_runs_and_says_why():
+def test_fused_conv_path_runs_and_checks_obs():
+    # the step itself against the torch layers: tests/test_cnn_fused.py
     m = build_ours("84x84x4-atari-tanh-separate")
     info = m.fast_path_info()
-    assert info["active"] is False and info["backend"] == "torch"
-    assert "conv encoder: not fused in this build" in info["reason"]
+    assert info["active"] is True and info["backend"] == "cpp", info
     obs = np.random.default_rng(0).uniform(-1, 1, (3, 84, 84, 4)).astype(np.float32)
     with torch.no_grad():
         out = m.forward_exploration({Columns.OBS: obs})
@@ -435,7 +426,7 @@ def test_fast_rllib_module_on_images(name):
 
     fast = build_rllib(name, cls=FastPPOTorchRLModule)
     info = fast.fast_path_info()
-    assert info["active"] is False and "conv encoder: not fused in this build" in info["reason"]
+    assert info["active"] is True and info["backend"] == "cpp", info
     rl = build_rllib(name)
     rl.set_state(fast.get_state())
     b = batch_for(fast, name, seed=1)
@@ -444,6 +435,7 @@ def test_fast_rllib_module_on_images(name):
     with torch.no_grad():
         close(fast.forward_inference(dict(b))[Columns.ACTION_DIST_INPUTS],
               rl.forward_inference(dict(b))[Columns.ACTION_DIST_INPUTS], f"{name} FastPPO inference")
+    assert fast.fast_path_info()["calls"] == 1  # the fused conv step ran
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,9 +467,10 @@ def test_bench_vision_cases_and_peers():
         with torch.no_grad(), bench.ctx():
             out = bench.fn()
         assert out is not None, provider
-    # no fused conv step in this build: the cpp row says why instead of timing the torch layers
-    with pytest.raises(C.Unavailable, match="conv encoder: not fused in this build"):
-        case.build("cpp", ctx)
+    # the cpp row times the fused conv step
+    bench = case.build("cpp", ctx)
+    with torch.no_grad(), bench.ctx():
+        assert bench.fn() is not None
 
 
 def test_finite_check_is_exact_when_the_fast_sum_overflows():

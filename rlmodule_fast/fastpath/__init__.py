@@ -7,11 +7,13 @@ call per step.
   the weights, ``refresh``), ``plan_for`` (the plan cached on a module), ``fused_plan`` (the same, or None for good
   when the module's layers are not ones the fused step runs) and ``refresh``.
 - ``cpp_plan.py`` / ``triton_plan.py``: the backends' plans, side by side.
+- ``cuda_graph.py``: ``CudaGraphStep`` (the triton step captured in a CUDA graph for one batch size).
 
 Its truth: ``ops.reference.policy_step``.
 """
+from .cuda_graph import CudaGraphStep
 from .layers import EncoderLayers, PolicyLayers
 from .plan import PolicyPlan, UnfusableLayers, fused_plan, mark_unfusable, plan_for, refresh, unfusable_reason
 
-__all__ = ["EncoderLayers", "PolicyLayers", "PolicyPlan", "UnfusableLayers", "fused_plan", "mark_unfusable",
+__all__ = ["CudaGraphStep", "EncoderLayers", "PolicyLayers", "PolicyPlan", "UnfusableLayers", "fused_plan", "mark_unfusable",
            "plan_for", "refresh", "unfusable_reason"]

@@ -59,7 +59,7 @@ class CppPolicyPlan:
         self.__dict__.update(dims)
         self._recurrent = self.actor_rnn is not None or self.critic_rnn is not None
         self._image = tuple(layers.actor.image_shape) if getattr(layers.actor, "conv", None) else None
-        self._gauss = layers.dist == "diag_gaussian"
+        self._gauss = layers.dist in ("diag_gaussian", "squashed_gaussian")
         self.layers, self._params = layers, params
         self._watch()
 
@@ -336,7 +336,7 @@ class CppPolicyPlan:
         return res
 
     def _step_out(self, obs_arg, B, ld, states, deterministic, compute_value, out: dict, mask=None) -> dict:
-        gauss = self.layers.dist == "diag_gaussian"
+        gauss = self.layers.dist in ("diag_gaussian", "squashed_gaussian")
         na = len(self.action_sizes) if self.layers.dist == "multi_categorical" else None
         A = self.action_sizes[0]
 

@@ -51,9 +51,10 @@ class PolicyLayers:
     pi: list                          # list[nn.Linear]; hidden layers use head_activation, last is linear
     vf: Optional[list]                # value head layers (last linear, out 1), same head_activation
     head_activation: str
-    dist: str                         # "categorical" | "multi_categorical" | "diag_gaussian"
-    action_sizes: list                # categorical [A]; multi_categorical [n1, n2, ...]; diag_gaussian [A]
-    log_std_clip: Optional[float]     # diag gaussian: clamp log-std to [-c, c]
+    dist: str                         # "categorical" | "multi_categorical" | "diag_gaussian" | "squashed_gaussian"
+    action_sizes: list                # categorical [A]; multi_categorical [n1, n2, ...]; (squashed) gaussian [A]
+    log_std_clip: Optional[float]     # diag gaussian: clamp log-std to [-c, c] (squashed_gaussian: None;
+                                      # its sampler clamps to RLlib's [-5, 2], action_dist_inputs stay raw)
     free_log_std: object = None       # nn.Parameter [A] or None: state-independent log-std appended after pi's mean output
     pi_norms: Optional[list] = None   # None, or per pi layer an nn.LayerNorm (before the layer's activation) or None
     vf_norms: Optional[list] = None   # the same for the vf layers
@@ -262,8 +263,12 @@ def validate(L: PolicyLayers) -> dict:
         a_obs = a_lat = pi[0].in_features
     d["obs_dim"] = a_obs
     npi = _chain(pi, a_lat, "pi")
-    A = sum(sizes) if L.dist != "diag_gaussian" else sizes[0]
-    if L.dist == "diag_gaussian":
+    gaussian = L.dist in ("diag_gaussian", "squashed_gaussian")
+    A = sizes[0] if gaussian else sum(sizes)
+    if L.dist == "squashed_gaussian" and (L.free_log_std is not None or L.log_std_clip is not None):
+        raise ValueError("squashed_gaussian: free_log_std and log_std_clip must be None (the sampler "
+                         "clamps the log-std to RLlib's [-5, 2])")
+    if gaussian:
         want = A if L.free_log_std is not None else 2 * A
     else:
         want = A

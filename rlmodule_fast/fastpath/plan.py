@@ -59,11 +59,15 @@ class PolicyPlan:
     - state (recurrent plans): {"h": [B, H], "c": [B, H]} (GRU: "h" only; [B, 1, H] accepted),
       nested {"actor": {...}, "critic": {...}} when the critic has its own rnn; None = zeros.
     - returns {"action_dist_inputs": [B, D] f32, "actions": [B] int64 (categorical) |
-      [B, n] int64 (multi_categorical) | [B, A] f32 (diag_gaussian), "action_logp": [B] f32,
+      [B, n] int64 (multi_categorical) | [B, A] f32 (diag_gaussian; squashed_gaussian: SAC's
+      tanh(u) in [-1, 1]), "action_logp": [B] f32,
       "vf_preds": [B] f32 (compute_value=True), "state_out": same layout as state}, the same
       kind (numpy / tensor) as obs. Outputs are fresh every call (the caller owns them);
       ``out=`` takes a dict of caller-owned contiguous buffers with those keys instead (written
       in place and returned; rnn plans also need "state_out").
+    - check=False (triton only): the graph-capturable step (no host sync; NaN/inf reported through
+      ``ops.triton.error_flag``, draws from ``ops.triton.rng_state``); ``fastpath.CudaGraphStep``
+      captures it.
     - mask (categorical kinds): None or RLlib's action mask [B, D] (1 allowed, 0 masked; float,
       int or bool): masked entries of ``action_dist_inputs`` are RLlib's FLOAT_MIN, a masked
       action is never sampled (nor the argmax), ``action_logp`` normalises over the allowed
@@ -153,10 +157,16 @@ class PolicyPlan:
 
     # -- the step -----------------------------------------------------------------------------------
     def step(self, obs, state=None, *, deterministic: bool = False, compute_value: bool = False, out=None,
-             mask=None) -> dict:
+             mask=None, check: bool = True) -> dict:
         if self._gen != _STRUCTURE_GEN[0]:
             self._repack()
         kw = {} if mask is None else {"mask": mask}
+        if not check:  # graph-safe: no host sync (``TritonPolicyPlan.step``; ``fastpath.CudaGraphStep``)
+            if self.backend != "triton" or out is not None:
+                raise ValueError(f"check=False: only the triton plan has the graph-safe path (this plan: "
+                                 f"{self.backend!r}{', out=' if out is not None else ''})")
+            return self.impl.step(obs, state, deterministic=deterministic, compute_value=compute_value,
+                                  check=False, **kw)
         if out is None:
             return self.impl.step(obs, state, deterministic=deterministic, compute_value=compute_value, **kw)
         if self.backend != "cpp":

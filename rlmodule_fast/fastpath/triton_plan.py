@@ -79,7 +79,8 @@ class TritonPolicyPlan:
             raise ValueError("layers: no parameters")
         self.device = params[0].device if device is None else torch.device(device)
         tri._check_input_device(params[0], "policy parameters")
-        if self.dist == "diag_gaussian":
+        self.gaussian = self.dist in ("diag_gaussian", "squashed_gaussian")
+        if self.gaussian:
             self.A = self.action_sizes[0]
             self.NL = self.A
         else:
@@ -116,7 +117,7 @@ class TritonPolicyPlan:
         # A norm over the whole last pi layer cannot run on its two halves (means, log-stds):
         # that layout takes the per-layer path (RLlib's heads never norm their output layer).
         split_norm = False
-        if self.dist == "diag_gaussian" and self.free_log_std is None:
+        if self.gaussian and self.free_log_std is None:
             A = self.A
             ws += [last.weight[:A], last.weight[A:]]
             bs += [None if last.bias is None else last.bias[:A], None if last.bias is None else last.bias[A:]]
@@ -138,7 +139,7 @@ class TritonPolicyPlan:
         if not self.shared:
             widths.append(self.critic.rnn.hidden_size if self.recurrent else self._critic_in())
         plan = mlp.fused_tile_plan(widths)
-        out_cols = self.A if self.dist == "diag_gaussian" else self.NL
+        out_cols = self.A if self.gaussian else self.NL
         if plan is not None and out_cols <= plan[0] and not split_norm:
             self.mode = "recurrent" if self.recurrent else "fused"
             self.D, self.kernel_kind = plan
@@ -296,6 +297,9 @@ class TritonPolicyPlan:
                 pi_out = torch.cat([pi_out[:, :self.A], pi_out[:, self.A:].clamp(-c, c)], -1)
             actions, logp, flag = sampling.sample_diag_gaussian(pi_out, deterministic, **kw)
             adv()
+        elif self.dist == "squashed_gaussian":
+            actions, logp, flag = self._squashed_sequence(pi_out, deterministic, kw)
+            adv()
         elif self.dist == "categorical":
             actions, logp, flag = sampling.sample_categorical(pi_out, deterministic, mask=mask, **kw)
             adv()
@@ -319,6 +323,22 @@ class TritonPolicyPlan:
         if compute_value:
             out["vf_preds"] = self._mlp(lat_c, self.vf, self.head_act, self.vf_norms, "linear")[:, 0]
         return out, flag
+
+    def _squashed_sequence(self, pi_out, deterministic: bool, kw: dict):
+        """Sequence mode's squashed Gaussian: the Gaussian sampler kernel on the clamped inputs
+        draws u (the same Philox offsets as the fused kernel), then tanh and the Jacobian as
+        torch ops on the device. A non-finite input sets the flag before the clamp hides it."""
+        from ..kernels import sampling
+        from ..ops.reference import SQUASHED_LOG_STD_RANGE, tanh_log_det
+
+        A = self.A
+        flag = kw.get("flag")
+        if flag is None:
+            flag = torch.zeros(1, dtype=torch.int32, device=pi_out.device)
+        flag |= (~torch.isfinite(pi_out)).any().to(torch.int32) * sampling.ERR_GAUSSIAN
+        clamped = torch.cat([pi_out[:, :A], pi_out[:, A:].clamp(*SQUASHED_LOG_STD_RANGE)], -1)
+        u, logp, flag = sampling.sample_diag_gaussian(clamped, deterministic, seed=kw.get("seed"), flag=flag)
+        return torch.tanh(u), logp - tanh_log_det(u).sum(-1), flag
 
     # -- the step ------------------------------------------------------------------------
     @torch.no_grad()
@@ -346,7 +366,7 @@ class TritonPolicyPlan:
             raise ValueError("compute_value: this policy has no value head (vf is None)")
         m = None
         if mask is not None:
-            if self.dist == "diag_gaussian":
+            if self.gaussian:
                 raise ValueError("action_mask: masking needs categorical actions, this plan samples a Gaussian")
             m = tri.mask_tensor(mask, x.shape[0], self.NL, self.device).contiguous()
         self._refresh()

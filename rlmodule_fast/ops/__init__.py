@@ -36,7 +36,7 @@ def fused_mlp(
 __all__ = ["fused_mlp", "backend_info", "dispatch"]
 
 
-def sample_categorical(logits, deterministic: bool = False, *, mask=None, backend: str = "auto"):
+def sample_categorical(logits, deterministic: bool = False, *, mask=None, backend: str = "auto", check: bool = True):
     """One action per row of logits [B, A] (float32/64 tensor or numpy).
 
     Returns (actions [B] int64, logp [B]); logp is log softmax(logits)[action].
@@ -48,21 +48,41 @@ def sample_categorical(logits, deterministic: bool = False, *, mask=None, backen
     is never drawn (nor the argmax) and logp is the log-softmax over the allowed actions. A row
     with every action masked, or a value other than 0/1, is a ValueError naming the row.
 
+    ``check=False`` (triton backend only, else ValueError): the CUDA-graph-safe call -- no host
+    sync; NaN/inf inputs set ``ops.triton.error_flag(device)`` instead of raising (read it with
+    ``ops.triton.raise_if_error``), draws come from ``ops.triton.rng_state(device)``.
+
     >>> import torch, rlmodule_fast as rf
     >>> a, lp = rf.ops.sample_categorical(torch.zeros(2, 3), mask=torch.tensor([[1, 0, 0], [0, 1, 1]]))
     >>> int(a[0]), round(float(lp[1]), 4)
     (0, -0.6931)
     """
-    fn = dispatch.get("sample_categorical", backend, logits)
+    fn = _getter("sample_categorical", backend, logits, check)
     return fn(logits, deterministic) if mask is None else fn(logits, deterministic, mask=mask)
 
 
-def sample_diag_gaussian(mean_logstd, deterministic: bool = False, *, backend: str = "auto"):
+def sample_diag_gaussian(mean_logstd, deterministic: bool = False, *, backend: str = "auto", check: bool = True):
     """Diagonal Gaussian draw; mean_logstd [B, 2A] = mean and log-std concatenated.
 
-    Returns (actions [B, A], logp [B]); ``deterministic`` returns the mean.
+    Returns (actions [B, A], logp [B]); ``deterministic`` returns the mean. ``check=False``:
+    the graph-safe triton call (as ``sample_categorical``).
     """
-    return dispatch.get("sample_diag_gaussian", backend, mean_logstd)(mean_logstd, deterministic)
+    return _getter("sample_diag_gaussian", backend, mean_logstd, check)(mean_logstd, deterministic)
+
+
+def _getter(op: str, backend: str, example, check: bool):
+    """The backend's function for ``op``; with ``check=False`` the triton one bound to
+    ``check=False`` (ValueError when the dispatcher picks another backend for ``example``)."""
+    fn = dispatch.get(op, backend, example)
+    if check is True:
+        return fn
+    if check is not False:
+        raise ValueError(f"check: expected a bool, got {check!r}")
+    name = dispatch.choose(op, backend, example)
+    if name != "triton":
+        raise ValueError(f"check=False: only the triton backend has the graph-safe (unchecked) {op}; "
+                         f"backend={backend!r} runs {name!r} for this input")
+    return lambda *a, **k: fn(*a, check=False, **k)
 
 
 def lstm_step(x, h, c, w_ih, w_hh, b, *, backend: str = "auto"):

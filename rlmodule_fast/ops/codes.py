@@ -10,6 +10,6 @@ from __future__ import annotations
 #: canonical activation name (``reference.canonical_activation``) -> code; 0 is the identity.
 ACTIVATIONS = {"linear": 0, "tanh": 1, "relu": 2, "silu": 3, "elu": 4}
 #: ``PolicyLayers.dist`` -> code.
-DISTRIBUTIONS = {"categorical": 0, "multi_categorical": 1, "diag_gaussian": 2}
+DISTRIBUTIONS = {"categorical": 0, "multi_categorical": 1, "diag_gaussian": 2, "squashed_gaussian": 3}
 #: rnn kind -> code (nn.LSTM: "lstm", nn.GRU: "gru").
 RNN_KINDS = {"lstm": 0, "gru": 1}

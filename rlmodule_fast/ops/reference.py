@@ -5,6 +5,7 @@ Shape legend: B batch, I input features, H hidden units, A action logits / dims.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -154,6 +155,33 @@ def sample_diag_gaussian(
         actions = mean + torch.exp(log_std) * eps
     logp = (-0.5 * eps * eps - log_std - _LOG_SQRT_2PI).sum(-1)
     return actions, logp
+
+
+#: RLlib's clamp of a squashed Gaussian's log-std (``TorchSquashedGaussian.from_logits``:
+#: ``MIN_LOG_NN_OUTPUT``, ``MAX_LOG_NN_OUTPUT``).
+SQUASHED_LOG_STD_RANGE = (-5.0, 2.0)
+
+
+def tanh_log_det(u: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``log(1 - tanh(u)^2)`` as ``2 (log 2 - u - softplus(-2u))`` (RLlib's stable
+    form: finite for every finite ``u``)."""
+    return 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+
+
+def sample_squashed_gaussian(
+    mean_logstd: torch.Tensor, deterministic: bool = False, generator: Optional[torch.Generator] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAC's squashed Gaussian: ``u ~ N(mean, exp(clamp(log_std, -5, 2))^2)``, actions ``tanh(u)``
+    in [-1, 1], logp ``logN(u) - sum log(1 - tanh(u)^2)`` (RLlib's ``TorchSquashedGaussian`` with
+    its default bounds). ``mean_logstd`` [B, 2A] -> (actions [B, A], logp [B]); ``deterministic``:
+    ``u = mean``. NaN/inf inputs (also an infinite log-std) raise ValueError."""
+    _check_finite(mean_logstd, "mean_logstd")
+    if mean_logstd.shape[-1] % 2:
+        raise ValueError(f"mean_logstd: last dim must be even (mean, log_std), got {tuple(mean_logstd.shape)}")
+    mean, log_std = mean_logstd.chunk(2, dim=-1)
+    u, logp = sample_diag_gaussian(torch.cat([mean, log_std.clamp(*SQUASHED_LOG_STD_RANGE)], -1),
+                                   deterministic, generator)
+    return torch.tanh(u), logp - tanh_log_det(u).sum(-1)
 
 
 def lstm_step(
@@ -315,10 +343,12 @@ def policy_step(layers, obs, state=None, *, deterministic: bool = False, compute
     per layer an nn.LayerNorm applied between the layer and its activation, or None) and ``rnn``
     (None or a 1-layer nn.LSTM / nn.GRU stepped once after the mlp); ``pi`` / ``vf`` (hidden
     layers use ``head_activation``, the last is linear; optional ``pi_norms`` / ``vf_norms`` as
-    ``norms``); ``dist`` in {"categorical", "multi_categorical",
-    "diag_gaussian"}, ``action_sizes``, ``log_std_clip`` (clamps the log-std to [-c, c]) and
-    ``free_log_std`` ([A], appended after pi's mean output). An encoder may start with a CNN
-    stage (``conv``, ``image_shape``, ``conv_flatten``, ``obs_scale``: see ``_conv_stage``).
+    ``norms``); ``dist`` in {"categorical", "multi_categorical", "diag_gaussian",
+    "squashed_gaussian"} (SAC: tanh(u), log-std clamped to [-5, 2] for the draw only;
+    ``action_dist_inputs`` stay the head's output), ``action_sizes``, ``log_std_clip`` (clamps the
+    log-std to [-c, c]) and ``free_log_std`` ([A], appended after pi's mean output). An encoder
+    may start with a CNN stage (``conv``, ``image_shape``, ``conv_flatten``, ``obs_scale``: see
+    ``_conv_stage``).
 
     obs: [B, O] tensor or numpy (computed on the parameters' device). state: None (zeros), {"h": [B, H]
     [, "c": [B, H]]} ([B, 1, H] accepted), nested {"actor": ..., "critic": ...} when the critic
@@ -341,11 +371,13 @@ def policy_step(layers, obs, state=None, *, deterministic: bool = False, compute
         A, c = d.shape[1] // 2, float(L.log_std_clip)
         d = torch.cat([d[:, :A], d[:, A:].clamp(-c, c)], -1)
     if mask is not None:
-        if L.dist == "diag_gaussian":
-            raise ValueError("action_mask: masking needs categorical actions, got dist 'diag_gaussian'")
+        if L.dist in ("diag_gaussian", "squashed_gaussian"):
+            raise ValueError(f"action_mask: masking needs categorical actions, got dist {L.dist!r}")
         d = mask_logits(d, mask, _segments(L.dist, L.action_sizes))
     if L.dist == "diag_gaussian":
         actions, logp = sample_diag_gaussian(d, deterministic, generator)
+    elif L.dist == "squashed_gaussian":
+        actions, logp = sample_squashed_gaussian(d, deterministic, generator)
     elif L.dist in ("categorical", "multi_categorical"):
         acts, logp, lo = [], torch.zeros(d.shape[0], dtype=torch.float64, device=d.device), 0
         for n in _segments(L.dist, L.action_sizes):
@@ -355,7 +387,8 @@ def policy_step(layers, obs, state=None, *, deterministic: bool = False, compute
             lo += n
         actions = acts[0] if L.dist == "categorical" else torch.stack(acts, -1)
     else:
-        raise ValueError(f"dist: expected 'categorical', 'multi_categorical' or 'diag_gaussian', got {L.dist!r}")
+        raise ValueError("dist: expected 'categorical', 'multi_categorical', 'diag_gaussian' or "
+                         f"'squashed_gaussian', got {L.dist!r}")
     out = {"action_dist_inputs": d, "actions": actions, "action_logp": logp}
     lat_c, so_c = lat, None
     if L.critic is not None and (compute_value or nested):

@@ -7,12 +7,20 @@ Batches are batch-major. MLP: obs [B, *obs_shape]. LSTM/GRU (``use_lstm`` / ``us
 [B, 1, *obs_shape] or [B, *obs_shape] (read as T=1; outputs then have no T axis).
 Image observations (a [H, W, C] Box) go to RLlib's CNN encoder channel-last, unflattened; uint8
 frames are cast to float (values kept, no scaling: RLlib's Atari wrappers scale in the env).
+The fused step runs the conv stack too (NHWC, RLlib's padding and (H, W, C) flatten; CNN -> LSTM /
+GRU tokenizers; shared or separate critic): it takes [B, H, W, C] (or [B, 1, H, W, C] with a
+recurrent encoder) float or uint8 frames, the uint8 ones converted inside the kernels.
 
 Fast path: under ``backend="auto"`` (or ``RLMODULE_FAST_BACKEND``) ``forward_exploration`` /
 ``forward_inference`` run encoder, pi head and sampling in one backend call (cpp for CPU,
 triton for CUDA) and also return ``actions`` and ``action_logp`` (inference: the
 deterministic action). These outputs are not differentiable (as in RLlib, where env runners
 call them under no_grad); ``forward_train`` always runs the torch layers with autograd.
+CUDA-graph mode (opt-in, one fixed batch size, Box observations): ``step =
+rlmodule_fast.fastpath.CudaGraphStep(module, batch_size, explore=True)`` captures the triton
+step once and replays it per ``step({"obs": obs})`` (same keys; fresh outputs unless
+``return_static=True``; weight changes re-capture; NaN/inf surface through the device error flag
+at the next call, or per ``errors=``); see ``rlmodule_fast.fastpath.cuda_graph``.
 
 Action masking (RLlib's ActionMaskingTorchRLModule semantics): with a Dict observation space
 {"action_mask": Box(0, 1, [n]), "observations": <space>} only ``obs["observations"]`` is encoded
@@ -75,6 +83,9 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         # [B, D] batches of a feed-forward module with a 1-D Box observation: the env-runner hot path
         self._flat_step = isinstance(self._enc_space, gym.spaces.Box) and self._obs_rank == 1 \
             and not self._recurrent
+        # [B, H, W, C] image batches (float or uint8) of a feed-forward CNN module go to the plan
+        # as they are too: it reads HWC rows and converts uint8 inside the kernels
+        self._image_step = self._image and not self._recurrent
 
     # ---- distributions & state --------------------------------------------------------------
     def get_inference_action_dist_cls(self):
@@ -154,16 +165,17 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         return [Columns.ACTION_DIST_INPUTS, Columns.VF_PREDS, Columns.EMBEDDINGS]
 
     # ---- the torch layers -----------------------------------------------------------------------
-    def _features(self, obs) -> tuple[torch.Tensor, bool]:
+    def _features(self, obs, cast_images: bool = True) -> tuple[torch.Tensor, bool]:
         """Float features [B, (T,) D] (images: [B, (T,) H, W, C], not flattened; Dict / Tuple
-        observations flattened as RLlib's FlattenObservations) and whether a T=1 axis was added."""
+        observations flattened as RLlib's FlattenObservations) and whether a T=1 axis was added.
+        ``cast_images=False``: images keep their dtype (the fused step takes uint8 frames)."""
         if self._structured:
             n_lead = lead_dims(obs, self._enc_space)
             x = flatten(obs, self._enc_space, n_lead, self._float_dtype())
         else:
             n_lead = obs.dim() - self._obs_rank
             if self._image:  # [*lead, H, W, C] as it is: the CNN reads channel-last images
-                x = obs.to(self._float_dtype())
+                x = obs.to(self._float_dtype()) if cast_images else obs
             else:
                 x = flatten_obs(obs, self._enc_space, n_lead, self._float_dtype())
         if self._recurrent and n_lead == 1:
@@ -293,14 +305,32 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         naming the part when a layer is not one the fused step runs (e.g. a catalog subclass
         whose ``build_pi_head`` returns its own module): the torch forward runs then."""
         from ..fastpath import EncoderLayers, PolicyLayers
-        from ..models.cnn import is_cnn_encoder
+        from ..fastpath.layers import ConvLayer
+        from ..models.cnn import TorchCNNEncoder, cnn_conv_layers, is_cnn_encoder
         from ..models.heads import TorchFreeLogStdMLPHead, TorchMLPHead
 
         fusable_heads = (TorchMLPHead, TorchFreeLogStdMLPHead)
 
+        def conv_enc(e, what: str) -> EncoderLayers:
+            """A CNN encoder (CNN -> LSTM / GRU with use_lstm / use_gru) as a conv stage: RLlib's
+            TorchCNNEncoder flattens the last conv output in (H, W, C) order, no dense layer after."""
+            cnn = e.tokenizer if self._recurrent else e
+            what_cnn = f"{what}.tokenizer" if self._recurrent else what
+            if not (isinstance(cnn, TorchCNNEncoder) and len(cnn.net) == 2 and isinstance(cnn.net[1], torch.nn.Flatten)):
+                raise ValueError(f"{what_cnn}: a {type(cnn).__name__} is not a CNN encoder the fused step runs "
+                                 "(PPOCatalog's TorchCNNEncoder: convs, then a flatten)")
+            try:
+                convs = [ConvLayer(c, pad, act) for c, pad, act in cnn_conv_layers(cnn)]
+            except ValueError as err:
+                raise ValueError(f"{what_cnn}: {err}") from None
+            # uint8 frames go into the kernels uncast; obs_scale=None keeps their values as the
+            # torch path does (a float cast, no scaling)
+            return EncoderLayers(mlp=[], activation=cnn.activation, conv=convs, image_shape=cnn.obs_shape,
+                                 rnn=e.rnn if self._recurrent else None)
+
         def enc(e, what: str) -> EncoderLayers:
-            if is_cnn_encoder(e):  # models.cnn.cnn_conv_layers(e) describes its convs for a conv stage
-                raise ValueError(f"{what}: conv encoder: not fused in this build")
+            if is_cnn_encoder(e):
+                return conv_enc(e, what)
             try:
                 if self._recurrent:
                     return EncoderLayers(mlp=e.tokenizer.net.linears, activation=e.tokenizer.activation, rnn=e.rnn,
@@ -384,14 +414,15 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         plan = fused_plan(self, first_leaf(obs, self._enc_space) if self._structured else obs)
         if plan is None:
             return self._forward_torch(to_torch(full), deterministic)
-        if self._flat_step and obs.ndim == 2 and plan.backend == "cpp":
-            # The hot path: [B, D] Box observations go to the plan as they are (numpy or tensor).
+        if plan.backend == "cpp" and ((self._flat_step and obs.ndim == 2) or (self._image_step and obs.ndim == 4)):
+            # The hot path: [B, D] Box observations (or [B, H, W, C] images, float or uint8) go to
+            # the plan as they are (numpy or tensor).
             adi, actions, logp = plan.step_flat(obs, deterministic, mask)
             if self._action_struct:
                 actions = _regroup_actions(actions, self.action_space)
             return {Columns.ACTION_DIST_INPUTS: adi, Columns.ACTIONS: actions, Columns.ACTION_LOGP: logp}
         batch = to_torch(self._split_mask(batch)[0])
-        x, added_t = self._features(batch[Columns.OBS])
+        x, added_t = self._features(batch[Columns.OBS], cast_images=False)
         if added_t:
             x = x.squeeze(1)
         elif self._recurrent:  # [B, T=1, D] stepping input

@@ -4,10 +4,13 @@ Without ray installed: :func:`load_rllib_checkpoint` (RLlib's pickled module fil
 restricted unpickler that runs nothing from them), :func:`from_rllib_module`,
 :func:`to_rllib_state`, :func:`rllib_module_kwargs`. With ``ray[rllib]`` (``pip install
 rlmodule_fast[rllib]``): also :class:`FastPPOTorchRLModule` (RLlib's PPO module with the fused
-env-runner step), :class:`FastDQNTorchRLModule` (RLlib's DQN module, its epsilon-greedy step fused)
-and :func:`to_rllib_module`. DQN: :func:`load_rllib_checkpoint` / :func:`from_rllib_module` /
-:func:`to_rllib_state` / :func:`to_rllib_module` take DQN modules too (``dqn_convert``: the
-``*_dqn_*`` functions). ``import rlmodule_fast`` never imports ray.
+env-runner step) and :func:`to_rllib_module`. SAC: :class:`FastSACTorchRLModule` (RLlib's
+DefaultSACTorchRLModule, fused squashed-Gaussian / categorical step) and the converters of
+``sac_convert.py`` (:func:`from_rllib_sac_module`, :func:`to_rllib_sac_module`, ...). DQN:
+:class:`FastDQNTorchRLModule` (RLlib's DQN module, its epsilon-greedy step fused);
+:func:`load_rllib_checkpoint` / :func:`from_rllib_module` / :func:`to_rllib_state` /
+:func:`to_rllib_module` take DQN modules too (``dqn_convert``: the ``*_dqn_*`` functions).
+``import rlmodule_fast`` never imports ray.
 """
 from ._pickle import UnsafeCheckpointError
 from .convert import (
@@ -25,13 +28,21 @@ from .dqn_convert import (
     to_rllib_dqn_module,
     to_rllib_dqn_state,
 )
+from .sac_convert import (
+    from_rllib_sac_module,
+    load_rllib_sac_checkpoint,
+    rllib_sac_model_config,
+    rllib_sac_module_kwargs,
+    to_rllib_sac_module,
+    to_rllib_sac_state,
+)
 
 __all__ = [
-    "FastAPPOTorchRLModule", "FastDQNTorchRLModule", "FastPPOTorchRLModule", "UnsafeCheckpointError", "from_rllib_module",
-    "load_rllib_checkpoint",
-    "rllib_model_config", "rllib_module_kwargs", "to_rllib_module", "to_rllib_state",
-    "from_rllib_dqn_module", "load_rllib_dqn_checkpoint", "rllib_dqn_module_kwargs", "to_rllib_dqn_module",
-    "to_rllib_dqn_state",
+    "FastAPPOTorchRLModule", "FastDQNTorchRLModule", "FastPPOTorchRLModule", "FastSACTorchRLModule", "UnsafeCheckpointError",
+    "from_rllib_dqn_module", "from_rllib_module", "from_rllib_sac_module", "load_rllib_checkpoint",
+    "load_rllib_dqn_checkpoint", "load_rllib_sac_checkpoint", "rllib_dqn_module_kwargs", "rllib_model_config",
+    "rllib_module_kwargs", "rllib_sac_model_config", "rllib_sac_module_kwargs", "to_rllib_dqn_module",
+    "to_rllib_dqn_state", "to_rllib_module", "to_rllib_sac_module", "to_rllib_sac_state", "to_rllib_state",
 ]
 
 
@@ -40,6 +51,7 @@ _LAZY = {
     "FastPPOTorchRLModule": "module",
     "FastAPPOTorchRLModule": "appo_module",
     "FastDQNTorchRLModule": "dqn_module",
+    "FastSACTorchRLModule": "sac_module",
 }
 
 

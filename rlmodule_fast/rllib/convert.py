@@ -178,8 +178,8 @@ def _check_fits(module: PPOTorchRLModule, arrays: Mapping[str, torch.Tensor], so
     missing = [k for k in own if k not in arrays]
     if extra or missing:
         raise ValueError(
-            f"{source}: the weights do not fit a PPO module built from its config in {described_by} (not a "
-            f"DefaultPPOTorchRLModule layout?): missing {_names(missing)}, unexpected {_names(extra)}"
+            f"{source}: the weights do not fit a {type(module).__name__} built from its config in {described_by} "
+            f"(not RLlib's matching default module layout?): missing {_names(missing)}, unexpected {_names(extra)}"
         )
     for k, t in own.items():
         v = arrays[k]

@@ -23,13 +23,18 @@ parameters' versions on each call, so the weights RLlib's learner syncs into env
 (``set_state`` -> ``load_state_dict``, an in-place copy) are used by the next step.
 
 When the fused step cannot run (no C++ backend here, a CUDA module, an observation or action
-space it does not support, a CNN encoder (image observations: not fused in this build),
-``RLMODULE_FAST_BACKEND=torch``) the module runs RLlib's torch forward
-instead; :meth:`fast_path_info` says which path runs and why.
+space it does not support, a conv stack with layer norms, ``RLMODULE_FAST_BACKEND=torch``) the
+module runs RLlib's torch forward instead; :meth:`fast_path_info` says which path runs and why.
 
-Layouts (RLlib's): MLP obs [B, D]; LSTM obs [B, 1, D] with ``state_in`` {"h", "c"} each
-[B, 1, H] (separate value encoder: {"actor": {...}, "critic": {...}}), outputs with the T=1 axis
-and ``state_out`` in the same layout.
+Image observations ([H, W, C] Box): RLlib's ``TorchCNNEncoder`` (and the CNN tokenizer of its LSTM
+encoder) runs as the fused conv stage (``models.cnn.cnn_conv_layers`` reads RLlib's layout: its
+ZeroPad2d "same" padding, NHWC, (H, W, C) flatten). Float frames give RLlib's outputs; uint8
+frames are converted inside the kernels (values kept, as a float cast), where RLlib's own forward
+raises on a uint8 tensor.
+
+Layouts (RLlib's): MLP obs [B, D] (images [B, H, W, C]); LSTM obs [B, 1, D] (images
+[B, 1, H, W, C]) with ``state_in`` {"h", "c"} each [B, 1, H] (separate value encoder:
+{"actor": {...}, "critic": {...}}), outputs with the T=1 axis and ``state_out`` in the same layout.
 """
 from __future__ import annotations
 
@@ -44,7 +49,8 @@ from ray.rllib.core.columns import Columns
 
 from ..core.torch_rl_module import WeightsLockMixin
 from ..fastpath import EncoderLayers, PolicyLayers, fused_plan, mark_unfusable, refresh, unfusable_reason
-from ..models.cnn import is_cnn_encoder
+from ..fastpath.layers import ConvLayer
+from ..models.cnn import cnn_conv_layers, is_cnn_encoder
 from ..models.config import resolve_model_config
 from ..ops import dispatch
 from .convert import rllib_model_config
@@ -83,6 +89,10 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
         self._calls = [0]          # steps that ran fused (a list: nn.Module.__setattr__ is slow)
         e = self.encoder
         self._recurrent = hasattr(e.encoder if hasattr(e, "encoder") else e.actor_encoder, "lstm")
+        obs = self.observation_space
+        # rank of one observation: 1 (a 1-D Box) or 3 (an [H, W, C] image); the fused step's batches
+        # are [B, *obs] ([B, 1, *obs] recurrent)
+        self._obs_rank = len(obs.shape) if isinstance(obs, gym.spaces.Box) else -1
         try:
             self._fast_cfg = resolve_model_config(
                 rllib_model_config(self.model_config, source="FastPPOTorchRLModule model_config"))
@@ -96,7 +106,24 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
         weight updates are seen). ValueError if the layout is not one the plan supports."""
         cfg = self._fast_cfg
 
+        def conv(cnn_enc, what: str) -> tuple[list, tuple]:
+            """(conv layers, image shape) of RLlib's TorchCNNEncoder: TorchCNN, then a flatten."""
+            net = getattr(cnn_enc, "net", None)
+            if not (isinstance(net, nn.Sequential) and len(net) == 2 and isinstance(net[1], nn.Flatten)):
+                raise ValueError(f"{what}: a {type(cnn_enc).__name__} is not a CNN encoder the fused step runs "
+                                 "(RLlib's TorchCNNEncoder: TorchCNN, then a flatten; no dense layer)")
+            try:
+                convs = [ConvLayer(c, pad, act) for c, pad, act in cnn_conv_layers(cnn_enc)]
+            except ValueError as err:
+                raise ValueError(f"{what}: {err}") from None
+            return convs, tuple(int(v) for v in obs.shape)
+
         def enc(e, what: str) -> EncoderLayers:
+            if is_cnn_encoder(e):
+                rnn = e.lstm if hasattr(e, "lstm") else None
+                convs, shape = conv(e.tokenizer if rnn is not None else e,
+                                    f"{what}.tokenizer" if rnn is not None else what)
+                return EncoderLayers(mlp=[], activation="relu", conv=convs, image_shape=shape, rnn=rnn)
             if hasattr(e, "lstm"):
                 if e.tokenizer is None:
                     raise ValueError(f"{what}: LSTM encoder without tokenizer")
@@ -114,12 +141,10 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
             dist, sizes = "diag_gaussian", [int(space.shape[0])]
         else:
             raise ValueError(f"action space {space} is not supported by the fused step")
-        if is_cnn_encoder(self.encoder.encoder if hasattr(self.encoder, "encoder") else self.encoder.actor_encoder):
-            # models.cnn.cnn_conv_layers reads RLlib's conv stack too (the same layout as ours)
-            raise ValueError("encoder: conv encoder: not fused in this build")
         obs = self.observation_space
-        if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1):
-            raise ValueError(f"observation space {obs} is not supported by the fused step (1-D Box only)")
+        if not (isinstance(obs, gym.spaces.Box) and self._obs_rank in (1, 3)):
+            raise ValueError(f"observation space {obs} is not supported by the fused step (a 1-D Box or an "
+                             "[H, W, C] image Box)")
         e = self.encoder
         shared = hasattr(e, "encoder")
         actor = enc(e.encoder if shared else e.actor_encoder, "encoder")
@@ -173,8 +198,9 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
         plan = fused_plan(self, obs)
         if plan is None:
             return None
+        rank = self._obs_rank
         if not self._recurrent:
-            if obs.ndim != 2:  # e.g. a [B, T, D] batch: RLlib's forward handles any leading dims
+            if obs.ndim != 1 + rank:  # e.g. a [B, T, D] batch: RLlib's forward handles any leading dims
                 return None
             res = plan.step(obs, deterministic=deterministic)
             self._calls[0] += 1
@@ -183,7 +209,7 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
                 Columns.ACTIONS: res["actions"],
                 Columns.ACTION_LOGP: res["action_logp"],
             }
-        if obs.ndim != 3 or obs.shape[1] != 1:  # RLlib steps with T=1; anything else: RLlib's path
+        if obs.ndim != 2 + rank or obs.shape[1] != 1:  # RLlib steps with T=1; anything else: RLlib's path
             return None
         res = plan.step(obs[:, 0], batch[Columns.STATE_IN], deterministic=deterministic)  # state [B, 1, H] accepted
         self._calls[0] += 1

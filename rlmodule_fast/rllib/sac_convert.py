@@ -1,0 +1,183 @@
+"""RLlib <-> rlmodule_fast for SAC (no ray import here): model configs, live modules, state dicts.
+
+- :func:`rllib_sac_model_config`: RLlib's SAC model config (a dict or ``DefaultModelConfig`` plus
+  ``twin_q``) -> ours (SAC's keys kept, the rest as :func:`~rlmodule_fast.rllib.rllib_model_config`).
+- :func:`from_rllib_sac_module`: a live ``DefaultSACTorchRLModule`` -> our ``SACTorchRLModule``
+  with the same weights (target networks too, when it has them).
+- :func:`load_rllib_sac_checkpoint`: a directory RLlib's ``save_to_path`` wrote for a
+  ``DefaultSACTorchRLModule`` (or an Algorithm / MultiRLModule checkpoint holding one) -> ours,
+  read by the restricted unpickler (nothing in the files runs), as ``load_rllib_checkpoint``.
+- :func:`to_rllib_sac_state`, :func:`rllib_sac_module_kwargs`, :func:`to_rllib_sac_module`: the
+  other way. Parameter names are the same on both sides, so states move unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+
+from ..sac import SACTorchRLModule
+from ..sac.sac_catalog import SAC_DEFAULTS
+from ..core.columns import DEFAULT_MODULE_ID
+from ._pickle import ClassRef, Record, _describe, restricted_load, space_from_record
+from .convert import (CTOR_FILE, STATE_FILE, PathLike, _as_tensors, _check_fits, _cut, _find_module_dir, _set_weights,
+                      rllib_model_config)
+
+#: RLlib module classes whose layers are those of DefaultSACTorchRLModule.
+RLLIB_SAC_CLASSES = frozenset({
+    "ray.rllib.algorithms.sac.torch.default_sac_torch_rl_module.DefaultSACTorchRLModule",
+    "rlmodule_fast.rllib.sac_module.FastSACTorchRLModule",
+})
+RLLIB_SAC_CATALOGS = frozenset({"ray.rllib.algorithms.sac.sac_catalog.SACCatalog"})
+_SAC_KEPT = ("twin_q", "fusionnet_hiddens", "fusionnet_activation")
+
+
+def rllib_sac_model_config(cfg: Any, *, source: str = "model_config") -> dict:
+    """Our SAC model config from RLlib's. ``twin_q`` and the fusion net's shape are kept; its
+    initializer keys are dropped (weights are loaded, not initialised); everything else goes
+    through :func:`~rlmodule_fast.rllib.rllib_model_config` (same rules as for PPO)."""
+    if isinstance(cfg, Record):
+        cfg = cfg.state
+    elif dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        cfg = dataclasses.asdict(cfg)
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"{source}: expected a dict, got {type(cfg).__name__}")
+    rest = {k: v for k, v in cfg.items() if k not in SAC_DEFAULTS}
+    out = rllib_model_config(rest, source=source)
+    for k in _SAC_KEPT:
+        if k in cfg:
+            out[k] = list(cfg[k]) if isinstance(cfg[k], tuple) else cfg[k]
+    return out
+
+
+def _is_rllib_sac(m: Any) -> bool:
+    return any(f"{c.__module__}.{c.__qualname__}" in RLLIB_SAC_CLASSES for c in type(m).__mro__)
+
+
+def from_rllib_sac_module(m: Any, *, inference_only: Optional[bool] = None) -> SACTorchRLModule:
+    """Our ``SACTorchRLModule`` holding a copy of a live RLlib SAC module's weights (its target
+    networks too, when it made them). ValueError if ``m`` is not RLlib's DefaultSACTorchRLModule
+    (or a subclass) or its weights do not fit."""
+    name = f"{type(m).__module__}.{type(m).__qualname__}"
+    if not _is_rllib_sac(m):
+        raise ValueError(f"from_rllib_sac_module: {name} is not RLlib's DefaultSACTorchRLModule (or a subclass)")
+    cfg = rllib_sac_model_config(getattr(m, "model_config", None), source=f"{name}.model_config")
+    inf = bool(m.inference_only) if inference_only is None else bool(inference_only)
+    try:
+        module = SACTorchRLModule(observation_space=m.observation_space, action_space=m.action_space,
+                                  model_config=cfg, inference_only=inf)
+    except ValueError as e:
+        raise ValueError(f"{name}: cannot build the equivalent SACTorchRLModule: {e}") from None
+    state = m.get_state(inference_only=inf)
+    if not inf and any(k.startswith("target_") for k in state):
+        module.make_target_networks()
+    _set_weights(module, _as_tensors(state, name), name)
+    module.train(m.training)
+    return module
+
+
+def to_rllib_sac_state(module: SACTorchRLModule, *, inference_only: bool = False) -> dict[str, np.ndarray]:
+    """``module``'s weights as RLlib's ``set_state`` takes them: name -> float32 numpy copy."""
+    if not isinstance(module, SACTorchRLModule):
+        raise ValueError(f"to_rllib_sac_state: expected a SACTorchRLModule, got {type(module).__name__}")
+    return {k: v.detach().cpu().numpy().copy() for k, v in module.get_state(inference_only=inference_only).items()}
+
+
+def rllib_sac_module_kwargs(module: SACTorchRLModule) -> dict:
+    """Constructor keyword arguments of the equivalent RLlib ``DefaultSACTorchRLModule``. The
+    model config is RLlib's full ``DefaultModelConfig`` (its ``__init__`` reads every key) with
+    our values and ``twin_q``; needs ray[rllib]."""
+    if not isinstance(module, SACTorchRLModule):
+        raise ValueError(f"rllib_sac_module_kwargs: expected a SACTorchRLModule, got {type(module).__name__}")
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    cfg = dict(module.catalog.model_config_dict)
+    cfg.pop("use_gru", None)
+    full = dataclasses.asdict(DefaultModelConfig())
+    full.update({k: v for k, v in cfg.items() if k in full or k == "twin_q"})
+    return {"observation_space": module.observation_space, "action_space": module.action_space,
+            "inference_only": bool(module.inference_only), "model_config": full}
+
+
+def to_rllib_sac_module(module: SACTorchRLModule, module_class: Any = None):
+    """An RLlib SAC module (default ``DefaultSACTorchRLModule``; needs ray[rllib]) with
+    ``module``'s weights (and target networks, when ``module`` has them)."""
+    if module_class is None:
+        from ray.rllib.algorithms.sac.torch.default_sac_torch_rl_module import DefaultSACTorchRLModule
+
+        module_class = DefaultSACTorchRLModule
+    m = module_class(**rllib_sac_module_kwargs(module))
+    if hasattr(module, "target_qf"):
+        m.make_target_networks()
+    m.set_state(to_rllib_sac_state(module, inference_only=module.inference_only))
+    return m
+
+
+def _build_sac(obs_space, act_space, cfg: dict, inference_only: bool, targets: bool, source: str, *,
+               meta: bool = False) -> SACTorchRLModule:
+    """Our SAC module (on the meta device: nothing allocated); any failure -> ValueError naming source."""
+    where = " (on the meta device: nothing allocated)" if meta else ""
+    try:
+        with (torch.device("meta") if meta else torch.device("cpu")):
+            m = SACTorchRLModule(observation_space=obs_space, action_space=act_space, model_config=cfg,
+                                 inference_only=inference_only)
+            if targets:
+                m.make_target_networks()
+        return m
+    except Exception as e:  # noqa: BLE001 -- ValueError, torch's size errors, OverflowError, ...
+        raise ValueError(f"{source}: cannot build rlmodule_fast's SACTorchRLModule{where}: {type(e).__name__}: "
+                         f"{_cut(e)}") from e
+
+
+def load_rllib_sac_checkpoint(path: PathLike, *, module_id: str = DEFAULT_MODULE_ID,
+                              inference_only: Optional[bool] = None) -> SACTorchRLModule:
+    """Our ``SACTorchRLModule`` with the weights of an RLlib ``DefaultSACTorchRLModule`` checkpoint
+    (target networks too when it holds them): the directory ``save_to_path()`` wrote, or a
+    MultiRLModule / Algorithm checkpoint holding one under ``module_id``. Same safety rules as
+    :func:`~rlmodule_fast.rllib.load_rllib_checkpoint`: restricted unpickler, module built on the
+    meta device and checked against the weights before it is built for real; missing files ->
+    FileNotFoundError, anything else wrong -> ValueError naming the file."""
+    mdir = _find_module_dir(pathlib.Path(path), module_id)
+    if not (mdir / STATE_FILE).is_file():
+        raise ValueError(f"{mdir / 'module_state.msgpack'}: msgpack module checkpoints are not supported")
+    ctor_file = mdir / CTOR_FILE
+    src = str(ctor_file)
+    info = restricted_load(ctor_file)
+    if not isinstance(info, dict) or "class" not in info or "ctor_args_and_kwargs" not in info:
+        raise ValueError(f"{src}: expected RLlib's {{'class', 'ctor_args_and_kwargs'}} dict")
+    cls = info["class"]
+    if not isinstance(cls, ClassRef) or cls.path not in RLLIB_SAC_CLASSES:
+        raise ValueError(f"{src}: module class {_describe(cls)} is not a SAC module this loader knows "
+                         f"({sorted(RLLIB_SAC_CLASSES)})")
+    try:
+        args, kwargs = info["ctor_args_and_kwargs"]
+    except (TypeError, ValueError):
+        raise ValueError(f"{src}: 'ctor_args_and_kwargs' must be (args, kwargs)") from None
+    if type(args) not in (tuple, list) or len(args) or not isinstance(kwargs, dict):
+        raise ValueError(f"{src}: expected keyword constructor arguments only, got args={_describe(args)}")
+    cat = kwargs.get("catalog_class")
+    if cat is not None and (not isinstance(cat, ClassRef) or cat.path not in RLLIB_SAC_CATALOGS):
+        raise ValueError(f"{src}: catalog class {_describe(cat)} is not RLlib's SACCatalog")
+    obs_space = space_from_record(kwargs.get("observation_space"), f"{src}: observation_space")
+    act_space = space_from_record(kwargs.get("action_space"), f"{src}: action_space")
+    cfg = rllib_sac_model_config(kwargs.get("model_config"), source=f"{src}: model_config")
+    inf = kwargs.get("inference_only", False) if inference_only is None else inference_only
+    inf = False if inf is None else inf  # RLlib writes None for "not given"
+    if type(inf) not in (bool, np.bool_):
+        raise ValueError(f"{src}: inference_only must be a bool, got {_describe(inf)}")
+    inf = bool(inf)
+    state_file = mdir / STATE_FILE
+    arrays = _as_tensors(restricted_load(state_file), str(state_file))
+    targets = not inf and any(k.startswith("target_") for k in arrays)
+    preview = _build_sac(obs_space, act_space, cfg, inf, targets, src, meta=True)
+    _check_fits(preview, arrays, str(state_file), src)
+    del preview
+    module = _build_sac(obs_space, act_space, cfg, inf, targets, src)
+    _set_weights(module, arrays, str(state_file))
+    module.eval()
+    return module
