@@ -32,8 +32,8 @@ LSTM = {"use_lstm": True, "lstm_cell_size": 8, "fcnet_hiddens": [16]}   # separa
 LSTM_SHARED = {**LSTM, "vf_share_layers": True}                            # one encoder: {"h", "c"}
 # sample() calls of each comparison: chunks cut and continued (shorter and longer than an
 # episode), whole episodes, an empty sample, a forced reset
-CALLS = [dict(num_timesteps=7), dict(num_timesteps=45), dict(num_timesteps=3), dict(num_episodes=3),
-         dict(num_timesteps=30), dict(num_timesteps=0), dict(num_timesteps=20, force_reset=True)]
+CALLS = [dict(num_timesteps=7), dict(num_timesteps=30), dict(num_timesteps=3), dict(num_episodes=2),
+         dict(num_timesteps=0), dict(num_timesteps=12, force_reset=True)]
 # per-connector timers of the module-to-env pipeline: those connectors do not run in the fast loop
 NOT_LOGGED = "module_to_env_connector/timers/connectors/"
 
