@@ -237,6 +237,8 @@ def test_unfusable_step_runs_stock_loop_loudly(monkeypatch, caplog):
 def ray_session():
     import ray
 
+    if ray.is_initialized():  # another module (or RLlib's build()) left a session running
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
