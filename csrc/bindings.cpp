@@ -770,6 +770,8 @@ struct PyPolicy {
     }
 };
 
+#include "qnet_bind.h"  // the fused DQN step (QNet)
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -984,4 +986,5 @@ PYBIND11_MODULE(_C, m) {
              py::arg("ldmask") = 0,
              "One policy step; mask: None, or the action mask [B, dist_dim] (float32 0/1 array, or pointer + ldmask).")
         .def_property_readonly("dist_dim", &PyPolicy::dist_dim);
+    bind_qnet(m);
 }

@@ -8,6 +8,7 @@
 #include "sampling.h"
 #include "simd.h"
 #include "threads.h"
+#include "qnet_types.h"
 
 namespace rf {
 
@@ -20,6 +21,7 @@ using V = VSse2;
 #include "rnn.h"
 #include "conv.h"
 #include "policy.h"
+#include "qnet.h"
 }  // namespace sse2
 #undef RF_T
 #undef RF_ISA_LEVEL
@@ -33,6 +35,7 @@ using V = VAvx2;
 #include "rnn.h"
 #include "conv.h"
 #include "policy.h"
+#include "qnet.h"
 }  // namespace avx2
 #undef RF_T
 #undef RF_ISA_LEVEL
@@ -46,6 +49,7 @@ using V = VAvx512;
 #include "rnn.h"
 #include "conv.h"
 #include "policy.h"
+#include "qnet.h"
 }  // namespace avx512
 #undef RF_T
 #undef RF_ISA_LEVEL

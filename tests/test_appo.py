@@ -108,6 +108,8 @@ def ray_session():
     pytest.importorskip("ray.rllib")
     import ray
 
+    if ray.is_initialized():  # another module (or RLlib's build()) left a session running
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()

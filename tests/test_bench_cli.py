@@ -57,7 +57,7 @@ def test_registry_ids_unique_and_readable():
     assert {c.batch for c in quick} == set(C.QUICK_BATCHES)
     assert {c.op for c in quick} == set(C.OPS)
     assert all(C.BASELINE in c.providers for c in full)
-    assert all("rllib" not in c.providers for c in full if c.op != "policy_step")
+    assert all("rllib" not in c.providers for c in full if c.op not in ("policy_step", "dqn_step"))
 
 
 def test_registry_rejects_bad_filters():
@@ -69,7 +69,7 @@ def test_registry_rejects_bad_filters():
 
 @pytest.mark.parametrize("case_id", ["fused_mlp-4x256x256x2-B3", "sample_categorical-A6-B3",
                                      "sample_diag_gaussian-A6-B3", "lstm_step-I64H256-B3",
-                                     "gru_step-I64H256-B3", "policy_step-CartPole-B3"])
+                                     "gru_step-I64H256-B3", "policy_step-CartPole-B3", "dqn_step-CartPoleDQN-B3"])
 def test_every_provider_builds_or_says_why(case_id):
     ctx = C.Context(device="cpu", quick=True)
     case = next(c for c in C.cases(batches=[3]) if c.id == case_id)

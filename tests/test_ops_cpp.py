@@ -365,7 +365,7 @@ def test_backend_info_reports_cpp():
     info = rf.backend_info()["cpp"]
     assert info["available"] and info["isa"] in ("sse2", "avx2", "avx512")
     assert set(info["ops"]) == {"fused_mlp", "sample_categorical", "sample_diag_gaussian", "lstm_step", "gru_step",
-                                "policy_step", "conv2d_nhwc"}
+                                "policy_step", "conv2d_nhwc", "qnet_step"}
 
 
 @pytest.mark.parametrize("act", ACTS)

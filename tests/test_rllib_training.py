@@ -213,6 +213,8 @@ def test_unsupported_layout_runs_rllib_forward_and_says_why():
 def ray_session():
     import ray
 
+    if ray.is_initialized():  # another module (or RLlib's build()) left a session running
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()

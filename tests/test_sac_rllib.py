@@ -137,6 +137,8 @@ def test_rllib_sac_trains_with_fast_module():
                                                model_config={"fcnet_hiddens": [32, 32], "fusionnet_hiddens": [16]}))
         .debugging(seed=0)
     )
+    if ray.is_initialized():  # another module (or RLlib's build()) left a session running
+        ray.shutdown()
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         algo = config.build_algo()

@@ -63,7 +63,7 @@ def test_status_is_honest():
     info = rf.backend_info()["triton"]
     assert info["available"] is True and info["reason"] == ""
     assert set(info["ops"]) >= {"fused_mlp", "sample_categorical", "sample_diag_gaussian",
-                                "lstm_step", "gru_step", "policy_step"}
+                                "lstm_step", "gru_step", "policy_step", "qnet_step"}
     assert info["interpreter"] == tri.interpreted()
     if info["interpreter"]:
         assert "TRITON_INTERPRET" in info["device"]

@@ -89,7 +89,9 @@ PROVIDER_HELP = """providers (--providers; each computes the same thing on the s
 sampling drivers (--drivers): env-alone (random actions: the ceiling), torch-eager, rf-torch,
   rf-fast (cpp; n/a while the module's step is not fused), ort-sampling, rllib-module (RLlib's
   DefaultPPOTorchRLModule, same weights, in the same loop), rllib-runner / rllib-runner-fast
-  (RLlib's SingleAgentEnvRunner with its own module / with FastPPOTorchRLModule; CartPole only)
+  (RLlib's SingleAgentEnvRunner with its own module / with FastPPOTorchRLModule),
+  rllib-fast-env-runner (rlmodule_fast's FastEnvRunner), rllib-runner-lstm /
+  rllib-fast-env-runner-lstm (the same with use_lstm=True)
 
 vision (issue 14): policy_step cases on RLlib's Atari observation (84x84x4, CNN stacks: tuned
   Atari, Nature, RLlib's 84x84 default) at batches 1,32 in a full run; --envs ALE/Pong-v5 adds

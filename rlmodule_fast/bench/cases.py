@@ -48,7 +48,7 @@ from .timing import Bench
 PROVIDERS = ("torch-eager", "torch-compile", "rf-torch", "cpp", "triton", "rllib", "ort", "ort-sampling",
              "ort-exported")
 BASELINE = "torch-eager"
-OPS = ("fused_mlp", "sample_categorical", "sample_diag_gaussian", "lstm_step", "gru_step", "policy_step")
+OPS = ("fused_mlp", "sample_categorical", "sample_diag_gaussian", "lstm_step", "gru_step", "policy_step", "dqn_step")
 QUICK_BATCHES = (1, 256)
 FULL_BATCHES = (1, 16, 256, 4096)
 
@@ -820,8 +820,14 @@ def _checkpoint_setup(module, case: Case, ctx: Context) -> dict:
     return module_policy_step(module, batch, ctx, cuda_module=on_cuda)
 
 
+def _dqn_step(case: Case, ctx: Context) -> dict:
+    from .dqn_cases import dqn_setup  # a DQN env-runner step (bench/dqn_cases.py)
+
+    return dqn_setup(case, ctx)
+
+
 _SETUPS = {"fused_mlp": _fused_mlp, "sample_categorical": _sampler, "sample_diag_gaussian": _sampler,
-           "lstm_step": _rnn, "gru_step": _rnn, "policy_step": _policy_step}
+           "lstm_step": _rnn, "gru_step": _rnn, "policy_step": _policy_step, "dqn_step": _dqn_step}
 
 
 def _setup(case: Case, ctx: Context) -> dict:
@@ -836,6 +842,7 @@ _OP_PROVIDERS = ("torch-eager", "torch-compile", "rf-torch", "cpp", "triton")
 OP_PROVIDERS = {op: _OP_PROVIDERS for op in OPS}
 OP_PROVIDERS["fused_mlp"] = _OP_PROVIDERS + ("ort",)
 OP_PROVIDERS["policy_step"] = PROVIDERS
+OP_PROVIDERS["dqn_step"] = ("torch-eager", "torch-compile", "rf-torch", "cpp", "triton", "rllib", "ort", "ort-sampling")
 POLICY_PROVIDERS = PROVIDERS
 
 # (op, config label, config id, params, quick?) -- quick configs run under --quick too
@@ -852,6 +859,7 @@ _CONFIGS = [
     ("policy_step", "Pendulum 3->[256,256]->2 gaussian", "Pendulum", ("Pendulum-v1", ()), False),
     ("policy_step", "CartPole LSTM 4->[256]->LSTM 256->2", "CartPoleLSTM",
      ("CartPole-v1", (("fcnet_hiddens", [256]), ("use_lstm", True), ("lstm_cell_size", 256))), False),
+    ("dqn_step", "CartPole DQN 4->[256,256]->2 dueling, eps-greedy", "CartPoleDQN", ("CartPole-v1", ()), True),
 ]
 
 

@@ -141,11 +141,8 @@ def benches(B: int, obs_dim: int = 3, act_dim: int = 1, hiddens=(256, 256), seed
 def run(batches=(1, 256), obs_dim: int = 3, act_dim: int = 1, hiddens=(256, 256), budget_s: float = 0.3,
         blocks: int = 7) -> dict:
     """Measure every provider per batch size (one thread); returns a JSON-able dict of rows."""
-    import os
-
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    os.environ.setdefault("RLMODULE_FAST_NUM_THREADS", "1")
+    torch.set_num_threads(1)  # the cpp backend follows torch's count (no process-wide env change)
     rows = []
     try:
         for B in batches:

@@ -14,9 +14,17 @@ Drivers (one row each, per env id and number of envs):
 ``rllib-module``       RLlib's own ``DefaultPPOTorchRLModule`` (same weights) in the same loop:
                        ``forward_exploration`` + its distribution's ``sample`` (needs ray[rllib])
 ``rllib-runner``       RLlib's ``SingleAgentEnvRunner.sample(num_timesteps=N, explore=True)``
-                       with its ``DefaultPPOTorchRLModule`` (needs ray[rllib]; CartPole only)
+                       with its ``DefaultPPOTorchRLModule`` (needs ray[rllib])
 ``rllib-runner-fast``  the same runner with ``rlmodule_fast.rllib.FastPPOTorchRLModule``
+``rllib-fast-env-      ``rlmodule_fast.rllib.FastEnvRunner`` (the fused columnar sampling loop)
+runner``               with the same config (RLlib's default module class, same weights)
+``rllib-runner-lstm``  ``rllib-runner`` / ``rllib-fast-env-runner`` with ``use_lstm=True``
+``rllib-fast-env-      (RLlib's default ``lstm_cell_size`` 256)
+runner-lstm``
 =====================  =======================================================================
+
+RLlib rows carry ``vs_rllib_runner``: the rate over ``rllib-runner``'s (the ``-lstm`` rows: over
+``rllib-runner-lstm``'s), same env and number of envs, same run.
 
 The env is ``gym.make_vec(env_id, num_envs=n, vectorization_mode="sync")`` (what RLlib's env
 runner builds), autoreset on; the module is ``PPOTorchRLModule`` with ``fcnet_hiddens``
@@ -43,7 +51,15 @@ from .cases import (
 )
 
 DRIVERS = ("env-alone", "torch-eager", "rf-torch", "rf-fast", "ort-sampling", "rllib-module", "rllib-runner",
-           "rllib-runner-fast")
+           "rllib-runner-fast", "rllib-fast-env-runner", "rllib-runner-lstm", "rllib-fast-env-runner-lstm")
+#: RLlib env-runner drivers: (module class name, FastEnvRunner?, extra model config)
+_RLLIB = {
+    "rllib-runner": ("default", False, {}),
+    "rllib-runner-fast": ("fast", False, {}),
+    "rllib-fast-env-runner": ("default", True, {}),
+    "rllib-runner-lstm": ("default", False, {"use_lstm": True}),
+    "rllib-fast-env-runner-lstm": ("default", True, {"use_lstm": True}),
+}
 ENVS = ("CartPole-v1", "Pendulum-v1")
 #: opt-in env ids (not in the default run), wrapped as RLlib's Atari examples do
 ATARI_ENVS = ("ALE/Pong-v5",)
@@ -161,36 +177,42 @@ def _run(env, obs, step: Callable, time_s: float) -> tuple:
 
 def _rllib_rates(env_id: str, n: int, names, time_s: float, repeats: int, progress) -> dict:
     """{driver: {"rates": [...]} or {"na": reason}} for the RLlib env-runner drivers."""
-    want = [d for d in ("rllib-runner", "rllib-runner-fast") if d in names]
+    want = [d for d in _RLLIB if d in names]
     if not want:
         return {}
     ok, why = ray_status()
     if not ok:
         return {d: {"na": why} for d in want}
-    if env_id != "CartPole-v1":
-        return {d: {"na": "rlmodule_fast.rllib.bench builds CartPole-v1 runners only"} for d in want}
+    if env_id in ATARI_ENVS:
+        return {d: {"na": "RLlib env-runner rows: gymnasium ids RLlib runs unwrapped only (no Atari wrappers)"}
+                for d in want}
     try:
         from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import (
             DefaultPPOTorchRLModule,
         )
 
         from ..rllib.bench import _runner
+        from ..rllib.env_runner import FastEnvRunner
         from ..rllib.module import FastPPOTorchRLModule
     except Exception as e:
         return {d: {"na": f"import failed: {type(e).__name__}: {e}"} for d in want}
-    classes = {"rllib-runner": DefaultPPOTorchRLModule, "rllib-runner-fast": FastPPOTorchRLModule}
+    classes = {"default": DefaultPPOTorchRLModule, "fast": FastPPOTorchRLModule}
     threads = torch.get_num_threads()
     runners, res = {}, {}
     for d in want:
         try:
             if progress:
                 progress.note(f"building RLlib env runner ({d}, {n} envs)")
-            runners[d] = _runner(classes[d], [256, 256], n)
+            cls, fast_runner, extra = _RLLIB[d]
+            runners[d] = _runner(classes[cls], [256, 256], n, env_id=env_id, model_config=extra,
+                                 runner_cls=FastEnvRunner if fast_runner else None)
             torch.set_num_threads(threads)  # ray / RLlib set-up may change it
         except Exception as e:
             res[d] = {"na": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"}
-    if "rllib-runner" in runners and "rllib-runner-fast" in runners:
-        runners["rllib-runner-fast"].module.set_state(runners["rllib-runner"].module.get_state())
+    for d, r in runners.items():  # same weights as the stock runner of the same model
+        ref = runners.get("rllib-runner-lstm" if d.endswith("-lstm") else "rllib-runner")
+        if ref is not None and ref is not r:
+            r.module.set_state(ref.module.get_state())
     steps = {}
     for d, r in runners.items():
         t0 = time.perf_counter()
@@ -270,6 +292,9 @@ def run(env_ids=ENVS, num_envs=(1, 16), drivers=DRIVERS, *, time_s: float = 0.5,
                     else:
                         row.update(steps_per_s=statistics.median(rl[d]["rates"]),
                                    all=[round(r, 1) for r in rl[d]["rates"]])
+                        ref = rl.get("rllib-runner-lstm" if d.endswith("-lstm") else "rllib-runner", {})
+                        if ref.get("rates"):
+                            row["vs_rllib_runner"] = round(row["steps_per_s"] / statistics.median(ref["rates"]), 2)
                 else:
                     continue
                 rows.append(row)

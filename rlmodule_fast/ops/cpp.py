@@ -39,9 +39,10 @@ import torch
 
 from .reference import canonical_activation
 
-# "policy_step" is run by fastpath.PolicyPlan (the whole step in one _C call), not by a function here.
+# "policy_step" is run by fastpath.PolicyPlan (the whole step in one _C call), not by a function here;
+# "qnet_step" (a DQN module's epsilon-greedy step) by fastpath.qnet_plan.QNetPlan.
 OPS: frozenset = frozenset({"fused_mlp", "sample_categorical", "sample_diag_gaussian", "lstm_step", "gru_step",
-                            "policy_step", "conv2d_nhwc"})
+                            "policy_step", "conv2d_nhwc", "qnet_step"})
 
 try:
     from .. import _C

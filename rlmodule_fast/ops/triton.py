@@ -22,9 +22,10 @@ import torch
 
 from .reference import canonical_activation
 
-# "policy_step" is run by fastpath.triton_plan.TritonPolicyPlan (through fastpath.PolicyPlan), not here.
+# "policy_step" is run by fastpath.triton_plan.TritonPolicyPlan (through fastpath.PolicyPlan), not here;
+# "qnet_step" (a DQN module's epsilon-greedy step) by fastpath.qnet_triton_plan.TritonQNetPlan.
 OPS: frozenset = frozenset({"fused_mlp", "sample_categorical", "sample_diag_gaussian",
-                            "lstm_step", "gru_step", "policy_step", "conv2d_nhwc"})
+                            "lstm_step", "gru_step", "policy_step", "conv2d_nhwc", "qnet_step"})
 
 #: tl.dot input precision. "tf32x3" (default) splits each float32 operand into two TF32 parts
 #: and runs three tensor-core MMAs: about float32 accuracy at tensor-core speed. "ieee" is the

@@ -4,9 +4,13 @@ Without ray installed: :func:`load_rllib_checkpoint` (RLlib's pickled module fil
 restricted unpickler that runs nothing from them), :func:`from_rllib_module`,
 :func:`to_rllib_state`, :func:`rllib_module_kwargs`. With ``ray[rllib]`` (``pip install
 rlmodule_fast[rllib]``): also :class:`FastPPOTorchRLModule` (RLlib's PPO module with the fused
-env-runner step) and :func:`to_rllib_module`. SAC: :class:`FastSACTorchRLModule` (RLlib's
+env-runner step), :class:`FastEnvRunner` (RLlib's single-agent env runner without per-step
+connectors) and :func:`to_rllib_module`. SAC: :class:`FastSACTorchRLModule` (RLlib's
 DefaultSACTorchRLModule, fused squashed-Gaussian / categorical step) and the converters of
-``sac_convert.py`` (:func:`from_rllib_sac_module`, :func:`to_rllib_sac_module`, ...).
+``sac_convert.py`` (:func:`from_rllib_sac_module`, :func:`to_rllib_sac_module`, ...). DQN:
+:class:`FastDQNTorchRLModule` (RLlib's DQN module, its epsilon-greedy step fused);
+:func:`load_rllib_checkpoint` / :func:`from_rllib_module` / :func:`to_rllib_state` /
+:func:`to_rllib_module` take DQN modules too (``dqn_convert``: the ``*_dqn_*`` functions).
 ``import rlmodule_fast`` never imports ray.
 """
 from ._pickle import UnsafeCheckpointError
@@ -18,6 +22,13 @@ from .convert import (
     to_rllib_module,
     to_rllib_state,
 )
+from .dqn_convert import (
+    from_rllib_dqn_module,
+    load_rllib_dqn_checkpoint,
+    rllib_dqn_module_kwargs,
+    to_rllib_dqn_module,
+    to_rllib_dqn_state,
+)
 from .sac_convert import (
     from_rllib_sac_module,
     load_rllib_sac_checkpoint,
@@ -28,10 +39,12 @@ from .sac_convert import (
 )
 
 __all__ = [
-    "FastAPPOTorchRLModule", "FastPPOTorchRLModule", "FastSACTorchRLModule", "UnsafeCheckpointError",
-    "from_rllib_module", "from_rllib_sac_module", "load_rllib_checkpoint", "load_rllib_sac_checkpoint",
-    "rllib_model_config", "rllib_module_kwargs", "rllib_sac_model_config", "rllib_sac_module_kwargs",
-    "to_rllib_module", "to_rllib_sac_module", "to_rllib_sac_state", "to_rllib_state",
+    "FastAPPOTorchRLModule", "FastDQNTorchRLModule", "FastEnvRunner", "FastPPOTorchRLModule", "FastSACTorchRLModule",
+    "UnsafeCheckpointError",
+    "from_rllib_dqn_module", "from_rllib_module", "from_rllib_sac_module", "load_rllib_checkpoint",
+    "load_rllib_dqn_checkpoint", "load_rllib_sac_checkpoint", "rllib_dqn_module_kwargs", "rllib_model_config",
+    "rllib_module_kwargs", "rllib_sac_model_config", "rllib_sac_module_kwargs", "to_rllib_dqn_module",
+    "to_rllib_dqn_state", "to_rllib_module", "to_rllib_sac_module", "to_rllib_sac_state", "to_rllib_state",
 ]
 
 
@@ -39,7 +52,9 @@ __all__ = [
 _LAZY = {
     "FastPPOTorchRLModule": "module",
     "FastAPPOTorchRLModule": "appo_module",
+    "FastDQNTorchRLModule": "dqn_module",
     "FastSACTorchRLModule": "sac_module",
+    "FastEnvRunner": "env_runner",
 }
 
 

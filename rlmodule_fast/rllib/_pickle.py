@@ -295,6 +295,9 @@ CLASS_REFS = frozenset({
     "ray.rllib.algorithms.ppo.torch.ppo_torch_rl_module.PPOTorchRLModule",
     "ray.rllib.algorithms.ppo.ppo_catalog.PPOCatalog",
     "rlmodule_fast.rllib.module.FastPPOTorchRLModule",
+    "ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module.DefaultDQNTorchRLModule",
+    "ray.rllib.algorithms.dqn.dqn_catalog.DQNCatalog",
+    "rlmodule_fast.rllib.dqn_module.FastDQNTorchRLModule",
     "ray.rllib.algorithms.sac.torch.default_sac_torch_rl_module.DefaultSACTorchRLModule",
     "ray.rllib.algorithms.sac.sac_catalog.SACCatalog",
     "rlmodule_fast.rllib.sac_module.FastSACTorchRLModule",
@@ -516,7 +519,7 @@ class _RestrictedUnpickler(_U):
             return ClassRef(path)
         raise UnsafeCheckpointError(
             f"{self.source}: refusing to load {_describe(path)}: only numpy arrays, gymnasium spaces, plain "
-            "builtins and RLlib's PPO / SAC module and catalog names are admitted (nothing from the file was run)"
+            "builtins and RLlib's PPO / DQN / SAC module and catalog names are admitted (nothing from the file was run)"
         )
 
     def persistent_load(self, pid: Any) -> Any:

@@ -1,6 +1,7 @@
-"""RLlib env-runner sampling throughput: RLlib's DefaultPPOTorchRLModule vs FastPPOTorchRLModule.
+"""RLlib env-runner sampling throughput: RLlib's DefaultPPOTorchRLModule vs FastPPOTorchRLModule
+(``--algo dqn``: DefaultDQNTorchRLModule vs FastDQNTorchRLModule, epsilon-greedy at RLlib's schedule).
 
-    python -m rlmodule_fast.rllib.bench [--steps 4000] [--repeats 5] [--envs 1] [--hiddens 256 256]
+    python -m rlmodule_fast.rllib.bench [--algo ppo|dqn] [--steps 4000] [--repeats 5] [--envs 1] [--hiddens 256 256]
 
 Same PPO config for both (CartPole-v1, RLlib's default model unless --hiddens), one
 ``SingleAgentEnvRunner`` each, built in this process (the code a remote env runner runs, without
@@ -20,39 +21,44 @@ import statistics
 import time
 
 
-def _runner(module_class, hiddens, envs: int):
+def _runner(module_class, hiddens, envs: int, algo: str = "ppo", *, env_id: str = "CartPole-v1", runner_cls=None,
+            model_config: dict | None = None):
+    """A PPO (or ``algo="dqn"``: DQN) env runner (``runner_cls``, default RLlib's
+    ``SingleAgentEnvRunner``) built in this process; ``model_config`` adds keys to ``fcnet_hiddens``."""
+    from ray.rllib.algorithms.dqn import DQNConfig
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
-    model_config = {} if hiddens is None else {"fcnet_hiddens": list(hiddens)}
+    model_config = {**({} if hiddens is None else {"fcnet_hiddens": list(hiddens)}), **(model_config or {})}
     config = (
-        PPOConfig()
-        .environment("CartPole-v1")
+        (DQNConfig() if algo == "dqn" else PPOConfig())
+        .environment(env_id)
         .env_runners(num_env_runners=1, num_envs_per_env_runner=envs)
         .rl_module(rl_module_spec=RLModuleSpec(module_class=module_class, model_config=model_config))
         .debugging(seed=0)
     )
-    return SingleAgentEnvRunner(config=config, worker_index=1)
+    return (runner_cls or SingleAgentEnvRunner)(config=config, worker_index=1)
 
 
-def _forward_latency(module, n: int = 2000) -> float:
+def _forward_latency(module, n: int = 2000, **kwargs) -> float:
     import torch
 
     obs = {"obs": torch.zeros(1, 4)}
     times = []
     with torch.no_grad():
         for _ in range(200):
-            module.forward_exploration(dict(obs))
+            module.forward_exploration(dict(obs), **kwargs)
         for _ in range(n):
             t0 = time.perf_counter()
-            module.forward_exploration(dict(obs))
+            module.forward_exploration(dict(obs), **kwargs)
             times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e6
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--algo", choices=("ppo", "dqn"), default="ppo")
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--envs", type=int, default=1, help="num_envs_per_env_runner")
@@ -65,12 +71,17 @@ def main(argv=None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
+    if args.algo == "dqn":
+        from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQNTorchRLModule as Default
 
-    from .module import FastPPOTorchRLModule
+        from .dqn_module import FastDQNTorchRLModule as Fast
+    else:
+        from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule as Default
 
-    runners = {"rllib_default": _runner(DefaultPPOTorchRLModule, args.hiddens, args.envs),
-               "rlmodule_fast": _runner(FastPPOTorchRLModule, args.hiddens, args.envs)}
+        from .module import FastPPOTorchRLModule as Fast
+
+    runners = {"rllib_default": _runner(Default, args.hiddens, args.envs, args.algo),
+               "rlmodule_fast": _runner(Fast, args.hiddens, args.envs, args.algo)}
     # same weights in both
     runners["rlmodule_fast"].module.set_state(runners["rllib_default"].module.get_state())
     rates: dict[str, list] = {k: [] for k in runners}
@@ -83,14 +94,17 @@ def main(argv=None) -> dict:
             rates[name].append(args.steps / (time.perf_counter() - t0))
     fast = runners["rlmodule_fast"].module
     result = {
+        "algo": args.algo,
         "env": "CartPole-v1",
         "num_envs_per_env_runner": args.envs,
-        "fcnet_hiddens": args.hiddens or "RLlib default ([256, 256], vf_share_layers=False)",
+        "fcnet_hiddens": args.hiddens or ("RLlib default ([256, 256], dueling)" if args.algo == "dqn"
+                                          else "RLlib default ([256, 256], vf_share_layers=False)"),
         "steps_per_sample": args.steps,
         "repeats": args.repeats,
         "env_steps_per_s_median": {k: round(statistics.median(v), 1) for k, v in rates.items()},
         "env_steps_per_s_all": {k: [round(x, 1) for x in v] for k, v in rates.items()},
-        "forward_exploration_B1_us_median": {k: round(_forward_latency(r.module), 1) for k, r in runners.items()},
+        "forward_exploration_B1_us_median": {k: round(_forward_latency(r.module, **({"t": 5000} if args.algo == "dqn" else {})), 1)
+                                             for k, r in runners.items()},
         "fast_path": fast.fast_path_info(),
         "versions": {"ray": ray.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "cpu": platform.processor() or platform.machine(),

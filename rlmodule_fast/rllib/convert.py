@@ -267,6 +267,10 @@ def load_rllib_checkpoint(path: PathLike, *, module_id: str = DEFAULT_MODULE_ID,
     if not isinstance(info, dict) or "class" not in info or "ctor_args_and_kwargs" not in info:
         raise ValueError(f"{src}: expected RLlib's {{'class', 'ctor_args_and_kwargs'}} dict")
     cls = info["class"]
+    from .dqn_convert import RLLIB_DQN_CLASSES, load_rllib_dqn_checkpoint
+
+    if isinstance(cls, ClassRef) and cls.path in RLLIB_DQN_CLASSES:  # a DQN module: dqn_convert
+        return load_rllib_dqn_checkpoint(path, module_id=module_id, inference_only=inference_only)
     if not isinstance(cls, ClassRef) or cls.path not in RLLIB_PPO_CLASSES:
         raise ValueError(f"{src}: module class {_describe(cls)} is not a PPO module this loader "
                          f"knows ({sorted(RLLIB_PPO_CLASSES)})")
@@ -319,6 +323,10 @@ def from_rllib_module(m: Any, *, inference_only: Optional[bool] = None) -> PPOTo
     are not a PPO layout this package implements.
     """
     name = f"{type(m).__module__}.{type(m).__qualname__}"
+    from .dqn_convert import from_rllib_dqn_module, is_rllib_dqn
+
+    if is_rllib_dqn(m):
+        return from_rllib_dqn_module(m, inference_only=inference_only)
     if not _is_rllib_ppo(m):
         raise ValueError(f"from_rllib_module: {name} is not RLlib's DefaultPPOTorchRLModule (or a subclass)")
     cfg = rllib_model_config(getattr(m, "model_config", None), source=f"{name}.model_config")
@@ -333,8 +341,14 @@ def to_rllib_state(module: PPOTorchRLModule, *, inference_only: bool = False) ->
     """``module``'s weights as RLlib's ``set_state`` takes them: parameter name -> numpy array
     (fresh copies, float32), names as in ``DefaultPPOTorchRLModule``. ``inference_only``: without
     the value function (what a Learner sends its EnvRunners)."""
+    from ..dqn import DQNTorchRLModule
+
+    if isinstance(module, DQNTorchRLModule):
+        from .dqn_convert import to_rllib_dqn_state
+
+        return to_rllib_dqn_state(module, inference_only=inference_only)
     if not isinstance(module, PPOTorchRLModule):
-        raise ValueError(f"to_rllib_state: expected a PPOTorchRLModule, got {type(module).__name__}")
+        raise ValueError(f"to_rllib_state: expected a PPOTorchRLModule or DQNTorchRLModule, got {type(module).__name__}")
     return {k: v.detach().cpu().numpy().copy() for k, v in module.get_state(inference_only=inference_only).items()}
 
 
@@ -356,7 +370,14 @@ def rllib_module_kwargs(module: PPOTorchRLModule) -> dict:
 
 def to_rllib_module(module: PPOTorchRLModule, module_class: Any = None):
     """An RLlib module (default ``DefaultPPOTorchRLModule``; needs ray[rllib]) with ``module``'s
-    weights; ``module_class`` may be :class:`~rlmodule_fast.rllib.FastPPOTorchRLModule`."""
+    weights; ``module_class`` may be :class:`~rlmodule_fast.rllib.FastPPOTorchRLModule`. A
+    ``DQNTorchRLModule`` gives a ``DefaultDQNTorchRLModule`` (``dqn_convert.to_rllib_dqn_module``)."""
+    from ..dqn import DQNTorchRLModule
+
+    if isinstance(module, DQNTorchRLModule):
+        from .dqn_convert import to_rllib_dqn_module
+
+        return to_rllib_dqn_module(module, module_class)
     if module_class is None:
         from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
 

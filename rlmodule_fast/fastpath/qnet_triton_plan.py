@@ -1,0 +1,143 @@
+"""The DQN step on the triton backend: ``TritonQNetPlan`` runs encoder, heads, dueling combine or
+distributional expectation, mask, argmax and the epsilon-greedy draw in ONE kernel launch
+(``kernels/qnet.py``) for layer widths up to 256 (RLlib's default [256, 256] included).
+
+Built by ``fastpath.qnet_plan.qnet_plan_for`` when ``ops.dispatch`` picks triton (CUDA inputs, or
+``RLMODULE_FAST_BACKEND=triton`` under ``TRITON_INTERPRET=1``). Same contract as the cpp
+``QNetPlan``: ``step(obs, mask, epsilon, deterministic) -> (q, actions, logp)``, same errors
+(NaN obs / all-masked rows / masks not 0-1 / non-finite Q-values name the row; the checks sync
+the host, as every eager triton step does). Draws: Philox from ``kernels.sampling.draw_seed``
+(torch's generator of the device: ``torch.manual_seed`` / ``rf.manual_seed`` reproduce a run), so
+the same distribution as the cpp backend, not the same numbers.
+
+Shape legend: B batch, O flattened obs dim, A actions, N atoms.
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from ..ops import triton as tri
+from ..ops.reference import canonical_activation
+from .layers import _STRUCTURE_GEN, has_norms
+from .qnet_plan import QNetLayers, qnet_params, support, validate
+
+
+class TritonQNetPlan:
+    """One epsilon-greedy DQN step per kernel launch (see the module docstring)."""
+
+    backend = "triton"
+
+    def __init__(self, layers: QNetLayers, source=None):
+        self._source = source
+        self._lock = threading.Lock()
+        self._set_layers(layers)
+
+    def __reduce__(self):
+        return (TritonQNetPlan, (self.layers,))
+
+    def _set_layers(self, layers: QNetLayers) -> None:
+        from ..kernels import mlp, policy_step
+
+        self.obs_dim = validate(layers)
+        for ns, what in ((layers.af_norms, "af_norms"), (layers.vf_norms, "vf_norms")):
+            if has_norms(ns) and list(ns)[-1] is not None:
+                raise ValueError(f"{what}: a layer norm on the head's output layer is not in the triton DQN step")
+        params = qnet_params(layers)
+        tri._check_input_device(params[0], "DQN parameters")
+        self.device = params[0].device
+        enc, af = list(layers.encoder), list(layers.af)
+        vf = list(layers.vf) if layers.vf is not None else []
+        ws = [lin.weight for lin in enc + af + vf]
+        bs = [lin.bias for lin in enc + af + vf]
+
+        def aligned(ns, lins):
+            return list(ns) if has_norms(ns) else [None] * len(lins)
+        self._ns = aligned(layers.enc_norms, enc) + aligned(layers.af_norms, af) + aligned(layers.vf_norms, vf)
+        A, N = int(layers.num_actions), int(layers.num_atoms)
+        widths = [self.obs_dim] + [w.shape[0] for w in ws] + [w.shape[1] for w in ws]
+        plan = mlp.fused_tile_plan(widths)
+        if plan is None:
+            raise ValueError(f"layers: widths up to {max(widths)}: the triton DQN step runs nets whose every "
+                             f"width pads to <= {mlp.MAX_FUSED_WIDTH} (one kernel)")
+        self.D, _kind = plan
+        self.layers, self._params = layers, tuple(params)
+        self._ws, self._bs = ws, bs
+        self.dims = policy_step.layer_dims(ws, self.device)
+        self.z = support(N, layers.v_min, layers.v_max, device=self.device) if N > 1 else None
+        n_enc, n_af = len(enc), len(af)
+        self.meta = dict(
+            N_ENC=n_enc, AF0=n_enc, N_AF_HID=n_af - 1, AF_OUT=n_enc + n_af - 1,
+            V0=n_enc + n_af, N_VF_HID=max(len(vf) - 1, 0), VF_OUT=n_enc + n_af + len(vf) - 1 if vf else 0,
+            ENC_ACT=mlp.ACT_CODES[canonical_activation(layers.enc_activation)],
+            HEAD_ACT=mlp.ACT_CODES[canonical_activation(layers.head_activation)],
+            NATOMS=N, DUELING=bool(vf), D=self.D, A=A, PRECISION=tri._precision,
+            NORM_MASK=sum(1 << i for i, n in enumerate(self._ns) if n is not None),
+        )
+        self._gen = _STRUCTURE_GEN[0]
+        self._stamp = None
+        self._packed = None
+
+    def _refresh(self) -> None:
+        from ..kernels import mlp
+
+        if self._gen != _STRUCTURE_GEN[0]:
+            get_layers = self._source() if self._source is not None else None
+            self._gen = _STRUCTURE_GEN[0]
+            if get_layers is not None:
+                layers = get_layers()
+                new = qnet_params(layers)
+                if len(new) != len(self._params) or any(a is not b for a, b in zip(new, self._params)):
+                    self._set_layers(layers)
+        stamp = tuple((p.data_ptr(), p._version) for p in self._params)
+        if stamp == self._stamp:
+            return
+        with self._lock:
+            if stamp != self._stamp:
+                packed = mlp.pack_mlp(self._ws, self._bs, self.D, device=self.device)
+                ln = mlp.pack_norms(self._ns, self.D, self.device)[0] if self.meta["NORM_MASK"] else None
+                self._packed = (*packed, ln)
+                self._stamp = stamp
+
+    def refresh(self) -> None:
+        """Repack every weight now (after writes the version counters cannot see)."""
+        self._stamp = None
+        self._gen = -1
+        self._refresh()
+
+    @torch.no_grad()
+    def step(self, obs, mask, epsilon: float, deterministic: bool) -> tuple:
+        from ..kernels import qnet, sampling
+
+        x = tri._to_tensor(obs, "obs")
+        if x.dim() != 2 or x.shape[1] != self.obs_dim:
+            raise tri._shape_err("obs", f"[B, {self.obs_dim}]", x.shape)
+        x = x.to(self.device, torch.float32)
+        finite = torch.isfinite(x).all(dim=-1)
+        if x.shape[0] and not bool(finite.all()):
+            raise ValueError(f"obs: contains NaN or inf (row {int((~finite).nonzero()[0, 0])})")
+        A = self.meta["A"]
+        m = None
+        if mask is not None:
+            m = torch.as_tensor(mask).to(self.device, torch.float32).contiguous()
+            if tuple(m.shape) != (x.shape[0], A):
+                raise ValueError(f"action_mask: expected shape [{x.shape[0]}, {A}], got {tuple(m.shape)}")
+            bad = (m != 0) & (m != 1)
+            if bool(bad.any()):
+                r, a = (int(i) for i in bad.nonzero()[0])
+                raise ValueError(f"action_mask: expected 0 or 1, got {float(m[r, a])} (row {r}, action {a})")
+            empty = ~(m != 0).any(dim=-1)
+            if bool(empty.any()):
+                raise ValueError(f"action_mask: every action is masked (row {int(empty.nonzero()[0, 0])})")
+        self._refresh()
+        wp, bp, ln = self._packed
+        explore = not deterministic and epsilon > 0.0
+        seed = sampling.draw_seed(self.device) if explore else self.dims
+        q, actions, logp, flag = qnet.qnet_step(x, wp, bp, self.dims, self.meta, seed=seed, z=self.z, mask=m,
+                                               epsilon=float(epsilon), explore=explore, ln=ln)
+        if int(flag.item()):
+            finite = torch.isfinite(q).all(-1)
+            row = int((~finite).nonzero()[0, 0]) if bool((~finite).any()) else 0  # 0: a masked entry
+            raise ValueError(f"qf_preds: contains NaN or inf (row {row})")
+        return q, actions, logp

@@ -1,0 +1,38 @@
+"""The ``dqn_step`` benchmark rows compute the same thing: every provider's greedy action
+(epsilon 0) agrees with the module's torch Q-values, and the epsilon-greedy providers return
+valid actions of shape [B]. No timings are asserted."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rlmodule_fast.bench import cases as C
+from rlmodule_fast.bench import dqn_cases as D
+
+
+def test_dqn_step_providers_agree(monkeypatch):
+    monkeypatch.setattr(D, "T", 10**6)  # past the schedule: epsilon 0.05
+    ctx = C.Context(device="cpu", quick=True)
+    case = next(c for c in C.cases(ops=["dqn_step"], batches=[5]))
+    module = D.dqn_module("CartPole-v1", seed=ctx.seed)
+    ran = []
+    for p in case.providers:
+        try:
+            b = case.build(p, ctx)
+        except C.Unavailable as e:
+            assert str(e), p
+            continue
+        with torch.no_grad(), b.ctx():
+            a = np.asarray(b.fn())
+        assert a.shape == (5,) and a.dtype.kind == "i" and ((a >= 0) & (a < 2)).all(), p
+        ran.append(p)
+    assert {"torch-eager", "rf-torch", "cpp"} <= set(ran)
+    obs = np.random.default_rng(ctx.seed).standard_normal((5, 4), dtype=np.float32)
+    with torch.no_grad():
+        q = module.compute_q_values({"obs": torch.from_numpy(obs)})["qf_preds"]
+    greedy = q.argmax(-1).numpy()
+    if "ort" in ran:
+        assert np.array_equal(case.build("ort", ctx).fn(), greedy)
+    m = ctx._cache[("dqn-module", case.config_id, ctx.seed)]
+    assert np.array_equal(m.forward_inference({"obs": obs})["actions"].numpy(), greedy)
