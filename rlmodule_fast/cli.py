@@ -99,8 +99,14 @@ def _export(args) -> int:
     if not os.path.isdir(out_dir):
         raise ValueError(f"out: the directory {out_dir} does not exist")
     module = _load(args)
-    path = export_onnx(module, args.out, explore=args.explore, batch=args.batch or "dynamic",
-                       with_value=False if args.no_value else None)
+    # the module's own export_onnx where it has one: a subclass's refusals (DQN: explore=True) and its
+    # forward registration (DQN's greedy step) live there; the bare function bypassed both
+    export = getattr(module, "export_onnx", None)
+    if not callable(export):
+        def export(out, **kw):
+            return export_onnx(module, out, **kw)
+    path = export(args.out, explore=args.explore, batch=args.batch or "dynamic",
+                  with_value=False if args.no_value else None)
     print(f"wrote {path} ({type(module).__name__}, explore={args.explore}, batch={args.batch or 'dynamic'})")
     if args.no_verify:
         return 0

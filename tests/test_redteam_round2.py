@@ -147,3 +147,31 @@ def test_export_refuses_structured_action_spaces(tmp_path, act):
     with pytest.raises(ValueError, match="action_space"):
         m.export_onnx(tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_export_of_a_masking_dqn_checkpoint_verifies(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    dqn = pytest.importorskip("rlmodule_fast.dqn")
+    from rlmodule_fast.cli import main
+
+    obs = gym.spaces.Dict({"action_mask": gym.spaces.Box(0.0, 1.0, (3,), np.float32), "observations": BOX4})
+    dqn.DQNTorchRLModule(observation_space=obs, action_space=gym.spaces.Discrete(3),
+                         model_config={"fcnet_hiddens": [8]}).save_to_path(tmp_path / "ck")
+    assert main(["export", str(tmp_path / "ck"), str(tmp_path / "m.onnx"), "--batch", "6", "--no-value"]) == 0
+
+
+def test_cli_export_of_dqn_goes_through_the_module(tmp_path):
+    """The CLI called rlmodule_fast.export.export_onnx(module) directly: DQN's greedy-step forward
+    (registered by its own export_onnx) was missing (KeyError 'new_obs' from _forward_train), and
+    --explore bypassed DQN's refusal (softmax(Q) sampling instead of epsilon-greedy)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    dqn = pytest.importorskip("rlmodule_fast.dqn")
+    from rlmodule_fast.cli import main
+
+    dqn.DQNTorchRLModule(observation_space=BOX4, action_space=gym.spaces.Discrete(3),
+                         model_config={"fcnet_hiddens": [8]}).save_to_path(tmp_path / "ck")
+    assert main(["export", str(tmp_path / "ck"), str(tmp_path / "m.onnx")]) == 0
+    assert main(["export", str(tmp_path / "ck"), str(tmp_path / "e.onnx"), "--explore"]) != 0
+    assert not (tmp_path / "e.onnx").exists()

@@ -208,7 +208,8 @@ class PolicyStep(nn.Module):
     def _valid(self, key, x: np.ndarray) -> np.ndarray:
         """A sampled Box(0, 1) ``action_mask`` of a masking module made a mask the module takes:
         values 0 / 1 (a sample is a float in [0, 1]) with at least one allowed action per row."""
-        if key != "action_mask" or getattr(self.module, "_mask_dim", None) is None or not x.ndim:
+        masks = getattr(self.module, "_mask_dim", None) is not None or getattr(self.module, "_mask_key", None) == key
+        if key != "action_mask" or not masks or not x.ndim:  # PPO/APPO: _mask_dim; DQN: _mask_key
             return x
         m = (x >= 0.5).astype(x.dtype)
         start = 0
