@@ -263,6 +263,22 @@ def fused_plan(module, example) -> Optional[PolicyPlan]:
         return None
 
 
+def fast_path_info_for(module, example, op: str = "policy_step", fused=None) -> dict:
+    """{"backend": "cpp" | "triton" | "torch", "active": bool, "reason": str}: which path a
+    module's exploration / inference step takes for inputs like ``example``: ``op``'s dispatch,
+    then ``fused(module, example)`` (default ``fused_plan``; None: the module's torch layers)."""
+    fused = fused_plan if fused is None else fused
+    try:
+        name, reason = dispatch.explain(op, example)
+        if name == "torch":
+            return {"backend": "torch", "active": False, "reason": reason}
+        if fused(module, example) is None:
+            return {"backend": "torch", "active": False, "reason": unfusable_reason(module)}
+    except (RuntimeError, ValueError) as e:
+        return {"backend": "torch", "active": False, "reason": f"{type(e).__name__}: {e}"}
+    return {"backend": name, "active": True, "reason": reason}
+
+
 def mark_unfusable(module, reason: str) -> None:
     """Make ``fused_plan`` return None for ``module`` (until ``refresh``), warning once."""
     module.__dict__[_UNFUSABLE_ATTR] = reason

@@ -35,7 +35,7 @@ import torch
 from ..ops import dispatch
 from ..ops.reference import canonical_activation
 from .layers import _STRUCTURE_GEN, _check_norms, _linear_params, _linears, _norm_params, has_norms
-from .plan import _PLANS_LOCK, _UNFUSABLE_ATTR, UnfusableLayers, _plan_cache, mark_unfusable, unfusable_reason
+from .plan import _PLANS_LOCK, _UNFUSABLE_ATTR, UnfusableLayers, _plan_cache, fast_path_info_for, mark_unfusable
 
 _F32 = np.dtype(np.float32)
 _NULL_LOCK = contextlib.nullcontext()
@@ -317,12 +317,4 @@ def fused_qnet_plan(module, example) -> Optional[QNetPlan]:
 def qnet_fast_path_info(module, example) -> dict:
     """{"backend", "active", "reason"} for a DQN module's exploration / inference step on inputs
     like ``example`` (see ``PPOTorchRLModule.fast_path_info``)."""
-    try:
-        name, reason = dispatch.explain(OP, example)
-        if name == "torch":
-            return {"backend": "torch", "active": False, "reason": reason}
-        if fused_qnet_plan(module, example) is None:
-            return {"backend": "torch", "active": False, "reason": unfusable_reason(module)}
-    except (RuntimeError, ValueError) as e:
-        return {"backend": "torch", "active": False, "reason": f"{type(e).__name__}: {e}"}
-    return {"backend": name, "active": True, "reason": reason}
+    return fast_path_info_for(module, example, OP, fused_qnet_plan)

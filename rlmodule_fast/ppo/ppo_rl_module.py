@@ -42,7 +42,7 @@ import torch
 from ..apis import InferenceOnlyAPI, ValueFunctionAPI
 from ..core.columns import Columns
 from ..core.specs import TensorSpec, to_torch
-from ..fastpath import fused_plan, refresh, unfusable_reason
+from ..fastpath import fast_path_info_for, fused_plan, refresh
 from ..core.torch_rl_module import TorchRLModule
 from ..models.encoders import flatten_obs, obs_lead_dims
 from ..models.flatten import ACTION_MASK, OBSERVATIONS, first_leaf, flatten, is_structured, lead_dims
@@ -385,18 +385,7 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         """{"backend": "cpp" | "triton" | "torch", "active": bool, "reason": str}: which path
         ``forward_exploration`` / ``forward_inference`` take for a batch on this module's
         device (CPU: numpy or CPU tensors), and why. ``active`` is True when the fused step runs."""
-        from ..ops import dispatch
-
-        example = next(self.parameters(), None)
-        try:
-            name, reason = dispatch.explain("policy_step", example)
-            if name == "torch":
-                return {"backend": "torch", "active": False, "reason": reason}
-            if fused_plan(self, example) is None:
-                return {"backend": "torch", "active": False, "reason": unfusable_reason(self)}
-        except (RuntimeError, ValueError) as e:
-            return {"backend": "torch", "active": False, "reason": f"{type(e).__name__}: {e}"}
-        return {"backend": name, "active": True, "reason": reason}
+        return fast_path_info_for(self, next(self.parameters(), None))
 
     def refresh_fast_path(self) -> None:
         """Re-read the layers and repack the fused step's weights now. Needed only after writes

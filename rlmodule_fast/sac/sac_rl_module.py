@@ -33,7 +33,7 @@ from ..apis import InferenceOnlyAPI, QNetAPI, TargetNetworkAPI, make_target_netw
 from ..core.columns import Columns
 from ..core.specs import TensorSpec, to_torch
 from ..core.torch_rl_module import TorchRLModule
-from ..fastpath import fused_plan, refresh, unfusable_reason
+from ..fastpath import fast_path_info_for, fused_plan, refresh
 from ..models.encoders import flatten_obs, obs_lead_dims
 from .sac_catalog import SACCatalog
 
@@ -296,18 +296,7 @@ class SACTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
     def fast_path_info(self) -> dict:
         """{"backend": "cpp" | "triton" | "torch", "active": bool, "reason": str}: which path
         ``forward_exploration`` / ``forward_inference`` take for a batch on this module's device."""
-        from ..ops import dispatch
-
-        example = next(self.parameters(), None)
-        try:
-            name, reason = dispatch.explain("policy_step", example)
-            if name == "torch":
-                return {"backend": "torch", "active": False, "reason": reason}
-            if fused_plan(self, example) is None:
-                return {"backend": "torch", "active": False, "reason": unfusable_reason(self)}
-        except (RuntimeError, ValueError) as e:
-            return {"backend": "torch", "active": False, "reason": f"{type(e).__name__}: {e}"}
-        return {"backend": name, "active": True, "reason": reason}
+        return fast_path_info_for(self, next(self.parameters(), None))
 
     def refresh_fast_path(self) -> None:
         """Re-read the layers and repack the fused step's weights now (after writes a step cannot
