@@ -69,6 +69,19 @@ def qnet_params(L: QNetLayers) -> list:
             + _linear_params(L.vf or []) + _norm_params(L.vf_norms))
 
 
+def reread_layers(plan) -> None:
+    """A Q-network plan (cpp or triton) after a structure change: ask its module for the layers
+    again (``plan._source``, a weak reference to the module's ``qnet_layers``) and, when they are
+    other parameters than ``plan._params``, rebuild with ``plan._set_layers``."""
+    get_layers = plan._source() if plan._source is not None else None
+    plan._gen = _STRUCTURE_GEN[0]
+    if get_layers is not None:
+        layers = get_layers()
+        new = qnet_params(layers)
+        if len(new) != len(plan._params) or any(a is not b for a, b in zip(new, plan._params)):
+            plan._set_layers(layers)
+
+
 def validate(L: QNetLayers) -> int:
     """Check a description; returns the obs dim. ValueError naming the bad field."""
     enc, af = _linears(L.encoder, "encoder"), _linears(L.af, "af")
@@ -214,13 +227,7 @@ class QNetPlan:
                 self._packed = None  # weights still moving: stale, the next step repacks
 
     def _reread(self) -> None:
-        get_layers = self._source() if self._source is not None else None
-        self._gen = _STRUCTURE_GEN[0]
-        if get_layers is not None:
-            layers = get_layers()
-            new = qnet_params(layers)
-            if len(new) != len(self._params) or any(a is not b for a, b in zip(new, self._params)):
-                self._set_layers(layers)
+        reread_layers(self)
 
     def refresh(self) -> None:
         """Re-read the module's layers and repack every weight now (after writes the stamp
