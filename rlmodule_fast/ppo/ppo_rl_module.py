@@ -305,8 +305,8 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         naming the part when a layer is not one the fused step runs (e.g. a catalog subclass
         whose ``build_pi_head`` returns its own module): the torch forward runs then."""
         from ..fastpath import EncoderLayers, PolicyLayers
-        from ..fastpath.layers import ConvLayer
-        from ..models.cnn import TorchCNNEncoder, cnn_conv_layers, is_cnn_encoder
+        from ..fastpath.layers import conv_layers
+        from ..models.cnn import TorchCNNEncoder, is_cnn_encoder
         from ..models.heads import TorchFreeLogStdMLPHead, TorchMLPHead
 
         fusable_heads = (TorchMLPHead, TorchFreeLogStdMLPHead)
@@ -319,10 +319,7 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             if not (isinstance(cnn, TorchCNNEncoder) and len(cnn.net) == 2 and isinstance(cnn.net[1], torch.nn.Flatten)):
                 raise ValueError(f"{what_cnn}: a {type(cnn).__name__} is not a CNN encoder the fused step runs "
                                  "(PPOCatalog's TorchCNNEncoder: convs, then a flatten)")
-            try:
-                convs = [ConvLayer(c, pad, act) for c, pad, act in cnn_conv_layers(cnn)]
-            except ValueError as err:
-                raise ValueError(f"{what_cnn}: {err}") from None
+            convs = conv_layers(cnn, what_cnn)
             # uint8 frames go into the kernels uncast; obs_scale=None keeps their values as the
             # torch path does (a float cast, no scaling)
             return EncoderLayers(mlp=[], activation=cnn.activation, conv=convs, image_shape=cnn.obs_shape,

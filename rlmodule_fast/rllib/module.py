@@ -48,8 +48,8 @@ from ray.rllib.core.columns import Columns
 
 from ..core.torch_rl_module import WeightsLockMixin
 from ..fastpath import EncoderLayers, PolicyLayers, fused_plan
-from ..fastpath.layers import ConvLayer
-from ..models.cnn import cnn_conv_layers, is_cnn_encoder
+from ..fastpath.layers import conv_layers
+from ..models.cnn import is_cnn_encoder
 from ..models.config import resolve_model_config
 from ._fused import FusedForwardsMixin
 from .convert import rllib_model_config
@@ -106,11 +106,7 @@ class FastPPOTorchRLModule(WeightsLockMixin, FusedForwardsMixin, DefaultPPOTorch
             if not (isinstance(net, nn.Sequential) and len(net) == 2 and isinstance(net[1], nn.Flatten)):
                 raise ValueError(f"{what}: a {type(cnn_enc).__name__} is not a CNN encoder the fused step runs "
                                  "(RLlib's TorchCNNEncoder: TorchCNN, then a flatten; no dense layer)")
-            try:
-                convs = [ConvLayer(c, pad, act) for c, pad, act in cnn_conv_layers(cnn_enc)]
-            except ValueError as err:
-                raise ValueError(f"{what}: {err}") from None
-            return convs, tuple(int(v) for v in obs.shape)
+            return conv_layers(cnn_enc, what), tuple(int(v) for v in obs.shape)
 
         def enc(e, what: str) -> EncoderLayers:
             if is_cnn_encoder(e):
