@@ -56,11 +56,7 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
     _forward_accepts_numpy = True  # numpy obs go to the fused plan without a torch round trip
 
     def setup(self) -> None:
-        if self.catalog is None:
-            self.catalog = PPOCatalog(self.observation_space, self.action_space, self.model_config)
-        if not isinstance(self.catalog, PPOCatalog):
-            raise ValueError(f"catalog_class: expected a PPOCatalog subclass, got {type(self.catalog).__name__}")
-        cat = self.catalog
+        cat = self._own_catalog(PPOCatalog)
         if cat.recurrent_kind:
             # As RLlib: env runners must collect the critic's recurrent state for the learner,
             # so a stateful module is never inference-only.

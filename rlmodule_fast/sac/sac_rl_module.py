@@ -54,11 +54,7 @@ class SACTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
     _forward_accepts_numpy = True  # numpy obs go to the fused plan without a torch round trip
 
     def setup(self) -> None:
-        if self.catalog is None:
-            self.catalog = SACCatalog(self.observation_space, self.action_space, self.model_config)
-        if not isinstance(self.catalog, SACCatalog):
-            raise ValueError(f"catalog_class: expected a SACCatalog subclass, got {type(self.catalog).__name__}")
-        cat = self.catalog
+        cat = self._own_catalog(SACCatalog)
         self.twin_q = cat.model_config_dict["twin_q"]
         self.pi_encoder = cat.build_encoder("torch")
         if not self.inference_only:
