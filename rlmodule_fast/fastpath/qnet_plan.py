@@ -35,7 +35,7 @@ import torch
 from ..ops import dispatch
 from ..ops.reference import canonical_activation
 from .layers import _STRUCTURE_GEN, _check_norms, _linear_params, _linears, _norm_params, has_norms
-from .plan import _PLANS_LOCK, _UNFUSABLE_ATTR, UnfusableLayers, _plan_cache, fast_path_info_for, mark_unfusable
+from .plan import _PLANS_LOCK, UnfusableLayers, _plan_cache, fast_path_info_for, refusing
 
 _F32 = np.dtype(np.float32)
 _NULL_LOCK = contextlib.nullcontext()
@@ -309,16 +309,7 @@ def qnet_plan_for(module, example) -> Optional[QNetPlan]:
         return _plan_cache(module, True).setdefault(key, plan)
 
 
-def fused_qnet_plan(module, example) -> Optional[QNetPlan]:
-    """``qnet_plan_for``, except that a module whose layers no plan runs gets None from then on
-    (after one UserWarning; ``fastpath.unfusable_reason(module)`` says why)."""
-    if module.__dict__.get(_UNFUSABLE_ATTR):
-        return None
-    try:
-        return qnet_plan_for(module, example)
-    except UnfusableLayers as e:
-        mark_unfusable(module, f"{type(e.__cause__ or e).__name__}: {e}")
-        return None
+fused_qnet_plan = refusing(qnet_plan_for, "fused_qnet_plan")
 
 
 def qnet_fast_path_info(module, example) -> dict:
