@@ -67,6 +67,12 @@ class Context:
     seed: int = 0
     _cache: dict = field(default_factory=dict)
 
+    def cached(self, key, build):
+        """``build()``'s result, built the first time ``key`` is asked for and kept for the run."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
 
 @dataclass(frozen=True)
 class Case:
@@ -466,19 +472,14 @@ def _policy_step(case: Case, ctx: Context) -> dict:
     """A registry policy-step case: our PPOTorchRLModule for a gymnasium env (seeded weights),
     standard-normal observations (LSTM: and a small random state)."""
     env_id, extra = case._params
-    key = ("module", case.config_id, ctx.seed)
-    if key not in ctx._cache:
-        ctx._cache[key] = ppo_module(env_id, seed=ctx.seed, **dict(extra))
-    module = ctx._cache[key]
+    module = ctx.cached(("module", case.config_id, ctx.seed), lambda: ppo_module(env_id, seed=ctx.seed, **dict(extra)))
     rng = np.random.default_rng(ctx.seed)
     O = module.observation_space.shape[0]
     B = case.batch
 
     def on_cuda():
-        ckey = ("module-cuda", case.config_id, ctx.seed)
-        if ckey not in ctx._cache:
-            ctx._cache[ckey] = ppo_module(env_id, seed=ctx.seed, **dict(extra)).to(_dev(ctx))
-        return ctx._cache[ckey]
+        return ctx.cached(("module-cuda", case.config_id, ctx.seed),
+                          lambda: ppo_module(env_id, seed=ctx.seed, **dict(extra)).to(_dev(ctx)))
 
     if module.is_stateful():
         H = module.get_initial_state()["h"].shape[-1]
@@ -813,10 +814,7 @@ def _checkpoint_setup(module, case: Case, ctx: Context) -> dict:
     def on_cuda():
         import copy
 
-        key = ("checkpoint-cuda", id(module))
-        if key not in ctx._cache:
-            ctx._cache[key] = copy.deepcopy(module).to(_dev(ctx))
-        return ctx._cache[key]
+        return ctx.cached(("checkpoint-cuda", id(module)), lambda: copy.deepcopy(module).to(_dev(ctx)))
     return module_policy_step(module, batch, ctx, cuda_module=on_cuda)
 
 
@@ -831,10 +829,7 @@ _SETUPS = {"fused_mlp": _fused_mlp, "sample_categorical": _sampler, "sample_diag
 
 
 def _setup(case: Case, ctx: Context) -> dict:
-    key = ("setup", case.id, case.config)
-    if key not in ctx._cache:
-        ctx._cache[key] = (case._make or _SETUPS[case.op])(case, ctx)
-    return ctx._cache[key]
+    return ctx.cached(("setup", case.id, case.config), lambda: (case._make or _SETUPS[case.op])(case, ctx))
 
 
 _OP_PROVIDERS = ("torch-eager", "torch-compile", "rf-torch", "cpp", "triton")
@@ -895,17 +890,12 @@ def image_module(obs_shape=ATARI_OBS_SHAPE, n_actions: int = 6, conv_filters=Non
 
 def _vision_policy_step(case: Case, ctx: Context) -> dict:
     (filters,) = case._params
-    key = ("module", case.config_id, ctx.seed)
-    if key not in ctx._cache:
-        ctx._cache[key] = image_module(conv_filters=filters, seed=ctx.seed)
-    module = ctx._cache[key]
+    module = ctx.cached(("module", case.config_id, ctx.seed), lambda: image_module(conv_filters=filters, seed=ctx.seed))
     obs = np.random.default_rng(ctx.seed).uniform(-1, 1, (case.batch, *ATARI_OBS_SHAPE)).astype(np.float32)
 
     def on_cuda():
-        ckey = ("module-cuda", case.config_id, ctx.seed)
-        if ckey not in ctx._cache:
-            ctx._cache[ckey] = image_module(conv_filters=filters, seed=ctx.seed).to(_dev(ctx))
-        return ctx._cache[ckey]
+        return ctx.cached(("module-cuda", case.config_id, ctx.seed),
+                          lambda: image_module(conv_filters=filters, seed=ctx.seed).to(_dev(ctx)))
     return module_policy_step(module, {"obs": obs}, ctx, cuda_module=on_cuda)
 
 

@@ -62,10 +62,7 @@ def dqn_setup(case, ctx) -> dict:
     from .timing import Bench
 
     env_id, extra = case._params
-    key = ("dqn-module", case.config_id, ctx.seed)
-    if key not in ctx._cache:
-        ctx._cache[key] = dqn_module(env_id, seed=ctx.seed, **dict(extra))
-    m = ctx._cache[key]
+    m = ctx.cached(("dqn-module", case.config_id, ctx.seed), lambda: dqn_module(env_id, seed=ctx.seed, **dict(extra)))
     rng = np.random.default_rng(ctx.seed)
     O, A, B = m.observation_space.shape[0], int(m.action_space.n), case.batch
     obs = rng.standard_normal((B, O), dtype=np.float32)
@@ -144,10 +141,7 @@ def dqn_setup(case, ctx) -> dict:
         import copy
 
         dev = C._dev(ctx)
-        ckey = ("dqn-module-cuda", case.config_id, ctx.seed)
-        if ckey not in ctx._cache:
-            ctx._cache[ckey] = copy.deepcopy(m).to(dev)
-        mc = ctx._cache[ckey]
+        mc = ctx.cached(("dqn-module-cuda", case.config_id, ctx.seed), lambda: copy.deepcopy(m).to(dev))
 
         def f():
             x = torch.from_numpy(obs).to(dev, non_blocking=True)

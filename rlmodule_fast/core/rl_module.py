@@ -221,6 +221,16 @@ class RLModule(abc.ABC):
         super().__init_subclass__(**kwargs)
         ckpt.register_class(cls)
 
+    def _own_catalog(self, catalog_cls: type):
+        """``self.catalog``: built as ``catalog_cls(observation_space, action_space, model_config)``
+        when none was given; ValueError when the one given is not a ``catalog_cls``."""
+        if self.catalog is None:
+            self.catalog = catalog_cls(self.observation_space, self.action_space, self.model_config)
+        if not isinstance(self.catalog, catalog_cls):
+            raise ValueError(f"catalog_class: expected a {catalog_cls.__name__} subclass, "
+                             f"got {type(self.catalog).__name__}")
+        return self.catalog
+
     # ---- to be implemented by subclasses -------------------------------------------------
     def setup(self) -> None:
         """Build the layers (called by the constructor)."""

@@ -76,11 +76,7 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
     _forward_accepts_numpy = True
 
     def setup(self) -> None:
-        if self.catalog is None:
-            self.catalog = DQNCatalog(self.observation_space, self.action_space, self.model_config)
-        if not isinstance(self.catalog, DQNCatalog):
-            raise ValueError(f"catalog_class: expected a DQNCatalog subclass, got {type(self.catalog).__name__}")
-        cat = self.catalog
+        cat = self._own_catalog(DQNCatalog)
         cfg = cat.dqn_config
         self.uses_dueling: bool = cfg["dueling"]
         self.uses_double_q: bool = cfg["double_q"]

@@ -25,6 +25,17 @@ class ConvLayer:
     activation: str        # canonical name, applied after every conv layer (RLlib's conv_activation)
 
 
+def conv_layers(cnn, what: str) -> list:
+    """The conv layers of a CNN encoder (ours or RLlib's TorchCNNEncoder, read by
+    ``models.cnn.cnn_conv_layers``) as ``ConvLayer``s; its ValueError names ``what``."""
+    from ..models.cnn import cnn_conv_layers
+
+    try:
+        return [ConvLayer(c, pad, act) for c, pad, act in cnn_conv_layers(cnn)]
+    except ValueError as err:
+        raise ValueError(f"{what}: {err}") from None
+
+
 @dataclass
 class EncoderLayers:
     mlp: list            # list[nn.Linear]; every layer followed by `activation`

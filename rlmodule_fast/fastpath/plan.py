@@ -249,18 +249,44 @@ class UnfusableLayers(ValueError):
 _UNFUSABLE_ATTR = "_rf_unfusable"
 
 
-def fused_plan(module, example) -> Optional[PolicyPlan]:
-    """``plan_for``, except that a module whose layers no fused step runs (``UnfusableLayers``,
-    e.g. a catalog that builds its own heads) gets None from then on, after one UserWarning:
-    its own torch forward runs, and ``unfusable_reason(module)`` says why. Any other error (a
-    forced backend that cannot run, a bad RLMODULE_FAST_BACKEND value) propagates."""
-    if module.__dict__.get(_UNFUSABLE_ATTR):
-        return None
+def refusing(plan_for_fn, name: str):
+    """``fused(module, example)``: ``plan_for_fn(module, example)``, except that a module whose
+    layers no fused step runs (``UnfusableLayers``, e.g. a catalog that builds its own heads) gets
+    None from then on, after one UserWarning: its own torch forward runs, and
+    ``unfusable_reason(module)`` says why. Any other error (a forced backend that cannot run, a bad
+    RLMODULE_FAST_BACKEND value) propagates. (A closure, not a wrapper call: the warning's
+    stacklevel counts the frames.)"""
+
+    def fused(module, example):
+        if module.__dict__.get(_UNFUSABLE_ATTR):
+            return None
+        try:
+            return plan_for_fn(module, example)
+        except UnfusableLayers as e:
+            mark_unfusable(module, f"{type(e.__cause__ or e).__name__}: {e}")
+            return None
+    fused.__name__ = fused.__qualname__ = name
+    fused.__doc__ = f"``{plan_for_fn.__name__}``, or None for good once the module's layers are refused (``refusing``)."
+    return fused
+
+
+fused_plan = refusing(plan_for, "fused_plan")
+
+
+def fast_path_info_for(module, example, op: str = "policy_step", fused=None) -> dict:
+    """{"backend": "cpp" | "triton" | "torch", "active": bool, "reason": str}: which path a
+    module's exploration / inference step takes for inputs like ``example``: ``op``'s dispatch,
+    then ``fused(module, example)`` (default ``fused_plan``; None: the module's torch layers)."""
+    fused = fused_plan if fused is None else fused
     try:
-        return plan_for(module, example)
-    except UnfusableLayers as e:
-        mark_unfusable(module, f"{type(e.__cause__ or e).__name__}: {e}")
-        return None
+        name, reason = dispatch.explain(op, example)
+        if name == "torch":
+            return {"backend": "torch", "active": False, "reason": reason}
+        if fused(module, example) is None:
+            return {"backend": "torch", "active": False, "reason": unfusable_reason(module)}
+    except (RuntimeError, ValueError) as e:
+        return {"backend": "torch", "active": False, "reason": f"{type(e).__name__}: {e}"}
+    return {"backend": name, "active": True, "reason": reason}
 
 
 def mark_unfusable(module, reason: str) -> None:

@@ -35,7 +35,7 @@ import torch
 from ..ops import dispatch
 from ..ops.reference import canonical_activation
 from .layers import _STRUCTURE_GEN, _check_norms, _linear_params, _linears, _norm_params, has_norms
-from .plan import _PLANS_LOCK, _UNFUSABLE_ATTR, UnfusableLayers, _plan_cache, mark_unfusable, unfusable_reason
+from .plan import _PLANS_LOCK, UnfusableLayers, _plan_cache, fast_path_info_for, refusing
 
 _F32 = np.dtype(np.float32)
 _NULL_LOCK = contextlib.nullcontext()
@@ -67,6 +67,19 @@ def support(num_atoms: int, v_min: float, v_max: float, device=None) -> torch.Te
 def qnet_params(L: QNetLayers) -> list:
     return (_linear_params(L.encoder) + _norm_params(L.enc_norms) + _linear_params(L.af) + _norm_params(L.af_norms)
             + _linear_params(L.vf or []) + _norm_params(L.vf_norms))
+
+
+def reread_layers(plan) -> None:
+    """A Q-network plan (cpp or triton) after a structure change: ask its module for the layers
+    again (``plan._source``, a weak reference to the module's ``qnet_layers``) and, when they are
+    other parameters than ``plan._params``, rebuild with ``plan._set_layers``."""
+    get_layers = plan._source() if plan._source is not None else None
+    plan._gen = _STRUCTURE_GEN[0]
+    if get_layers is not None:
+        layers = get_layers()
+        new = qnet_params(layers)
+        if len(new) != len(plan._params) or any(a is not b for a, b in zip(new, plan._params)):
+            plan._set_layers(layers)
 
 
 def validate(L: QNetLayers) -> int:
@@ -214,13 +227,7 @@ class QNetPlan:
                 self._packed = None  # weights still moving: stale, the next step repacks
 
     def _reread(self) -> None:
-        get_layers = self._source() if self._source is not None else None
-        self._gen = _STRUCTURE_GEN[0]
-        if get_layers is not None:
-            layers = get_layers()
-            new = qnet_params(layers)
-            if len(new) != len(self._params) or any(a is not b for a, b in zip(new, self._params)):
-                self._set_layers(layers)
+        reread_layers(self)
 
     def refresh(self) -> None:
         """Re-read the module's layers and repack every weight now (after writes the stamp
@@ -302,27 +309,10 @@ def qnet_plan_for(module, example) -> Optional[QNetPlan]:
         return _plan_cache(module, True).setdefault(key, plan)
 
 
-def fused_qnet_plan(module, example) -> Optional[QNetPlan]:
-    """``qnet_plan_for``, except that a module whose layers no plan runs gets None from then on
-    (after one UserWarning; ``fastpath.unfusable_reason(module)`` says why)."""
-    if module.__dict__.get(_UNFUSABLE_ATTR):
-        return None
-    try:
-        return qnet_plan_for(module, example)
-    except UnfusableLayers as e:
-        mark_unfusable(module, f"{type(e.__cause__ or e).__name__}: {e}")
-        return None
+fused_qnet_plan = refusing(qnet_plan_for, "fused_qnet_plan")
 
 
 def qnet_fast_path_info(module, example) -> dict:
     """{"backend", "active", "reason"} for a DQN module's exploration / inference step on inputs
     like ``example`` (see ``PPOTorchRLModule.fast_path_info``)."""
-    try:
-        name, reason = dispatch.explain(OP, example)
-        if name == "torch":
-            return {"backend": "torch", "active": False, "reason": reason}
-        if fused_qnet_plan(module, example) is None:
-            return {"backend": "torch", "active": False, "reason": unfusable_reason(module)}
-    except (RuntimeError, ValueError) as e:
-        return {"backend": "torch", "active": False, "reason": f"{type(e).__name__}: {e}"}
-    return {"backend": name, "active": True, "reason": reason}
+    return fast_path_info_for(module, example, OP, fused_qnet_plan)

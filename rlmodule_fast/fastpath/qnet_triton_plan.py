@@ -21,7 +21,7 @@ import torch
 from ..ops import triton as tri
 from ..ops.reference import canonical_activation
 from .layers import _STRUCTURE_GEN, has_norms
-from .qnet_plan import QNetLayers, qnet_params, support, validate
+from .qnet_plan import QNetLayers, qnet_params, reread_layers, support, validate
 
 
 class TritonQNetPlan:
@@ -83,13 +83,7 @@ class TritonQNetPlan:
         from ..kernels import mlp
 
         if self._gen != _STRUCTURE_GEN[0]:
-            get_layers = self._source() if self._source is not None else None
-            self._gen = _STRUCTURE_GEN[0]
-            if get_layers is not None:
-                layers = get_layers()
-                new = qnet_params(layers)
-                if len(new) != len(self._params) or any(a is not b for a, b in zip(new, self._params)):
-                    self._set_layers(layers)
+            reread_layers(self)
         stamp = tuple((p.data_ptr(), p._version) for p in self._params)
         if stamp == self._stamp:
             return

@@ -42,7 +42,7 @@ import torch
 from ..apis import InferenceOnlyAPI, ValueFunctionAPI
 from ..core.columns import Columns
 from ..core.specs import TensorSpec, to_torch
-from ..fastpath import fused_plan, refresh, unfusable_reason
+from ..fastpath import fast_path_info_for, fused_plan, refresh
 from ..core.torch_rl_module import TorchRLModule
 from ..models.encoders import flatten_obs, obs_lead_dims
 from ..models.flatten import ACTION_MASK, OBSERVATIONS, first_leaf, flatten, is_structured, lead_dims
@@ -56,11 +56,7 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
     _forward_accepts_numpy = True  # numpy obs go to the fused plan without a torch round trip
 
     def setup(self) -> None:
-        if self.catalog is None:
-            self.catalog = PPOCatalog(self.observation_space, self.action_space, self.model_config)
-        if not isinstance(self.catalog, PPOCatalog):
-            raise ValueError(f"catalog_class: expected a PPOCatalog subclass, got {type(self.catalog).__name__}")
-        cat = self.catalog
+        cat = self._own_catalog(PPOCatalog)
         if cat.recurrent_kind:
             # As RLlib: env runners must collect the critic's recurrent state for the learner,
             # so a stateful module is never inference-only.
@@ -305,8 +301,8 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         naming the part when a layer is not one the fused step runs (e.g. a catalog subclass
         whose ``build_pi_head`` returns its own module): the torch forward runs then."""
         from ..fastpath import EncoderLayers, PolicyLayers
-        from ..fastpath.layers import ConvLayer
-        from ..models.cnn import TorchCNNEncoder, cnn_conv_layers, is_cnn_encoder
+        from ..fastpath.layers import conv_layers
+        from ..models.cnn import TorchCNNEncoder, is_cnn_encoder
         from ..models.heads import TorchFreeLogStdMLPHead, TorchMLPHead
 
         fusable_heads = (TorchMLPHead, TorchFreeLogStdMLPHead)
@@ -319,10 +315,7 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             if not (isinstance(cnn, TorchCNNEncoder) and len(cnn.net) == 2 and isinstance(cnn.net[1], torch.nn.Flatten)):
                 raise ValueError(f"{what_cnn}: a {type(cnn).__name__} is not a CNN encoder the fused step runs "
                                  "(PPOCatalog's TorchCNNEncoder: convs, then a flatten)")
-            try:
-                convs = [ConvLayer(c, pad, act) for c, pad, act in cnn_conv_layers(cnn)]
-            except ValueError as err:
-                raise ValueError(f"{what_cnn}: {err}") from None
+            convs = conv_layers(cnn, what_cnn)
             # uint8 frames go into the kernels uncast; obs_scale=None keeps their values as the
             # torch path does (a float cast, no scaling)
             return EncoderLayers(mlp=[], activation=cnn.activation, conv=convs, image_shape=cnn.obs_shape,
@@ -385,18 +378,7 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         """{"backend": "cpp" | "triton" | "torch", "active": bool, "reason": str}: which path
         ``forward_exploration`` / ``forward_inference`` take for a batch on this module's
         device (CPU: numpy or CPU tensors), and why. ``active`` is True when the fused step runs."""
-        from ..ops import dispatch
-
-        example = next(self.parameters(), None)
-        try:
-            name, reason = dispatch.explain("policy_step", example)
-            if name == "torch":
-                return {"backend": "torch", "active": False, "reason": reason}
-            if fused_plan(self, example) is None:
-                return {"backend": "torch", "active": False, "reason": unfusable_reason(self)}
-        except (RuntimeError, ValueError) as e:
-            return {"backend": "torch", "active": False, "reason": f"{type(e).__name__}: {e}"}
-        return {"backend": name, "active": True, "reason": reason}
+        return fast_path_info_for(self, next(self.parameters(), None))
 
     def refresh_fast_path(self) -> None:
         """Re-read the layers and repack the fused step's weights now. Needed only after writes

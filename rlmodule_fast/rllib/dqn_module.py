@@ -30,35 +30,32 @@ from __future__ import annotations
 from typing import Optional
 
 import gymnasium as gym
-import torch
 
 from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQNTorchRLModule
 from ray.rllib.core.columns import Columns
 
 from ..core.torch_rl_module import WeightsLockMixin
 from ..dqn.dqn_catalog import resolve_dqn_config
-from ..fastpath import mark_unfusable, refresh, unfusable_reason
 from ..fastpath.qnet_plan import OP, QNetLayers, fused_qnet_plan
 from ..models.config import resolve_model_config
-from ..ops import dispatch
+from ._fused import FusedStepMixin
 from .convert import rllib_model_config
 from .module import _linears_norms
 
 
-class FastDQNTorchRLModule(WeightsLockMixin, DefaultDQNTorchRLModule):
+class FastDQNTorchRLModule(WeightsLockMixin, FusedStepMixin, DefaultDQNTorchRLModule):
     """RLlib's ``DefaultDQNTorchRLModule`` whose exploration / inference step runs fused on CPU
     (see the module docstring). Weight updates (``set_state`` / ``load_state_dict``, ``.to()``)
     hold ``weights_lock()`` and are all-or-nothing, as on rlmodule_fast's own modules."""
 
+    _FUSED_OP = OP
+    _fused_plan = staticmethod(fused_qnet_plan)
+    _KEEP_DISPATCH_REASON = True
+
     def setup(self) -> None:
         super().setup()
-        self._calls = [0]  # steps that ran fused (a list: nn.Module.__setattr__ is slow)
-        try:
-            _, rest = resolve_dqn_config(self.model_config or {})
-            self._fast_cfg = resolve_model_config(rllib_model_config(rest, source="FastDQNTorchRLModule model_config"))
-        except ValueError as err:  # RLlib built it; only the fused step cannot describe it
-            self._fast_cfg = None
-            mark_unfusable(self, f"model config: {err}")
+        self._setup_fast(lambda: resolve_model_config(rllib_model_config(
+            resolve_dqn_config(self.model_config or {})[1], source="FastDQNTorchRLModule model_config")))
 
     def qnet_layers(self) -> QNetLayers:
         """This module's Q-network for ``fastpath.qnet_plan`` (its own layers, so in-place weight
@@ -81,28 +78,6 @@ class FastDQNTorchRLModule(WeightsLockMixin, DefaultDQNTorchRLModule):
             head_activation=cfg["head_fcnet_activation"], num_actions=int(self.action_space.n), num_atoms=atoms,
             v_min=float(getattr(self, "v_min", -10.0)), v_max=float(getattr(self, "v_max", 10.0)),
             enc_norms=enc_norms, af_norms=af_norms, vf_norms=vf_norms)
-
-    def fast_path_info(self) -> dict:
-        """{"active": bool, "backend": str | None, "reason": str, "calls": int}: whether
-        forward_exploration / forward_inference run the fused step for a CPU batch (as RLlib's
-        env runners give), which backend, why not if not, and how many steps ran fused so far."""
-        example = torch.zeros(1, 1)
-        plan, reason = None, unfusable_reason(self)
-        if not reason:
-            try:
-                name, reason = dispatch.explain(OP, example)
-                if name != "torch":
-                    plan = fused_qnet_plan(self, example)
-                    reason = reason if plan is not None else unfusable_reason(self)
-            except (RuntimeError, ValueError) as e:
-                reason = f"{type(e).__name__}: {e}"
-        return {"active": plan is not None, "backend": getattr(plan, "backend", None), "reason": reason,
-                "calls": self._calls[0]}
-
-    def refresh_fast_path(self) -> None:
-        """Re-read the layers and repack the fused step's weights now (after writes the step
-        cannot detect: in-place ops on ``p.data``, writes through a numpy view)."""
-        refresh(self)
 
     def _fast(self, batch: dict, t: Optional[int], deterministic: bool) -> Optional[dict]:
         """The fused step's outputs in RLlib's layout, or None to run RLlib's forward."""

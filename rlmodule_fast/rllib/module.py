@@ -41,18 +41,17 @@ from __future__ import annotations
 from typing import Optional
 
 import gymnasium as gym
-import torch
 from torch import nn
 
 from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
 from ray.rllib.core.columns import Columns
 
 from ..core.torch_rl_module import WeightsLockMixin
-from ..fastpath import EncoderLayers, PolicyLayers, fused_plan, mark_unfusable, refresh, unfusable_reason
-from ..fastpath.layers import ConvLayer
-from ..models.cnn import cnn_conv_layers, is_cnn_encoder
+from ..fastpath import EncoderLayers, PolicyLayers, fused_plan
+from ..fastpath.layers import conv_layers
+from ..models.cnn import is_cnn_encoder
 from ..models.config import resolve_model_config
-from ..ops import dispatch
+from ._fused import FusedForwardsMixin
 from .convert import rllib_model_config
 
 
@@ -78,7 +77,7 @@ def _linears(seq: nn.Module, what: str) -> list:
     return _linears_norms(seq, what)[0]
 
 
-class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
+class FastPPOTorchRLModule(WeightsLockMixin, FusedForwardsMixin, DefaultPPOTorchRLModule):
     """RLlib's ``DefaultPPOTorchRLModule`` whose exploration / inference step runs fused on CPU
     (see the module docstring for layouts and the fall-back rules). Weight updates
     (``set_state`` / ``load_state_dict``, which RLlib's weight syncs call, and ``.to()``) hold
@@ -86,19 +85,14 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
 
     def setup(self) -> None:
         super().setup()
-        self._calls = [0]          # steps that ran fused (a list: nn.Module.__setattr__ is slow)
         e = self.encoder
         self._recurrent = hasattr(e.encoder if hasattr(e, "encoder") else e.actor_encoder, "lstm")
         obs = self.observation_space
         # rank of one observation: 1 (a 1-D Box) or 3 (an [H, W, C] image); the fused step's batches
         # are [B, *obs] ([B, 1, *obs] recurrent)
         self._obs_rank = len(obs.shape) if isinstance(obs, gym.spaces.Box) else -1
-        try:
-            self._fast_cfg = resolve_model_config(
-                rllib_model_config(self.model_config, source="FastPPOTorchRLModule model_config"))
-        except ValueError as err:  # RLlib built it; only the fused step cannot describe it
-            self._fast_cfg = None
-            mark_unfusable(self, f"model config: {err}")
+        self._setup_fast(lambda: resolve_model_config(
+            rllib_model_config(self.model_config, source="FastPPOTorchRLModule model_config")))
 
     # ---- the layers, described for the fused backend ----------------------------------------
     def policy_layers(self):
@@ -112,11 +106,7 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
             if not (isinstance(net, nn.Sequential) and len(net) == 2 and isinstance(net[1], nn.Flatten)):
                 raise ValueError(f"{what}: a {type(cnn_enc).__name__} is not a CNN encoder the fused step runs "
                                  "(RLlib's TorchCNNEncoder: TorchCNN, then a flatten; no dense layer)")
-            try:
-                convs = [ConvLayer(c, pad, act) for c, pad, act in cnn_conv_layers(cnn_enc)]
-            except ValueError as err:
-                raise ValueError(f"{what}: {err}") from None
-            return convs, tuple(int(v) for v in obs.shape)
+            return conv_layers(cnn_enc, what), tuple(int(v) for v in obs.shape)
 
         def enc(e, what: str) -> EncoderLayers:
             if is_cnn_encoder(e):
@@ -168,29 +158,6 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
             free_log_std=getattr(self.pi, "log_std", None),
         )
 
-    def fast_path_info(self) -> dict:
-        """{"active": bool, "backend": str | None, "reason": str, "calls": int}: whether
-        forward_exploration / forward_inference run a fused step for a CPU batch (as RLlib's env
-        runners give), which backend, why not if not, and how many steps ran fused so far."""
-        example = torch.zeros(1, 1)
-        plan, reason = None, unfusable_reason(self)
-        if not reason:
-            try:
-                name, reason = dispatch.explain("policy_step", example)
-                if name != "torch":
-                    plan = fused_plan(self, example)
-                    reason = "" if plan is not None else unfusable_reason(self)
-            except (RuntimeError, ValueError) as e:
-                reason = f"{type(e).__name__}: {e}"
-        return {"active": plan is not None, "backend": getattr(plan, "backend", None), "reason": reason,
-                "calls": self._calls[0]}
-
-    def refresh_fast_path(self) -> None:
-        """Re-read the layers and repack the fused step's weights now: needed only after writes
-        the step cannot detect (in-place ops on ``p.data``, writes through a numpy view of a
-        parameter); see ``rlmodule_fast.fastpath``."""
-        refresh(self)
-
     # ---- exploration / inference --------------------------------------------------------------
     def _fast(self, batch: dict, deterministic: bool) -> Optional[dict]:
         """The fused step's outputs in RLlib's layout, or None to run RLlib's forward."""
@@ -219,25 +186,6 @@ class FastPPOTorchRLModule(WeightsLockMixin, DefaultPPOTorchRLModule):
             Columns.ACTION_LOGP: res["action_logp"].unsqueeze(1),
             Columns.STATE_OUT: _map(res["state_out"], lambda s: s.unsqueeze(1)),
         }
-
-    # RLlib's TorchRLModule wraps these in self.eval() ... self.train(): ~50 us per call on a PPO
-    # module (a walk over every submodule, twice), 5x the fused step. The fused step has no
-    # train/eval-dependent layer, so it skips that round trip; RLlib's forward keeps it.
-    def forward_exploration(self, batch: dict, **kwargs) -> dict:
-        out = self._fast(batch, deterministic=False)
-        return out if out is not None else super().forward_exploration(batch, **kwargs)
-
-    def forward_inference(self, batch: dict, **kwargs) -> dict:
-        out = self._fast(batch, deterministic=True)
-        return out if out is not None else super().forward_inference(batch, **kwargs)
-
-    def _forward_exploration(self, batch: dict, **kwargs) -> dict:
-        out = self._fast(batch, deterministic=False)
-        return out if out is not None else super()._forward_exploration(batch, **kwargs)
-
-    def _forward_inference(self, batch: dict, **kwargs) -> dict:
-        out = self._fast(batch, deterministic=True)
-        return out if out is not None else super()._forward_inference(batch, **kwargs)
 
 
 def _map(state: dict, fn) -> dict:

@@ -27,35 +27,28 @@ from __future__ import annotations
 from typing import Optional
 
 import gymnasium as gym
-import torch
 
 from ray.rllib.algorithms.sac.torch.default_sac_torch_rl_module import DefaultSACTorchRLModule
 from ray.rllib.core.columns import Columns
 
 from ..core.torch_rl_module import WeightsLockMixin
-from ..fastpath import EncoderLayers, PolicyLayers, fused_plan, mark_unfusable, refresh, unfusable_reason
+from ..fastpath import EncoderLayers, PolicyLayers, fused_plan
 from ..models.config import resolve_model_config
-from ..ops import dispatch
 from ..sac.sac_catalog import split_sac_model_config
+from ._fused import FusedForwardsMixin
 from .module import _linears_norms
 from .sac_convert import rllib_sac_model_config
 
 
-class FastSACTorchRLModule(WeightsLockMixin, DefaultSACTorchRLModule):
+class FastSACTorchRLModule(WeightsLockMixin, FusedForwardsMixin, DefaultSACTorchRLModule):
     """RLlib's ``DefaultSACTorchRLModule`` whose exploration / inference step runs fused on CPU
     (see the module docstring). Weight updates (``set_state`` / ``load_state_dict``) hold
     ``weights_lock()`` and are all-or-nothing."""
 
     def setup(self) -> None:
         super().setup()
-        self._calls = [0]  # steps that ran fused (a list: nn.Module.__setattr__ is slow)
-        try:
-            _, rest = split_sac_model_config(
-                rllib_sac_model_config(self.model_config, source="FastSACTorchRLModule model_config"))
-            self._fast_cfg = resolve_model_config(rest)
-        except ValueError as err:  # RLlib built it; only the fused step cannot describe it
-            self._fast_cfg = None
-            mark_unfusable(self, f"model config: {err}")
+        self._setup_fast(lambda: resolve_model_config(split_sac_model_config(
+            rllib_sac_model_config(self.model_config, source="FastSACTorchRLModule model_config"))[1]))
 
     def policy_layers(self):
         """pi encoder, pi head and distribution for ``fastpath.PolicyPlan`` (the layers
@@ -81,28 +74,6 @@ class FastSACTorchRLModule(WeightsLockMixin, DefaultSACTorchRLModule):
             log_std_clip=None, free_log_std=None,
         )
 
-    def fast_path_info(self) -> dict:
-        """{"active": bool, "backend": str | None, "reason": str, "calls": int}: whether
-        forward_exploration / forward_inference run a fused step for a CPU batch, which backend,
-        why not if not, and how many steps ran fused so far."""
-        example = torch.zeros(1, 1)
-        plan, reason = None, unfusable_reason(self)
-        if not reason:
-            try:
-                name, reason = dispatch.explain("policy_step", example)
-                if name != "torch":
-                    plan = fused_plan(self, example)
-                    reason = "" if plan is not None else unfusable_reason(self)
-            except (RuntimeError, ValueError) as e:
-                reason = f"{type(e).__name__}: {e}"
-        return {"active": plan is not None, "backend": getattr(plan, "backend", None), "reason": reason,
-                "calls": self._calls[0]}
-
-    def refresh_fast_path(self) -> None:
-        """Re-read the layers and repack the fused step's weights now (after writes the step
-        cannot detect; see ``rlmodule_fast.fastpath``)."""
-        refresh(self)
-
     def _fast(self, batch: dict, deterministic: bool) -> Optional[dict]:
         """The fused step's outputs, or None to run RLlib's forward."""
         obs = batch[Columns.OBS]
@@ -113,21 +84,3 @@ class FastSACTorchRLModule(WeightsLockMixin, DefaultSACTorchRLModule):
         self._calls[0] += 1
         return {Columns.ACTION_DIST_INPUTS: res["action_dist_inputs"], Columns.ACTIONS: res["actions"],
                 Columns.ACTION_LOGP: res["action_logp"]}
-
-    # As FastPPOTorchRLModule: skip RLlib's eval()/train() round trip around the fused step (it
-    # has no train/eval-dependent layer); RLlib's forward keeps it.
-    def forward_exploration(self, batch: dict, **kwargs) -> dict:
-        out = self._fast(batch, deterministic=False)
-        return out if out is not None else super().forward_exploration(batch, **kwargs)
-
-    def forward_inference(self, batch: dict, **kwargs) -> dict:
-        out = self._fast(batch, deterministic=True)
-        return out if out is not None else super().forward_inference(batch, **kwargs)
-
-    def _forward_exploration(self, batch: dict, **kwargs) -> dict:
-        out = self._fast(batch, deterministic=False)
-        return out if out is not None else super()._forward_exploration(batch, **kwargs)
-
-    def _forward_inference(self, batch: dict, **kwargs) -> dict:
-        out = self._fast(batch, deterministic=True)
-        return out if out is not None else super()._forward_inference(batch, **kwargs)

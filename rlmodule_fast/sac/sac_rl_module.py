@@ -33,7 +33,7 @@ from ..apis import InferenceOnlyAPI, QNetAPI, TargetNetworkAPI, make_target_netw
 from ..core.columns import Columns
 from ..core.specs import TensorSpec, to_torch
 from ..core.torch_rl_module import TorchRLModule
-from ..fastpath import fused_plan, refresh, unfusable_reason
+from ..fastpath import fast_path_info_for, fused_plan, refresh
 from ..models.encoders import flatten_obs, obs_lead_dims
 from .sac_catalog import SACCatalog
 
@@ -54,11 +54,7 @@ class SACTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
     _forward_accepts_numpy = True  # numpy obs go to the fused plan without a torch round trip
 
     def setup(self) -> None:
-        if self.catalog is None:
-            self.catalog = SACCatalog(self.observation_space, self.action_space, self.model_config)
-        if not isinstance(self.catalog, SACCatalog):
-            raise ValueError(f"catalog_class: expected a SACCatalog subclass, got {type(self.catalog).__name__}")
-        cat = self.catalog
+        cat = self._own_catalog(SACCatalog)
         self.twin_q = cat.model_config_dict["twin_q"]
         self.pi_encoder = cat.build_encoder("torch")
         if not self.inference_only:
@@ -296,18 +292,7 @@ class SACTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
     def fast_path_info(self) -> dict:
         """{"backend": "cpp" | "triton" | "torch", "active": bool, "reason": str}: which path
         ``forward_exploration`` / ``forward_inference`` take for a batch on this module's device."""
-        from ..ops import dispatch
-
-        example = next(self.parameters(), None)
-        try:
-            name, reason = dispatch.explain("policy_step", example)
-            if name == "torch":
-                return {"backend": "torch", "active": False, "reason": reason}
-            if fused_plan(self, example) is None:
-                return {"backend": "torch", "active": False, "reason": unfusable_reason(self)}
-        except (RuntimeError, ValueError) as e:
-            return {"backend": "torch", "active": False, "reason": f"{type(e).__name__}: {e}"}
-        return {"backend": name, "active": True, "reason": reason}
+        return fast_path_info_for(self, next(self.parameters(), None))
 
     def refresh_fast_path(self) -> None:
         """Re-read the layers and repack the fused step's weights now (after writes a step cannot
