@@ -16,9 +16,10 @@ import logging
 
 import numpy as np
 import pytest
-import tree
 
 pytest.importorskip("ray.rllib")
+
+import tree  # noqa: E402  (dm-tree: installed with ray[rllib])
 
 from ray.rllib.algorithms.ppo import PPOConfig  # noqa: E402
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec  # noqa: E402
