@@ -267,6 +267,7 @@ void raise_nonfinite(int64_t err, const char* what) {
                               "); expected at least one allowed action per row (per segment)");
     if (kind == ERRK_MASK_VALUE)
         throw py::value_error("action_mask: expected values 0 or 1, got another value (row " + std::to_string(row) + ")");
+    if (kind == ERRK_OBS_NONFINITE) throw py::value_error("obs: contains NaN or inf (row " + std::to_string(row) + ")");
     throw py::value_error(std::string(what) + ": contains NaN or inf (row " + std::to_string(row) + ")");
 }
 
@@ -755,11 +756,11 @@ struct PyPolicy {
             RF_CHECK(!is_gaussian(net->dist), "action_mask: masking needs categorical actions (this plan samples a Gaussian)");
             io.mask = mask_arg(mask, B, D, ldmask, &io.ldmask);
         }
-        // An inf observation can saturate to a finite action: refuse non-finite inputs up front
-        // (the torch path raises the same message), before any draw is reserved.
-        const int64_t bad_row = obs_u8 ? -1 : first_nonfinite_row(obs_p, B, ldobs, net->obs_dim);
-        if (bad_row >= 0) throw py::value_error("obs: contains NaN or inf (row " + std::to_string(bad_row) + ")");
-        if (!det) rng_stream().reserve(uint64_t(B) * net->draws_per_row(), &io.key, &io.ctr0);
+        // An inf observation can saturate to a finite action: the kernel refuses non-finite
+        // inputs (the torch path raises the same message) before it reserves any draw, testing
+        // them inside the conv stage's parallel image load when there is one (no serial pass).
+        io.check_obs = true;
+        io.reserve_draws = !det;
         int64_t err;
         {
             py::gil_scoped_release nogil;

@@ -294,6 +294,11 @@ struct StepIO {
     uint64_t key = 0, ctr0 = 0;
     // action mask [B, D] (row stride ldmask; categorical kinds only), nullptr: no masking
     const float* mask = nullptr; int64_t ldmask = 0;
+    // check_obs: policy_step refuses float32 observations holding NaN / inf (ERR_OBS_NONFINITE,
+    // before any draw), testing them inside the conv stage's parallel image load when there is
+    // one. reserve_draws: policy_step reserves key / ctr0 from rng_stream() itself, after that
+    // check (else the caller has set them).
+    bool check_obs = false, reserve_draws = false;
 };
 
 // Counter-based RNG: every draw is a pure function of (key, counter), so blocks of rows (and

@@ -147,12 +147,47 @@ static RF_T void conv_zero_border(float* p, int Hin, int Win, int C, int pl, int
         }
 }
 
+// d[0:n] = s[0:n] (times scale when has_scale: s * scale, as torch computes x * scale); returns
+// false when s holds a NaN or inf (s * 0 is 0 for every finite s, NaN otherwise: one extra
+// multiply-add per vector, no second pass over the image).
+static RF_T bool copy_row_f32(const float* s, float* d, size_t n, bool has_scale, float scale) {
+    const reg z = V::zero(), sc = V::set1(scale);
+    reg acc = z;
+    size_t i = 0;
+    for (; i + V::W <= n; i += V::W) {
+        const reg x = V::load(s + i);
+        acc = V::fmadd(x, z, acc);
+        V::store(d + i, has_scale ? V::mul(x, sc) : x);
+    }
+    float t = 0.0f;
+    for (; i < n; ++i) {
+        t += s[i] * 0.0f;
+        d[i] = has_scale ? s[i] * scale : s[i];
+    }
+    t += hsum_store(acc);
+    return t == t;
+}
+
+// False when x[0:n] holds a NaN or inf (the test copy_row_f32 applies, without the copy).
+static RF_T bool all_finite_f32(const float* x, size_t n) {
+    const reg z = V::zero();
+    reg acc = z;
+    size_t i = 0;
+    for (; i + V::W <= n; i += V::W) acc = V::fmadd(V::load(x + i), z, acc);
+    float t = 0.0f;
+    for (; i < n; ++i) t += x[i] * 0.0f;
+    t += hsum_store(acc);
+    return t == t;
+}
+
 // One image [H, W, C] (contiguous HWC; float32 or uint8) into the interior of a padded buffer,
 // times `scale` (when has_scale): float(x) * scale, the order torch computes x.float() * scale.
-static RF_T void conv_load_image(const void* src, bool u8, float scale, bool has_scale, float* dst, int H, int W,
+// Returns false when a float32 image holds a NaN or inf (uint8 images are always finite).
+static RF_T bool conv_load_image(const void* src, bool u8, float scale, bool has_scale, float* dst, int H, int W,
                                  int C, int pl, int pr, int pt, int pb) {
     conv_zero_border(dst, H, W, C, pl, pr, pt, pb);
     const size_t row = size_t(W + pl + pr) * C, n = size_t(W) * C;
+    bool finite = true;
     for (int y = 0; y < H; ++y) {
         float* d = dst + row * (pt + y) + size_t(pl) * C;
         if (u8) {
@@ -160,11 +195,10 @@ static RF_T void conv_load_image(const void* src, bool u8, float scale, bool has
             if (has_scale) for (size_t i = 0; i < n; ++i) d[i] = float(s[i]) * scale;
             else for (size_t i = 0; i < n; ++i) d[i] = float(s[i]);
         } else {
-            const float* s = static_cast<const float*>(src) + n * y;
-            if (has_scale) for (size_t i = 0; i < n; ++i) d[i] = s[i] * scale;
-            else std::memcpy(d, s, sizeof(float) * n);
+            finite &= copy_row_f32(static_cast<const float*>(src) + n * y, d, n, has_scale, scale);
         }
     }
+    return finite;
 }
 
 // Where an image enters a conv chain and how: the observation row (u8 or float32, HWC) and the
@@ -196,15 +230,20 @@ static inline double conv_macs(const PackedConv& L, int H, int W) {
 // The chain of n layers (sizes checked by the caller: every output non-empty) over one image;
 // writes its last layer's output (HWC) to y. bufA/bufB: conv_chain_floats each. split: spread
 // the output rows of large layers over the thread pool (the caller is not itself a pool job).
-static RF_T void conv_chain_image(const PackedConv* Ls, int n, int H, int W, const ConvSrc& src, float* y, float* bufA,
-                                  float* bufB, bool split) {
+// check: test a float32 image for NaN / inf while it is loaded (returns false if it holds one;
+// the chain still runs). Returns true otherwise.
+static RF_T bool conv_chain_image(const PackedConv* Ls, int n, int H, int W, const ConvSrc& src, float* y, float* bufA,
+                                  float* bufB, bool split, bool check = false) {
     const float* in = nullptr;
+    bool finite = true;
     {
         const PackedConv& L0 = Ls[0];
         if (!src.u8 && !src.has_scale && !(L0.pl | L0.pr | L0.pt | L0.pb)) {
             in = static_cast<const float*>(src.x);
+            if (check) finite = all_finite_f32(in, size_t(H) * W * L0.Cin);
         } else {
-            conv_load_image(src.x, src.u8, src.scale, src.has_scale, bufA, H, W, L0.Cin, L0.pl, L0.pr, L0.pt, L0.pb);
+            finite = conv_load_image(src.x, src.u8, src.scale, src.has_scale, bufA, H, W, L0.Cin, L0.pl, L0.pr, L0.pt,
+                                     L0.pb) || !check;
             in = bufA;
         }
     }
@@ -238,14 +277,19 @@ static RF_T void conv_chain_image(const PackedConv* Ls, int n, int H, int W, con
         }
         H = Ho; W = Wo;
     }
+    return finite;
 }
 
 // The chain over a batch: image b at x + b * ldx elements (uint8 or float32), output row b at
-// y + b * ldy. Images are spread over the thread pool; with fewer images than threads, each
-// image's large layers are split by output rows instead.
-static RF_T void conv_chain_forward(const PackedConv* Ls, int n, int H, int W, const void* x, bool u8, int64_t ldx,
-                                    int B, bool has_scale, float scale, float* y, int64_t ldy) {
-    if (B <= 0 || n <= 0) return;
+// y + b * ldy. Images are spread over the thread pool, each taken through every layer by one
+// thread (no barrier between layers); with fewer images than threads, each image's large layers
+// are split by output rows instead. check: float32 images are tested for NaN / inf as they are
+// loaded (in parallel); returns the lowest such image's index, or -1 (also when not checking).
+static RF_T int64_t conv_chain_forward_checked(const PackedConv* Ls, int n, int H, int W, const void* x, bool u8,
+                                               int64_t ldx, int B, bool has_scale, float scale, float* y, int64_t ldy,
+                                               bool check) {
+    if (B <= 0 || n <= 0) return -1;
+    check = check && !u8;
     const size_t nf = conv_chain_floats(Ls, n, H, W);
     const int T = ThreadPool::get().threads();
     auto image = [&](int b, float* bufA, float* bufB, bool split) {
@@ -255,17 +299,31 @@ static RF_T void conv_chain_forward(const PackedConv* Ls, int n, int H, int W, c
                  : static_cast<const void*>(static_cast<const float*>(x) + int64_t(b) * ldx);
         s.has_scale = has_scale;
         s.scale = scale;
-        conv_chain_image(Ls, n, H, W, s, y + int64_t(b) * ldy, bufA, bufB, split);
+        return conv_chain_image(Ls, n, H, W, s, y + int64_t(b) * ldy, bufA, bufB, split, check);
     };
     if (T <= 1 || B < T) {
         thread_local AlignedBuf scratch;
         scratch.resize(2 * nf);
-        for (int b = 0; b < B; ++b) image(b, scratch.p, scratch.p + nf, T > 1);
-        return;
+        int64_t bad = -1;
+        for (int b = 0; b < B; ++b)
+            if (!image(b, scratch.p, scratch.p + nf, T > 1) && bad < 0) bad = b;
+        return bad;
     }
+    std::atomic<int64_t> bad{int64_t(B)};  // lowest bad image (B: none)
     ThreadPool::get().run(B, [&](int b) {
         thread_local AlignedBuf scratch;
         scratch.resize(2 * nf);
-        image(b, scratch.p, scratch.p + nf, false);
+        if (!image(b, scratch.p, scratch.p + nf, false)) {
+            int64_t cur = bad.load();
+            while (b < cur && !bad.compare_exchange_weak(cur, b)) {}
+        }
     });
+    const int64_t r = bad.load();
+    return r < B ? r : -1;
+}
+
+// conv_chain_forward_checked without the check (the one-shot conv op: NaN propagates, as in torch).
+static RF_T void conv_chain_forward(const PackedConv* Ls, int n, int H, int W, const void* x, bool u8, int64_t ldx,
+                                    int B, bool has_scale, float scale, float* y, int64_t ldy) {
+    conv_chain_forward_checked(Ls, n, H, W, x, u8, ldx, B, has_scale, scale, y, ldy, false);
 }

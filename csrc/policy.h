@@ -212,29 +212,48 @@ static RF_T int64_t policy_rows(const PolicyNet& net, const StepIO& io, int r0, 
 
 // The conv stage of one encoder over the whole batch into feat [B, out_dim] (this thread's
 // buffer; images spread over the pool, or one image's rows when B is below the thread count).
-static RF_T const float* conv_features(const ConvStack& S, const StepIO& io, AlignedBuf& feat) {
+// check: float32 observations are tested for NaN / inf while the stage loads them (in
+// parallel); returns the lowest row holding one, or -1.
+static RF_T int64_t conv_features(const ConvStack& S, const StepIO& io, AlignedBuf& feat, bool check) {
     const int64_t nf = S.out_dim();
     feat.resize(size_t(io.B) * nf);
     const bool u8 = io.obs_u8 != nullptr;
     const void* x = u8 ? static_cast<const void*>(io.obs_u8) : static_cast<const void*>(io.obs);
-    conv_chain_forward(S.layers.data(), int(S.layers.size()), S.H, S.W, x, u8, io.ldobs, io.B, S.has_scale, S.scale,
-                       feat.p, nf);
-    return feat.p;
+    return conv_chain_forward_checked(S.layers.data(), int(S.layers.size()), S.H, S.W, x, u8, io.ldobs, io.B,
+                                      S.has_scale, S.scale, feat.p, nf, check);
 }
 
-// The whole batch; row blocks spread over the thread pool. Same return as policy_rows.
+// The first row of x [B, D] (row stride ld) holding a NaN or inf, or -1.
+static RF_T int64_t first_nonfinite_obs_row(const float* x, int B, int64_t ld, int D) {
+    for (int r = 0; r < B; ++r)
+        if (!all_finite_f32(x + int64_t(r) * ld, size_t(D))) return r;
+    return -1;
+}
+
+// The whole batch; row blocks spread over the thread pool. Same return as policy_rows, or
+// ERR_OBS_NONFINITE - row when io.check_obs finds a NaN / inf observation (then nothing is
+// sampled and, with io.reserve_draws, no draw is reserved).
 static RF_T int64_t policy_step(const PolicyNet& net, const StepIO& io_in) {
     if (io_in.B <= 0) return 0;
     StepIO io = io_in;
+    const bool check = io.check_obs && !io.obs_u8;  // uint8 frames are always finite
+    if (check && !net.actor_conv) {  // no conv stage to test the observations in
+        const int64_t bad = first_nonfinite_obs_row(io.obs, io.B, io.ldobs, net.obs_dim);
+        if (bad >= 0) return ERR_OBS_NONFINITE - bad;
+    }
     thread_local AlignedBuf feat_a, feat_c;
     if (net.actor_conv) {
-        io.feat_a = conv_features(*net.actor_conv, io, feat_a);
+        const int64_t bad = conv_features(*net.actor_conv, io, feat_a, check);
+        if (bad >= 0) return ERR_OBS_NONFINITE - bad;
+        io.feat_a = feat_a.p;
         io.ld_fa = net.actor_conv->out_dim();
     }
     if (net.critic_on && net.critic_conv && (io.value || net.critic_rnn_on)) {
-        io.feat_c = conv_features(*net.critic_conv, io, feat_c);
+        conv_features(*net.critic_conv, io, feat_c, false);
+        io.feat_c = feat_c.p;
         io.ld_fc = net.critic_conv->out_dim();
     }
+    if (io.reserve_draws) rng_stream().reserve(uint64_t(io.B) * net.draws_per_row(), &io.key, &io.ctr0);
     const RowSplit sp(io.B, ThreadPool::get().threads());
     if (sp.nb == 1) return policy_rows(net, io, 0, io.B);
     std::atomic<int64_t> err{0};

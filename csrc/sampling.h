@@ -17,10 +17,12 @@ constexpr float MASKED_LOGIT = -3.4e38f;
 
 // Error codes of the samplers and the policy step, for row r: -1 - r (a NaN/inf input),
 // ERR_MASK_ALL - r (every action of the row, or of one of its segments, is masked),
-// ERR_MASK_VALUE - r (a mask entry other than 0 or 1). decode_err() splits a code again.
+// ERR_MASK_VALUE - r (a mask entry other than 0 or 1), ERR_OBS_NONFINITE - r (the policy step's
+// observation row holds a NaN/inf). decode_err() splits a code again.
 constexpr int64_t ERR_MASK_ALL = -(int64_t(1) << 40) - 1;
 constexpr int64_t ERR_MASK_VALUE = -(int64_t(2) << 40) - 1;
-enum ErrKind : int { ERRK_NONFINITE = 0, ERRK_MASK_ALL = 1, ERRK_MASK_VALUE = 2 };
+constexpr int64_t ERR_OBS_NONFINITE = -(int64_t(3) << 40) - 1;
+enum ErrKind : int { ERRK_NONFINITE = 0, ERRK_MASK_ALL = 1, ERRK_MASK_VALUE = 2, ERRK_OBS_NONFINITE = 3 };
 inline int decode_err(int64_t err, int64_t* row) {
     const int64_t m = -1 - err;  // >= 0
     const int kind = int(m >> 40);

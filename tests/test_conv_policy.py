@@ -231,3 +231,35 @@ def test_conv_then_rnn_tokenizer(backend, kind):
             np.testing.assert_allclose(np.asarray(got[key]), want[key].numpy(), rtol=2e-4, atol=2e-4)
         np.testing.assert_allclose(np.asarray(got["state_out"]["h"]), want["state_out"]["h"].numpy(), rtol=2e-4,
                                    atol=2e-4)
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ backend unavailable")
+@pytest.mark.parametrize("filters,obs_scale", [
+    ([[5, 3, 2], [7, 2, 1, "valid"]], None),      # "same" first layer: tested while padding the image
+    ([[5, 3, 2, "valid"], [7, 2, 1]], None),      # no padding, no scale: tested in place
+    ([[5, 3, 2, "valid"], [7, 2, 1]], 0.5),       # scaled while loading
+], ids=["padded", "in-place", "scaled"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("B", [1, 9])
+def test_conv_policy_refuses_nonfinite_obs_before_drawing(filters, obs_scale, threads, B):
+    """The conv stage tests float observations as it loads them (in parallel): the lowest bad row
+    is named whichever thread meets it, and no draw is reserved for a refused call."""
+    image = (13, 11, 2)  # rows of 22 floats: a full vector and a scalar tail at every ISA
+    plan = PolicyPlan(policy(image, filters, obs_scale=obs_scale), backend="cpp")
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        rf.manual_seed(5)
+        for rows, col, val in [((0,), 21, np.inf), ((B - 1,), 3, np.nan), ((B - 1, B // 2), 200, -np.inf)]:
+            obs = _obs(B, image)
+            for r in rows:
+                obs[r, col] = val
+            before = rf.get_rng_state()
+            with pytest.raises(ValueError, match=rf"obs: contains NaN or inf \(row {min(rows)}\)"):
+                plan.step(obs)
+            assert rf.get_rng_state() == before, "a refused step reserved draws"
+        before = rf.get_rng_state()["counter"]
+        plan.step(_obs(B, image))  # a finite batch draws one counter per row
+        assert rf.get_rng_state()["counter"] == before + B
+    finally:
+        torch.set_num_threads(old)
