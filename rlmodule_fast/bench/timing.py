@@ -12,11 +12,20 @@ and graph-replay time"):
 Providers of one case are measured *interleaved*: block 1 of every provider, then block 2 of
 every provider, ... so a load change on a noisy machine hits all of them alike. The reported
 figure is the median over blocks of the mean per-call time in a block.
+
+With more than one torch thread, each block starts only once the previous provider's worker
+threads have gone idle (``quiesce``): ONNX Runtime's intra-op pool keeps spinning for tens of
+milliseconds after a ``run`` returns (measured ~45 ms here; ORT spins ~1M pause instructions
+before it blocks), so without the pause the next provider's block shares a core with that
+spinner, and a 2-thread figure measured right after ORT loses up to half its second core.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
+import os
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Optional
@@ -69,16 +78,58 @@ def _calibrate(b: Bench, budget_s: float, blocks: int, warmup: int) -> int:
     return int(min(max(1, budget_s / blocks / one), 1_000_000))
 
 
+def _others_cpu_ns(me: int) -> Optional[int]:
+    """CPU time (ns) used so far by this process's threads other than ``me`` (Linux
+    /proc/self/task/*/schedstat), or None where that is not readable."""
+    total, seen = 0, False
+    for path in glob.glob("/proc/self/task/*/schedstat"):
+        if path.split("/")[4] == str(me):
+            continue
+        try:
+            with open(path) as f:
+                total += int(f.read().split()[0])
+            seen = True
+        except (OSError, ValueError, IndexError):  # a thread that just exited
+            continue
+    return total if seen else (0 if os.path.isdir("/proc/self/task") else None)
+
+
+def quiesce(*, window_s: float = 0.01, idle_ns: int = 500_000, max_s: float = 0.25) -> float:
+    """Sleep until this process's other threads stay (almost) idle for one window: the idle
+    worker threads of thread pools (ONNX Runtime's spin for tens of ms after a run; OpenMP's and
+    ours for less) have parked, so the next timed block does not share a core with them.
+    A window counts as idle when the other threads used under ``idle_ns`` of CPU in it. Gives up
+    after ``max_s`` (threads that never idle); without /proc it sleeps ``window_s`` once.
+    Returns the seconds waited."""
+    me = threading.get_native_id()
+    t0 = time.perf_counter()
+    prev = _others_cpu_ns(me)
+    if prev is None:
+        time.sleep(window_s)
+        return time.perf_counter() - t0
+    while True:
+        time.sleep(window_s)
+        cur = _others_cpu_ns(me)
+        if cur - prev < idle_ns or time.perf_counter() - t0 >= max_s:
+            return time.perf_counter() - t0
+        prev = cur
+
+
 def measure(benches: dict, *, budget_s: float = 0.2, blocks: int = 7, warmup: int = 3,
-            clocks: tuple = ("host",)) -> dict:
+            clocks: tuple = ("host",), settle: Optional[bool] = None) -> dict:
     """Measure every provider of one case, interleaved.
 
     benches: {provider: Bench}. Returns {provider: {clock: result}} with result either
     {"median_us", "min_us", "q1_us", "q3_us", "calls_per_block", "blocks"} or
     {"na": reason} (the call raised, or the clock does not apply to it).
     ``budget_s`` is the time each provider spends per clock (all blocks together).
+    ``settle``: call ``quiesce()`` before every host block (None: when there are several providers
+    and torch runs more than one thread, the case where other runtimes' pools spin).
     """
     import torch
+
+    if settle is None:
+        settle = len(benches) > 1 and torch.get_num_threads() > 1
 
     out: dict = {name: {} for name in benches}
     live = {}
@@ -96,6 +147,10 @@ def measure(benches: dict, *, budget_s: float = 0.2, blocks: int = 7, warmup: in
                 for name, (b, n) in live.items():
                     fn = b.fn
                     with b.ctx():
+                        if settle:
+                            quiesce()
+                            fn()  # untimed: caches and this provider's own workers warm again
+                            _sync(b.cuda)
                         t0 = time.perf_counter_ns()
                         for _ in range(n):
                             fn()
