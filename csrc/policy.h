@@ -230,6 +230,18 @@ static RF_T int64_t first_nonfinite_obs_row(const float* x, int B, int64_t ld, i
     return -1;
 }
 
+// Row blocks of the heads. After a conv stage a batch of one row block is still split, into
+// about two blocks per thread (an even number of rows each: the narrow heads pair rows): the
+// heads read wide feature rows there, and the workers are awake from the conv stage.
+static inline RowSplit head_split(int B, int T, bool after_conv) {
+    RowSplit sp(B, T);
+    if (after_conv && T > 1 && sp.nb < 2 * T) {
+        sp.rows_per = std::min(ROW_BLOCK, round_up((B + 2 * T - 1) / (2 * T), 2));
+        sp.nb = (B + sp.rows_per - 1) / sp.rows_per;
+    }
+    return sp;
+}
+
 // The whole batch; row blocks spread over the thread pool. Same return as policy_rows, or
 // ERR_OBS_NONFINITE - row when io.check_obs finds a NaN / inf observation (then nothing is
 // sampled and, with io.reserve_draws, no draw is reserved).
@@ -254,7 +266,7 @@ static RF_T int64_t policy_step(const PolicyNet& net, const StepIO& io_in) {
         io.ld_fc = net.critic_conv->out_dim();
     }
     if (io.reserve_draws) rng_stream().reserve(uint64_t(io.B) * net.draws_per_row(), &io.key, &io.ctr0);
-    const RowSplit sp(io.B, ThreadPool::get().threads());
+    const RowSplit sp = head_split(io.B, ThreadPool::get().threads(), io.feat_a || io.feat_c);
     if (sp.nb == 1) return policy_rows(net, io, 0, io.B);
     std::atomic<int64_t> err{0};
     ThreadPool::get().run(sp.nb, [&](int b) {

@@ -263,3 +263,28 @@ def test_conv_policy_refuses_nonfinite_obs_before_drawing(filters, obs_scale, th
         assert rf.get_rng_state()["counter"] == before + B
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ backend unavailable")
+@pytest.mark.parametrize("B", [2, 5, 13, 50])
+def test_conv_policy_heads_split_over_threads_bitwise(B):
+    """After the conv stage the heads run in row blocks spread over the pool (even a batch of one
+    row block): Gaussian draws (A per row), separate critic CNN and value head give the same bits
+    at 1 and 2 threads."""
+    image = (13, 11, 2)
+    L = policy(image, [[5, 3, 2], [7, 2, 1, "valid"]], mlp=(9,), shared=False, dist="diag_gaussian", A=3)
+    plan = PolicyPlan(L, backend="cpp")
+    obs = _obs(B, image, seed=B)
+    old = torch.get_num_threads()
+    out = {}
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            rf.manual_seed(11)
+            r = plan.step(obs, compute_value=True)
+            out[t] = {k: np.asarray(r[k]).copy() for k in ("action_dist_inputs", "actions", "action_logp", "vf_preds")}
+    finally:
+        torch.set_num_threads(old)
+    for k in out[1]:
+        np.testing.assert_array_equal(out[2][k], out[1][k], err_msg=k)
+    _check(plan, L, obs)
