@@ -10,6 +10,12 @@ logits). Providers:
   - ort:    ``torch.onnx.export`` of that torch model, onnxruntime CPU session (logits only).
 Threads: torch.set_num_threads(T) (our pool follows it), ORT intra_op_num_threads=T.
 Figures: median over blocks of the mean per-call host time (providers interleaved per block).
+At T > 1 every block starts once the previous provider's pool threads have parked
+(``timing.quiesce``), then makes one untimed call: ONNX Runtime's workers spin ~45 ms after each
+run, and the fused block, timed right after the ORT block, shared its second core with that
+spinner (10 fused 2-thread calls right after one ORT run: 4,242 vs 3,072 us on the tuned stack,
+3,767 vs 2,568 on Nature); that, not the step, was most of the 1.2-1.3x two-thread scaling this
+harness once reported.
 
     python bench/conv_stacks.py [--threads 1 2] [--batch 1 32] [--stacks tuned nature rllib84]
                                 [--blocks 15] [--csv out.csv]
@@ -30,6 +36,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from rlmodule_fast.bench.timing import quiesce  # noqa: E402
 from rlmodule_fast.fastpath import PolicyPlan  # noqa: E402
 from rlmodule_fast.fastpath.layers import ConvLayer, EncoderLayers, PolicyLayers  # noqa: E402
 from rlmodule_fast.ops.conv import same_padding  # noqa: E402
@@ -100,15 +107,20 @@ def ort_session(model, B, threads):
     return ort.InferenceSession(f.getvalue(), so, providers=["CPUExecutionProvider"])
 
 
-def measure(fns: dict, reps: int, blocks: int, stat=statistics.median) -> dict:
+def measure(fns: dict, reps: int, blocks: int, stat=statistics.median, settle: bool = False) -> dict:
     """``stat`` (median) over blocks of the mean per-call time (us); providers interleaved per
-    block. The CSV also keeps the best block (min), a load-robust figure on a shared machine."""
+    block. The CSV also keeps the best block (min), a load-robust figure on a shared machine.
+    ``settle``: before each block wait until the other providers' pool threads have parked
+    (``quiesce``), then make one untimed call."""
     for f in fns.values():
         for _ in range(max(2, reps // 10)):
             f()
     per = {k: [] for k in fns}
     for _ in range(blocks):
         for k, f in fns.items():
+            if settle:
+                quiesce()
+                f()
             t0 = time.perf_counter_ns()
             for _ in range(reps):
                 f()
@@ -136,7 +148,8 @@ def main(argv=None):
     print(f"# conv_stacks: {platform.processor() or platform.machine()}, isa {_C.isa()}, torch {torch.__version__}, "
           f"commit {commit}, image {IMAGE}, head Linear(flat, {ACTIONS}); median us per call")
     rows = []
-    hdr = f"{'stack':8} {'MMAC':>6} {'B':>3} {'T':>2} {'fused':>9} {'torch':>9} {'ort':>9} {'x torch':>8} {'x ort':>7}"
+    hdr = (f"{'stack':8} {'MMAC':>6} {'B':>3} {'T':>2} {'fused':>9} {'torch':>9} {'ort':>9} {'x torch':>8} {'x ort':>7}"
+           "  load")  # the 1-minute load average when the row was measured
     print(hdr)
     for name in args.stacks:
         model, layers, macs = build(STACKS[name])
@@ -167,17 +180,17 @@ def main(argv=None):
                     fns["ort"] = lambda: s.run(None, ort_in)
                 t1 = measure({"fused": fns["fused"]}, 3, 3)["fused"][0]
                 reps = max(1, int(args.budget_ms * 1e3 / max(t1, 1.0)))
-                res = measure(fns, reps, args.blocks)
+                res = measure(fns, reps, args.blocks, settle=T > 1 and len(fns) > 1)
                 r = {k: v[0] for k, v in res.items()}
                 best = {k: v[1] for k, v in res.items()}
                 ort_us = r.get("ort", float("nan"))
                 row = dict(stack=name, mmac=macs / 1e6, B=B, threads=T, fused_us=r["fused"], torch_us=r["torch"],
                            ort_us=ort_us, x_torch=r["torch"] / r["fused"], x_ort=ort_us / r["fused"],
                            fused_min_us=best["fused"], torch_min_us=best["torch"],
-                           ort_min_us=best.get("ort", float("nan")), commit=commit)
+                           ort_min_us=best.get("ort", float("nan")), load1=os.getloadavg()[0], commit=commit)
                 rows.append(row)
                 print(f"{name:8} {macs / 1e6:6.1f} {B:3d} {T:2d} {r['fused']:9.0f} {r['torch']:9.0f} {ort_us:9.0f} "
-                      f"{row['x_torch']:8.2f} {row['x_ort']:7.2f}", flush=True)
+                      f"{row['x_torch']:8.2f} {row['x_ort']:7.2f}  {row['load1']:4.2f}", flush=True)
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
