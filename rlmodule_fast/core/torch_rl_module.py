@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .rl_module import RLModule, _default_forward
+from .rl_module import _LANE_ATTR, RLModule, _default_forward
 
 
 def _matches(name: str, prefixes: Sequence[str]) -> bool:
@@ -91,6 +91,14 @@ class WeightsLockMixin:
         with self.weights_lock():
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Any attribute set (a replaced method, layer or flag) drops the fast lane: the next call
+        # takes the Python path, which re-arms one only if the module still qualifies.
+        d = self.__dict__
+        if _LANE_ATTR in d:
+            del d[_LANE_ATTR]
+        super().__setattr__(name, value)
+
     def _apply(self, fn, *args, **kwargs):
         with self.weights_lock():  # .to(device / dtype) swaps every parameter's storage or object
             try:
@@ -102,6 +110,7 @@ class WeightsLockMixin:
         state = dict(super().__getstate__())
         state.pop("_weights_lock", None)  # locks do not pickle; a copy gets its own
         state.pop("_rf_plans", None)      # fused plans (fastpath) are rebuilt where the copy runs
+        state.pop(_LANE_ATTR, None)       # and so is the fast lane
         return state
 
 
