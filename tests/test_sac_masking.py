@@ -144,6 +144,20 @@ def test_structured_obs_step_equals_torch_layers(backend, space, act, B, monkeyp
         torch.testing.assert_close(out["action_logp"].cpu().double(), dist.logp(a), atol=2e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_structured_obs_of_the_wrong_structure_name_the_path(backend, monkeypatch):
+    monkeypatch.setenv(dispatch.ENV_VAR, backend)
+    m = build(NESTED, DISC)
+    with pytest.raises(ValueError, match=r"obs: expected a nested batch matching the Dict .*got a ndarray"):
+        m.forward_exploration({"obs": np.zeros((2, flat_dim(NESTED)), np.float32)})
+    obs = sample_obs(NESTED, 2)
+    with pytest.raises(ValueError, match=r"obs\['more'\]"):
+        m.forward_inference({"obs": {**obs, "more": obs["more"][:2]}})
+    del obs["pos"]
+    with pytest.raises(ValueError, match=r"obs\['pos'\]"):
+        m.forward_inference({"obs": obs})
+
+
 @pytest.mark.parametrize("act", [BOX, DISC], ids=["box", "discrete"])
 def test_structured_obs_train_equals_rllib_on_flattened_obs(act):
     """forward_train of a Dict-obs module equals RLlib's DefaultSACTorchRLModule built on the flattened
