@@ -63,6 +63,7 @@ from ..fastpath import fast_path_info_for, fused_plan, refresh
 from ..models.encoders import flatten_obs, obs_lead_dims
 from ..models.flatten import ACTION_MASK, OBSERVATIONS, first_leaf, flatten, is_structured, lead_dims
 from ..ops.reference import check_action_mask, mask_logits
+from ..ppo.ppo_rl_module import _check_finite_obs
 from .sac_catalog import SACCatalog
 
 # RLlib's SAC learner columns (ray.rllib.algorithms.sac.sac_learner)
@@ -435,16 +436,6 @@ class SACTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
 
 def _tensor(v: Any) -> torch.Tensor:
     return torch.from_numpy(v) if isinstance(v, np.ndarray) else v
-
-
-def _check_finite_obs(obs: torch.Tensor) -> None:
-    """ValueError naming the first row of ``obs`` with a NaN or inf (the fused step's message)."""
-    if obs.numel() == 0:
-        return
-    finite = torch.isfinite(obs.reshape(obs.shape[0], -1) if obs.dim() else obs.reshape(1, 1)).all(dim=-1)
-    if not bool(finite.all()):
-        row = int((~finite).nonzero()[0, 0])
-        raise ValueError(f"obs: contains NaN or inf (row {row})")
 
 
 def _export_forward(module: SACTorchRLModule, batch: dict, with_value: bool) -> dict:
