@@ -96,6 +96,7 @@ def rllib_sac_module_kwargs(module: SACTorchRLModule) -> dict:
     our values and ``twin_q``; needs ray[rllib]."""
     if not isinstance(module, SACTorchRLModule):
         raise ValueError(f"rllib_sac_module_kwargs: expected a SACTorchRLModule, got {type(module).__name__}")
+    _check_rllib_convertible(module, "rllib_sac_module_kwargs")
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
     cfg = dict(module.catalog.model_config_dict)
@@ -104,6 +105,19 @@ def rllib_sac_module_kwargs(module: SACTorchRLModule) -> dict:
     full.update({k: v for k, v in cfg.items() if k in full or k == "twin_q"})
     return {"observation_space": module.observation_space, "action_space": module.action_space,
             "inference_only": bool(module.inference_only), "model_config": full}
+
+
+def _check_rllib_convertible(module: SACTorchRLModule, who: str) -> None:
+    """ValueError for a module RLlib's ``DefaultSACTorchRLModule`` cannot be built for."""
+    if getattr(module, "_mask_dim", None) is not None:
+        raise ValueError(f"{who}: an action-masking SACTorchRLModule (observation_space "
+                         f"{module.observation_space!r}) cannot be converted: RLlib's DefaultSACTorchRLModule has no "
+                         "action masking (no 'action_mask' handling; its catalog refuses Dict observation spaces)")
+    if getattr(module, "_structured", False):
+        raise ValueError(f"{who}: RLlib's DefaultSACTorchRLModule takes no Dict / Tuple observation space (its "
+                         f"catalog raises), got {module.observation_space!r}; RLlib flattens such observations with "
+                         "its FlattenObservations connector and builds the module on Box(-inf, inf, (D,), float32): "
+                         "build that module yourself and load to_rllib_sac_state(module) into it")
 
 
 def to_rllib_sac_module(module: SACTorchRLModule, module_class: Any = None):
