@@ -59,7 +59,7 @@ from ..apis import InferenceOnlyAPI, QNetAPI, TargetNetworkAPI, make_target_netw
 from ..core.columns import Columns
 from ..core.specs import TensorSpec, to_torch
 from ..core.torch_rl_module import TorchRLModule
-from ..fastpath import fast_path_info_for, fused_plan, refresh
+from ..fastpath import fast_path_info_for, fused_plan, lane, refresh
 from ..models.encoders import flatten_obs, obs_lead_dims
 from ..models.flatten import ACTION_MASK, OBSERVATIONS, first_leaf, flatten, is_structured, lead_dims
 from ..ops.reference import check_action_mask, mask_logits
@@ -80,6 +80,12 @@ ACTION_LOG_PROBS_NEXT = "action_log_probs_next"
 #: action's probability is exactly 0 (e^-1000 underflows in float16 / 32 / 64) and its
 #: log-probability finite (about -1000; see the module docstring).
 MASK_LOGIT_GAP = 1000.0
+
+
+# The fast lane (fastpath.lane): the columns of the fused step's (dist inputs, actions, logp), and
+# the methods besides the forwards a subclass must keep for the lane to stand in for them.
+_LANE_KEYS = (Columns.ACTION_DIST_INPUTS, Columns.ACTIONS, Columns.ACTION_LOGP)
+_LANE_EXTRA = ("_forward_fast_or_torch",)
 
 
 class SACTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAPI):
@@ -421,6 +427,8 @@ class SACTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         if self._flat_step and getattr(obs, "ndim", 0) == 2 and plan.backend == "cpp":
             # the env-runner hot path ([B, D] Box obs as they are; the plan checks the mask)
             adi, actions, logp = plan.step_flat(obs, deterministic, mask)
+            if mask is None and not self._structured:
+                lane.arm_policy(self, plan, batch, SACTorchRLModule, _LANE_EXTRA, _LANE_KEYS)
             return {Columns.ACTION_DIST_INPUTS: adi, Columns.ACTIONS: actions, Columns.ACTION_LOGP: logp}
         x = self._features(self._split_obs(to_torch(batch)[Columns.OBS])[0])
         res = plan.step(x, deterministic=deterministic, mask=mask)
