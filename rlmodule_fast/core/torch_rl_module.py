@@ -187,8 +187,37 @@ class TorchRLModule(WeightsLockMixin, nn.Module, RLModule):
         }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
+        """Load a ``get_state()`` dict (tensors or numpy arrays), all or nothing; ValueError
+        naming the key for unexpected / missing keys, shapes or dtypes. A state holding target
+        networks this module has not made yet (a learner's module, as ``RLModule.from_checkpoint``
+        reads it) makes them first, as RLlib's learner does before it restores; a refused state
+        leaves the module without them."""
         if not isinstance(state, Mapping):
             raise ValueError(f"state: expected a dict of tensors, got {type(state).__name__}")
+        made = self._make_targets_for(state)
+        try:
+            self._set_state_checked(state)
+        except BaseException:
+            for name in made:
+                delattr(self, name)
+            raise
+
+    def _make_targets_for(self, state: Mapping[str, Any]) -> list:
+        """When ``state`` has keys this module lacks and it is a (non inference-only)
+        ``TargetNetworkAPI`` module: ``make_target_networks()``; the names of the submodules that
+        made (none otherwise)."""
+        from ..apis import TargetNetworkAPI
+
+        if self.inference_only or not isinstance(self, TargetNetworkAPI):
+            return []
+        own = self.state_dict()
+        if all(k in own for k in state):
+            return []
+        before = set(self._modules)
+        self.make_target_networks()
+        return [n for n in self._modules if n not in before]
+
+    def _set_state_checked(self, state: Mapping[str, Any]) -> None:
         own = self.state_dict()
         optional = self.get_non_inference_attributes()
         if self.inference_only:  # a learner's full state pushed to an inference-only copy

@@ -127,24 +127,6 @@ class SACTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
             self.target_qf_twin_encoder = make_target_network(self.qf_twin_encoder)
             self.target_qf_twin = make_target_network(self.qf_twin)
 
-    def set_state(self, state: Mapping[str, Any]) -> None:
-        """``TorchRLModule.set_state``; a state holding target networks (a learner's module, e.g.
-        read by ``RLModule.from_checkpoint``) makes them first when this module has none yet
-        (RLlib's learner makes them before restoring; RLlib's set_state would drop them)."""
-        made = False
-        if (not self.inference_only and not hasattr(self, "target_qf") and isinstance(state, Mapping)
-                and any(isinstance(k, str) and k.startswith("target_qf") for k in state)):
-            self.make_target_networks()
-            made = True
-        try:
-            super().set_state(state)
-        except BaseException:
-            if made:  # a refused state leaves the module as it was
-                for name in ("target_qf_encoder", "target_qf", "target_qf_twin_encoder", "target_qf_twin"):
-                    if hasattr(self, name):
-                        delattr(self, name)
-            raise
-
     def get_target_network_pairs(self) -> list:
         self._need_targets("get_target_network_pairs")
         pairs = [(self.qf_encoder, self.target_qf_encoder), (self.qf, self.target_qf)]
