@@ -318,7 +318,9 @@ def read_rllib_ctor(path: PathLike, kinds: Sequence[RLlibModuleKind], *,
 
 def load_rllib_checkpoint(path: PathLike, *, module_id: str = DEFAULT_MODULE_ID,
                           inference_only: Optional[bool] = None) -> PPOTorchRLModule:
-    """Our ``PPOTorchRLModule`` with the weights of an RLlib ``DefaultPPOTorchRLModule`` checkpoint.
+    """Our ``PPOTorchRLModule`` with the weights of an RLlib ``DefaultPPOTorchRLModule`` checkpoint
+    (a ``DefaultDQNTorchRLModule`` / ``DefaultSACTorchRLModule`` checkpoint gives our DQN / SAC
+    module, as ``load_rllib_dqn_checkpoint`` / ``load_rllib_sac_checkpoint`` do).
 
     ``path``: the directory ``module.save_to_path()`` wrote (``module_state.pkl``,
     ``class_and_ctor_args.pkl``, ``metadata.json``), or a MultiRLModule / Algorithm checkpoint
@@ -343,11 +345,14 @@ def load_rllib_checkpoint(path: PathLike, *, module_id: str = DEFAULT_MODULE_ID,
         out = module.forward_inference({"obs": torch.zeros(1, 4)})   # fused CPU step
     """
     from .dqn_convert import DQN_KIND, _load_dqn
+    from .sac_convert import SAC_KIND, _load_sac
 
     mdir = _pickle_module_dir(path, module_id)
-    ctor = read_rllib_ctor(mdir / CTOR_FILE, (PPO_KIND, DQN_KIND), inference_only=inference_only)
+    ctor = read_rllib_ctor(mdir / CTOR_FILE, (PPO_KIND, DQN_KIND, SAC_KIND), inference_only=inference_only)
     if ctor.kind is DQN_KIND:
         return _load_dqn(mdir, ctor)
+    if ctor.kind is SAC_KIND:
+        return _load_sac(mdir, ctor)
     # Sizes come from the file: build on the meta device first (no memory, and torch's own size
     # checks become a ValueError), read the weights (bounded by module_state.pkl's size), check that
     # they fill that module exactly, and only then build it for real.

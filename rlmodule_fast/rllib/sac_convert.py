@@ -159,7 +159,11 @@ def load_rllib_sac_checkpoint(path: PathLike, *, module_id: str = DEFAULT_MODULE
     meta device and checked against the weights before it is built for real; missing files ->
     FileNotFoundError, anything else wrong -> ValueError naming the file."""
     mdir = _pickle_module_dir(path, module_id)
-    ctor = read_rllib_ctor(mdir / CTOR_FILE, (SAC_KIND,), inference_only=inference_only)
+    return _load_sac(mdir, read_rllib_ctor(mdir / CTOR_FILE, (SAC_KIND,), inference_only=inference_only))
+
+
+def _load_sac(mdir: pathlib.Path, ctor: RLlibCtor) -> SACTorchRLModule:
+    """The module of ``mdir`` whose constructor file :func:`read_rllib_ctor` read as ``ctor``."""
     state_file = mdir / STATE_FILE
     arrays = _as_tensors(restricted_load(state_file), str(state_file))
     targets = not ctor.inference_only and any(k.startswith("target_") for k in arrays)
