@@ -7,11 +7,11 @@
 
 // Tile configuration per ISA: big tile for full row groups, and a GEMV tile for single rows.
 #if RF_ISA_LEVEL == 2
-constexpr int MR_BIG = 6, NP_BIG = 2, NP_ONE = 4, NP_TAIL = 2;
+constexpr int MR_BIG = 6, NP_BIG = 2, NP_ONE = 4;
 #elif RF_ISA_LEVEL == 1
-constexpr int MR_BIG = 3, NP_BIG = 1, NP_ONE = 2, NP_TAIL = 1;
+constexpr int MR_BIG = 3, NP_BIG = 1, NP_ONE = 2;
 #else
-constexpr int MR_BIG = 1, NP_BIG = 1, NP_ONE = 1, NP_TAIL = 1;
+constexpr int MR_BIG = 1, NP_BIG = 1, NP_ONE = 1;
 #endif
 
 // Y[m, q*NR + j] = act(bias[q*NR + j] + sum_k X[m, k] * W[q][k][j]) for m < MR, q < NPN.
@@ -53,7 +53,7 @@ static RF_T void tile(const float* X, int64_t ldx, int K, const float* W, const 
             V::store(Y + m * ldy + (j / VPP) * NR + (j % VPP) * V::W, acc[m][j]);
 }
 
-// All panels for MR rows.
+// All panels for MR rows (the single-row GEMV: one pass over the weights anyway).
 template <int MR, int NPN>
 static RF_T void tile_row(const float* X, int64_t ldx, const PackedLinear& L, float* Y, int64_t ldy, int act) {
     const size_t pstride = size_t(L.K) * NR;
@@ -64,9 +64,17 @@ static RF_T void tile_row(const float* X, int64_t ldx, const PackedLinear& L, fl
         tile<MR, 1>(X, ldx, L.K, L.w.p + q * pstride, L.b.p + q * NR, Y + q * NR, ldy, act);
 }
 
+// Panels [q, q + np) (np <= NP_BIG) for MR rows.
 template <int MR>
-static RF_T void tail_rows(const float* X, int64_t ldx, const PackedLinear& L, float* Y, int64_t ldy, int act) {
-    tile_row<MR, NP_TAIL>(X, ldx, L, Y, ldy, act);
+static RF_T void tile_panels(const float* X, int64_t ldx, const PackedLinear& L, int q, int np, float* Y,
+                             int64_t ldy, int act) {
+    const size_t pstride = size_t(L.K) * NR;
+    if (np == NP_BIG) {
+        tile<MR, NP_BIG>(X, ldx, L.K, L.w.p + q * pstride, L.b.p + q * NR, Y + q * NR, ldy, act);
+        return;
+    }
+    for (int e = q + np; q < e; ++q)
+        tile<MR, 1>(X, ldx, L.K, L.w.p + q * pstride, L.b.p + q * NR, Y + q * NR, ldy, act);
 }
 
 // Narrow layer (N <= 8): per row, N dot products along K (vector accumulators, one per output),
@@ -123,7 +131,6 @@ static RF_T void gemm_narrow(const float* X, int64_t ldx, int rows, const Packed
 // Y[rows, P*NR] (ldy >= P*NR) = act(X[rows, K] W^T + b). Columns past N come out as act(0) = 0.
 static RF_T void gemm_packed(const float* X, int64_t ldx, int rows, const PackedLinear& L,
                              float* Y, int64_t ldy, int act) {
-    int r = 0;
     if (L.narrow() && L.K >= 2 * V::W) {
         gemm_narrow(X, ldx, rows, L, Y, ldy, act);
         return;
@@ -132,23 +139,31 @@ static RF_T void gemm_packed(const float* X, int64_t ldx, int rows, const Packed
         tile_row<1, NP_ONE>(X, ldx, L, Y, ldy, act);
         return;
     }
-    for (; r + MR_BIG <= rows; r += MR_BIG)
-        tile_row<MR_BIG, NP_BIG>(X + r * ldx, ldx, L, Y + r * ldy, ldy, act);
-    int rem = rows - r;
-    const float* Xr = X + r * ldx;
-    float* Yr = Y + r * ldy;
-    switch (rem) {
-        case 0: break;
-        case 1: tile_row<1, NP_ONE>(Xr, ldx, L, Yr, ldy, act); break;
+    // Panel groups outermost: a group's weights (NP_BIG * K * NR floats) come from memory once
+    // and stay in L1/L2 while every row group of the block reads them. With rows outermost the
+    // whole matrix streamed once per MR_BIG rows (3x at 16 rows, 8x at 48), and a matrix larger
+    // than L2 (an LSTM's 2 MB of gates) came from memory each time. Every output's sum runs in
+    // the same order either way, so the results are the same bits.
+    const int full = rows / MR_BIG * MR_BIG, rem = rows - full;
+    for (int q = 0; q < L.P; q += NP_BIG) {
+        const int np = std::min(NP_BIG, L.P - q);
+        for (int r = 0; r < full; r += MR_BIG)
+            tile_panels<MR_BIG>(X + r * ldx, ldx, L, q, np, Y + r * ldy, ldy, act);
+        const float* Xr = X + full * ldx;
+        float* Yr = Y + full * ldy;
+        switch (rem) {
+            case 0: break;
+            case 1: tile_panels<1>(Xr, ldx, L, q, np, Yr, ldy, act); break;
 #if RF_ISA_LEVEL >= 1
-        case 2: tail_rows<(MR_BIG > 2 ? 2 : 1)>(Xr, ldx, L, Yr, ldy, act); break;
+            case 2: tile_panels<(MR_BIG > 2 ? 2 : 1)>(Xr, ldx, L, q, np, Yr, ldy, act); break;
 #endif
 #if RF_ISA_LEVEL >= 2
-        case 3: tail_rows<3>(Xr, ldx, L, Yr, ldy, act); break;
-        case 4: tail_rows<4>(Xr, ldx, L, Yr, ldy, act); break;
-        case 5: tail_rows<5>(Xr, ldx, L, Yr, ldy, act); break;
+            case 3: tile_panels<3>(Xr, ldx, L, q, np, Yr, ldy, act); break;
+            case 4: tile_panels<4>(Xr, ldx, L, q, np, Yr, ldy, act); break;
+            case 5: tile_panels<5>(Xr, ldx, L, q, np, Yr, ldy, act); break;
 #endif
-        default: break;
+            default: break;
+        }
     }
 }
 
