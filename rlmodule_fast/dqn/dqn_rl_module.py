@@ -33,8 +33,12 @@ distributional expectation, mask, argmax, epsilon coin and random action run in 
 (``fastpath.qnet_plan``): for CPU inputs one ``_C`` call, drawing from rlmodule_fast's own stream
 (``rf.manual_seed``, ``rf.get_rng_state``); for CUDA inputs one Triton launch (``kernels/qnet.py``,
 layer widths up to 256), drawing Philox numbers seeded from torch's CUDA generator (same
-distribution, other numbers). ``RLMODULE_FAST_BACKEND=torch`` (or no usable backend under "auto")
-runs the torch layers; a forced backend that cannot run the step raises RuntimeError.
+distribution, other numbers). Image observations: RLlib's CNN encoder is the step's conv stage
+(the PPO step's: csrc/conv.h; ``[B, H, W, C]`` float32 or uint8 frames, uint8 cast in-kernel); on
+Triton one ``kernels/conv.py`` launch per conv layer first, for conv stages flattening to at most
+256 features (wider ones run the torch layers, as ``fast_path_info()`` says).
+``RLMODULE_FAST_BACKEND=torch`` (or no usable backend under "auto") runs the torch layers; a forced
+backend that cannot run the step raises RuntimeError.
 """
 from __future__ import annotations
 
