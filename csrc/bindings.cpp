@@ -642,6 +642,28 @@ PolicyNet build_policy(const py::dict& s) {
     return n;
 }
 
+// What a packed copy was made from, for a cheap freshness check: a hash of every parameter's
+// version counter and data pointer (torch objects read through Python's attribute protocol only:
+// this file never links torch).
+uint64_t weights_stamp_of(const py::tuple& params) {
+    static PyObject* s_version = PyUnicode_InternFromString("_version");
+    static PyObject* s_data_ptr = PyUnicode_InternFromString("data_ptr");
+    uint64_t h = 0x243F6A8885A308D3ULL;
+    for (py::handle p : params) {
+        PyObject* v = PyObject_GetAttr(p.ptr(), s_version);
+        if (!v) throw py::error_already_set();
+        const unsigned long long version = PyLong_AsUnsignedLongLongMask(v);
+        Py_DECREF(v);
+        PyObject* d = PyObject_CallMethodNoArgs(p.ptr(), s_data_ptr);
+        if (!d) throw py::error_already_set();
+        const unsigned long long ptr = PyLong_AsUnsignedLongLongMask(d);
+        Py_DECREF(d);
+        h = mix64(h ^ version) + 0x9E3779B97F4A7C15ULL;
+        h = mix64(h ^ ptr) + 0x9E3779B97F4A7C15ULL;
+    }
+    return h;
+}
+
 struct PyPolicy {
     Holder<PolicyNet> h;
     explicit PyPolicy(const py::dict& spec) { load(spec); }
@@ -771,6 +793,7 @@ struct PyPolicy {
 };
 
 #include "qnet_bind.h"  // the fused DQN step (QNet)
+#include "lane_bind.h"  // the per-call fast lane over Policy / QNet
 
 }  // namespace
 
@@ -869,27 +892,7 @@ PYBIND11_MODULE(_C, m) {
     m.def("rng_seed", [](uint64_t seed) { rng_stream().seed(seed); }, "Key the sampler stream from a seed, counter 0.");
     m.def("rng_set", [](uint64_t key, uint64_t counter) { rng_stream().set(key, counter); },
           "Restore a (key, counter) position returned by rng_position.");
-    m.def("weights_stamp", [](py::tuple params) {
-        // What a packed copy was made from, for a cheap freshness check: a hash of every
-        // parameter's version counter and data pointer (torch objects read through Python's
-        // attribute protocol only: this file never links torch).
-        static PyObject* s_version = PyUnicode_InternFromString("_version");
-        static PyObject* s_data_ptr = PyUnicode_InternFromString("data_ptr");
-        uint64_t h = 0x243F6A8885A308D3ULL;
-        for (py::handle p : params) {
-            PyObject* v = PyObject_GetAttr(p.ptr(), s_version);
-            if (!v) throw py::error_already_set();
-            const unsigned long long version = PyLong_AsUnsignedLongLongMask(v);
-            Py_DECREF(v);
-            PyObject* d = PyObject_CallMethodNoArgs(p.ptr(), s_data_ptr);
-            if (!d) throw py::error_already_set();
-            const unsigned long long ptr = PyLong_AsUnsignedLongLongMask(d);
-            Py_DECREF(d);
-            h = mix64(h ^ version) + 0x9E3779B97F4A7C15ULL;
-            h = mix64(h ^ ptr) + 0x9E3779B97F4A7C15ULL;
-        }
-        return h;
-    }, "Hash of the parameters' (version, data pointer) pairs: changes when any of them does.");
+    m.def("weights_stamp", &weights_stamp_of, "Hash of the parameters' (version, data pointer) pairs: changes when any of them does.");
     m.def("rng_position", []() {
         RngStream& s = rng_stream();
         std::lock_guard<std::mutex> g(s.mu);
@@ -987,4 +990,5 @@ PYBIND11_MODULE(_C, m) {
              "One policy step; mask: None, or the action mask [B, dist_dim] (float32 0/1 array, or pointer + ldmask).")
         .def_property_readonly("dist_dim", &PyPolicy::dist_dim);
     bind_qnet(m);
+    bind_lane(m);
 }

@@ -185,6 +185,10 @@ def test_load_rllib_sac_checkpoint(act, tmp_path):
     got = ours.forward_train(dict(batch))
     for k in want:
         torch.testing.assert_close(got[k], want[k], msg=k)
+    generic = rr.load_rllib_checkpoint(tmp_path / "sac")  # the one loader: picks SAC by the ctor file's class
+    assert type(generic) is type(ours) and hasattr(generic, "target_qf_twin")
+    for k, v in ours.state_dict().items():
+        assert torch.equal(generic.state_dict()[k], v), k
     inf = rr.load_rllib_sac_checkpoint(tmp_path / "sac", inference_only=True)
     assert not hasattr(inf, "qf")
     torch.testing.assert_close(inf.forward_inference({"obs": batch["obs"]})["action_dist_inputs"],

@@ -49,7 +49,8 @@ from ..apis import InferenceOnlyAPI, QNetAPI, TargetNetworkAPI, make_target_netw
 from ..core.columns import Columns
 from ..core.specs import TensorSpec, to_torch
 from ..core.torch_rl_module import TorchRLModule
-from ..fastpath import refresh
+from ..core.rl_module import _LANE_ATTR
+from ..fastpath import lane, refresh
 from ..fastpath.qnet_plan import QNetLayers, fused_qnet_plan, qnet_fast_path_info, support
 from ..models.encoders import TorchMLPEncoder, flatten_obs, obs_lead_dims
 from ..models.flatten import first_leaf, flatten, is_structured, lead_dims
@@ -65,6 +66,12 @@ QF_NEXT_PREDS = "qf_next_preds"
 QF_PROBS = "qf_probs"
 QF_TARGET_NEXT_PREDS = "qf_target_next_preds"
 QF_TARGET_NEXT_PROBS = "qf_target_next_probs"
+
+# The fast lane (fastpath.lane): the columns of the fused step's (q, actions, logp), the methods
+# besides the forwards a subclass must keep for it, and the keyword it takes.
+_LANE_KEYS = (Columns.ACTION_DIST_INPUTS, Columns.ACTIONS, Columns.ACTION_LOGP)
+_LANE_EXTRA = ("_step",)
+_T_ONLY = frozenset({"t"})
 
 #: RLlib's FLOAT_MIN (ray.rllib.utils.torch_utils): the Q-value of a masked action.
 FLOAT_MIN = -3.4e38
@@ -351,7 +358,19 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         if not (self._flat_box and getattr(obs, "ndim", 0) == 2):
             obs = self._features(obs)  # Discrete (one-hot), multi-dim Box, Dict / Tuple (flattened)
         q, actions, logp = plan.step(obs, mask, epsilon, deterministic)
-        return {Columns.ACTIONS: actions, Columns.ACTION_DIST_INPUTS: q, Columns.ACTION_LOGP: logp}
+        if mask is None and self._flat_box and plan.backend == "cpp":
+            lane.arm_qnet(self, plan, batch, DQNTorchRLModule, _LANE_EXTRA, _LANE_KEYS)
+        return {Columns.ACTION_DIST_INPUTS: q, Columns.ACTIONS: actions, Columns.ACTION_LOGP: logp}
+
+    def forward_exploration(self, batch: Any, **kwargs) -> dict:
+        """``RLModule.forward_exploration``; ``t`` (keyword): the env steps sampled so far, which
+        set epsilon on the schedule (None: keep the current epsilon)."""
+        fast = self.__dict__.get(_LANE_ATTR)  # fastpath.lane: the step at one C++ call
+        if fast is not None and kwargs.keys() <= _T_ONLY:
+            out = fast(batch, False, self.epsilon_schedule.update(kwargs.get("t")))
+            if out is not None:
+                return out
+        return self._run("exploration", batch, kwargs)
 
     def _forward_exploration(self, batch: dict, t: Optional[int] = None, **kwargs) -> dict:
         return self._step(batch, self.epsilon_schedule.update(t), deterministic=False)

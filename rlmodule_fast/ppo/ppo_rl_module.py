@@ -42,12 +42,17 @@ import torch
 from ..apis import InferenceOnlyAPI, ValueFunctionAPI
 from ..core.columns import Columns
 from ..core.specs import TensorSpec, to_torch
-from ..fastpath import fast_path_info_for, fused_plan, refresh
+from ..fastpath import fast_path_info_for, fused_plan, lane, refresh
 from ..core.torch_rl_module import TorchRLModule
 from ..models.encoders import flatten_obs, obs_lead_dims
 from ..models.flatten import ACTION_MASK, OBSERVATIONS, first_leaf, flatten, is_structured, lead_dims
 from ..ops.reference import mask_logits
 from .ppo_catalog import PPOCatalog
+
+# The fast lane (fastpath.lane): the columns of the fused step's (dist inputs, actions, logp), and
+# the methods besides the forwards a subclass must keep for the lane to stand in for them.
+_LANE_KEYS = (Columns.ACTION_DIST_INPUTS, Columns.ACTIONS, Columns.ACTION_LOGP)
+_LANE_EXTRA = ("_forward_fast_or_torch",)
 
 
 class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
@@ -402,6 +407,8 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             adi, actions, logp = plan.step_flat(obs, deterministic, mask)
             if self._action_struct:
                 actions = _regroup_actions(actions, self.action_space)
+            elif mask is None and not self._structured:
+                lane.arm_policy(self, plan, full, PPOTorchRLModule, _LANE_EXTRA, _LANE_KEYS)
             return {Columns.ACTION_DIST_INPUTS: adi, Columns.ACTIONS: actions, Columns.ACTION_LOGP: logp}
         batch = to_torch(self._split_mask(batch)[0])
         x, added_t = self._features(batch[Columns.OBS], cast_images=False)

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import pathlib
 import warnings
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -230,9 +230,97 @@ def _find_module_dir(path: pathlib.Path, module_id: str) -> pathlib.Path:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class RLlibModuleKind:
+    """An algorithm's RLlib module classes as :func:`read_rllib_ctor` accepts them: ``name`` for
+    messages ("PPO"), the class and catalog paths (``"pkg.module.QualName"``) it admits, and the
+    function turning RLlib's model config into ours (called as ``model_config(cfg, source=...)``)."""
+
+    name: str
+    classes: frozenset
+    catalogs: frozenset
+    model_config: Callable[..., dict]
+
+
+PPO_KIND = RLlibModuleKind("PPO", RLLIB_PPO_CLASSES, RLLIB_PPO_CATALOGS, rllib_model_config)
+
+
+@dataclasses.dataclass(frozen=True)
+class RLlibCtor:
+    """What a checkpoint's ``class_and_ctor_args.pkl`` says, checked by :func:`read_rllib_ctor`."""
+
+    source: str  # the file's path, for messages
+    kind: RLlibModuleKind  # the kind whose classes hold ``class_path``
+    class_path: str
+    observation_space: Any  # gymnasium spaces, rebuilt from their records
+    action_space: Any
+    model_config: dict  # ours, from ``kind.model_config``
+    inference_only: bool  # the caller's if given, else the file's (None there: False)
+
+
+def _pickle_module_dir(path: PathLike, module_id: str) -> pathlib.Path:
+    """The module directory of an RLlib checkpoint (see :func:`_find_module_dir`), refusing one
+    saved in msgpack format (ValueError naming the file)."""
+    mdir = _find_module_dir(pathlib.Path(path), module_id)
+    if not (mdir / STATE_FILE).is_file():
+        raise ValueError(f"{mdir / 'module_state.msgpack'}: msgpack module checkpoints are not supported; "
+                         "save the module with RLlib's default (pickle) format")
+    return mdir
+
+
+def read_rllib_ctor(path: PathLike, kinds: Sequence[RLlibModuleKind], *,
+                    inference_only: Optional[bool] = None) -> RLlibCtor:
+    """Read and check RLlib's ``class_and_ctor_args.pkl`` (``{'class': ..., 'ctor_args_and_kwargs':
+    ((), kwargs)}``) with the restricted unpickler: nothing in it runs, classes stay names.
+
+    The module class must be one of ``kinds``' classes and the catalog (if named) one of that
+    kind's catalogs; the spaces are rebuilt from their records and the model config converted by
+    the kind's ``model_config``. ``inference_only``: overrides the file's value (a bool or None).
+    Anything wrong -> ValueError naming the file, what was expected and what it holds (by type
+    and size, never by repr); a global outside the allowlist -> ``UnsafeCheckpointError``.
+    """
+    if inference_only is not None and type(inference_only) not in (bool, np.bool_):
+        raise ValueError(f"inference_only: expected a bool or None, got {_describe(inference_only)}")
+    src = str(path)
+    info = restricted_load(path)
+    if not isinstance(info, dict) or "class" not in info or "ctor_args_and_kwargs" not in info:
+        raise ValueError(f"{src}: expected RLlib's {{'class', 'ctor_args_and_kwargs'}} dict, got {_describe(info)}")
+    cls = info["class"]
+    kind = next((k for k in kinds if isinstance(cls, ClassRef) and cls.path in k.classes), None)
+    if kind is None:
+        known = sorted(c for k in kinds for c in k.classes)
+        raise ValueError(f"{src}: module class {_describe(cls)} is not a {' or '.join(k.name for k in kinds)} "
+                         f"module this loader knows ({known})")
+    try:
+        args, kwargs = info["ctor_args_and_kwargs"]
+    except (TypeError, ValueError):
+        raise ValueError(f"{src}: 'ctor_args_and_kwargs' must be (args, kwargs), got "
+                         f"{_describe(info['ctor_args_and_kwargs'])}") from None
+    if type(args) not in (tuple, list) or len(args) or not isinstance(kwargs, dict):
+        raise ValueError(f"{src}: expected keyword constructor arguments only, got args={_describe(args)}, "
+                         f"kwargs={_describe(kwargs)}")
+    cat = kwargs.get("catalog_class")
+    if cat is not None and (not isinstance(cat, ClassRef) or cat.path not in kind.catalogs):
+        raise ValueError(f"{src}: catalog class {_describe(cat)} is not RLlib's {kind.name}Catalog "
+                         f"({sorted(kind.catalogs)})")
+    obs_space = space_from_record(kwargs.get("observation_space"), f"{src}: observation_space")
+    act_space = space_from_record(kwargs.get("action_space"), f"{src}: action_space")
+    cfg = kind.model_config(kwargs.get("model_config"), source=f"{src}: model_config")
+    if inference_only is None:
+        inf = kwargs.get("inference_only", False)
+        inf = False if inf is None else inf  # RLlib writes None for "not given"
+        if type(inf) not in (bool, np.bool_):
+            raise ValueError(f"{src}: inference_only must be a bool, got {_describe(inf)}")
+    else:
+        inf = inference_only
+    return RLlibCtor(src, kind, cls.path, obs_space, act_space, cfg, bool(inf))
+
+
 def load_rllib_checkpoint(path: PathLike, *, module_id: str = DEFAULT_MODULE_ID,
                           inference_only: Optional[bool] = None) -> PPOTorchRLModule:
-    """Our ``PPOTorchRLModule`` with the weights of an RLlib ``DefaultPPOTorchRLModule`` checkpoint.
+    """Our ``PPOTorchRLModule`` with the weights of an RLlib ``DefaultPPOTorchRLModule`` checkpoint
+    (a ``DefaultDQNTorchRLModule`` / ``DefaultSACTorchRLModule`` checkpoint gives our DQN / SAC
+    module, as ``load_rllib_dqn_checkpoint`` / ``load_rllib_sac_checkpoint`` do).
 
     ``path``: the directory ``module.save_to_path()`` wrote (``module_state.pkl``,
     ``class_and_ctor_args.pkl``, ``metadata.json``), or a MultiRLModule / Algorithm checkpoint
@@ -256,55 +344,26 @@ def load_rllib_checkpoint(path: PathLike, *, module_id: str = DEFAULT_MODULE_ID,
         module = rf.rllib.load_rllib_checkpoint("ckpt/learner_group/learner/rl_module/default_policy")
         out = module.forward_inference({"obs": torch.zeros(1, 4)})   # fused CPU step
     """
-    root = pathlib.Path(path)
-    mdir = _find_module_dir(root, module_id)
-    if not (mdir / STATE_FILE).is_file():
-        raise ValueError(f"{mdir / 'module_state.msgpack'}: msgpack module checkpoints are not supported; "
-                         "save the module with RLlib's default (pickle) format")
-    ctor_file = mdir / CTOR_FILE
-    info = restricted_load(ctor_file)
-    src = str(ctor_file)
-    if not isinstance(info, dict) or "class" not in info or "ctor_args_and_kwargs" not in info:
-        raise ValueError(f"{src}: expected RLlib's {{'class', 'ctor_args_and_kwargs'}} dict")
-    cls = info["class"]
-    from .dqn_convert import RLLIB_DQN_CLASSES, load_rllib_dqn_checkpoint
+    from .dqn_convert import DQN_KIND, _load_dqn
+    from .sac_convert import SAC_KIND, _load_sac
 
-    if isinstance(cls, ClassRef) and cls.path in RLLIB_DQN_CLASSES:  # a DQN module: dqn_convert
-        return load_rllib_dqn_checkpoint(path, module_id=module_id, inference_only=inference_only)
-    if not isinstance(cls, ClassRef) or cls.path not in RLLIB_PPO_CLASSES:
-        raise ValueError(f"{src}: module class {_describe(cls)} is not a PPO module this loader "
-                         f"knows ({sorted(RLLIB_PPO_CLASSES)})")
-    try:
-        args, kwargs = info["ctor_args_and_kwargs"]
-    except (TypeError, ValueError):
-        raise ValueError(f"{src}: 'ctor_args_and_kwargs' must be (args, kwargs)") from None
-    if type(args) not in (tuple, list) or len(args) or not isinstance(kwargs, dict):
-        raise ValueError(f"{src}: expected keyword constructor arguments only, got args={_describe(args)}, "
-                         f"kwargs={_describe(kwargs)}")
-    cat = kwargs.get("catalog_class")
-    if cat is not None and (not isinstance(cat, ClassRef) or cat.path not in RLLIB_PPO_CATALOGS):
-        raise ValueError(f"{src}: catalog class {_describe(cat)} is not RLlib's PPOCatalog")
-    obs_space = space_from_record(kwargs.get("observation_space"), f"{src}: observation_space")
-    act_space = space_from_record(kwargs.get("action_space"), f"{src}: action_space")
-    cfg = rllib_model_config(kwargs.get("model_config"), source=f"{src}: model_config")
-    if inference_only is None:
-        inf = kwargs.get("inference_only", False)
-        if inf is None:
-            inf = False
-        if type(inf) not in (bool, np.bool_):
-            raise ValueError(f"{src}: inference_only must be a bool, got {_describe(inf)}")
-        inf = bool(inf)
-    else:
-        inf = bool(inference_only)
+    mdir = _pickle_module_dir(path, module_id)
+    ctor = read_rllib_ctor(mdir / CTOR_FILE, (PPO_KIND, DQN_KIND, SAC_KIND), inference_only=inference_only)
+    if ctor.kind is DQN_KIND:
+        return _load_dqn(mdir, ctor)
+    if ctor.kind is SAC_KIND:
+        return _load_sac(mdir, ctor)
     # Sizes come from the file: build on the meta device first (no memory, and torch's own size
     # checks become a ValueError), read the weights (bounded by module_state.pkl's size), check that
     # they fill that module exactly, and only then build it for real.
-    preview = _build_ours(obs_space, act_space, cfg, inf, src, meta=True)
+    preview = _build_ours(ctor.observation_space, ctor.action_space, ctor.model_config,
+                          ctor.inference_only, ctor.source, meta=True)
     state_file = mdir / STATE_FILE
     arrays = _as_tensors(restricted_load(state_file), str(state_file))
-    _check_fits(preview, arrays, str(state_file), src)
+    _check_fits(preview, arrays, str(state_file), ctor.source)
     del preview
-    module = _build_ours(obs_space, act_space, cfg, inf, src)
+    module = _build_ours(ctor.observation_space, ctor.action_space, ctor.model_config,
+                         ctor.inference_only, ctor.source)
     _set_weights(module, arrays, str(state_file))
     module.eval()
     return module
