@@ -197,9 +197,10 @@ def test_rllib_ppo_and_appo_loaders_refuse_each_other(tmp_path):
 
 
 @pytest.mark.parametrize("fast", [False, True], ids=["default", "fast"])
-def test_live_appo_modules_both_ways(fast):
+def test_live_appo_modules_both_ways(fast, tmp_path):
     """RLlib's APPO module (or FastAPPOTorchRLModule) -> ours -> RLlib's: the same weights and
-    outputs at every step, target networks included; inference-only drops them."""
+    outputs at every step, target networks included; inference-only drops them. A
+    FastAPPOTorchRLModule's own checkpoint (its class name in the file) loads too."""
     theirs = _theirs(DISC, SEPARATE, targets=True)
     if fast:
         from rlmodule_fast.rllib import FastAPPOTorchRLModule
@@ -208,6 +209,10 @@ def test_live_appo_modules_both_ways(fast):
         f.make_target_networks()
         f.set_state(theirs.get_state())
         theirs = f
+        f.save_to_path(tmp_path / "fast")
+        loaded = rr.load_rllib_checkpoint(tmp_path / "fast")
+        assert type(loaded) is APPOTorchRLModule and hasattr(loaded, "_old_pi")
+        _equal_states(loaded, f)
     ours = rr.from_rllib_module(theirs)
     assert type(ours) is APPOTorchRLModule and hasattr(ours, "_old_pi") and ours.training == theirs.training
     _equal_states(ours, theirs)
