@@ -403,13 +403,18 @@ def from_rllib_module(m: Any, *, inference_only: Optional[bool] = None) -> PPOTo
     ``m``: a ``DefaultPPOTorchRLModule`` (or subclass with the same layers, e.g.
     :class:`~rlmodule_fast.rllib.FastPPOTorchRLModule`). A ``DefaultAPPOTorchRLModule`` (or
     ``FastAPPOTorchRLModule``) gives our ``APPOTorchRLModule`` (its target networks too, when it
-    made them), a ``DefaultDQNTorchRLModule`` our DQN module. Later changes to ``m`` are not
+    made them), a ``DefaultDQNTorchRLModule`` our DQN module, a ``DefaultSACTorchRLModule`` our SAC
+    module. Later changes to ``m`` are not
     seen; call ``ours.set_state(m.get_state())`` to sync. ValueError if the class or its layers
     are not a PPO layout this package implements.
     """
     name = f"{type(m).__module__}.{type(m).__qualname__}"
     from .appo_convert import from_rllib_appo_module, is_rllib_appo
     from .dqn_convert import from_rllib_dqn_module, is_rllib_dqn
+    from .sac_convert import _is_rllib_sac, from_rllib_sac_module
+
+    if _is_rllib_sac(m):
+        return from_rllib_sac_module(m, inference_only=inference_only)
 
     if is_rllib_dqn(m):
         return from_rllib_dqn_module(m, inference_only=inference_only)
@@ -443,12 +448,19 @@ def to_rllib_state(module: PPOTorchRLModule, *, inference_only: bool = False) ->
     its EnvRunners)."""
     from ..dqn import DQNTorchRLModule
 
+    from ..sac import SACTorchRLModule
+
     if isinstance(module, DQNTorchRLModule):
         from .dqn_convert import to_rllib_dqn_state
 
         return to_rllib_dqn_state(module, inference_only=inference_only)
+    if isinstance(module, SACTorchRLModule):
+        from .sac_convert import to_rllib_sac_state
+
+        return to_rllib_sac_state(module, inference_only=inference_only)
     if not isinstance(module, PPOTorchRLModule):
-        raise ValueError(f"to_rllib_state: expected a PPOTorchRLModule or DQNTorchRLModule, got {type(module).__name__}")
+        raise ValueError(f"to_rllib_state: expected a PPO / APPO / DQN / SAC module of rlmodule_fast, got "
+                         f"{type(module).__name__}")
     return {k: v.detach().cpu().numpy().copy() for k, v in module.get_state(inference_only=inference_only).items()}
 
 
@@ -474,7 +486,8 @@ def to_rllib_module(module: PPOTorchRLModule, module_class: Any = None):
     weights; ``module_class`` may be :class:`~rlmodule_fast.rllib.FastPPOTorchRLModule`. A
     ``DQNTorchRLModule`` gives a ``DefaultDQNTorchRLModule`` (``dqn_convert.to_rllib_dqn_module``),
     an ``APPOTorchRLModule`` a ``DefaultAPPOTorchRLModule`` (``appo_convert.to_rllib_appo_module``,
-    target networks included)."""
+    target networks included), a ``SACTorchRLModule`` a ``DefaultSACTorchRLModule``
+    (``sac_convert.to_rllib_sac_module``)."""
     from ..appo import APPOTorchRLModule
     from ..dqn import DQNTorchRLModule
 
@@ -486,6 +499,12 @@ def to_rllib_module(module: PPOTorchRLModule, module_class: Any = None):
         from .appo_convert import to_rllib_appo_module
 
         return to_rllib_appo_module(module, module_class)
+    from ..sac import SACTorchRLModule
+
+    if isinstance(module, SACTorchRLModule):
+        from .sac_convert import to_rllib_sac_module
+
+        return to_rllib_sac_module(module, module_class)
     if module_class is None:
         from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
 
