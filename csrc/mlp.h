@@ -14,19 +14,26 @@ constexpr int MR_BIG = 3, NP_BIG = 1, NP_ONE = 2;
 constexpr int MR_BIG = 1, NP_BIG = 1, NP_ONE = 1;
 #endif
 
-// Y[m, q*NR + j] = act(bias[q*NR + j] + sum_k X[m, k] * W[q][k][j]) for m < MR, q < NPN.
+// Y[m, q*NR + j] = act(bias[q*NR + j] + sum_k X[m, k] * W[q][k][j]) for m < MR, q < NPN, k in
+// [k0, k1) (pstride: floats between panels, K * NR). cont: the sums continue from Y (a previous
+// k range's partial sums, stored with act = ACT_LINEAR) instead of starting at the bias, so a
+// K-blocked product runs every output's FMA chain in the same order as one pass over K.
 template <int MR, int NPN>
-static RF_T void tile(const float* X, int64_t ldx, int K, const float* W, const float* bias,
-                      float* Y, int64_t ldy, int act) {
+static RF_T void tile_k(const float* X, int64_t ldx, int k0, int k1, size_t pstride, const float* W,
+                        const float* bias, bool cont, float* Y, int64_t ldy, int act) {
     constexpr int VPP = NR / V::W;     // vectors per panel
     constexpr int NV = NPN * VPP;      // vectors per row of the tile
-    const size_t pstride = size_t(K) * NR;
     reg acc[MR][NV];
-    for (int j = 0; j < NV; ++j) {
-        reg b = V::load(bias + (j / VPP) * NR + (j % VPP) * V::W);
-        for (int m = 0; m < MR; ++m) acc[m][j] = b;
+    if (cont) {
+        for (int m = 0; m < MR; ++m)
+            for (int j = 0; j < NV; ++j) acc[m][j] = V::load(Y + m * ldy + (j / VPP) * NR + (j % VPP) * V::W);
+    } else {
+        for (int j = 0; j < NV; ++j) {
+            reg b = V::load(bias + (j / VPP) * NR + (j % VPP) * V::W);
+            for (int m = 0; m < MR; ++m) acc[m][j] = b;
+        }
     }
-    for (int k = 0; k < K; ++k) {
+    for (int k = k0; k < k1; ++k) {
         reg xb[MR];
         for (int m = 0; m < MR; ++m) xb[m] = V::set1(X[m * ldx + k]);
         for (int q = 0; q < NPN; ++q) {
@@ -53,28 +60,15 @@ static RF_T void tile(const float* X, int64_t ldx, int K, const float* W, const 
             V::store(Y + m * ldy + (j / VPP) * NR + (j % VPP) * V::W, acc[m][j]);
 }
 
-// All panels for MR rows (the single-row GEMV: one pass over the weights anyway).
+// All panels for MR rows (the one-row GEMV: a single pass over the weights anyway).
 template <int MR, int NPN>
 static RF_T void tile_row(const float* X, int64_t ldx, const PackedLinear& L, float* Y, int64_t ldy, int act) {
     const size_t pstride = size_t(L.K) * NR;
     int q = 0;
     for (; q + NPN <= L.P; q += NPN)
-        tile<MR, NPN>(X, ldx, L.K, L.w.p + q * pstride, L.b.p + q * NR, Y + q * NR, ldy, act);
+        tile_k<MR, NPN>(X, ldx, 0, L.K, pstride, L.w.p + q * pstride, L.b.p + q * NR, false, Y + q * NR, ldy, act);
     for (; q < L.P; ++q)
-        tile<MR, 1>(X, ldx, L.K, L.w.p + q * pstride, L.b.p + q * NR, Y + q * NR, ldy, act);
-}
-
-// Panels [q, q + np) (np <= NP_BIG) for MR rows.
-template <int MR>
-static RF_T void tile_panels(const float* X, int64_t ldx, const PackedLinear& L, int q, int np, float* Y,
-                             int64_t ldy, int act) {
-    const size_t pstride = size_t(L.K) * NR;
-    if (np == NP_BIG) {
-        tile<MR, NP_BIG>(X, ldx, L.K, L.w.p + q * pstride, L.b.p + q * NR, Y + q * NR, ldy, act);
-        return;
-    }
-    for (int e = q + np; q < e; ++q)
-        tile<MR, 1>(X, ldx, L.K, L.w.p + q * pstride, L.b.p + q * NR, Y + q * NR, ldy, act);
+        tile_k<MR, 1>(X, ldx, 0, L.K, pstride, L.w.p + q * pstride, L.b.p + q * NR, false, Y + q * NR, ldy, act);
 }
 
 // Narrow layer (N <= 8): per row, N dot products along K (vector accumulators, one per output),
@@ -128,7 +122,55 @@ static RF_T void gemm_narrow(const float* X, int64_t ldx, int rows, const Packed
     }
 }
 
+// Panels [q, q + np) (np <= NP_BIG) for MR rows, k in [k0, k1) (see tile_k for cont).
+template <int MR>
+static RF_T void tile_group(const float* X, int64_t ldx, const PackedLinear& L, int q, int np, float* Y,
+                            int64_t ldy, int act, int k0, int k1, bool cont) {
+    const size_t pstride = size_t(L.K) * NR;
+    if (np == NP_BIG) {
+        tile_k<MR, NP_BIG>(X, ldx, k0, k1, pstride, L.w.p + q * pstride, L.b.p + q * NR, cont, Y + q * NR, ldy, act);
+        return;
+    }
+    for (const int e = q + np; q < e; ++q)
+        tile_k<MR, 1>(X, ldx, k0, k1, pstride, L.w.p + q * pstride, L.b.p + q * NR, cont, Y + q * NR, ldy, act);
+}
+
+// Every row group of the block over panels [q, q + np), k in [k0, k1).
+static RF_T void gemm_group_rows(const float* X, int64_t ldx, int rows, const PackedLinear& L, int q, int np,
+                                 float* Y, int64_t ldy, int act, int k0, int k1, bool cont) {
+    int r = 0;
+    for (; r + MR_BIG <= rows; r += MR_BIG)
+        tile_group<MR_BIG>(X + r * ldx, ldx, L, q, np, Y + r * ldy, ldy, act, k0, k1, cont);
+    const float* Xr = X + r * ldx;
+    float* Yr = Y + r * ldy;
+    switch (rows - r) {
+        case 0: break;
+        case 1: tile_group<1>(Xr, ldx, L, q, np, Yr, ldy, act, k0, k1, cont); break;
+#if RF_ISA_LEVEL >= 1
+        case 2: tile_group<(MR_BIG > 2 ? 2 : 1)>(Xr, ldx, L, q, np, Yr, ldy, act, k0, k1, cont); break;
+#endif
+#if RF_ISA_LEVEL >= 2
+        case 3: tile_group<3>(Xr, ldx, L, q, np, Yr, ldy, act, k0, k1, cont); break;
+        case 4: tile_group<4>(Xr, ldx, L, q, np, Yr, ldy, act, k0, k1, cont); break;
+        case 5: tile_group<5>(Xr, ldx, L, q, np, Yr, ldy, act, k0, k1, cont); break;
+#endif
+        default: break;
+    }
+}
+
+// Weights of one panel group (NP_BIG panels) that every row group of a block re-reads: a taller
+// group (a head over 7744 conv features: 2 x 7744 x 32 floats, 2 MB) runs K in chunks of this
+// size, so that a chunk is loaded from memory once and re-read from L2.
+constexpr size_t GEMM_GROUP_FLOATS = size_t(1) << 15;  // 128 KB
+
 // Y[rows, P*NR] (ldy >= P*NR) = act(X[rows, K] W^T + b). Columns past N come out as act(0) = 0.
+//
+// A block of several rows runs panel groups outermost and its row groups innermost: each group
+// of weights comes from memory once and is re-read from L1/L2 by every row group. (With rows
+// outermost, all of W streamed once per MR_BIG rows: 3 times at 16 rows, 8 times at 48; an LSTM's
+// 2 MB of gates does not stay in L2, so each pass came from memory.) A K-chunk continues each
+// output's sum from the partial sums the previous chunk stored (activation by the last chunk
+// only), so every output's FMA chain runs k = 0 .. K-1 in order: the bits of a one-row product.
 static RF_T void gemm_packed(const float* X, int64_t ldx, int rows, const PackedLinear& L,
                              float* Y, int64_t ldy, int act) {
     if (L.narrow() && L.K >= 2 * V::W) {
@@ -139,30 +181,13 @@ static RF_T void gemm_packed(const float* X, int64_t ldx, int rows, const Packed
         tile_row<1, NP_ONE>(X, ldx, L, Y, ldy, act);
         return;
     }
-    // Panel groups outermost: a group's weights (NP_BIG * K * NR floats) come from memory once
-    // and stay in L1/L2 while every row group of the block reads them. With rows outermost the
-    // whole matrix streamed once per MR_BIG rows (3x at 16 rows, 8x at 48), and a matrix larger
-    // than L2 (an LSTM's 2 MB of gates) came from memory each time. Every output's sum runs in
-    // the same order either way, so the results are the same bits.
-    const int full = rows / MR_BIG * MR_BIG, rem = rows - full;
+    // one row group reads each weight once anyway: no chunks
+    const int kc = rows <= MR_BIG ? L.K : int(std::max<size_t>(16, GEMM_GROUP_FLOATS / (size_t(NP_BIG) * NR)));
     for (int q = 0; q < L.P; q += NP_BIG) {
         const int np = std::min(NP_BIG, L.P - q);
-        for (int r = 0; r < full; r += MR_BIG)
-            tile_panels<MR_BIG>(X + r * ldx, ldx, L, q, np, Y + r * ldy, ldy, act);
-        const float* Xr = X + full * ldx;
-        float* Yr = Y + full * ldy;
-        switch (rem) {
-            case 0: break;
-            case 1: tile_panels<1>(Xr, ldx, L, q, np, Yr, ldy, act); break;
-#if RF_ISA_LEVEL >= 1
-            case 2: tile_panels<(MR_BIG > 2 ? 2 : 1)>(Xr, ldx, L, q, np, Yr, ldy, act); break;
-#endif
-#if RF_ISA_LEVEL >= 2
-            case 3: tile_panels<3>(Xr, ldx, L, q, np, Yr, ldy, act); break;
-            case 4: tile_panels<4>(Xr, ldx, L, q, np, Yr, ldy, act); break;
-            case 5: tile_panels<5>(Xr, ldx, L, q, np, Yr, ldy, act); break;
-#endif
-            default: break;
+        for (int k0 = 0; k0 < L.K; k0 += kc) {
+            const int k1 = std::min(L.K, k0 + kc);
+            gemm_group_rows(X, ldx, rows, L, q, np, Y, ldy, k1 == L.K ? act : int(ACT_LINEAR), k0, k1, k0 > 0);
         }
     }
 }
