@@ -87,6 +87,10 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         # [B, H, W, C] image batches (float or uint8) of a feed-forward CNN module go to the plan
         # as they are too: it reads HWC rows and converts uint8 inside the kernels
         self._image_step = self._image and not self._recurrent
+        # [B, 1, D] batches of a recurrent module with a 1-D Box observation (the stepping layout)
+        # go to the plan as they are too, with their state
+        self._seq_step = isinstance(self._enc_space, gym.spaces.Box) and self._obs_rank == 1 \
+            and bool(self._recurrent) and not self._image
 
     # ---- distributions & state --------------------------------------------------------------
     def get_inference_action_dist_cls(self):
@@ -410,6 +414,19 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             elif mask is None and not self._structured:
                 lane.arm_policy(self, plan, full, PPOTorchRLModule, _LANE_EXTRA, _LANE_KEYS)
             return {Columns.ACTION_DIST_INPUTS: adi, Columns.ACTIONS: actions, Columns.ACTION_LOGP: logp}
+        if plan.backend == "cpp" and self._seq_step and obs.ndim == 3 and obs.shape[1] == 1:
+            # The recurrent hot path: obs [B, 1, D] and the state leaves ([B, 1, H] or [B, H], numpy
+            # or tensors) go to the plan as they are, which converts what it must exactly as the
+            # general branch below would (no torch round trip of the batch, no re-flattening).
+            # Besides the Python work, this halves what runs between two steps: at H=256 each step
+            # streams 2 MB of LSTM weights through L2, and every line the Python code around it
+            # touches is a cache miss after that.
+            res = plan.step(obs[:, 0], batch[Columns.STATE_IN], deterministic=deterministic, mask=mask)
+            out = {k: _with_t(res[k]) for k in (Columns.ACTION_DIST_INPUTS, Columns.ACTIONS, Columns.ACTION_LOGP)}
+            out[Columns.STATE_OUT] = _map_state(res["state_out"], _with_t)
+            if self._action_struct:
+                out[Columns.ACTIONS] = _regroup_actions(out[Columns.ACTIONS], self.action_space)
+            return out
         batch = to_torch(self._split_mask(batch)[0])
         x, added_t = self._features(batch[Columns.OBS], cast_images=False)
         if added_t:
@@ -522,6 +539,14 @@ def _check_finite_obs(obs: torch.Tensor) -> None:
 
 def _map_state(state: dict, fn) -> dict:
     return {k: (_map_state(v, fn) if isinstance(v, dict) else fn(v)) for k, v in state.items()}
+
+
+def _with_t(v):
+    """[B, ...] -> a [B, 1, ...] tensor view (a plan's fresh numpy output: reshaped in numpy, then
+    shared with torch; the same shape and strides as torch.from_numpy(v).unsqueeze(1), for less work)."""
+    if isinstance(v, np.ndarray):
+        return torch.from_numpy(v.reshape(v.shape[0], 1, *v.shape[1:]))
+    return v.unsqueeze(1)
 
 
 def _as_tensors(out: dict) -> dict:
