@@ -654,10 +654,12 @@ uint64_t weights_stamp_of(const py::tuple& params) {
         if (!v) throw py::error_already_set();
         const unsigned long long version = PyLong_AsUnsignedLongLongMask(v);
         Py_DECREF(v);
+        if (version == (unsigned long long)-1 && PyErr_Occurred()) throw py::error_already_set();  // not an int
         PyObject* d = PyObject_CallMethodNoArgs(p.ptr(), s_data_ptr);
         if (!d) throw py::error_already_set();
         const unsigned long long ptr = PyLong_AsUnsignedLongLongMask(d);
         Py_DECREF(d);
+        if (ptr == (unsigned long long)-1 && PyErr_Occurred()) throw py::error_already_set();
         h = mix64(h ^ version) + 0x9E3779B97F4A7C15ULL;
         h = mix64(h ^ ptr) + 0x9E3779B97F4A7C15ULL;
     }
