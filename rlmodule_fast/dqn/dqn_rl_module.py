@@ -68,9 +68,10 @@ QF_TARGET_NEXT_PREDS = "qf_target_next_preds"
 QF_TARGET_NEXT_PROBS = "qf_target_next_probs"
 
 # The fast lane (fastpath.lane): the columns of the fused step's (q, actions, logp), the methods
-# besides the forwards a subclass must keep for it, and the keyword it takes.
+# besides the forwards a subclass must keep for it (the step and the observation split it reads
+# the obs through), and the keyword it takes.
 _LANE_KEYS = (Columns.ACTION_DIST_INPUTS, Columns.ACTIONS, Columns.ACTION_LOGP)
-_LANE_EXTRA = ("_step",)
+_LANE_EXTRA = ("_step", "_split_obs")
 _T_ONLY = frozenset({"t"})
 
 #: RLlib's FLOAT_MIN (ray.rllib.utils.torch_utils): the Q-value of a masked action.
@@ -377,6 +378,9 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
 
     def _forward_inference(self, batch: dict, **kwargs) -> dict:
         return self._step(batch, 0.0, deterministic=True)
+
+
+lane.register(DQNTorchRLModule, _LANE_EXTRA)
 
 
 def _export_forward(module: "DQNTorchRLModule", batch: dict, with_value: bool) -> dict:
