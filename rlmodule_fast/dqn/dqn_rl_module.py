@@ -367,9 +367,19 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         """``RLModule.forward_exploration``; ``t`` (keyword): the env steps sampled so far, which
         set epsilon on the schedule (None: keep the current epsilon)."""
         fast = self.__dict__.get(_LANE_ATTR)  # fastpath.lane: the step at one C++ call
-        if fast is not None and kwargs.keys() <= _T_ONLY:
-            out = fast(batch, False, self.epsilon_schedule.update(kwargs.get("t")))
+        t = kwargs.get("t")
+        if fast is not None and kwargs.keys() <= _T_ONLY and (t is None or type(t) is int):
+            # epsilon moves as on the Python path: only for a batch its spec check passes (the
+            # batches a lane takes), before the step (which may still raise: NaN obs)
+            sched = self.epsilon_schedule
+            eps = sched.peek(t)
+            try:
+                out = fast(batch, False, eps)
+            except BaseException:
+                sched.update(t)
+                raise
             if out is not None:
+                sched.update(t)
                 return out
         return self._run("exploration", batch, kwargs)
 
