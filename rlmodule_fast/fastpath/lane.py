@@ -55,9 +55,11 @@ def register(base: type, extra: tuple = ()) -> None:
 def _class_tag(cls: type, base: type, extra: tuple) -> int:
     """``cls``'s version tag when it resolves every registered name of ``base`` to the recorded
     object, else 0 (also when ``base`` was never registered or the class has no tag)."""
-    originals = _ORIGINALS.get((base, extra))
-    tag = _cpp()._C.type_version(cls)  # read first: a change during the check makes the tag stale
-    if originals is None or not tag:
+    originals, C = _ORIGINALS.get((base, extra)), _cpp()._C
+    if originals is None or C is None:
+        return 0
+    tag = C.type_version(cls)  # read first: a change during the check makes the tag stale
+    if not tag:
         return 0
     per_class = _CLASS_OK.get(cls)
     if per_class is None:
