@@ -274,3 +274,29 @@ def test_lane_rearmed_during_its_freshness_check_keeps_what_it_reads():
         out = lane(batch, True)
     assert events == ["data_ptr"] * len(params) + ["freed"], events
     same(out, m._run("inference", batch, {}))
+
+
+def _unaligned(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous float32 copy of ``x`` at an odd address (rows from a byte buffer at offset 1)."""
+    raw = bytearray(x.nbytes + 1)
+    y = np.frombuffer(raw, dtype=np.float32, offset=1, count=x.size).reshape(x.shape)
+    y[...] = x
+    assert not y.flags.aligned and y.flags.c_contiguous
+    return y
+
+
+@pytest.mark.parametrize("tensor", [False, True], ids=["numpy", "tensor"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_unaligned_observations_reach_the_kernels_aligned(kind, tensor):
+    """float32 rows at an odd address: the kernels load them as floats, which must be 4-byte
+    aligned (UBSan: "load of misaligned address" in mlp.h, from both the lane and the Python
+    path's fast branch). The lane refuses them; the Python path copies them aligned first."""
+    m, batch = _armed(kind, B=64)
+    x = _unaligned(batch["obs"])
+    odd = {"obs": torch.from_numpy(x) if tensor else x}
+    assert not L.takes(odd, 5)
+    same(m.forward_inference(odd), m._run("inference", batch, {}))
+    rf.manual_seed(5)
+    got = m.forward_exploration(odd, **kw(kind))
+    rf.manual_seed(5)
+    same(got, m._run("exploration", batch, kw(kind)))
