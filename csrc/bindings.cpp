@@ -700,6 +700,8 @@ struct PyPolicy {
                            (arr.shape(0) == 1 || arr.strides(0) >= int64_t(sizeof(float)) * net->obs_dim))),
                      "obs: expected a float32 array [B, " + std::to_string(net->obs_dim) + "] with unit column stride");
             RF_CHECK(arr.shape(0) <= INT32_MAX, "obs: more than 2^31 - 1 rows");
+            RF_CHECK(arr.shape(0) == 0 || reinterpret_cast<uintptr_t>(arr.data()) % alignof(float) == 0,
+                     "obs: expected a 4-byte aligned float32 array (this one starts at an odd address)");
             obs_p = static_cast<const float*>(arr.data());
             B = int(arr.shape(0));
             ldobs = B > 1 ? arr.strides(0) / int64_t(sizeof(float)) : net->obs_dim;

@@ -12,9 +12,9 @@
 // "nothing changed since the Python path last ran", so both paths give the same outputs and the
 // same random stream, and every error is raised by the Python path.
 
-// The observations of a batch a lane takes: exactly {"obs": x}, x a C-contiguous float32 ndarray
-// [B >= 1, obs_dim] or a torch.Tensor (exact type) whose .numpy() is one (CPU, no grad). None
-// for anything else (the Python path takes it, converting or raising).
+// The observations of a batch a lane takes: exactly {"obs": x}, x a C-contiguous, aligned float32
+// ndarray [B >= 1, obs_dim] or a torch.Tensor (exact type) whose .numpy() is one (CPU, no grad).
+// None for anything else (the Python path takes it, converting or raising).
 py::object lane_obs(py::handle batch, int obs_dim, PyObject* tensor_type) {
     static PyObject* s_obs = PyUnicode_InternFromString("obs");
     static PyObject* s_numpy = PyUnicode_InternFromString("numpy");
@@ -35,7 +35,8 @@ py::object lane_obs(py::handle batch, int obs_dim, PyObject* tensor_type) {
     }
     if (Py_TYPE(arr.ptr()) != py::detail::npy_api::get().PyArray_Type_) return py::none();  // exact ndarray
     auto x = py::reinterpret_borrow<py::array>(arr);
-    if (x.ndim() != 2 || x.shape(0) < 1 || x.shape(1) != obs_dim || !(x.flags() & py::array::c_style) || !is_f32(x))
+    if (x.ndim() != 2 || x.shape(0) < 1 || x.shape(1) != obs_dim || !(x.flags() & py::array::c_style) ||
+        !(x.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) || !is_f32(x))
         return py::none();
     return arr;
 }

@@ -67,6 +67,8 @@ struct PyQNet {
                        (obs.shape(0) == 1 || obs.strides(0) >= int64_t(sizeof(float)) * net->obs_dim))),
                  "obs: expected a float32 array [B, " + std::to_string(net->obs_dim) + "] with unit column stride");
         RF_CHECK(obs.shape(0) <= INT32_MAX, "obs: more than 2^31 - 1 rows");
+        RF_CHECK(obs.shape(0) == 0 || reinterpret_cast<uintptr_t>(obs.data()) % alignof(float) == 0,
+                 "obs: expected a 4-byte aligned float32 array (this one starts at an odd address)");
         RF_CHECK(eps >= 0.0 && eps <= 1.0, "epsilon: expected a value in [0, 1], got " + std::to_string(eps));
         QStepIO io;
         io.B = int(obs.shape(0));

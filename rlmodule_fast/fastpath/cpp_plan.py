@@ -265,8 +265,8 @@ class CppPolicyPlan:
                 x = x.astype(np.float32)
         if x.shape[1] != D:
             raise ValueError(f"obs: expected shape [B, {D}], got {tuple(x.shape)}")
-        if not x.flags.c_contiguous:  # sliced, transposed, negative or zero strides
-            x = np.ascontiguousarray(x)
+        if not (x.flags.c_contiguous and x.flags.aligned):  # sliced, transposed, zero strides, odd address
+            x = np.require(x, requirements=("C", "A"))
         return x, x.shape[0], 0, as_tensor, x
 
     def _mask(self, mask, B: int):
@@ -281,7 +281,8 @@ class CppPolicyPlan:
         ``mask``: None or the action mask [B, D] (0/1; masked logits become RLlib's FLOAT_MIN)."""
         if self._stamp_of(self._watch_policy) != self._packed_policy:
             self._repack()
-        if type(obs) is np.ndarray and obs.dtype == _F32 and obs.ndim == 2 and obs.flags.c_contiguous:
+        if type(obs) is np.ndarray and obs.dtype == _F32 and obs.ndim == 2 and obs.flags.c_contiguous \
+                and obs.flags.aligned:
             if obs.shape[1] != self.obs_dim:
                 raise ValueError(f"obs: expected shape [B, {self.obs_dim}], got {tuple(obs.shape)}")
             obs_arg, B, ld = obs, obs.shape[0], 0
@@ -302,7 +303,8 @@ class CppPolicyPlan:
                 self._repack()
         elif self._stamp_of(self._watch_policy) != self._packed_policy:
             self._repack()
-        if type(obs) is np.ndarray and obs.dtype == _F32 and obs.ndim == 2 and obs.flags.c_contiguous:
+        if type(obs) is np.ndarray and obs.dtype == _F32 and obs.ndim == 2 and obs.flags.c_contiguous \
+                and obs.flags.aligned:
             # the common case (an env's float32 batch), as _obs would return it; _C checks the width
             obs_arg, B, ld, as_tensor, keep_obs = obs, obs.shape[0], 0, False, None
             if obs.shape[1] != self.obs_dim:

@@ -248,8 +248,8 @@ class QNetPlan:
             obs = np.asarray(obs, dtype=np.float32)
         if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
             raise ValueError(f"obs: expected shape [B, {self.obs_dim}], got {tuple(obs.shape)}")
-        if not obs.flags.c_contiguous:  # sliced, transposed, negative or zero strides
-            obs = np.ascontiguousarray(obs)
+        if not (obs.flags.c_contiguous and obs.flags.aligned):  # sliced, transposed, zero strides, odd address
+            obs = np.require(obs, requirements=("C", "A"))
         return obs
 
     @staticmethod
@@ -264,7 +264,8 @@ class QNetPlan:
     def step(self, obs, mask, epsilon: float, deterministic: bool) -> tuple:
         if self._gen != _STRUCTURE_GEN[0] or self._stamp_of(self._params) != self._packed:
             self._repack()
-        if type(obs) is not np.ndarray or obs.dtype != _F32 or obs.ndim != 2 or not obs.flags.c_contiguous:
+        if (type(obs) is not np.ndarray or obs.dtype != _F32 or obs.ndim != 2 or not obs.flags.c_contiguous
+                or not obs.flags.aligned):
             obs = self._obs(obs)
         elif obs.shape[1] != self.obs_dim:  # the common case: an env's contiguous float32 batch
             raise ValueError(f"obs: expected shape [B, {self.obs_dim}], got {tuple(obs.shape)}")
