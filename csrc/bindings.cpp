@@ -535,7 +535,9 @@ py::object item(const py::dict& s, const char* key) {
     return s[key];
 }
 
-// (H, W, C, has_scale, scale, [ConvDesc...]): an encoder's conv stage over H x W x C images.
+// (H, W, C, has_scale, scale, [ConvDesc...]): an encoder's conv stage over H x W x C images
+// (the policy step's actor_conv / critic_conv, the DQN step's conv: qnet_bind.h). None or an
+// absent key: no conv stage.
 using ConvStackDesc = std::tuple<int64_t, int64_t, int64_t, bool, float, std::vector<ConvDesc>>;
 
 std::shared_ptr<const ConvStack> build_conv_stack(const char* fn, const py::dict& s, const char* key) {
@@ -544,7 +546,7 @@ std::shared_ptr<const ConvStack> build_conv_stack(const char* fn, const py::dict
     const std::string w(key);
     check_image(fn, H, W, C);
     if (descs.empty()) fail(fn, w, "expected at least one conv layer");
-    RF_CHECK(!has_scale || std::isfinite(scale), std::string("Policy: ") + key + ": scale: expected a finite number");
+    RF_CHECK(!has_scale || std::isfinite(scale), std::string(fn) + ": " + key + ": scale: expected a finite number");
     auto st = std::make_shared<ConvStack>();
     st->layers.resize(descs.size());
     st->has_scale = has_scale;
@@ -561,7 +563,7 @@ std::shared_ptr<const ConvStack> build_conv_stack(const char* fn, const py::dict
         check_image(fn, ho, wo, st->layers[l].Cout);
         h = ho; wd = wo; c = st->layers[l].Cout;
     }
-    RF_CHECK(st->plan(int(H), int(W), int(C)), std::string("Policy: ") + key + ": empty output");
+    RF_CHECK(st->plan(int(H), int(W), int(C)), std::string(fn) + ": " + key + ": empty output");
     check_dim(fn, w + ".out_dim", st->out_dim());
     return st;
 }

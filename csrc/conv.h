@@ -269,3 +269,18 @@ static RF_T void conv_chain_forward(const PackedConv* Ls, int n, int H, int W, c
         image(b, scratch.p, scratch.p + nf, false);
     });
 }
+
+// The conv stage of an encoder (a ConvStack: the policy step's actor / critic stage, the DQN
+// step's encoder stage) over the whole batch into feat [B, out_dim] (the caller's buffer,
+// resized here): image b at obs_u8 (when not null) or obs, + b * ldobs elements. Images spread
+// over the pool, or one image's rows when B is below the thread count.
+static RF_T const float* conv_stack_features(const ConvStack& S, const uint8_t* obs_u8, const float* obs,
+                                             int64_t ldobs, int B, AlignedBuf& feat) {
+    const int64_t nf = S.out_dim();
+    feat.resize(size_t(B) * nf);
+    const bool u8 = obs_u8 != nullptr;
+    const void* x = u8 ? static_cast<const void*>(obs_u8) : static_cast<const void*>(obs);
+    conv_chain_forward(S.layers.data(), int(S.layers.size()), S.H, S.W, x, u8, ldobs, B, S.has_scale, S.scale, feat.p,
+                       nf);
+    return feat.p;
+}

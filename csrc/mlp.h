@@ -14,19 +14,26 @@ constexpr int MR_BIG = 3, NP_BIG = 1, NP_ONE = 2, NP_TAIL = 1;
 constexpr int MR_BIG = 1, NP_BIG = 1, NP_ONE = 1, NP_TAIL = 1;
 #endif
 
-// Y[m, q*NR + j] = act(bias[q*NR + j] + sum_k X[m, k] * W[q][k][j]) for m < MR, q < NPN.
+// Y[m, q*NR + j] = act(bias[q*NR + j] + sum_k X[m, k] * W[q][k][j]) for m < MR, q < NPN, k in
+// [k0, k1) (pstride: floats between panels, K * NR). cont: the sums continue from Y (a previous
+// k range's partial sums, stored with act = ACT_LINEAR) instead of starting at the bias, so a
+// K-blocked product runs every output's FMA chain in the same order as one pass over K.
 template <int MR, int NPN>
-static RF_T void tile(const float* X, int64_t ldx, int K, const float* W, const float* bias,
-                      float* Y, int64_t ldy, int act) {
+static RF_T void tile_k(const float* X, int64_t ldx, int k0, int k1, size_t pstride, const float* W,
+                        const float* bias, bool cont, float* Y, int64_t ldy, int act) {
     constexpr int VPP = NR / V::W;     // vectors per panel
     constexpr int NV = NPN * VPP;      // vectors per row of the tile
-    const size_t pstride = size_t(K) * NR;
     reg acc[MR][NV];
-    for (int j = 0; j < NV; ++j) {
-        reg b = V::load(bias + (j / VPP) * NR + (j % VPP) * V::W);
-        for (int m = 0; m < MR; ++m) acc[m][j] = b;
+    if (cont) {
+        for (int m = 0; m < MR; ++m)
+            for (int j = 0; j < NV; ++j) acc[m][j] = V::load(Y + m * ldy + (j / VPP) * NR + (j % VPP) * V::W);
+    } else {
+        for (int j = 0; j < NV; ++j) {
+            reg b = V::load(bias + (j / VPP) * NR + (j % VPP) * V::W);
+            for (int m = 0; m < MR; ++m) acc[m][j] = b;
+        }
     }
-    for (int k = 0; k < K; ++k) {
+    for (int k = k0; k < k1; ++k) {
         reg xb[MR];
         for (int m = 0; m < MR; ++m) xb[m] = V::set1(X[m * ldx + k]);
         for (int q = 0; q < NPN; ++q) {
@@ -53,20 +60,21 @@ static RF_T void tile(const float* X, int64_t ldx, int K, const float* W, const 
             V::store(Y + m * ldy + (j / VPP) * NR + (j % VPP) * V::W, acc[m][j]);
 }
 
-// All panels for MR rows.
+// All panels for MR rows, k in [k0, k1) (see tile_k for cont).
 template <int MR, int NPN>
-static RF_T void tile_row(const float* X, int64_t ldx, const PackedLinear& L, float* Y, int64_t ldy, int act) {
+static RF_T void tile_row(const float* X, int64_t ldx, const PackedLinear& L, float* Y, int64_t ldy, int act,
+                          int k0, int k1, bool cont) {
     const size_t pstride = size_t(L.K) * NR;
     int q = 0;
     for (; q + NPN <= L.P; q += NPN)
-        tile<MR, NPN>(X, ldx, L.K, L.w.p + q * pstride, L.b.p + q * NR, Y + q * NR, ldy, act);
+        tile_k<MR, NPN>(X, ldx, k0, k1, pstride, L.w.p + q * pstride, L.b.p + q * NR, cont, Y + q * NR, ldy, act);
     for (; q < L.P; ++q)
-        tile<MR, 1>(X, ldx, L.K, L.w.p + q * pstride, L.b.p + q * NR, Y + q * NR, ldy, act);
+        tile_k<MR, 1>(X, ldx, k0, k1, pstride, L.w.p + q * pstride, L.b.p + q * NR, cont, Y + q * NR, ldy, act);
 }
 
-template <int MR>
-static RF_T void tail_rows(const float* X, int64_t ldx, const PackedLinear& L, float* Y, int64_t ldy, int act) {
-    tile_row<MR, NP_TAIL>(X, ldx, L, Y, ldy, act);
+template <int MR, int NPN>
+static RF_T void tile_row(const float* X, int64_t ldx, const PackedLinear& L, float* Y, int64_t ldy, int act) {
+    tile_row<MR, NPN>(X, ldx, L, Y, ldy, act, 0, L.K, false);
 }
 
 // Narrow layer (N <= 8): per row, N dot products along K (vector accumulators, one per output),
@@ -120,10 +128,38 @@ static RF_T void gemm_narrow(const float* X, int64_t ldx, int rows, const Packed
     }
 }
 
+// Every row group of the block over k in [k0, k1) (see tile_k for cont).
+static RF_T void gemm_rows_k(const float* X, int64_t ldx, int rows, const PackedLinear& L, float* Y, int64_t ldy,
+                             int act, int k0, int k1, bool cont) {
+    int r = 0;
+    for (; r + MR_BIG <= rows; r += MR_BIG)
+        tile_row<MR_BIG, NP_BIG>(X + r * ldx, ldx, L, Y + r * ldy, ldy, act, k0, k1, cont);
+    int rem = rows - r;
+    const float* Xr = X + r * ldx;
+    float* Yr = Y + r * ldy;
+    switch (rem) {
+        case 0: break;
+        case 1: tile_row<1, NP_ONE>(Xr, ldx, L, Yr, ldy, act, k0, k1, cont); break;
+#if RF_ISA_LEVEL >= 1
+        case 2: tile_row<(MR_BIG > 2 ? 2 : 1), NP_TAIL>(Xr, ldx, L, Yr, ldy, act, k0, k1, cont); break;
+#endif
+#if RF_ISA_LEVEL >= 2
+        case 3: tile_row<3, NP_TAIL>(Xr, ldx, L, Yr, ldy, act, k0, k1, cont); break;
+        case 4: tile_row<4, NP_TAIL>(Xr, ldx, L, Yr, ldy, act, k0, k1, cont); break;
+        case 5: tile_row<5, NP_TAIL>(Xr, ldx, L, Yr, ldy, act, k0, k1, cont); break;
+#endif
+        default: break;
+    }
+}
+
+// Packed weights up to this many floats are re-read by every row group straight from cache; a
+// wider layer (e.g. a head over 7744 conv features: 16 MB) runs K in chunks of about this many
+// weights, so each chunk is loaded from memory once and re-read by the row groups from L2.
+constexpr size_t GEMM_KBLOCK_FLOATS = size_t(1) << 17;  // 512 KB
+
 // Y[rows, P*NR] (ldy >= P*NR) = act(X[rows, K] W^T + b). Columns past N come out as act(0) = 0.
 static RF_T void gemm_packed(const float* X, int64_t ldx, int rows, const PackedLinear& L,
                              float* Y, int64_t ldy, int act) {
-    int r = 0;
     if (L.narrow() && L.K >= 2 * V::W) {
         gemm_narrow(X, ldx, rows, L, Y, ldy, act);
         return;
@@ -132,23 +168,18 @@ static RF_T void gemm_packed(const float* X, int64_t ldx, int rows, const Packed
         tile_row<1, NP_ONE>(X, ldx, L, Y, ldy, act);
         return;
     }
-    for (; r + MR_BIG <= rows; r += MR_BIG)
-        tile_row<MR_BIG, NP_BIG>(X + r * ldx, ldx, L, Y + r * ldy, ldy, act);
-    int rem = rows - r;
-    const float* Xr = X + r * ldx;
-    float* Yr = Y + r * ldy;
-    switch (rem) {
-        case 0: break;
-        case 1: tile_row<1, NP_ONE>(Xr, ldx, L, Yr, ldy, act); break;
-#if RF_ISA_LEVEL >= 1
-        case 2: tail_rows<(MR_BIG > 2 ? 2 : 1)>(Xr, ldx, L, Yr, ldy, act); break;
-#endif
-#if RF_ISA_LEVEL >= 2
-        case 3: tail_rows<3>(Xr, ldx, L, Yr, ldy, act); break;
-        case 4: tail_rows<4>(Xr, ldx, L, Yr, ldy, act); break;
-        case 5: tail_rows<5>(Xr, ldx, L, Yr, ldy, act); break;
-#endif
-        default: break;
+    const size_t panel_k = size_t(L.P) * NR;  // floats of all panels per k
+    if (rows <= MR_BIG || size_t(L.K) * panel_k <= GEMM_KBLOCK_FLOATS) {
+        gemm_rows_k(X, ldx, rows, L, Y, ldy, act, 0, L.K, false);
+        return;
+    }
+    // K-blocked: each output's sum still runs k = 0 .. K-1 in order (a chunk continues from the
+    // partial sums the previous one stored), so the result is bitwise the one-pass result;
+    // the activation is applied by the last chunk only.
+    const int kc = int(std::max<size_t>(16, GEMM_KBLOCK_FLOATS / panel_k));
+    for (int k0 = 0; k0 < L.K; k0 += kc) {
+        const int k1 = std::min(L.K, k0 + kc);
+        gemm_rows_k(X, ldx, rows, L, Y, ldy, k1 == L.K ? act : int(ACT_LINEAR), k0, k1, k0 > 0);
     }
 }
 

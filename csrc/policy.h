@@ -210,29 +210,17 @@ static RF_T int64_t policy_rows(const PolicyNet& net, const StepIO& io, int r0, 
     return 0;
 }
 
-// The conv stage of one encoder over the whole batch into feat [B, out_dim] (this thread's
-// buffer; images spread over the pool, or one image's rows when B is below the thread count).
-static RF_T const float* conv_features(const ConvStack& S, const StepIO& io, AlignedBuf& feat) {
-    const int64_t nf = S.out_dim();
-    feat.resize(size_t(io.B) * nf);
-    const bool u8 = io.obs_u8 != nullptr;
-    const void* x = u8 ? static_cast<const void*>(io.obs_u8) : static_cast<const void*>(io.obs);
-    conv_chain_forward(S.layers.data(), int(S.layers.size()), S.H, S.W, x, u8, io.ldobs, io.B, S.has_scale, S.scale,
-                       feat.p, nf);
-    return feat.p;
-}
-
 // The whole batch; row blocks spread over the thread pool. Same return as policy_rows.
 static RF_T int64_t policy_step(const PolicyNet& net, const StepIO& io_in) {
     if (io_in.B <= 0) return 0;
     StepIO io = io_in;
     thread_local AlignedBuf feat_a, feat_c;
     if (net.actor_conv) {
-        io.feat_a = conv_features(*net.actor_conv, io, feat_a);
+        io.feat_a = conv_stack_features(*net.actor_conv, io.obs_u8, io.obs, io.ldobs, io.B, feat_a);
         io.ld_fa = net.actor_conv->out_dim();
     }
     if (net.critic_on && net.critic_conv && (io.value || net.critic_rnn_on)) {
-        io.feat_c = conv_features(*net.critic_conv, io, feat_c);
+        io.feat_c = conv_stack_features(*net.critic_conv, io.obs_u8, io.obs, io.ldobs, io.B, feat_c);
         io.ld_fc = net.critic_conv->out_dim();
     }
     const RowSplit sp(io.B, ThreadPool::get().threads());

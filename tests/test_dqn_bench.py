@@ -36,3 +36,34 @@ def test_dqn_step_providers_agree(monkeypatch):
         assert np.array_equal(case.build("ort", ctx).fn(), greedy)
     m = ctx._cache[("dqn-module", case.config_id, ctx.seed)]
     assert np.array_equal(m.forward_inference({"obs": obs})["actions"].numpy(), greedy)
+
+
+def test_vision_dqn_case_providers_agree(monkeypatch):
+    """The Nature CNN DQN rows (84x84x4 frames): every provider runs or says why, the cpp row is
+    the fused conv step, and the greedy actions of cpp and ort are the torch Q-values' argmax."""
+    monkeypatch.setattr(D, "T", 10**6)
+    ctx = C.Context(device="cpu", quick=True)
+    case = next(c for c in C.cases(ops=["dqn_step"], batches=[2]) if c.config_id == "NatureCNNDQN")
+    assert case.id == "dqn_step-NatureCNNDQN-B2" and "rllib" in case.providers
+    assert not [c for c in C.cases(ops=["dqn_step"], quick=True) if c.config_id == "NatureCNNDQN"]
+    ran = []
+    for p in case.providers:
+        try:
+            b = case.build(p, ctx)
+        except C.Unavailable as e:
+            assert str(e), p
+            continue
+        with torch.no_grad(), b.ctx():
+            a = np.asarray(b.fn())
+        assert a.shape == (2,) and a.dtype.kind == "i" and ((a >= 0) & (a < 6)).all(), p
+        ran.append(p)
+    assert {"torch-eager", "rf-torch", "cpp"} <= set(ran)
+    m = ctx._cache[("dqn-module", case.config_id, ctx.seed)]
+    assert m.fast_path_info()["active"] and m.af.net.linears[0].in_features == 11 * 11 * 64
+    obs = np.random.default_rng(ctx.seed).uniform(-1, 1, (2, 84, 84, 4)).astype(np.float32)
+    with torch.no_grad():
+        q = m.compute_q_values({"obs": torch.from_numpy(obs)})["qf_preds"]
+    greedy = q.argmax(-1).numpy()
+    assert np.array_equal(m.forward_inference({"obs": obs})["actions"].numpy(), greedy)
+    if "ort" in ran:
+        assert np.array_equal(case.build("ort", ctx).fn(), greedy)

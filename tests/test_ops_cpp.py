@@ -390,6 +390,21 @@ def test_fused_mlp_narrow_output_layers(isa, K):
             _check_close(rf.ops.fused_mlp(x[:B], ws, bs, "tanh", "silu", backend="cpp"), x[:B], ws, bs, "tanh", "silu")
 
 
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("B", [7, 13, 131])
+def test_packed_mlp_wide_k_runs_k_blocked_with_the_one_pass_bits(isa, B):
+    """A layer whose packed weights exceed the cache budget (here 2100 x 97: 4 panels of 32,
+    268800 floats) runs K in chunks continuing each output's sum in order: the same bits as the
+    one-pass product of a block too small to be chunked (row by row), and the reference's values."""
+    ws, bs = _mlp([2100, 97, 40], seed=B)
+    x = torch.randn(B, 2100, generator=torch.Generator().manual_seed(B))
+    mlp = cpp_ops.PackedMLP(ws, bs, "tanh", "silu")
+    y = mlp(x)
+    _check_close(y, x, ws, bs, "tanh", "silu")
+    for r in (0, B // 2, B - 1):  # one row: the unchunked path
+        assert torch.equal(mlp(x[r:r + 1])[0], y[r]), f"row {r}"
+
+
 # ------------------------------------------------------------------ hardening (bugs-cpp.md)
 # The raw bindings take data pointers: a check they miss is a segfault, which would kill pytest.
 # So the bad calls run in ONE child interpreter, case after case, each printing its outcome;

@@ -1,7 +1,8 @@
 """``convert.read_rllib_ctor``: the one reader of RLlib's ``class_and_ctor_args.pkl`` behind
-``load_rllib_checkpoint``, ``load_rllib_dqn_checkpoint`` and ``load_rllib_sac_checkpoint``.
+``load_rllib_checkpoint``, ``load_rllib_appo_checkpoint``, ``load_rllib_dqn_checkpoint`` and
+``load_rllib_sac_checkpoint``.
 
-Each fault of the file gets the same ValueError from all three loaders (naming the file, what was
+Each fault of the file gets the same ValueError from all four loaders (naming the file, what was
 expected and what the file holds, by type and size); the module class picks the kind (and so the
 catalog and the model-config conversion); the caller's ``inference_only`` is checked as an
 argument, not blamed on the file. Checkpoints are written without ray (helpers of
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 import rlmodule_fast.rllib as rr
+from rlmodule_fast.rllib.appo_convert import APPO_KIND
 from rlmodule_fast.rllib.convert import CTOR_FILE, PPO_KIND, read_rllib_ctor
 from rlmodule_fast.rllib.dqn_convert import DQN_KIND
 from rlmodule_fast.rllib.sac_convert import SAC_KIND
@@ -24,9 +26,11 @@ DQN_CLS = _ref("ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module.Defau
 DQN_CAT = _ref("ray.rllib.algorithms.dqn.dqn_catalog.DQNCatalog")
 SAC_CLS = _ref("ray.rllib.algorithms.sac.torch.default_sac_torch_rl_module.DefaultSACTorchRLModule")
 SAC_CAT = _ref("ray.rllib.algorithms.sac.sac_catalog.SACCatalog")
+APPO_CLS = _ref("ray.rllib.algorithms.appo.torch.default_appo_torch_rl_module.DefaultAPPOTorchRLModule")
 # kind -> (module class, catalog class, the loader for it)
 KINDS = {
     "PPO": (MODULE_CLS, CATALOG_CLS, rr.load_rllib_checkpoint),
+    "APPO": (APPO_CLS, CATALOG_CLS, rr.load_rllib_appo_checkpoint),  # APPO builds with PPO's catalog
     "DQN": (DQN_CLS, DQN_CAT, rr.load_rllib_dqn_checkpoint),
     "SAC": (SAC_CLS, SAC_CAT, rr.load_rllib_sac_checkpoint),
 }
@@ -70,7 +74,9 @@ def test_every_loader_gives_the_same_message_naming_the_file(tmp_path, kind, fau
 
 
 # kind -> another kind (classes the unpickler admits as names, so these reach the reader's own checks)
-OTHER = {"PPO": "SAC", "DQN": "PPO", "SAC": "DQN"}
+OTHER = {"PPO": "SAC", "APPO": "SAC", "DQN": "PPO", "SAC": "DQN"}
+# kind -> its catalog's name in messages
+CATALOG_NAME = {"PPO": "PPOCatalog", "APPO": "PPOCatalog", "DQN": "DQNCatalog", "SAC": "SACCatalog"}
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -83,12 +89,12 @@ def test_another_kinds_module_class_or_catalog_is_named(tmp_path, kind):
         with pytest.raises(ValueError, match=re.escape(want)):
             load(d)
     d = write(tmp_path / "cat", ctor_dict(cls=cls, catalog=other_cat), {})
-    want = f"{d / CTOR_FILE}: catalog class ClassRef('{other_cat._rllib_path}') is not RLlib's {kind}Catalog"
+    want = f"{d / CTOR_FILE}: catalog class ClassRef('{other_cat._rllib_path}') is not RLlib's {CATALOG_NAME[kind]}"
     with pytest.raises(ValueError, match=re.escape(want)):
         load(d)
 
 
-def test_load_rllib_checkpoint_takes_dqn_and_sac_files_with_their_catalogs_only(tmp_path):
+def test_load_rllib_checkpoint_takes_appo_dqn_and_sac_files_with_their_catalogs_only(tmp_path):
     # a DQN class is a DQN kind: the catalog must be DQN's, PPO's is refused
     d = write(tmp_path / "ck", ctor_dict(cls=DQN_CLS, catalog=CATALOG_CLS), {})
     with pytest.raises(ValueError, match="is not RLlib's DQNCatalog"):
@@ -96,9 +102,12 @@ def test_load_rllib_checkpoint_takes_dqn_and_sac_files_with_their_catalogs_only(
     d = write(tmp_path / "sac", ctor_dict(cls=SAC_CLS, catalog=CATALOG_CLS), {})
     with pytest.raises(ValueError, match="is not RLlib's SACCatalog"):
         rr.load_rllib_checkpoint(d)  # a SAC class is the SAC kind: its catalog must be SAC's
+    d = write(tmp_path / "appo", ctor_dict(cls=APPO_CLS, catalog=DQN_CAT), {})
+    with pytest.raises(ValueError, match="is not RLlib's PPOCatalog"):
+        rr.load_rllib_checkpoint(d)  # an APPO class is the APPO kind: its catalog is PPO's
 
 
-@pytest.mark.parametrize("kind", [PPO_KIND, DQN_KIND, SAC_KIND], ids=lambda k: k.name)
+@pytest.mark.parametrize("kind", [PPO_KIND, APPO_KIND, DQN_KIND, SAC_KIND], ids=lambda k: k.name)
 def test_reader_returns_spaces_config_and_inference_only(tmp_path, kind):
     cls, cat, _ = KINDS[kind.name]
     f = write(tmp_path / "ck", ctor_dict(cls=cls, catalog=cat, inference_only=None), {}) / CTOR_FILE
