@@ -92,7 +92,8 @@ def takes(batch, obs_dim: int) -> bool:
 def _arm(module, batch, net, obs_dim: int, params: tuple, stamp, gen, base: type, extra: tuple,
          out_keys: tuple) -> None:
     """Re-arm the module's lane over ``net`` (cheap: one call), or build one when the module has
-    none for this net and qualifies (``eligible``); none when the batch is not one a lane takes."""
+    none for this net (or its class changed since it was built) and qualifies (``eligible``);
+    none when the batch is not one a lane takes."""
     d = module.__dict__
     if stamp is None:  # the weights moved while packing: the next step repacks
         d.pop(ATTR, None)
