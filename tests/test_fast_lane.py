@@ -409,3 +409,20 @@ def test_module_to_and_back(kind):
     m.float()
     same(m.forward_inference(batch), ref)
     assert out["action_dist_inputs"].shape == ref["action_dist_inputs"].shape
+
+
+@pytest.mark.parametrize("kind", ["ppo-categorical", "sac-continuous"])
+def test_rllib_style_t_keyword_takes_the_lane(kind, monkeypatch):
+    """RLlib's env runners call forward_exploration(batch, t=...); PPO / SAC ignore t."""
+    m = make(kind)
+    batch = obs_batch(3)
+    m.forward_exploration(batch, t=0)
+    spy = RunSpy(monkeypatch, m)
+    rf.manual_seed(5)
+    fast = [m.forward_exploration(batch, t=i) for i in range(3)]
+    assert spy.n == 0
+    rf.manual_seed(5)
+    for i, f in enumerate(fast):
+        same(f, m._run("exploration", batch, {"t": i}))
+    m.forward_exploration(batch, t=1, explore=True)  # any other keyword: the Python path
+    assert spy.n == 4
