@@ -656,10 +656,12 @@ uint64_t weights_stamp_of(const py::tuple& params) {
         if (!v) throw py::error_already_set();
         const unsigned long long version = PyLong_AsUnsignedLongLongMask(v);
         Py_DECREF(v);
+        if (version == (unsigned long long)-1 && PyErr_Occurred()) throw py::error_already_set();  // not an int
         PyObject* d = PyObject_CallMethodNoArgs(p.ptr(), s_data_ptr);
         if (!d) throw py::error_already_set();
         const unsigned long long ptr = PyLong_AsUnsignedLongLongMask(d);
         Py_DECREF(d);
+        if (ptr == (unsigned long long)-1 && PyErr_Occurred()) throw py::error_already_set();
         h = mix64(h ^ version) + 0x9E3779B97F4A7C15ULL;
         h = mix64(h ^ ptr) + 0x9E3779B97F4A7C15ULL;
     }
@@ -700,6 +702,8 @@ struct PyPolicy {
                            (arr.shape(0) == 1 || arr.strides(0) >= int64_t(sizeof(float)) * net->obs_dim))),
                      "obs: expected a float32 array [B, " + std::to_string(net->obs_dim) + "] with unit column stride");
             RF_CHECK(arr.shape(0) <= INT32_MAX, "obs: more than 2^31 - 1 rows");
+            RF_CHECK(arr.shape(0) == 0 || reinterpret_cast<uintptr_t>(arr.data()) % alignof(float) == 0,
+                     "obs: expected a 4-byte aligned float32 array (this one starts at an odd address)");
             obs_p = static_cast<const float*>(arr.data());
             B = int(arr.shape(0));
             ldobs = B > 1 ? arr.strides(0) / int64_t(sizeof(float)) : net->obs_dim;

@@ -85,6 +85,8 @@ struct PyQNet {
                      "obs: expected a float32 array [B, " + std::to_string(net->obs_dim) + "] with unit column stride" +
                          (net->conv ? " (or a contiguous uint8 one)" : ""));
             RF_CHECK(obs.shape(0) <= INT32_MAX, "obs: more than 2^31 - 1 rows");
+            RF_CHECK(obs.shape(0) == 0 || reinterpret_cast<uintptr_t>(obs.data()) % alignof(float) == 0,
+                     "obs: expected a 4-byte aligned float32 array (this one starts at an odd address)");
             io.B = int(obs.shape(0));
             io.obs = static_cast<const float*>(obs.data());
             io.ldobs = io.B > 1 ? obs.strides(0) / int64_t(sizeof(float)) : net->obs_dim;

@@ -51,7 +51,9 @@ def kw(kind: str) -> dict:
 
 
 class RunSpy:
-    """Counts the Python path's runs (class-level patch: the lane's eligibility is unaffected)."""
+    """Counts the Python path's runs. A class-level patch (``_run`` is not a method the lane stands
+    in for, so the module stays eligible); the class changed, so an armed lane hands one call back
+    and is built again: the spy re-arms it and starts counting from 0."""
 
     def __init__(self, monkeypatch, m):
         self.n = 0
@@ -60,7 +62,12 @@ class RunSpy:
         def spy(mod, *a, **k):
             self.n += 1
             return orig(mod, *a, **k)
+        armed = L.armed(m)
         monkeypatch.setattr(type(m), "_run", spy)
+        if armed:
+            m.forward_inference(obs_batch(1))  # deterministic: no draw, epsilon untouched
+            assert L.armed(m)
+            self.n = 0
 
 
 def same(a: dict, b: dict) -> None:
@@ -402,3 +409,20 @@ def test_module_to_and_back(kind):
     m.float()
     same(m.forward_inference(batch), ref)
     assert out["action_dist_inputs"].shape == ref["action_dist_inputs"].shape
+
+
+@pytest.mark.parametrize("kind", ["ppo-categorical", "sac-continuous"])
+def test_rllib_style_t_keyword_takes_the_lane(kind, monkeypatch):
+    """RLlib's env runners call forward_exploration(batch, t=...); PPO / SAC ignore t."""
+    m = make(kind)
+    batch = obs_batch(3)
+    m.forward_exploration(batch, t=0)
+    spy = RunSpy(monkeypatch, m)
+    rf.manual_seed(5)
+    fast = [m.forward_exploration(batch, t=i) for i in range(3)]
+    assert spy.n == 0
+    rf.manual_seed(5)
+    for i, f in enumerate(fast):
+        same(f, m._run("exploration", batch, {"t": i}))
+    m.forward_exploration(batch, t=1, explore=True)  # any other keyword: the Python path
+    assert spy.n == 4

@@ -353,7 +353,9 @@ class RLModule(abc.ABC):
         when present); recurrent modules ``"state_out"``. No gradient is recorded by the
         default ``_forward`` path of a TorchRLModule."""
         lane = self.__dict__.get(_LANE_ATTR)
-        if lane is not None and not kwargs:
+        # RLlib's env runners pass t= (env steps so far); the modules that arm a lane here (PPO,
+        # SAC) ignore it, as their _forward_exploration does (DQN, which reads it, has its own)
+        if lane is not None and (not kwargs or (len(kwargs) == 1 and "t" in kwargs)):
             out = lane(batch, False)
             if out is not None:
                 return out

@@ -93,11 +93,12 @@ class WeightsLockMixin:
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Any attribute set (a replaced method, layer or flag) drops the fast lane: the next call
-        # takes the Python path, which re-arms one only if the module still qualifies.
-        d = self.__dict__
-        if _LANE_ATTR in d:
-            del d[_LANE_ATTR]
-        super().__setattr__(name, value)
+        # takes the Python path, which re-arms one only if the module still qualifies. Dropped
+        # after the write: a lane another thread armed before the write lands must not survive it.
+        try:
+            super().__setattr__(name, value)
+        finally:
+            self.__dict__.pop(_LANE_ATTR, None)
 
     def _apply(self, fn, *args, **kwargs):
         with self.weights_lock():  # .to(device / dtype) swaps every parameter's storage or object

@@ -72,9 +72,10 @@ QF_TARGET_NEXT_PREDS = "qf_target_next_preds"
 QF_TARGET_NEXT_PROBS = "qf_target_next_probs"
 
 # The fast lane (fastpath.lane): the columns of the fused step's (q, actions, logp), the methods
-# besides the forwards a subclass must keep for it, and the keyword it takes.
+# besides the forwards a subclass must keep for it (the step and the observation split it reads
+# the obs through), and the keyword it takes.
 _LANE_KEYS = (Columns.ACTION_DIST_INPUTS, Columns.ACTIONS, Columns.ACTION_LOGP)
-_LANE_EXTRA = ("_step",)
+_LANE_EXTRA = ("_step", "_split_obs")
 _T_ONLY = frozenset({"t"})
 
 #: RLlib's FLOAT_MIN (ray.rllib.utils.torch_utils): the Q-value of a masked action.
@@ -386,9 +387,19 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         """``RLModule.forward_exploration``; ``t`` (keyword): the env steps sampled so far, which
         set epsilon on the schedule (None: keep the current epsilon)."""
         fast = self.__dict__.get(_LANE_ATTR)  # fastpath.lane: the step at one C++ call
-        if fast is not None and kwargs.keys() <= _T_ONLY:
-            out = fast(batch, False, self.epsilon_schedule.update(kwargs.get("t")))
+        t = kwargs.get("t")
+        if fast is not None and kwargs.keys() <= _T_ONLY and (t is None or type(t) is int):
+            # epsilon moves as on the Python path: only for a batch its spec check passes (the
+            # batches a lane takes), before the step (which may still raise: NaN obs)
+            sched = self.epsilon_schedule
+            eps = sched.peek(t)
+            try:
+                out = fast(batch, False, eps)
+            except BaseException:
+                sched.update(t)
+                raise
             if out is not None:
+                sched.update(t)
                 return out
         return self._run("exploration", batch, kwargs)
 
@@ -397,6 +408,9 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
 
     def _forward_inference(self, batch: dict, **kwargs) -> dict:
         return self._step(batch, 0.0, deterministic=True)
+
+
+lane.register(DQNTorchRLModule, _LANE_EXTRA)
 
 
 def _export_forward(module: "DQNTorchRLModule", batch: dict, with_value: bool) -> dict:

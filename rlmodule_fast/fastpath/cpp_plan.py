@@ -54,7 +54,8 @@ def conv_stack_spec(cpp, enc, what: str, f32) -> tuple:
 def image_rows(obs, image: tuple, D: int, u8_ok: bool) -> np.ndarray:
     """An observation batch as the 2-D array a conv-stage plan hands to ``_C``: obs [B, D] or,
     with ``image`` = (H, W, C), [B, H, W, C] images (rows in HWC order); uint8 kept when
-    ``u8_ok`` (converted inside the kernels), anything else as float32; C-contiguous. (CPU
+    ``u8_ok`` (converted inside the kernels), anything else as float32; C-contiguous and aligned
+    (the kernels load float32 rows: 4-byte aligned). (CPU
     tensors are read through a numpy view.) ValueError naming obs, the expected and the received
     shape otherwise."""
     x = np.asarray(obs)
@@ -65,8 +66,8 @@ def image_rows(obs, image: tuple, D: int, u8_ok: bool) -> np.ndarray:
                                                             if image else "") + f", got {tuple(x.shape)}")
     if not (x.dtype == _U8 and u8_ok):  # uint8 images go to the kernels as they are
         x = x.astype(np.float32, copy=False)
-    if not x.flags.c_contiguous:  # sliced, transposed, negative or zero strides
-        x = np.ascontiguousarray(x)
+    if not (x.flags.c_contiguous and x.flags.aligned):  # sliced, transposed, zero strides, odd address
+        x = np.require(x, requirements=("C", "A"))
     return x
 
 
@@ -298,7 +299,8 @@ class CppPolicyPlan:
         ``mask``: None or the action mask [B, D] (0/1; masked logits become RLlib's FLOAT_MIN)."""
         if self._stamp_of(self._watch_policy) != self._packed_policy:
             self._repack()
-        if type(obs) is np.ndarray and obs.dtype == _F32 and obs.ndim == 2 and obs.flags.c_contiguous:
+        if type(obs) is np.ndarray and obs.dtype == _F32 and obs.ndim == 2 and obs.flags.c_contiguous \
+                and obs.flags.aligned:
             if obs.shape[1] != self.obs_dim:
                 raise ValueError(f"obs: expected shape [B, {self.obs_dim}], got {tuple(obs.shape)}")
             obs_arg, B, ld = obs, obs.shape[0], 0
@@ -319,7 +321,8 @@ class CppPolicyPlan:
                 self._repack()
         elif self._stamp_of(self._watch_policy) != self._packed_policy:
             self._repack()
-        if type(obs) is np.ndarray and obs.dtype == _F32 and obs.ndim == 2 and obs.flags.c_contiguous:
+        if type(obs) is np.ndarray and obs.dtype == _F32 and obs.ndim == 2 and obs.flags.c_contiguous \
+                and obs.flags.aligned:
             # the common case (an env's float32 batch), as _obs would return it; _C checks the width
             obs_arg, B, ld, as_tensor, keep_obs = obs, obs.shape[0], 0, False, None
             if obs.shape[1] != self.obs_dim:

@@ -13,11 +13,15 @@ decides nothing: outputs and random streams are the Python path's, bit for bit.
 
 A lane lives in the module's ``__dict__`` (never pickled or deep-copied: ``__getstate__`` drops
 it); ``refresh`` and any attribute set on the module drop it. Modules arm one only when their
-class keeps the forward methods of the class that arms it (a subclass overriding
-``_forward_exploration`` or a spec runs its own code, every call).
+class keeps the forward methods of the class that arms it as that class defined them
+(``register``: a subclass overriding ``_forward_exploration`` or a spec, or a class patched at
+run time, runs its own code, every call). A lane is built under its class's version tag
+(CPython changes it whenever the class or a base is modified), so a class patched after arming
+sends every call back to the Python path, which checks the methods again.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
@@ -30,7 +34,10 @@ from .layers import _STRUCTURE_GEN
 _FORWARD_NAMES = ("forward_exploration", "forward_inference", "_forward_exploration", "_forward_inference",
                   "input_specs_exploration", "input_specs_inference", "output_specs_exploration",
                   "output_specs_inference")
-_CLASS_OK: dict = {}
+# (base, extra) -> ((name, the object base resolved it to when registered), ...)
+_ORIGINALS: dict = {}
+# class -> {(base, extra): (the class's version tag, whether it keeps base's methods then)}
+_CLASS_OK: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _cpp():
@@ -38,19 +45,42 @@ def _cpp():
     return cpp
 
 
+def register(base: type, extra: tuple = ()) -> None:
+    """Record ``base``'s forward methods (and the ``extra`` names its fused forward calls) as
+    defined; call once, right after the class statement. A lane arms for ``base`` (or a subclass)
+    only while its class resolves every one of them to these objects."""
+    _ORIGINALS[(base, extra)] = tuple((n, getattr(base, n, None)) for n in _FORWARD_NAMES + extra)
+
+
+def _class_tag(cls: type, base: type, extra: tuple) -> int:
+    """``cls``'s version tag when it resolves every registered name of ``base`` to the recorded
+    object, else 0 (also when ``base`` was never registered or the class has no tag)."""
+    originals, C = _ORIGINALS.get((base, extra)), _cpp()._C
+    if originals is None or C is None:
+        return 0
+    tag = C.type_version(cls)  # read first: a change during the check makes the tag stale
+    if not tag:
+        return 0
+    per_class = _CLASS_OK.get(cls)
+    if per_class is None:
+        per_class = _CLASS_OK.setdefault(cls, {})
+    hit = per_class.get((base, extra))
+    if hit is None or hit[0] != tag:
+        hit = per_class[(base, extra)] = (tag, all(getattr(cls, n, None) is v for n, v in originals))
+    return tag if hit[1] else 0
+
+
 def eligible(module, base: type, extra: tuple = ()) -> bool:
     """Whether a lane may stand in for ``module``'s forwards: its class resolves every forward
-    method (and the ``extra`` names) to ``base``'s, and its instance shadows none of them."""
-    names = _FORWARD_NAMES + extra
-    cls = type(module)
-    key = (cls, base, extra)
-    ok = _CLASS_OK.get(key)
-    if ok is None:
-        ok = _CLASS_OK[key] = all(getattr(cls, n, None) is getattr(base, n, None) for n in names)
-    if not ok:
-        return False
+    method (and the ``extra`` names) to the objects ``register(base, extra)`` recorded, and its
+    instance shadows none of them."""
+    return _eligible_tag(module, base, extra) != 0
+
+
+def _eligible_tag(module, base: type, extra: tuple) -> int:
+    tag = _class_tag(type(module), base, extra)
     d = module.__dict__
-    return not any(n in d for n in names)
+    return 0 if not tag or any(n in d for n in _FORWARD_NAMES + extra) else tag
 
 
 def takes(batch, obs_dim: int) -> bool:
@@ -62,20 +92,28 @@ def takes(batch, obs_dim: int) -> bool:
 def _arm(module, batch, net, obs_dim: int, params: tuple, stamp, gen, base: type, extra: tuple,
          out_keys: tuple) -> None:
     """Re-arm the module's lane over ``net`` (cheap: one call), or build one when the module has
-    none for this net and qualifies (``eligible``); none when the batch is not one a lane takes."""
+    none for this net (or its class changed since it was built) and qualifies (``eligible``);
+    none when the batch is not one a lane takes."""
     d = module.__dict__
     if stamp is None:  # the weights moved while packing: the next step repacks
         d.pop(ATTR, None)
         return
     lane = d.get(ATTR)
-    if lane is None or lane.net is not net:
+    if lane is not None and (lane.net is not net or not lane.class_fresh):
+        d.pop(ATTR, None)  # another net, or the class changed since it was built: build again
+        lane = None
+    if lane is None:
         cpp = _cpp()
         env_data = getattr(dispatch, "_ENV_DATA", None)
-        if cpp._C is None or env_data is None or not eligible(module, base, extra) or not takes(batch, obs_dim):
+        if cpp._C is None or env_data is None or not takes(batch, obs_dim):
+            return
+        tag = _eligible_tag(module, base, extra)
+        if not tag:
             return
         lane = cpp._C.Lane(net, obs_dim, _STRUCTURE_GEN, env_data, dispatch._ENV_KEY, cpp._initial_seed,
-                           cpp._keyed_from, None if cpp._ENV_THREADS else torch.get_num_threads,
-                           cpp._threads_seen, cpp._MAX_THREADS, torch.from_numpy, torch.Tensor, out_keys)
+                           cpp._keyed_from, None if cpp._ENV_THREADS else torch.get_num_threads, cpp._ENV_THREADS,
+                           cpp._threads_seen, cpp._MAX_THREADS, torch.from_numpy, torch.Tensor, out_keys,
+                           type(module), tag)
         d[ATTR] = lane
     lane.arm(batch, params, stamp, gen, dispatch.env_token())
 

@@ -130,20 +130,24 @@ class PolicyPlan:
     def _reread_layers(self, force: bool = False) -> bool:
         """After a parameter / submodule registration somewhere: take the module's current
         layers when their parameters are not the ones this plan holds (validated again).
-        True when the layers were replaced."""
-        self._gen = _STRUCTURE_GEN[0]
+        True when the layers were replaced. The generation is taken only once they were read and
+        accepted: layers the plan refuses raise again at every step (never the old weights)."""
+        gen = _STRUCTURE_GEN[0]  # read first: a registration while re-reading is seen next step
         get_layers = self._source() if self._source is not None else None
         if get_layers is None:  # no module to re-read (a plan built from bare layers)
+            self._gen = gen
             return False
         layers = get_layers()
         params = _params(layers)
         if not force and len(params) == len(self._params) and all(map(operator.is_, params, self._params)):
+            self._gen = gen
             return False
         if self.backend == "triton":
             self.impl = self._build(layers)
         else:
             self.impl.set_layers(layers, params)
         self.layers, self._params = layers, params
+        self._gen = gen
         return True
 
     def _repack(self) -> None:

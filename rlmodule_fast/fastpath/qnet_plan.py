@@ -84,14 +84,17 @@ def qnet_params(L: QNetLayers) -> list:
 def reread_layers(plan) -> None:
     """A Q-network plan (cpp or triton) after a structure change: ask its module for the layers
     again (``plan._source``, a weak reference to the module's ``qnet_layers``) and, when they are
-    other parameters than ``plan._params``, rebuild with ``plan._set_layers``."""
+    other parameters than ``plan._params``, rebuild with ``plan._set_layers``. The generation is
+    taken only once they were read and accepted: layers the plan refuses raise again at every
+    step (never the old weights)."""
+    gen = _STRUCTURE_GEN[0]  # read first: a registration while re-reading is seen next step
     get_layers = plan._source() if plan._source is not None else None
-    plan._gen = _STRUCTURE_GEN[0]
     if get_layers is not None:
         layers = get_layers()
         new = qnet_params(layers)
         if len(new) != len(plan._params) or any(a is not b for a, b in zip(new, plan._params)):
             plan._set_layers(layers)
+    plan._gen = gen
 
 
 def validate(L: QNetLayers) -> int:
@@ -291,7 +294,8 @@ class QNetPlan:
     def step(self, obs, mask, epsilon: float, deterministic: bool) -> tuple:
         if self._gen != _STRUCTURE_GEN[0] or self._stamp_of(self._params) != self._packed:
             self._repack()
-        if type(obs) is not np.ndarray or obs.dtype != _F32 or obs.ndim != 2 or not obs.flags.c_contiguous:
+        if (type(obs) is not np.ndarray or obs.dtype != _F32 or obs.ndim != 2 or not obs.flags.c_contiguous
+                or not obs.flags.aligned):
             obs = self._obs(obs)
         elif obs.shape[1] != self.obs_dim:  # the common case: an env's contiguous float32 batch
             raise ValueError(f"obs: expected shape [B, {self.obs_dim}], got {tuple(obs.shape)}")

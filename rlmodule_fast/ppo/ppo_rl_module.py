@@ -461,6 +461,9 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         return self._forward_fast_or_torch(batch, deterministic=True)
 
 
+lane.register(PPOTorchRLModule, _LANE_EXTRA)
+
+
 def _discrete_leaf_sizes(space: gym.Space) -> list:
     """The sizes of a Tuple / Dict action space's Discrete leaves in dm-tree order (Dict keys
     sorted); ValueError ("not fused: ...") for any other leaf: the torch path samples those."""

@@ -83,9 +83,10 @@ MASK_LOGIT_GAP = 1000.0
 
 
 # The fast lane (fastpath.lane): the columns of the fused step's (dist inputs, actions, logp), and
-# the methods besides the forwards a subclass must keep for the lane to stand in for them.
+# the methods besides the forwards a subclass must keep for the lane to stand in for them (the
+# fused forward and the observation split it reads the obs through).
 _LANE_KEYS = (Columns.ACTION_DIST_INPUTS, Columns.ACTIONS, Columns.ACTION_LOGP)
-_LANE_EXTRA = ("_forward_fast_or_torch",)
+_LANE_EXTRA = ("_forward_fast_or_torch", "_split_obs")
 
 
 class SACTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAPI):
@@ -422,6 +423,9 @@ class SACTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
 
     def _forward_inference(self, batch: dict, **kwargs) -> dict:
         return self._forward_fast_or_torch(batch, deterministic=True)
+
+
+lane.register(SACTorchRLModule, _LANE_EXTRA)
 
 
 def _tensor(v: Any) -> torch.Tensor:
