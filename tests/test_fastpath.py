@@ -211,6 +211,25 @@ def test_plan_sees_inplace_weight_updates():
     _close(out["vf_preds"], want_v)
 
 
+@pytest.mark.parametrize("rnn", ["lstm", "gru"])
+def test_plan_sees_critic_rnn_updates_without_the_value_head(rnn):
+    """A separate critic's rnn advances state_out["critic"] in every step, also without the value
+    head: in-place updates of only the critic's encoder must be seen by such a step (it watched
+    the actor's weights alone and stepped the critic's state with the first weights it packed)."""
+    L = make_layers(rnn=rnn, shared=False)
+    plan = PolicyPlan(L)
+    obs = torch.randn(4, 5)
+    state = plan.step(obs, deterministic=True)["state_out"]
+    for part in (L.critic.rnn, L.critic.mlp[0]):
+        with torch.no_grad():
+            for p in part.parameters():
+                p.mul_(1.5)
+        out = plan.step(obs, state, deterministic=True)
+        _, _, want = reference_step(L, obs, state)
+        for k in want["critic"]:
+            _close(out["state_out"]["critic"][k], want["critic"][k])
+
+
 def test_plan_free_log_std_updates():
     L = make_layers(**CONFIGS["gauss-freelogstd-relu"])
     plan = PolicyPlan(L)
