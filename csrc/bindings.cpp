@@ -718,15 +718,22 @@ struct PyPolicy {
         const int Hc = net->critic_rnn_on ? net->critic_rnn.H : 0;
         auto state_ptr = [&](py::handle o, int H, const char* what) -> const float* {
             if (o.is_none()) return nullptr;
+            const float* p;
             if (py::isinstance<py::array>(o)) {
                 auto arr = py::reinterpret_borrow<py::array>(o);
                 RF_CHECK(is_f32(arr) && arr.ndim() == 2 && arr.shape(0) == B &&
                              arr.shape(1) == H && (arr.flags() & py::array::c_style),
                          std::string(what) + ": expected a contiguous float32 array [" + std::to_string(B) + ", " +
                              std::to_string(H) + "]");
-                return static_cast<const float*>(arr.data());
+                p = static_cast<const float*>(arr.data());
+            } else {
+                p = P<const float>(o.cast<uint64_t>());
             }
-            return P<const float>(o.cast<uint64_t>());
+            // the rnn kernels load the state as floats (UBSan: misaligned loads in rnn.h)
+            RF_CHECK(B == 0 || reinterpret_cast<uintptr_t>(p) % alignof(float) == 0,
+                     std::string(what) +
+                         ": expected a 4-byte aligned float32 buffer (this one starts at an odd address)");
+            return p;
         };
         StepIO io;
         io.obs = obs_p; io.obs_u8 = obs_u8; io.ldobs = ldobs; io.B = B;

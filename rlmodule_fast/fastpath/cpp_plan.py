@@ -234,6 +234,8 @@ class CppPolicyPlan:
 
     # -- the hot path ------------------------------------------------------------------------------
     def _state_arg(self, st, H: int, B: int, what: str):
+        """(keep-alive, what _C reads) for one state leaf [B, H] or [B, 1, H]: C-contiguous, 4-byte
+        aligned float32 (converted or copied only when needed); ValueError naming ``what``."""
         if st is None:
             return None
         if isinstance(st, torch.Tensor):
@@ -244,13 +246,15 @@ class CppPolicyPlan:
                 t = t.float().contiguous()
             if tuple(t.shape) != (B, H) or t.device.type != "cpu":
                 raise ValueError(f"{what}: expected a CPU [{B}, {H}] array, got {tuple(st.shape)} on {st.device}")
+            if t.data_ptr() % 4:  # e.g. from_numpy of a buffer at an odd address
+                t = t.clone()
             return t, t.data_ptr()
         a = np.asarray(st)
         if a.ndim == 3 and a.shape[1] == 1:
             a = a[:, 0]
         if a.shape != (B, H):
             raise ValueError(f"{what}: expected shape [{B}, {H}], got {tuple(np.shape(st))}")
-        a = np.ascontiguousarray(a, dtype=np.float32)
+        a = np.require(a, np.float32, ("C", "A"))
         return a, a
 
     def _states(self, state, B: int):
