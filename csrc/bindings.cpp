@@ -790,18 +790,24 @@ struct PyPolicy {
             RF_CHECK(!is_gaussian(net->dist), "action_mask: masking needs categorical actions (this plan samples a Gaussian)");
             io.mask = mask_arg(mask, B, D, ldmask, &io.ldmask);
         }
+        run(*net, io);
+        return py::make_tuple(r_dist, r_act, r_logp, r_val, r_ha, r_ca, r_hc, r_cc);
+    }
+
+    // The step on ``net`` once ``io`` is filled in (every pointer checked against net's sizes;
+    // io.det and io.mask set): also the fast lane's (lane_bind.h) step.
+    static void run(const PolicyNet& net, StepIO& io) {
         // An inf observation can saturate to a finite action: refuse non-finite inputs up front
         // (the torch path raises the same message), before any draw is reserved.
-        const int64_t bad_row = obs_u8 ? -1 : first_nonfinite_row(obs_p, B, ldobs, net->obs_dim);
+        const int64_t bad_row = io.obs_u8 ? -1 : first_nonfinite_row(io.obs, io.B, io.ldobs, net.obs_dim);
         if (bad_row >= 0) throw py::value_error("obs: contains NaN or inf (row " + std::to_string(bad_row) + ")");
-        if (!det) rng_stream().reserve(uint64_t(B) * net->draws_per_row(), &io.key, &io.ctr0);
+        if (!io.det) rng_stream().reserve(uint64_t(io.B) * net.draws_per_row(), &io.key, &io.ctr0);
         int64_t err;
         {
             py::gil_scoped_release nogil;
-            err = K().policy_step(*net, io);
+            err = K().policy_step(net, io);
         }
         if (err) raise_nonfinite(err, "action_dist_inputs");
-        return py::make_tuple(r_dist, r_act, r_logp, r_val, r_ha, r_ca, r_hc, r_cc);
     }
 };
 

@@ -5,8 +5,10 @@ notice (weights, layers, seeds, threads, RLMODULE_FAST_BACKEND, overrides) sends
 to it, and every batch it does not take gives the Python path's result or error."""
 from __future__ import annotations
 
+import collections
 import copy
 import pickle
+import types
 
 import gymnasium as gym
 import numpy as np
@@ -23,6 +25,11 @@ CPP = rf.backend_info()["cpp"]
 pytestmark = pytest.mark.skipif(not CPP["available"], reason=f"cpp backend unavailable: {CPP['reason']}")
 
 KINDS = ["ppo-categorical", "ppo-gaussian", "dqn", "sac-continuous", "sac-discrete"]
+# recurrent PPO (the stepping batch {"obs": [B, 1, O], "state_in": ...}): LSTM / GRU, shared encoder
+# or separate critic (nested state), categorical and Gaussian actions between them
+RNN_KINDS = {"ppo-lstm": ("lstm", True, "disc3"), "ppo-gru": ("gru", True, "box2"),
+             "ppo-lstm-separate": ("lstm", False, "box2"), "ppo-gru-separate": ("gru", False, "disc3")}
+ALL_KINDS = KINDS + list(RNN_KINDS)
 
 
 def make(kind: str, seed: int = 0, cls=None):
@@ -35,15 +42,41 @@ def make(kind: str, seed: int = 0, cls=None):
         act = gym.spaces.Discrete(3) if kind == "sac-discrete" else gym.spaces.Box(-1, 1, (2,), np.float32)
         return (cls or SACTorchRLModule)(observation_space=gym.spaces.Box(-1, 1, (5,), np.float32), action_space=act,
                                          model_config={"fcnet_hiddens": [17, 9]})
-    act = gym.spaces.Discrete(3) if kind == "ppo-categorical" else gym.spaces.Box(-1, 1, (2,), np.float32)
+    config = {"fcnet_hiddens": [17, 9]}
+    act = "disc3" if kind == "ppo-categorical" else "box2"
+    if kind in RNN_KINDS:
+        rnn, share, act = RNN_KINDS[kind]
+        config = {"fcnet_hiddens": [17], "lstm_cell_size": 9, f"use_{rnn}": True, "vf_share_layers": share}
+    act = gym.spaces.Discrete(3) if act == "disc3" else gym.spaces.Box(-1, 1, (2,), np.float32)
     return rf.RLModuleSpec(module_class=cls or PPOTorchRLModule, observation_space=gym.spaces.Box(-1, 1, (5,), np.float32),
-                           action_space=act, model_config_dict={"fcnet_hiddens": [17, 9]},
-                           catalog_class=PPOCatalog).build()
+                           action_space=act, model_config_dict=config, catalog_class=PPOCatalog).build()
 
 
 def obs_batch(B: int = 3, seed: int = 1, tensor: bool = False):
     x = np.random.default_rng(seed).uniform(-1, 1, (B, 5)).astype(np.float32)
     return {"obs": torch.from_numpy(x) if tensor else x}
+
+
+def batch_of(m, B: int = 3, seed: int = 1, tensor: bool = False, t_axis: bool = True, state_t: bool = True) -> dict:
+    """``obs_batch`` for a feed-forward module; for a recurrent one the env runner's stepping batch:
+    obs [B, 1, 5] (``t_axis=False``: [B, 5]) and a random ``state_in`` in ``m``'s layout, leaves
+    [B, 1, H] (``state_t=False``: [B, H])."""
+    b = obs_batch(B, seed, tensor)
+    if not m.is_stateful():
+        return b
+    rng = np.random.default_rng(seed + 100)
+
+    def leaf(v):
+        a = (0.5 * rng.standard_normal((B, 1, v.shape[-1]))).astype(np.float32)
+        a = a if state_t else a[:, 0].copy()
+        return torch.from_numpy(a) if tensor else a
+
+    def walk(d):
+        return {k: walk(v) if isinstance(v, dict) else leaf(v) for k, v in d.items()}
+    if t_axis:
+        b["obs"] = b["obs"].reshape(B, 1, 5)
+    b["state_in"] = walk(m.get_initial_state())
+    return b
 
 
 def kw(kind: str) -> dict:
@@ -65,16 +98,28 @@ class RunSpy:
         armed = L.armed(m)
         monkeypatch.setattr(type(m), "_run", spy)
         if armed:
-            m.forward_inference(obs_batch(1))  # deterministic: no draw, epsilon untouched
+            m.forward_inference(batch_of(m, 1))  # deterministic: no draw, epsilon untouched
             assert L.armed(m)
             self.n = 0
 
 
-def same(a: dict, b: dict) -> None:
-    assert list(a) == list(b)
+def same(a: dict, b: dict, path: tuple = ()) -> None:
+    """The same keys (in order, nested dicts too), each a torch.Tensor of the same dtype, shape,
+    strides and bits."""
+    assert type(a) is dict and type(b) is dict, path
+    assert list(a) == list(b), path
     for k in a:
-        assert type(a[k]) is torch.Tensor and a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
-        assert torch.equal(a[k], b[k]), k
+        if isinstance(a[k], dict):
+            same(a[k], b[k], path + (k,))
+            continue
+        x, y = a[k], b[k]
+        assert type(x) is torch.Tensor and type(y) is torch.Tensor, path + (k,)
+        assert x.dtype == y.dtype and x.shape == y.shape and x.stride() == y.stride(), path + (k,)
+        assert torch.equal(x, y), path + (k,)
+
+
+def leaves(d: dict) -> list:
+    return [t for v in d.values() for t in (leaves(v) if isinstance(v, dict) else [v])]
 
 
 def lane_runs(m, kind: str, batch: dict, n: int, explore: bool = True) -> list:
@@ -86,12 +131,20 @@ def python_runs(m, kind: str, batch: dict, n: int, explore: bool = True) -> list
     return [m._run("exploration" if explore else "inference", batch, kw(kind) if explore else {}) for _ in range(n)]
 
 
+# recurrent kinds: (obs [B, 1, O] or [B, O], state leaves [B, 1, H] or [B, H]); both forms are the
+# Python path's (outputs without the T axis for [B, O] obs; state_out [B, 1, H] either way)
+LAYOUTS = {"Tobs-Tstate": (True, True), "Tobs-state": (True, False), "obs-Tstate": (False, True),
+           "obs-state": (False, False)}
+KIND_LAYOUTS = [(k, "-") for k in KINDS] + [(k, lay) for k in RNN_KINDS for lay in LAYOUTS]
+
+
 @pytest.mark.parametrize("tensor", [False, True], ids=["numpy", "tensor"])
 @pytest.mark.parametrize("B", [1, 7])
-@pytest.mark.parametrize("kind", KINDS)
-def test_lane_equals_python_path(kind, B, tensor, monkeypatch):
+@pytest.mark.parametrize("kind,layout", KIND_LAYOUTS)
+def test_lane_equals_python_path(kind, layout, B, tensor, monkeypatch):
     m = make(kind)
-    batch = obs_batch(B, tensor=tensor)
+    t_axis, state_t = LAYOUTS.get(layout, (True, True))
+    batch = batch_of(m, B, tensor=tensor, t_axis=t_axis, state_t=state_t)
     spy = RunSpy(monkeypatch, m)
     for explore in (True, False):
         rf.manual_seed(11)
@@ -103,14 +156,20 @@ def test_lane_equals_python_path(kind, B, tensor, monkeypatch):
             same(a, b)
     # the lane answered every call after the very first one (which armed it for both modes)
     assert spy.n == 1 + 5 + 5
-    fast[0][next(iter(fast[0]))].add_(1.0)  # fresh outputs: writing one changes no later result
+    for t in leaves(fast[0]):  # fresh outputs: writing them changes no later result
+        t.add_(1)
     same(m.forward_inference(batch), m._run("inference", batch, {}))
+    if m.is_stateful():
+        assert list(fast[0]) == ["action_dist_inputs", "actions", "action_logp", "state_out"]
+        D = 3 if RNN_KINDS[kind][2] == "disc3" else 4
+        assert fast[0]["action_dist_inputs"].shape == ((B, 1, D) if t_axis else (B, D))
+        assert all(t.shape == (B, 1, 9) for t in leaves(fast[0]["state_out"]))
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_lane_outputs_equal_the_torch_layers(kind, monkeypatch):
     m = make(kind)
-    batch = obs_batch(4)
+    batch = batch_of(m, 4)
     m.forward_inference(batch)
     fused = m.forward_inference(batch)
     assert L.armed(m)
@@ -121,51 +180,65 @@ def test_lane_outputs_equal_the_torch_layers(kind, monkeypatch):
         torch.testing.assert_close(fused["actions"], ref["actions"], rtol=1e-5, atol=1e-6)
     else:
         assert torch.equal(fused["actions"], ref["actions"])
+    if m.is_stateful():
+        torch.testing.assert_close(fused["state_out"], ref["state_out"], rtol=1e-5, atol=1e-6)
 
 
 def _first_linear(m) -> torch.nn.Linear:
     return next(x for x in m.modules() if isinstance(x, torch.nn.Linear))
 
 
-def _mutate_inplace(m):
+# Each mutation changes the weights of ``part`` (a submodule name; "": the first linear layer /
+# every parameter of the module).
+def _mutate_inplace(m, part=""):
     with torch.no_grad():
-        _first_linear(m).weight.mul_(1.7)
+        _first_linear(m.get_submodule(part)).weight.mul_(1.7)
 
 
-def _mutate_data(m):
-    lin = _first_linear(m)
+def _mutate_data(m, part=""):
+    lin = _first_linear(m.get_submodule(part))
     lin.weight.data = lin.weight.detach() * 1.7
 
 
-def _mutate_load(m):
-    m.load_state_dict(make(m._lane_kind, seed=5).state_dict())
+def _mutate_load(m, part=""):
+    other = make(m._lane_kind, seed=5).state_dict()
+    m.load_state_dict({k: (other[k] if k.startswith(part) else v) for k, v in m.state_dict().items()})
 
 
-def _mutate_replace(m):
-    lin = _first_linear(m)
+def _mutate_replace(m, part=""):
+    lin = _first_linear(m.get_submodule(part))
     lin.weight = torch.nn.Parameter(lin.weight.detach() * 1.7)
 
 
-def _mutate_optimizer(m):
-    opt = torch.optim.SGD(m.parameters(), lr=0.1)
-    sum((p * p).sum() for p in m.parameters()).backward()
+def _mutate_optimizer(m, part=""):
+    params = list(m.get_submodule(part).parameters())
+    opt = torch.optim.SGD(params, lr=0.1)
+    sum((p * p).sum() for p in params).backward()
     opt.step()
+
+
+def _mutate_rnn_inplace(m, part=""):
+    with torch.no_grad():
+        for x in m.get_submodule(part).modules():
+            if isinstance(x, (torch.nn.LSTM, torch.nn.GRU)):
+                x.weight_hh_l0.mul_(1.7)
 
 
 MUTATIONS = {"inplace": _mutate_inplace, "data": _mutate_data, "load_state_dict": _mutate_load,
              "replace_parameter": _mutate_replace, "optimizer_step": _mutate_optimizer}
+RNN_MUTATIONS = dict(MUTATIONS, rnn_inplace=_mutate_rnn_inplace)
 
 
-@pytest.mark.parametrize("mutation", list(MUTATIONS))
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind,mutation", [(k, mu) for k in KINDS for mu in MUTATIONS]
+                         + [(k, mu) for k in RNN_KINDS for mu in RNN_MUTATIONS])
 def test_weight_changes_are_seen(kind, mutation):
     m = make(kind)
     m._lane_kind = kind
-    batch = obs_batch(3)
+    batch = batch_of(m, 3)
     m.forward_inference(batch)
     before = m.forward_inference(batch)
     assert L.armed(m)
-    MUTATIONS[mutation](m)
+    RNN_MUTATIONS[mutation](m)
     after = m.forward_inference(batch)
     assert not torch.equal(after["action_dist_inputs"], before["action_dist_inputs"])
     twin = make(kind)
@@ -174,10 +247,33 @@ def test_weight_changes_are_seen(kind, mutation):
     assert L.armed(m)  # the Python path ran and armed the lane again
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mutation", list(RNN_MUTATIONS))
+@pytest.mark.parametrize("kind", [k for k in RNN_KINDS if not RNN_KINDS[k][1]])
+def test_critic_rnn_weight_changes_are_seen(kind, mutation):
+    """A separate critic's rnn advances its state (state_out["critic"]) in every step, also
+    without the value head: a change of only the critic's weights must be seen (the plan watched
+    the actor's alone, and stepped the critic's state with the weights it packed first)."""
+    m = make(kind)
+    m._lane_kind = kind
+    batch = batch_of(m, 3)
+    m.forward_exploration(batch)
+    before = m.forward_inference(batch)
+    assert L.armed(m)
+    RNN_MUTATIONS[mutation](m, "encoder.critic_encoder")
+    for f in (m.forward_inference, m.forward_inference):  # the Python path, then the lane it armed
+        after = f(batch)
+        assert torch.equal(after["action_dist_inputs"], before["action_dist_inputs"])
+        assert not torch.equal(after["state_out"]["critic"]["h"], before["state_out"]["critic"]["h"])
+        twin = make(kind)
+        twin.load_state_dict(m.state_dict())
+        same(after, twin._run("inference", batch, {}))
+    assert L.armed(m)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_refresh_sees_writes_the_stamp_cannot(kind):
     m = make(kind)
-    batch = obs_batch(3)
+    batch = batch_of(m, 3)
     m.forward_inference(batch)
     before = m.forward_inference(batch)
     _first_linear(m).weight.detach().numpy()[:] *= 1.7  # no version bump, same data pointer
@@ -189,10 +285,11 @@ def test_refresh_sees_writes_the_stamp_cannot(kind):
     same(m.forward_inference(batch), twin._run("inference", batch, {}))
 
 
-@pytest.mark.parametrize("kind", ["ppo-categorical", "ppo-gaussian", "sac-continuous", "sac-discrete"])
+@pytest.mark.parametrize("kind", ["ppo-categorical", "ppo-gaussian", "sac-continuous", "sac-discrete",
+                                  *RNN_KINDS])
 def test_torch_reseed_restarts_the_stream(kind):
     m = make(kind)
-    batch = obs_batch(64)
+    batch = batch_of(m, 64)
     m.forward_exploration(batch)
     m.forward_exploration(batch)
     assert L.armed(m)
@@ -246,10 +343,10 @@ def test_thread_count_is_synced():
         torch.set_num_threads(n0)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_backend_env_change_takes_the_python_path(kind, monkeypatch):
     m = make(kind)
-    batch = obs_batch(3)
+    batch = batch_of(m, 3)
     m.forward_inference(batch)
     m.forward_inference(batch)
     assert L.armed(m)
@@ -264,10 +361,10 @@ def test_backend_env_change_takes_the_python_path(kind, monkeypatch):
     assert spy.n == 3  # back to the value it was armed with: the lane answers again
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_instance_override_is_called(kind):
     m = make(kind)
-    batch = obs_batch(3)
+    batch = batch_of(m, 3)
     m.forward_exploration(batch, **kw(kind))
     assert L.armed(m)
     marker = torch.full((3,), 7.0)
@@ -304,42 +401,88 @@ def test_subclass_override_runs_every_call(cls):
 
 
 def _f64(b):
-    return {"obs": b["obs"].astype(np.float64)}
+    return dict(b, obs=b["obs"].astype(np.float64))
 
 
 def _noncontig(b):
-    return {"obs": np.asfortranarray(b["obs"])}
+    return dict(b, obs=np.asfortranarray(b["obs"]))
 
 
 def _extra_key(b):
-    return {"obs": b["obs"], "infos": [None] * len(b["obs"])}
+    return dict(b, infos=[None] * len(b["obs"]))
 
 
 def _grad(b):
-    return {"obs": torch.from_numpy(b["obs"]).requires_grad_()}
+    return dict(b, obs=torch.from_numpy(b["obs"]).requires_grad_())
 
 
 def _list(b):
-    return {"obs": b["obs"].tolist()}
+    return dict(b, obs=b["obs"].tolist())
 
 
 def _subclass_array(b):
-    return {"obs": b["obs"].view(np.ma.MaskedArray)}
+    return dict(b, obs=b["obs"].view(np.ma.MaskedArray))
+
+
+def _unaligned(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous float32 copy of ``x`` at an odd address (from a byte buffer at offset 1)."""
+    raw = bytearray(x.nbytes + 1)
+    y = np.frombuffer(raw, dtype=np.float32, offset=1, count=x.size).reshape(x.shape)
+    y[...] = x
+    assert not y.flags.aligned and y.flags.c_contiguous
+    return y
+
+
+def _map_leaves(d: dict, fn) -> dict:
+    return {k: (_map_leaves(v, fn) if isinstance(v, dict) else fn(v)) for k, v in d.items()}
+
+
+def _state(fn):
+    """A batch form from ``fn`` applied to every state_in leaf (numpy [B, 1, H])."""
+    return lambda b: dict(b, state_in=_map_leaves(b["state_in"], fn))
+
+
+def _with_actor_state(b, fn) -> dict:
+    """A copy of b whose (actor's) state dict is fn(copy of it)."""
+    st = dict(b["state_in"])
+    if "actor" in st:
+        st["actor"] = fn(dict(st["actor"]))
+    else:
+        st = fn(st)
+    return dict(b, state_in=st)
+
+
+class _SubTensor(torch.Tensor):
+    pass
 
 
 NOT_TAKEN = {"float64": _f64, "non-contiguous": _noncontig, "extra-key": _extra_key, "requires-grad": _grad,
              "list": _list, "array-subclass": _subclass_array}
+# recurrent kinds also: state_in leaves / dicts of a form the lane leaves to the Python path
+STATE_NOT_TAKEN = {
+    "state-float64": _state(lambda v: v.astype(np.float64)),
+    "state-non-contiguous": _state(lambda v: np.repeat(v, 2, axis=-1)[..., ::2]),
+    "state-zero-stride": _state(lambda v: np.broadcast_to(v[:1], v.shape)),
+    "state-unaligned": _state(_unaligned),
+    "state-requires-grad": _state(lambda v: torch.from_numpy(v).requires_grad_()),
+    "state-tensor-subclass": _state(lambda v: torch.from_numpy(v).as_subclass(_SubTensor)),
+    "state-array-subclass": _state(lambda v: v.view(np.ma.MaskedArray)),
+    "state-list": _state(lambda v: v.tolist()),
+    "state-extra-key": lambda b: _with_actor_state(b, lambda d: dict(d, x=d["h"])),
+    "state-ordereddict": lambda b: _with_actor_state(b, collections.OrderedDict),
+    "state_in-mappingproxy": lambda b: dict(b, state_in=types.MappingProxyType(b["state_in"])),
+}
 
 
-@pytest.mark.parametrize("form", list(NOT_TAKEN))
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind,form", [(k, f) for k in ALL_KINDS for f in NOT_TAKEN]
+                         + [(k, f) for k in RNN_KINDS for f in STATE_NOT_TAKEN])
 def test_batches_the_lane_does_not_take(kind, form, monkeypatch):
     m = make(kind)
-    base = obs_batch(3)
+    base = batch_of(m, 3)
     m.forward_inference(base)
     assert L.armed(m)
-    batch = NOT_TAKEN[form](base)
-    assert not L.takes(batch, 5)
+    batch = {**NOT_TAKEN, **STATE_NOT_TAKEN}[form](base)
+    assert not L.takes(batch, L.lane_of(m).net)
     spy = RunSpy(monkeypatch, m)
     try:
         got = m.forward_inference(batch)
@@ -353,43 +496,72 @@ def test_batches_the_lane_does_not_take(kind, form, monkeypatch):
     assert L.armed(m)  # a batch it does not take leaves the lane armed for the plain ones
 
 
+def _obs_with(fn):
+    """A batch form whose obs is fn(a copy of obs viewed as [B, -1])'s result, shaped back."""
+    def form(b):
+        x = b["obs"].copy()
+        y = fn(x.reshape(x.shape[0], -1))
+        return dict(b, obs=y.reshape(x.shape))
+    return form
+
+
+def _set(x, i, j, v):
+    x[i, j] = v
+    return x
+
+
 BAD = {
-    "nan": lambda b: {"obs": np.where(np.arange(15).reshape(3, 5) == 7, np.nan, b["obs"]).astype(np.float32)},
-    "inf-tensor": lambda b: {"obs": torch.from_numpy(b["obs"]).index_fill(1, torch.tensor([2]), float("inf"))},
-    "wrong-width": lambda b: {"obs": np.zeros((3, 4), np.float32)},
-    "empty": lambda b: {"obs": np.zeros((0, 5), np.float32)},
-    "rank-3": lambda b: {"obs": np.zeros((3, 1, 5), np.float32)},
-    "missing-obs": lambda b: {"observations": b["obs"]},
+    "nan": _obs_with(lambda x: _set(x, 1, 2, np.nan)),
+    "inf-tensor": _obs_with(lambda x: torch.from_numpy(x).index_fill(1, torch.tensor([2]), float("inf"))),
+    "wrong-width": lambda b: dict(b, obs=np.zeros(b["obs"].shape[:-1] + (4,), np.float32)),
+    "empty": lambda b: dict(b, obs=np.zeros((0,) + b["obs"].shape[1:], np.float32)),
+    "extra-axis": lambda b: dict(b, obs=b["obs"][:, None]),
+    "missing-obs": lambda b: {("observations" if k == "obs" else k): v for k, v in b.items()},
 }
+# recurrent kinds also
+STATE_BAD = {
+    "wrong-H": _state(lambda v: np.zeros(v.shape[:-1] + (v.shape[-1] + 1,), np.float32)),
+    "state-wrong-B": _state(lambda v: np.zeros((v.shape[0] + 1,) + v.shape[1:], np.float32)),
+    "state-T2": _state(lambda v: np.repeat(v, 2, axis=1)),
+    "missing-last-key": lambda b: _with_actor_state(b, lambda d: {k: d[k] for k in list(d)[:-1]}),
+    "missing-state_in": lambda b: {"obs": b["obs"]},
+    "state_in-array": lambda b: dict(b, state_in=np.zeros((3, 1, 9), np.float32)),
+    "nan-state": _state(lambda v: _set(v.copy().reshape(v.shape[0], -1), 1, 2, np.nan).reshape(v.shape)),
+    "obs-T2": lambda b: dict(b, obs=np.repeat(b["obs"], 2, axis=1)),
+}
+RAISE = {"nan", "inf-tensor", "wrong-width", "missing-obs", "wrong-H", "state-wrong-B", "state-T2", "missing-last-key",
+         "missing-state_in", "state_in-array", "nan-state"}
 
 
-@pytest.mark.parametrize("bad", list(BAD))
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind,bad", [(k, f) for k in ALL_KINDS for f in BAD]
+                         + [(k, f) for k in RNN_KINDS for f in STATE_BAD])
 def test_bad_batches_raise_as_the_python_path(kind, bad):
     m = make(kind)
-    base = obs_batch(3)
+    base = batch_of(m, 3)
     m.forward_exploration(base, **kw(kind))
     assert L.armed(m)
-    batch = BAD[bad](base)
+    batch = {**BAD, **STATE_BAD}[bad](base)
+    assert not L.takes(batch, L.lane_of(m).net) or bad in ("nan", "inf-tensor", "nan-state")
     errors = []
     for f in (lambda: m.forward_exploration(batch, **kw(kind)), lambda: m._run("exploration", batch, kw(kind))):
+        rf.manual_seed(6)
         try:
             errors.append(("ok", f()))
         except Exception as e:
             errors.append((type(e), str(e)))
     if errors[0][0] == "ok":
-        assert bad in ("empty", "rank-3") and errors[1][0] == "ok"
-        same(errors[0][1], errors[1][1]) if bad == "empty" else None
+        assert bad not in RAISE and errors[1][0] == "ok"
+        same(errors[0][1], errors[1][1])
     else:
         assert errors[0] == errors[1]
-        if bad in ("nan", "inf-tensor", "wrong-width", "missing-obs"):
-            assert errors[0][0] is ValueError
+        if bad in RAISE:
+            assert errors[0][0] is ValueError, errors[0]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_copies_carry_no_lane(kind):
     m = make(kind)
-    batch = obs_batch(3)
+    batch = batch_of(m, 3)
     m.forward_inference(batch)
     assert L.armed(m)
     for c in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
@@ -398,10 +570,10 @@ def test_copies_carry_no_lane(kind):
         assert L.armed(c) and L.lane_of(c) is not L.lane_of(m)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_module_to_and_back(kind):
     m = make(kind)
-    batch = obs_batch(3)
+    batch = batch_of(m, 3)
     m.forward_inference(batch)
     ref = m.forward_inference(batch)
     m.double()
@@ -411,11 +583,11 @@ def test_module_to_and_back(kind):
     assert out["action_dist_inputs"].shape == ref["action_dist_inputs"].shape
 
 
-@pytest.mark.parametrize("kind", ["ppo-categorical", "sac-continuous"])
+@pytest.mark.parametrize("kind", ["ppo-categorical", "sac-continuous", "ppo-lstm"])
 def test_rllib_style_t_keyword_takes_the_lane(kind, monkeypatch):
     """RLlib's env runners call forward_exploration(batch, t=...); PPO / SAC ignore t."""
     m = make(kind)
-    batch = obs_batch(3)
+    batch = batch_of(m, 3)
     m.forward_exploration(batch, t=0)
     spy = RunSpy(monkeypatch, m)
     rf.manual_seed(5)

@@ -25,16 +25,17 @@ from rlmodule_fast.fastpath import lane as L
 from rlmodule_fast.ops import dispatch
 from rlmodule_fast.ppo import PPOTorchRLModule
 from rlmodule_fast.sac import SACTorchRLModule
-from test_fast_lane import CPP, KINDS, kw, make, obs_batch, same
+from test_fast_lane import ALL_KINDS, CPP, KINDS, RNN_KINDS, batch_of, kw, leaves, make, obs_batch, same
 
 pytestmark = pytest.mark.skipif(not CPP["available"], reason=f"cpp backend unavailable: {CPP['reason']}")
 
-CLASSES = {"ppo-categorical": PPOTorchRLModule, "dqn": DQNTorchRLModule, "sac-continuous": SACTorchRLModule}
+CLASSES = {"ppo-categorical": PPOTorchRLModule, "dqn": DQNTorchRLModule, "sac-continuous": SACTorchRLModule,
+           "ppo-lstm-separate": PPOTorchRLModule}
 
 
 def _armed(kind: str, B: int = 3):
     m = make(kind)
-    batch = obs_batch(B)
+    batch = batch_of(m, B)
     m.forward_exploration(batch, **kw(kind))
     m.forward_inference(batch)
     assert L.armed(m)
@@ -170,7 +171,49 @@ def test_refused_layers_raise_on_every_call(kind):
     same(m.forward_inference(batch), m._run("inference", batch, {}))
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", list(RNN_KINDS))
+def test_refused_rnn_raises_on_every_call(kind):
+    """As above for a recurrent module whose rnn is replaced by one the fused step refuses."""
+    m, batch = _armed(kind)
+    enc = m.encoder.encoder if m.encoder.shared else m.encoder.actor_encoder
+    name = next(n for n, x in enc.named_children() if isinstance(x, (torch.nn.LSTM, torch.nn.GRU)))
+    old = getattr(enc, name)
+    setattr(enc, name, type(old)(old.input_size, old.hidden_size, num_layers=2, batch_first=True))
+    for _ in range(3):
+        with pytest.raises(ValueError, match="only 1-layer"):
+            m.forward_inference(batch)
+    setattr(enc, name, old)
+    same(m.forward_inference(batch), make(kind)._run("inference", batch, {}))
+    same(m.forward_inference(batch), m._run("inference", batch, {}))
+
+
+@pytest.mark.parametrize("kind", ["ppo-lstm", "ppo-gru-separate"])
+def test_rnn_resized_the_lane_reads_the_state_form_from_the_net(kind):
+    """The rnn (and the heads reading it) replaced by wider ones the fused step takes: the plan
+    reloads the same ``_C.Policy`` with H = 12. A lane that kept the state width it was built
+    with would hand [B, 9] rows to kernels reading [B, 12] (past the end of every leaf); it reads
+    the form from the net as loaded, so 9-wide states go to the Python path (its errors) and
+    12-wide ones are taken."""
+    m, batch = _armed(kind)
+    lane = L.lane_of(m)
+    enc = m.encoder.encoder if m.encoder.shared else m.encoder.actor_encoder
+    name = next(n for n, x in enc.named_children() if isinstance(x, (torch.nn.LSTM, torch.nn.GRU)))
+    old = getattr(enc, name)
+    setattr(enc, name, type(old)(old.input_size, 12, batch_first=True))
+    m.pi.net.mlp[0] = torch.nn.Linear(12, m.pi.net.mlp[0].out_features)
+    if m.encoder.shared:
+        m.vf.net.mlp[0] = torch.nn.Linear(12, m.vf.net.mlp[0].out_features)
+    for _ in range(3):
+        with pytest.raises(ValueError, match=r"expected shape \[3, 12\]"):
+            m.forward_inference(batch)
+    assert L.lane_of(m) is lane and not L.takes(batch, lane.net)
+    actor = {k: np.zeros((3, 1, 12), np.float32) for k in ("h", "c") if k in (batch["state_in"].get("actor") or
+                                                                             batch["state_in"])}
+    wide = dict(batch, state_in=actor if m.encoder.shared else {"actor": actor, "critic": batch["state_in"]["critic"]})
+    assert L.takes(wide, lane.net)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_module_moved_off_cpu_raises_on_every_call(kind):
     """``module.to(<not cpu>)`` then CPU batches: ValueError every call, never the old weights."""
     m, batch = _armed(kind)
@@ -230,7 +273,7 @@ def test_fixed_thread_count_is_applied_in_a_forked_child():
     assert res.stdout.strip().splitlines()[-1] == "child threads 2"
 
 
-@pytest.mark.parametrize("kind", ["ppo-categorical", "dqn"])
+@pytest.mark.parametrize("kind", ["ppo-categorical", "dqn", "ppo-lstm-separate"])
 def test_armed_module_referenced_by_its_parameters_is_collected(kind):
     """The lane holds the module's parameters; a parameter that refers back to its module (an
     attribute some libraries set) made a cycle the garbage collector could not see through the
@@ -286,17 +329,106 @@ def _unaligned(x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("tensor", [False, True], ids=["numpy", "tensor"])
-@pytest.mark.parametrize("kind", KINDS)
-def test_unaligned_observations_reach_the_kernels_aligned(kind, tensor):
+@pytest.mark.parametrize("kind,what", [(k, "obs") for k in ALL_KINDS] + [(k, "state") for k in RNN_KINDS])
+def test_unaligned_observations_reach_the_kernels_aligned(kind, what, tensor):
     """float32 rows at an odd address: the kernels load them as floats, which must be 4-byte
     aligned (UBSan: "load of misaligned address" in mlp.h, from both the lane and the Python
-    path's fast branch). The lane refuses them; the Python path copies them aligned first."""
+    path's fast branch; for a recurrent state in rnn.h, from the Python path). The lane refuses
+    them; the Python path copies them aligned first."""
     m, batch = _armed(kind, B=64)
-    x = _unaligned(batch["obs"])
-    odd = {"obs": torch.from_numpy(x) if tensor else x}
-    assert not L.takes(odd, 5)
+
+    def odd_of(x):
+        y = _unaligned(x)
+        return torch.from_numpy(y) if tensor else y
+    if what == "obs":
+        odd = dict(batch, obs=odd_of(batch["obs"]))
+    else:
+        odd = dict(batch, state_in=_map_leaves(batch["state_in"], odd_of))
+    assert not L.takes(odd, L.lane_of(m).net)
     same(m.forward_inference(odd), m._run("inference", batch, {}))
     rf.manual_seed(5)
     got = m.forward_exploration(odd, **kw(kind))
     rf.manual_seed(5)
     same(got, m._run("exploration", batch, kw(kind)))
+
+
+def _map_leaves(d: dict, fn) -> dict:
+    return {k: (_map_leaves(v, fn) if isinstance(v, dict) else fn(v)) for k, v in d.items()}
+
+
+# ------------------------------------------------------------------------------ recurrent state
+
+@pytest.mark.parametrize("tensor", [False, True], ids=["numpy", "tensor"])
+@pytest.mark.parametrize("kind", list(RNN_KINDS))
+def test_state_in_is_the_previous_calls_state_out(kind, tensor):
+    """The env runner's loop: each step's state_in is the previous step's state_out (the very
+    tensors, or their .numpy() views). Lane and Python path give the same sequence; no step writes
+    into its inputs (the previous outputs keep their values) or returns memory it was given."""
+    runs = []
+    for lane_on in (True, False):
+        m = make(kind)
+        batch = batch_of(m, 5)
+        m.forward_exploration(batch)
+        assert L.armed(m)
+        rf.manual_seed(9)
+        outs, kept = [], []
+        for i in range(6):
+            obs = batch_of(m, 5, seed=20 + i)["obs"]
+            b = {"obs": torch.from_numpy(obs) if tensor else obs, "state_in": batch["state_in"]}
+            out = m.forward_exploration(b) if lane_on else m._run("exploration", b, {})
+            for t_in in leaves(b["state_in"]):  # nothing returned shares memory with an input
+                x = t_in if isinstance(t_in, torch.Tensor) else torch.from_numpy(t_in)
+                assert all(t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr() for t in leaves(out))
+            outs.append(out)
+            kept.append({k: v.clone() for k, v in enumerate(leaves(out))})
+            so = out["state_out"]
+            batch = {"state_in": so if tensor else _map_leaves(so, lambda t: t.numpy())}
+        for out, k in zip(outs, kept):  # the later steps read these as their state, never wrote them
+            assert all(torch.equal(v, k[j]) for j, v in enumerate(leaves(out)))
+        runs.append(outs)
+    for a, b in zip(*runs):
+        same(a, b)
+
+
+def test_lstm_h_and_c_the_same_array():
+    """h and c one array object (the lane takes it: two reads of one buffer)."""
+    m, batch = _armed("ppo-lstm")
+    h = batch["state_in"]["h"]
+    b = dict(batch, state_in={"h": h, "c": h})
+    assert L.takes(b, L.lane_of(m).net)
+    rf.manual_seed(2)
+    got = m.forward_exploration(b)
+    rf.manual_seed(2)
+    same(got, m._run("exploration", {"obs": batch["obs"], "state_in": {"h": h, "c": h.copy()}}, {}))
+
+
+@pytest.mark.parametrize("kind", ["ppo-lstm", "ppo-gru-separate"])
+def test_state_rebound_while_the_lane_reads_the_batch(kind):
+    """Reading a tensor leaf (.numpy()) runs Python code (a TorchFunctionMode), which can rebind
+    the caller's dicts: here it replaces batch["state_in"] (and the actor's state dict) with copies
+    on the first .numpy(), dropping the only other references to the original leaves. The lane must
+    keep what it read alive until the step is done: the originals are freed only after the call."""
+    m, batch = _armed(kind)
+    tb = {"obs": torch.from_numpy(batch["obs"]), "state_in": _map_leaves(batch["state_in"], torch.from_numpy)}
+    events = []
+    for i, t in enumerate(leaves(tb["state_in"])):
+        weakref.finalize(t, events.append, f"freed {i}")
+    del t
+    n_leaves = len(leaves(tb["state_in"]))
+
+    class Rebind(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.Tensor.numpy:
+                events.append("numpy")
+                if events.count("numpy") == 1:
+                    tb["state_in"] = _map_leaves(tb["state_in"], lambda t: t.clone())
+            return func(*args, **(kwargs or {}))
+
+    ref = m._run("inference", batch, {})
+    with Rebind():
+        out = L.lane_of(m)(tb, True)
+    gc.collect()
+    assert out is not None
+    assert events[:1 + n_leaves] == ["numpy"] * (1 + n_leaves), events
+    assert sorted(events[1 + n_leaves:]) == [f"freed {i}" for i in range(n_leaves)], events
+    same(out, ref)

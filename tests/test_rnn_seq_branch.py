@@ -1,8 +1,10 @@
-"""The recurrent hot branch of PPOTorchRLModule's fused step (``_seq_step``): a [B, 1, D] batch
-with its state goes to the cpp plan as it is. It must give exactly what the general branch gives
+"""The recurrent hot branch of PPOTorchRLModule's fused step (``_seq_step``): a [B, 1, D] (or
+[B, D]) batch with its state goes to the cpp plan as it is. It must give exactly what the general branch gives
 (the batch converted to torch, re-flattened, the state reshaped): the same keys, tensors of the
 same dtype, shape and strides, the same bits, the same random stream, the same errors."""
 from __future__ import annotations
+
+import itertools
 
 import gymnasium as gym
 import numpy as np
@@ -27,9 +29,9 @@ def make(kind: str, share: bool, act: str):
                             catalog_class=PPOCatalog)
 
 
-def batch_for(m, B: int, tensor: bool, state_t: bool, dtype=np.float32, seed: int = 1) -> dict:
+def batch_for(m, B: int, tensor: bool, state_t: bool, dtype=np.float32, seed: int = 1, obs_t: bool = True) -> dict:
     rng = np.random.default_rng(seed)
-    obs = rng.uniform(-1, 1, (B, 1, 5)).astype(dtype)
+    obs = rng.uniform(-1, 1, (B, 1, 5) if obs_t else (B, 5)).astype(dtype)
 
     def leaf(v):
         a = (0.3 * rng.standard_normal((B, 1, v.shape[-1]))).astype(np.float32)
@@ -91,25 +93,29 @@ def test_hot_branch_equals_general_branch(kind, share, act, B, monkeypatch):
     m = make(kind, share, act)
     spy = FeatureSpy(monkeypatch)
     monkeypatch.setenv("RLMODULE_FAST_BACKEND", "cpp")
-    for tensor, state_t in ((False, True), (False, False), (True, True), (True, False)):
-        batch = batch_for(m, B, tensor, state_t)
+    for (tensor, state_t), obs_t in itertools.product(((False, True), (False, False), (True, True), (True, False)),
+                                                      (True, False)):
+        batch = batch_for(m, B, tensor, state_t, obs_t=obs_t)
         for explore in (True, False):
             fast, slow = both(m, batch, explore, spy)
             for a, b in zip(fast, slow):
                 same(a, b)
             assert list(fast[0]) == [Columns.ACTION_DIST_INPUTS, Columns.ACTIONS, Columns.ACTION_LOGP,
                                      Columns.STATE_OUT]
-            assert fast[0][Columns.ACTION_DIST_INPUTS].shape[:2] == (B, 1)
+            dist = fast[0][Columns.ACTION_DIST_INPUTS]
+            assert (dist.shape[:2] == (B, 1)) if obs_t else (dist.dim() == 2 and dist.shape[0] == B)
 
 
 def test_hot_branch_converts_float64_and_strided_obs_as_the_general_branch(monkeypatch):
     m = make("lstm", True, "disc3")
     spy = FeatureSpy(monkeypatch)
     monkeypatch.setenv("RLMODULE_FAST_BACKEND", "cpp")
+    for obs_t in (True, False):
+        b64 = batch_for(m, 6, False, True, dtype=np.float64, obs_t=obs_t)
+        fast, slow = both(m, b64, True, spy)
+        for a, b in zip(fast, slow):
+            same(a, b)
     b64 = batch_for(m, 6, False, True, dtype=np.float64)
-    fast, slow = both(m, b64, True, spy)
-    for a, b in zip(fast, slow):
-        same(a, b)
     wide = np.random.default_rng(2).uniform(-1, 1, (6, 1, 10)).astype(np.float32)
     strided = dict(b64, **{Columns.OBS: wide[:, :, ::2]})  # a column stride of 2
     fast, slow = both(m, strided, True, spy)

@@ -3,7 +3,10 @@
 At batch 1 the fused C++ step computes in ~2 µs, while the Python path around it (spec checks,
 backend choice, plan lookup, weights freshness, RNG and thread sync, dispatch frames) costs ~6 µs
 more. After that path ran a cpp plan on a plain batch -- exactly ``{"obs": float32 [B, O]}``, a
-C-contiguous numpy array or a CPU tensor without grad -- it arms a ``_C.Lane`` on the module. The
+C-contiguous numpy array or a CPU tensor without grad; for PPO's recurrent step also
+``{"obs": [B, 1, O] or [B, O], "state_in": {"h": [B, 1, H] or [B, H], ...}}`` (see ``takes``), where
+the Python path costs ~100 µs around a ~55 µs LSTM step at H=256 (every line it touches is a cache
+miss after the 2 MB weight stream) and the lane ~25 µs -- it arms a ``_C.Lane`` on the module. The
 module's public forward tries the lane first; the lane re-reads, in C++, everything the Python
 path's decisions depend on (the batch's form, RLMODULE_FAST_BACKEND, the layer-structure
 generation, the packed weights' stamp, torch's initial seed, torch's thread count) and answers
@@ -83,14 +86,17 @@ def _eligible_tag(module, base: type, extra: tuple) -> int:
     return 0 if not tag or any(n in d for n in _FORWARD_NAMES + extra) else tag
 
 
-def takes(batch, obs_dim: int) -> bool:
-    """Whether a lane takes this batch's form (its one definition is ``_C.lane_takes``)."""
+def takes(batch, net) -> bool:
+    """Whether a lane over ``net`` (a ``_C.Policy`` / ``_C.QNet``, e.g. ``lane_of(m).net``) takes
+    this batch's form (its one definition is ``_C.lane_takes``): ``{"obs": float32 [B, O]}``; for a
+    recurrent policy ``{"obs": [B, O] or [B, 1, O], "state_in": {"h": [B, (1,) H](, "c")}}``
+    (nested ``{"actor": ..., "critic": ...}`` when the critic has its own rnn); C-contiguous,
+    aligned numpy arrays or CPU tensors without grad."""
     cpp = _cpp()
-    return cpp._C is not None and cpp._C.lane_takes(batch, obs_dim, torch.Tensor)
+    return cpp._C is not None and cpp._C.lane_takes(batch, net, torch.Tensor)
 
 
-def _arm(module, batch, net, obs_dim: int, params: tuple, stamp, gen, base: type, extra: tuple,
-         out_keys: tuple) -> None:
+def _arm(module, batch, net, params: tuple, stamp, gen, base: type, extra: tuple, out_keys: tuple) -> None:
     """Re-arm the module's lane over ``net`` (cheap: one call), or build one when the module has
     none for this net (or its class changed since it was built) and qualifies (``eligible``);
     none when the batch is not one a lane takes."""
@@ -105,12 +111,12 @@ def _arm(module, batch, net, obs_dim: int, params: tuple, stamp, gen, base: type
     if lane is None:
         cpp = _cpp()
         env_data = getattr(dispatch, "_ENV_DATA", None)
-        if cpp._C is None or env_data is None or not takes(batch, obs_dim):
+        if cpp._C is None or env_data is None or not takes(batch, net):
             return
         tag = _eligible_tag(module, base, extra)
         if not tag:
             return
-        lane = cpp._C.Lane(net, obs_dim, _STRUCTURE_GEN, env_data, dispatch._ENV_KEY, cpp._initial_seed,
+        lane = cpp._C.Lane(net, _STRUCTURE_GEN, env_data, dispatch._ENV_KEY, cpp._initial_seed,
                            cpp._keyed_from, None if cpp._ENV_THREADS else torch.get_num_threads, cpp._ENV_THREADS,
                            cpp._threads_seen, cpp._MAX_THREADS, torch.from_numpy, torch.Tensor, out_keys,
                            type(module), tag)
@@ -119,17 +125,19 @@ def _arm(module, batch, net, obs_dim: int, params: tuple, stamp, gen, base: type
 
 
 def arm_policy(module, plan, batch: dict, base: type, extra: tuple, out_keys: tuple) -> None:
-    """After ``plan`` (a cpp ``PolicyPlan``, feed-forward) ran ``module``'s step on ``batch`` with
-    no action mask: arm its lane. ``base``/``extra``: see ``eligible``; ``out_keys``: the columns of
-    the step's (action_dist_inputs, actions, action_logp), in that order."""
+    """After ``plan`` (a cpp ``PolicyPlan``) ran ``module``'s step without the value head on
+    ``batch`` with no action mask: arm its lane. ``base``/``extra``: see ``eligible``; ``out_keys``:
+    the columns of the step's (action_dist_inputs, actions, action_logp), in that order. A
+    recurrent plan's lane also returns ``"state_out"`` (every leaf [B, 1, H]; the other outputs
+    with a T axis when obs had one), as PPO's recurrent branch does."""
     impl = plan.impl
-    _arm(module, batch, impl._net, impl.obs_dim, impl._watch_policy, impl._packed_policy, plan._gen, base, extra,
+    _arm(module, batch, impl._net, impl._watch_policy, impl._packed_policy, plan._gen, base, extra,
          out_keys)
 
 
 def arm_qnet(module, plan, batch: dict, base: type, extra: tuple, out_keys: tuple) -> None:
     """As ``arm_policy``, for a cpp ``QNetPlan`` (the DQN step; the lane takes epsilon per call)."""
-    _arm(module, batch, plan._net, plan.obs_dim, plan._params, plan._packed, plan._gen, base, extra, out_keys)
+    _arm(module, batch, plan._net, plan._params, plan._packed, plan._gen, base, extra, out_keys)
 
 
 def drop(module) -> None:
@@ -143,7 +151,7 @@ def lane_of(module) -> Optional[object]:
 
 
 def armed(module) -> bool:
-    """Whether ``module`` has an armed lane: its next plain ``{"obs": float32 [B, O]}`` forward
+    """Whether ``module`` has an armed lane: its next forward on a batch the lane takes (``takes``)
     runs at one C++ call if nothing it checks has changed."""
     lane = module.__dict__.get(ATTR)
     return bool(lane is not None and lane.armed)

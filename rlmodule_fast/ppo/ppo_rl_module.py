@@ -4,7 +4,8 @@ step of ``forward_exploration`` / ``forward_inference`` sent to a fused backend.
 Batches are batch-major. MLP: obs [B, *obs_shape]. LSTM/GRU (``use_lstm`` / ``use_gru``):
 ``forward_train`` takes obs [B, T, *obs_shape] and ``state_in`` {"h": [B, 1, H](, "c")}
 (nested {"actor": ..., "critic": ...} with ``vf_share_layers=False``); stepping takes obs
-[B, 1, *obs_shape] or [B, *obs_shape] (read as T=1; outputs then have no T axis).
+[B, 1, *obs_shape] or [B, *obs_shape] (read as T=1; outputs then have no T axis; ``state_out``
+leaves are [B, 1, H] either way).
 Image observations (a [H, W, C] Box) go to RLlib's CNN encoder channel-last, unflattened; uint8
 frames are cast to float (values kept, no scaling: RLlib's Atari wrappers scale in the env).
 The fused step runs the conv stack too (NHWC, RLlib's padding and (H, W, C) flatten; CNN -> LSTM /
@@ -414,18 +415,24 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             elif mask is None and not self._structured:
                 lane.arm_policy(self, plan, full, PPOTorchRLModule, _LANE_EXTRA, _LANE_KEYS)
             return {Columns.ACTION_DIST_INPUTS: adi, Columns.ACTIONS: actions, Columns.ACTION_LOGP: logp}
-        if plan.backend == "cpp" and self._seq_step and obs.ndim == 3 and obs.shape[1] == 1:
-            # The recurrent hot path: obs [B, 1, D] and the state leaves ([B, 1, H] or [B, H], numpy
-            # or tensors) go to the plan as they are, which converts what it must exactly as the
-            # general branch below would (no torch round trip of the batch, no re-flattening).
-            # Besides the Python work, this halves what runs between two steps: at H=256 each step
-            # streams 2 MB of LSTM weights through L2, and every line the Python code around it
-            # touches is a cache miss after that.
-            res = plan.step(obs[:, 0], batch[Columns.STATE_IN], deterministic=deterministic, mask=mask)
-            out = {k: _with_t(res[k]) for k in (Columns.ACTION_DIST_INPUTS, Columns.ACTIONS, Columns.ACTION_LOGP)}
+        if plan.backend == "cpp" and self._seq_step and (obs.ndim == 2 or (obs.ndim == 3 and obs.shape[1] == 1)):
+            # The recurrent hot path: obs [B, 1, D] (or [B, D]) and the state leaves ([B, 1, H] or
+            # [B, H], numpy or tensors) go to the plan as they are, which converts what it must
+            # exactly as the general branch below would (no torch round trip of the batch, no
+            # re-flattening). Besides the Python work, this halves what runs between two steps: at
+            # H=256 each step streams 2 MB of LSTM weights through L2, and every line the Python
+            # code around it touches is a cache miss after that.
+            with_t = obs.ndim == 3
+            res = plan.step(obs[:, 0] if with_t else obs, batch[Columns.STATE_IN], deterministic=deterministic,
+                            mask=mask)
+            wrap = _with_t if with_t else _as_tensor  # the general branch's layout: T axis as in obs
+            out = {k: wrap(res[k]) for k in (Columns.ACTION_DIST_INPUTS, Columns.ACTIONS, Columns.ACTION_LOGP)}
             out[Columns.STATE_OUT] = _map_state(res["state_out"], _with_t)
             if self._action_struct:
                 out[Columns.ACTIONS] = _regroup_actions(out[Columns.ACTIONS], self.action_space)
+            elif mask is None:
+                # the fast lane (fastpath.lane) answers the next such call at one C++ call
+                lane.arm_policy(self, plan, full, PPOTorchRLModule, _LANE_EXTRA, _LANE_KEYS)
             return out
         batch = to_torch(self._split_mask(batch)[0])
         x, added_t = self._features(batch[Columns.OBS], cast_images=False)
@@ -550,6 +557,11 @@ def _with_t(v):
     if isinstance(v, np.ndarray):
         return torch.from_numpy(v.reshape(v.shape[0], 1, *v.shape[1:]))
     return v.unsqueeze(1)
+
+
+def _as_tensor(v):
+    """A plan's fresh numpy output as a tensor sharing its memory (a tensor as it is)."""
+    return torch.from_numpy(v) if isinstance(v, np.ndarray) else v
 
 
 def _as_tensors(out: dict) -> dict:
