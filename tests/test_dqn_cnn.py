@@ -47,11 +47,8 @@ VARIANT_IDS = [f"{'duel' if d else 'plain'}-N{n}" for d, n in VARIANTS]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):  # conftest.one_torch_thread
     yield
-    torch.set_num_threads(n)
 
 
 def image_space(shape, dtype=np.float32) -> gym.spaces.Box:
@@ -297,15 +294,9 @@ def triton_only(fn):
     return pytest.mark.skipif(not TRI["available"], reason=f"triton backend unavailable: {TRI['reason']}")(fn)
 
 
-@pytest.fixture(params=[
-    pytest.param("cpu", id="cpu", marks=pytest.mark.skipif(
-        not TRI.get("interpreter"), reason="CPU tensors need the Triton interpreter (TRITON_INTERPRET=1)")),
-    pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="no CUDA device")]),
-])
-def device(request, monkeypatch):
-    monkeypatch.setenv("RLMODULE_FAST_BACKEND", "triton")
-    return request.param
+@pytest.fixture
+def device(triton_device):  # conftest.triton_device
+    return triton_device
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.uint8], ids=["f32", "u8"])
