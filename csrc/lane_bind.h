@@ -12,7 +12,9 @@
 // class's version tag -- and answers None (the Python path runs, and re-arms) whenever any differs
 // from what it was armed with. It decides nothing itself: it is a cache of
 // "nothing changed since the Python path last ran", so both paths give the same outputs and the
-// same random stream, and every error is raised by the Python path.
+// same random stream. Errors: a batch the lane does not take goes to the Python path, which raises
+// its own; the one error raised inside a lane call is the step's (NaN / inf in obs or state), with
+// the step's message and no draw reserved, exactly as the Python path's call of the same step.
 
 // The form of the batches a lane takes, read from the packed net it steps: the observation width
 // and, for a recurrent step, the state's layout (PPO's, as fastpath/cpp_plan.py's _states reads
