@@ -536,7 +536,9 @@ py::object item(const py::dict& s, const char* key) {
     return s[key];
 }
 
-// (H, W, C, has_scale, scale, [ConvDesc...]): an encoder's conv stage over H x W x C images.
+// (H, W, C, has_scale, scale, [ConvDesc...]): an encoder's conv stage over H x W x C images
+// (the policy step's actor_conv / critic_conv, the DQN step's conv: qnet_bind.h). None or an
+// absent key: no conv stage.
 using ConvStackDesc = std::tuple<int64_t, int64_t, int64_t, bool, float, std::vector<ConvDesc>>;
 
 std::shared_ptr<const ConvStack> build_conv_stack(const char* fn, const py::dict& s, const char* key) {
@@ -545,7 +547,7 @@ std::shared_ptr<const ConvStack> build_conv_stack(const char* fn, const py::dict
     const std::string w(key);
     check_image(fn, H, W, C);
     if (descs.empty()) fail(fn, w, "expected at least one conv layer");
-    RF_CHECK(!has_scale || std::isfinite(scale), std::string("Policy: ") + key + ": scale: expected a finite number");
+    RF_CHECK(!has_scale || std::isfinite(scale), std::string(fn) + ": " + key + ": scale: expected a finite number");
     auto st = std::make_shared<ConvStack>();
     st->layers.resize(descs.size());
     st->has_scale = has_scale;
@@ -562,7 +564,7 @@ std::shared_ptr<const ConvStack> build_conv_stack(const char* fn, const py::dict
         check_image(fn, ho, wo, st->layers[l].Cout);
         h = ho; wd = wo; c = st->layers[l].Cout;
     }
-    RF_CHECK(st->plan(int(H), int(W), int(C)), std::string("Policy: ") + key + ": empty output");
+    RF_CHECK(st->plan(int(H), int(W), int(C)), std::string(fn) + ": " + key + ": empty output");
     check_dim(fn, w + ".out_dim", st->out_dim());
     return st;
 }
@@ -643,6 +645,30 @@ PolicyNet build_policy(const py::dict& s) {
     return n;
 }
 
+// What a packed copy was made from, for a cheap freshness check: a hash of every parameter's
+// version counter and data pointer (torch objects read through Python's attribute protocol only:
+// this file never links torch).
+uint64_t weights_stamp_of(const py::tuple& params) {
+    static PyObject* s_version = PyUnicode_InternFromString("_version");
+    static PyObject* s_data_ptr = PyUnicode_InternFromString("data_ptr");
+    uint64_t h = 0x243F6A8885A308D3ULL;
+    for (py::handle p : params) {
+        PyObject* v = PyObject_GetAttr(p.ptr(), s_version);
+        if (!v) throw py::error_already_set();
+        const unsigned long long version = PyLong_AsUnsignedLongLongMask(v);
+        Py_DECREF(v);
+        if (version == (unsigned long long)-1 && PyErr_Occurred()) throw py::error_already_set();  // not an int
+        PyObject* d = PyObject_CallMethodNoArgs(p.ptr(), s_data_ptr);
+        if (!d) throw py::error_already_set();
+        const unsigned long long ptr = PyLong_AsUnsignedLongLongMask(d);
+        Py_DECREF(d);
+        if (ptr == (unsigned long long)-1 && PyErr_Occurred()) throw py::error_already_set();
+        h = mix64(h ^ version) + 0x9E3779B97F4A7C15ULL;
+        h = mix64(h ^ ptr) + 0x9E3779B97F4A7C15ULL;
+    }
+    return h;
+}
+
 struct PyPolicy {
     Holder<PolicyNet> h;
     explicit PyPolicy(const py::dict& spec) { load(spec); }
@@ -677,6 +703,8 @@ struct PyPolicy {
                            (arr.shape(0) == 1 || arr.strides(0) >= int64_t(sizeof(float)) * net->obs_dim))),
                      "obs: expected a float32 array [B, " + std::to_string(net->obs_dim) + "] with unit column stride");
             RF_CHECK(arr.shape(0) <= INT32_MAX, "obs: more than 2^31 - 1 rows");
+            RF_CHECK(arr.shape(0) == 0 || reinterpret_cast<uintptr_t>(arr.data()) % alignof(float) == 0,
+                     "obs: expected a 4-byte aligned float32 array (this one starts at an odd address)");
             obs_p = static_cast<const float*>(arr.data());
             B = int(arr.shape(0));
             ldobs = B > 1 ? arr.strides(0) / int64_t(sizeof(float)) : net->obs_dim;
@@ -691,15 +719,22 @@ struct PyPolicy {
         const int Hc = net->critic_rnn_on ? net->critic_rnn.H : 0;
         auto state_ptr = [&](py::handle o, int H, const char* what) -> const float* {
             if (o.is_none()) return nullptr;
+            const float* p;
             if (py::isinstance<py::array>(o)) {
                 auto arr = py::reinterpret_borrow<py::array>(o);
                 RF_CHECK(is_f32(arr) && arr.ndim() == 2 && arr.shape(0) == B &&
                              arr.shape(1) == H && (arr.flags() & py::array::c_style),
                          std::string(what) + ": expected a contiguous float32 array [" + std::to_string(B) + ", " +
                              std::to_string(H) + "]");
-                return static_cast<const float*>(arr.data());
+                p = static_cast<const float*>(arr.data());
+            } else {
+                p = P<const float>(o.cast<uint64_t>());
             }
-            return P<const float>(o.cast<uint64_t>());
+            // the rnn kernels load the state as floats (UBSan: misaligned loads in rnn.h)
+            RF_CHECK(B == 0 || reinterpret_cast<uintptr_t>(p) % alignof(float) == 0,
+                     std::string(what) +
+                         ": expected a 4-byte aligned float32 buffer (this one starts at an odd address)");
+            return p;
         };
         StepIO io;
         io.obs = obs_p; io.obs_u8 = obs_u8; io.ldobs = ldobs; io.B = B;
@@ -756,22 +791,29 @@ struct PyPolicy {
             RF_CHECK(!is_gaussian(net->dist), "action_mask: masking needs categorical actions (this plan samples a Gaussian)");
             io.mask = mask_arg(mask, B, D, ldmask, &io.ldmask);
         }
+        run(*net, io);
+        return py::make_tuple(r_dist, r_act, r_logp, r_val, r_ha, r_ca, r_hc, r_cc);
+    }
+
+    // The step on ``net`` once ``io`` is filled in (every pointer checked against net's sizes;
+    // io.det and io.mask set): also the fast lane's (lane_bind.h) step.
+    static void run(const PolicyNet& net, StepIO& io) {
         // An inf observation can saturate to a finite action: the kernel refuses non-finite
         // inputs (the torch path raises the same message) before it reserves any draw, testing
         // them inside the conv stage's parallel image load when there is one (no serial pass).
         io.check_obs = true;
-        io.reserve_draws = !det;
+        io.reserve_draws = !io.det;
         int64_t err;
         {
             py::gil_scoped_release nogil;
-            err = K().policy_step(*net, io);
+            err = K().policy_step(net, io);
         }
         if (err) raise_nonfinite(err, "action_dist_inputs");
-        return py::make_tuple(r_dist, r_act, r_logp, r_val, r_ha, r_ca, r_hc, r_cc);
     }
 };
 
 #include "qnet_bind.h"  // the fused DQN step (QNet)
+#include "lane_bind.h"  // the per-call fast lane over Policy / QNet
 
 }  // namespace
 
@@ -870,27 +912,7 @@ PYBIND11_MODULE(_C, m) {
     m.def("rng_seed", [](uint64_t seed) { rng_stream().seed(seed); }, "Key the sampler stream from a seed, counter 0.");
     m.def("rng_set", [](uint64_t key, uint64_t counter) { rng_stream().set(key, counter); },
           "Restore a (key, counter) position returned by rng_position.");
-    m.def("weights_stamp", [](py::tuple params) {
-        // What a packed copy was made from, for a cheap freshness check: a hash of every
-        // parameter's version counter and data pointer (torch objects read through Python's
-        // attribute protocol only: this file never links torch).
-        static PyObject* s_version = PyUnicode_InternFromString("_version");
-        static PyObject* s_data_ptr = PyUnicode_InternFromString("data_ptr");
-        uint64_t h = 0x243F6A8885A308D3ULL;
-        for (py::handle p : params) {
-            PyObject* v = PyObject_GetAttr(p.ptr(), s_version);
-            if (!v) throw py::error_already_set();
-            const unsigned long long version = PyLong_AsUnsignedLongLongMask(v);
-            Py_DECREF(v);
-            PyObject* d = PyObject_CallMethodNoArgs(p.ptr(), s_data_ptr);
-            if (!d) throw py::error_already_set();
-            const unsigned long long ptr = PyLong_AsUnsignedLongLongMask(d);
-            Py_DECREF(d);
-            h = mix64(h ^ version) + 0x9E3779B97F4A7C15ULL;
-            h = mix64(h ^ ptr) + 0x9E3779B97F4A7C15ULL;
-        }
-        return h;
-    }, "Hash of the parameters' (version, data pointer) pairs: changes when any of them does.");
+    m.def("weights_stamp", &weights_stamp_of, "Hash of the parameters' (version, data pointer) pairs: changes when any of them does.");
     m.def("rng_position", []() {
         RngStream& s = rng_stream();
         std::lock_guard<std::mutex> g(s.mu);
@@ -988,4 +1010,5 @@ PYBIND11_MODULE(_C, m) {
              "One policy step; mask: None, or the action mask [B, dist_dim] (float32 0/1 array, or pointer + ldmask).")
         .def_property_readonly("dist_dim", &PyPolicy::dist_dim);
     bind_qnet(m);
+    bind_lane(m);
 }

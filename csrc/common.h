@@ -89,6 +89,10 @@ struct PackedLinear {
     static constexpr int NARROW_N = 8;
     AlignedBuf wr;
     bool keep_rows = false;
+    // Calls of the dense kernel so far: mlp.h's gemm_packed sweeps the panels in alternating
+    // directions by its parity. Read and bumped with relaxed atomics, racy by design (a lost
+    // update costs a few cache hits, never a different result).
+    mutable uint32_t sweeps = 0;
     bool narrow() const { return N <= NARROW_N; }
     bool has_rows() const { return narrow() || keep_rows; }
     void init(int K_, int N_) {

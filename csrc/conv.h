@@ -327,3 +327,21 @@ static RF_T void conv_chain_forward(const PackedConv* Ls, int n, int H, int W, c
                                     int B, bool has_scale, float scale, float* y, int64_t ldy) {
     conv_chain_forward_checked(Ls, n, H, W, x, u8, ldx, B, has_scale, scale, y, ldy, false);
 }
+
+// The conv stage of an encoder (a ConvStack: the policy step's actor / critic stage, the DQN
+// step's encoder stage) over the whole batch into feat [B, out_dim] (the caller's buffer,
+// resized here): image b at obs_u8 (when not null) or obs, + b * ldobs elements. Images spread
+// over the pool, or one image's rows when B is below the thread count. bad_row (when not null):
+// float32 images are tested for NaN / inf while they are loaded (in parallel) and *bad_row is
+// set to the lowest such image's index, or -1.
+static RF_T const float* conv_stack_features(const ConvStack& S, const uint8_t* obs_u8, const float* obs,
+                                             int64_t ldobs, int B, AlignedBuf& feat, int64_t* bad_row = nullptr) {
+    const int64_t nf = S.out_dim();
+    feat.resize(size_t(B) * nf);
+    const bool u8 = obs_u8 != nullptr;
+    const void* x = u8 ? static_cast<const void*>(obs_u8) : static_cast<const void*>(obs);
+    const int64_t bad = conv_chain_forward_checked(S.layers.data(), int(S.layers.size()), S.H, S.W, x, u8, ldobs, B,
+                                                   S.has_scale, S.scale, feat.p, nf, bad_row != nullptr);
+    if (bad_row) *bad_row = bad;
+    return feat.p;
+}

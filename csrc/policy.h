@@ -210,19 +210,6 @@ static RF_T int64_t policy_rows(const PolicyNet& net, const StepIO& io, int r0, 
     return 0;
 }
 
-// The conv stage of one encoder over the whole batch into feat [B, out_dim] (this thread's
-// buffer; images spread over the pool, or one image's rows when B is below the thread count).
-// check: float32 observations are tested for NaN / inf while the stage loads them (in
-// parallel); returns the lowest row holding one, or -1.
-static RF_T int64_t conv_features(const ConvStack& S, const StepIO& io, AlignedBuf& feat, bool check) {
-    const int64_t nf = S.out_dim();
-    feat.resize(size_t(io.B) * nf);
-    const bool u8 = io.obs_u8 != nullptr;
-    const void* x = u8 ? static_cast<const void*>(io.obs_u8) : static_cast<const void*>(io.obs);
-    return conv_chain_forward_checked(S.layers.data(), int(S.layers.size()), S.H, S.W, x, u8, io.ldobs, io.B,
-                                      S.has_scale, S.scale, feat.p, nf, check);
-}
-
 // The first row of x [B, D] (row stride ld) holding a NaN or inf, or -1.
 static RF_T int64_t first_nonfinite_obs_row(const float* x, int B, int64_t ld, int D) {
     for (int r = 0; r < B; ++r)
@@ -255,14 +242,14 @@ static RF_T int64_t policy_step(const PolicyNet& net, const StepIO& io_in) {
     }
     thread_local AlignedBuf feat_a, feat_c;
     if (net.actor_conv) {
-        const int64_t bad = conv_features(*net.actor_conv, io, feat_a, check);
+        int64_t bad = -1;
+        io.feat_a = conv_stack_features(*net.actor_conv, io.obs_u8, io.obs, io.ldobs, io.B, feat_a,
+                                        check ? &bad : nullptr);
         if (bad >= 0) return ERR_OBS_NONFINITE - bad;
-        io.feat_a = feat_a.p;
         io.ld_fa = net.actor_conv->out_dim();
     }
     if (net.critic_on && net.critic_conv && (io.value || net.critic_rnn_on)) {
-        conv_features(*net.critic_conv, io, feat_c, false);
-        io.feat_c = feat_c.p;
+        io.feat_c = conv_stack_features(*net.critic_conv, io.obs_u8, io.obs, io.ldobs, io.B, feat_c);
         io.ld_fc = net.critic_conv->out_dim();
     }
     if (io.reserve_draws) rng_stream().reserve(uint64_t(io.B) * net.draws_per_row(), &io.key, &io.ctr0);

@@ -1,5 +1,6 @@
 // ISA BODY (no include guard; see vmath.h): the fused epsilon-greedy step of a DQN module for a
-// batch, in one call, row block by row block: encoder MLP, advantage / Q head, [value head],
+// batch, in one call: [the conv stage over the whole batch (conv.h, the policy step's),] then
+// row block by row block: encoder MLP, advantage / Q head, [value head],
 // dueling combine or distributional expectation, [action mask], argmax, epsilon coin and random
 // action (qnet_types.h: QNet, QStepIO). Torch-free.
 //
@@ -37,10 +38,12 @@ static RF_T int64_t qnet_rows(const QNet& net, const QStepIO& io, int r0, int ro
     scratch.resize(size_t(6) * ROW_BLOCK * ldb);
     float* b[6];
     for (int i = 0; i < 6; ++i) b[i] = scratch.p + size_t(i) * ROW_BLOCK * ldb;
-    const float* X = io.obs + int64_t(r0) * io.ldobs;
+    // the encoder MLP reads the conv features when there is a conv stage (qnet_step computed them)
+    const int64_t ldx = io.feat ? io.ldfeat : io.ldobs;
+    const float* X = (io.feat ? io.feat : io.obs) + int64_t(r0) * ldx;
     const float* e = X;
-    int64_t lde = io.ldobs;
-    if (!net.enc.layers.empty()) { e = mlp_block(net.enc, X, io.ldobs, rows, b[0], b[1], ldb); lde = ldb; }
+    int64_t lde = ldx;
+    if (!net.enc.layers.empty()) { e = mlp_block(net.enc, X, ldx, rows, b[0], b[1], ldb); lde = ldb; }
     const float* af = mlp_block(net.af, e, lde, rows, b[2], b[3], ldb);
     const float* vf = (net.vf_on && N == 1) ? mlp_block(net.vf, e, lde, rows, b[4], b[5], ldb) : nullptr;
     for (int r = 0; r < rows; ++r) {
@@ -94,8 +97,14 @@ static RF_T int64_t qnet_rows(const QNet& net, const QStepIO& io, int r0, int ro
 }
 
 // The whole batch; row blocks spread over the thread pool. Same return as qnet_rows.
-static RF_T int64_t qnet_step(const QNet& net, const QStepIO& io) {
-    if (io.B <= 0) return 0;
+static RF_T int64_t qnet_step(const QNet& net, const QStepIO& io_in) {
+    if (io_in.B <= 0) return 0;
+    QStepIO io = io_in;
+    if (net.conv) {  // the conv stage over the whole batch first (threads over images), as policy_step
+        thread_local AlignedBuf feat;
+        io.feat = conv_stack_features(*net.conv, io.obs_u8, io.obs, io.ldobs, io.B, feat);
+        io.ldfeat = net.conv->out_dim();
+    }
     const RowSplit sp(io.B, ThreadPool::get().threads());
     if (sp.nb == 1) return qnet_rows(net, io, 0, io.B);
     std::atomic<int64_t> err{0};

@@ -20,21 +20,26 @@ py::object qitem(const py::dict& s, const char* key) {
 // spec: obs_dim, enc / enc_acts (may be empty), af / af_acts, vf / vf_acts (None: no value head),
 // num_actions, num_atoms, z (the support, num_atoms floats when num_atoms > 1); optional
 // enc_norms / af_norms / vf_norms (bindings.cpp's pack_norms: per layer None or an nn.LayerNorm's
-// (gamma, beta, eps), applied between the layer and its activation by mlp_block).
+// (gamma, beta, eps), applied between the layer and its activation by mlp_block); optional conv
+// (bindings.cpp's build_conv_stack: the encoder's conv stage over obs_dim = H * W * C images; the
+// encoder MLP, or the heads when it is empty, then read its out_dim features).
 QNet build_qnet(const py::dict& s) {
     QNet n;
     const char* fn = "QNet";
     n.obs_dim = qitem(s, "obs_dim").cast<int>();
     check_dim(fn, "obs_dim", n.obs_dim);
+    n.conv = build_conv_stack(fn, s, "conv");
+    if (n.conv) RF_CHECK(n.conv->in_dim() == n.obs_dim, "QNet: conv image size H*W*C differs from obs_dim");
+    const int in = n.conv ? n.conv->out_dim() : n.obs_dim;  // what the encoder's first stage reads
     n.A = qitem(s, "num_actions").cast<int>();
     n.N = qitem(s, "num_atoms").cast<int>();
     check_dim(fn, "num_actions", n.A);
     check_dim(fn, "num_atoms", n.N);
     RF_CHECK(int64_t(n.A) * n.N <= kMaxDim, "QNet: num_actions * num_atoms: too large");
     pack_mlp(fn, n.enc, qitem(s, "enc").cast<std::vector<LayerDesc>>(), qitem(s, "enc_acts").cast<std::vector<int>>(),
-             n.obs_dim, true, "enc");
+             in, true, "enc");
     pack_norms(fn, n.enc, s, "enc_norms");
-    const int lat = n.enc.layers.empty() ? n.obs_dim : n.enc.out_dim();
+    const int lat = n.enc.layers.empty() ? in : n.enc.out_dim();
     pack_mlp(fn, n.af, qitem(s, "af").cast<std::vector<LayerDesc>>(), qitem(s, "af_acts").cast<std::vector<int>>(),
              lat, false, "af");
     pack_norms(fn, n.af, s, "af_norms");
@@ -57,21 +62,36 @@ struct PyQNet {
     explicit PyQNet(const py::dict& spec) { load(spec); }
     void load(const py::dict& spec) { h.set(std::make_shared<QNet>(build_qnet(spec))); }
 
-    // obs: float32 [B, obs_dim] (unit column stride); mask: None or a C-contiguous float32 [B, A]
-    // of 0 / 1. Returns fresh numpy arrays (q [B, A] float32, actions [B] int64, logp [B] float32).
+    // obs: float32 [B, obs_dim] (unit column stride), or with a conv stage a C-contiguous uint8
+    // [B, obs_dim] (the image rows, HWC; converted inside the conv kernels); mask: None or a
+    // C-contiguous float32 [B, A] of 0 / 1. Returns fresh numpy arrays (q [B, A] float32,
+    // actions [B] int64, logp [B] float32).
     py::tuple step(const py::array& obs, py::object mask, double eps, bool det) {
         auto net = h.get();
-        RF_CHECK(is_f32(obs) && obs.ndim() == 2 && obs.shape(1) == net->obs_dim &&
-                     (obs.shape(0) == 0 ||
-                      (obs.strides(1) == sizeof(float) && obs.strides(0) % sizeof(float) == 0 &&
-                       (obs.shape(0) == 1 || obs.strides(0) >= int64_t(sizeof(float)) * net->obs_dim))),
-                 "obs: expected a float32 array [B, " + std::to_string(net->obs_dim) + "] with unit column stride");
-        RF_CHECK(obs.shape(0) <= INT32_MAX, "obs: more than 2^31 - 1 rows");
-        RF_CHECK(eps >= 0.0 && eps <= 1.0, "epsilon: expected a value in [0, 1], got " + std::to_string(eps));
         QStepIO io;
-        io.B = int(obs.shape(0));
-        io.obs = static_cast<const float*>(obs.data());
-        io.ldobs = io.B > 1 ? obs.strides(0) / int64_t(sizeof(float)) : net->obs_dim;
+        if (py::isinstance<py::array_t<uint8_t>>(obs)) {
+            RF_CHECK(net->conv, "obs: uint8 observations need a conv encoder (this QNet has none)");
+            RF_CHECK(obs.ndim() == 2 && obs.shape(1) == net->obs_dim && (obs.flags() & py::array::c_style),
+                     "obs: expected a contiguous uint8 array [B, " + std::to_string(net->obs_dim) + "]");
+            RF_CHECK(obs.shape(0) <= INT32_MAX, "obs: more than 2^31 - 1 rows");
+            io.B = int(obs.shape(0));
+            io.obs_u8 = static_cast<const uint8_t*>(obs.data());
+            io.ldobs = net->obs_dim;
+        } else {
+            RF_CHECK(is_f32(obs) && obs.ndim() == 2 && obs.shape(1) == net->obs_dim &&
+                         (obs.shape(0) == 0 ||
+                          (obs.strides(1) == sizeof(float) && obs.strides(0) % sizeof(float) == 0 &&
+                           (obs.shape(0) == 1 || obs.strides(0) >= int64_t(sizeof(float)) * net->obs_dim))),
+                     "obs: expected a float32 array [B, " + std::to_string(net->obs_dim) + "] with unit column stride" +
+                         (net->conv ? " (or a contiguous uint8 one)" : ""));
+            RF_CHECK(obs.shape(0) <= INT32_MAX, "obs: more than 2^31 - 1 rows");
+            RF_CHECK(obs.shape(0) == 0 || reinterpret_cast<uintptr_t>(obs.data()) % alignof(float) == 0,
+                     "obs: expected a 4-byte aligned float32 array (this one starts at an odd address)");
+            io.B = int(obs.shape(0));
+            io.obs = static_cast<const float*>(obs.data());
+            io.ldobs = io.B > 1 ? obs.strides(0) / int64_t(sizeof(float)) : net->obs_dim;
+        }
+        RF_CHECK(eps >= 0.0 && eps <= 1.0, "epsilon: expected a value in [0, 1], got " + std::to_string(eps));
         const int A = net->A;
         if (!mask.is_none()) {
             auto m = py::reinterpret_borrow<py::array>(mask);
@@ -93,7 +113,7 @@ struct PyQNet {
                 if (!valid) throw py::value_error("action_mask: every action is masked (row " + std::to_string(r) + ")");
             }
         }
-        const int64_t bad_row = first_nonfinite_row(io.obs, io.B, io.ldobs, net->obs_dim);
+        const int64_t bad_row = io.obs_u8 ? -1 : first_nonfinite_row(io.obs, io.B, io.ldobs, net->obs_dim);
         if (bad_row >= 0) throw py::value_error("obs: contains NaN or inf (row " + std::to_string(bad_row) + ")");
         py::array_t<float> q(std::vector<py::ssize_t>{io.B, A});
         py::array_t<int64_t> act(std::vector<py::ssize_t>{io.B});

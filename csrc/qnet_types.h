@@ -4,16 +4,20 @@
 // Shape legend: B batch, O obs dim, A actions, N atoms (distributional Q; 1 = expectation).
 #pragma once
 #include "common.h"
+#include "conv_pack.h"
 
 namespace rf {
 
 // RLlib's FLOAT_MIN (ray.rllib.utils.torch_utils): the Q-value of a masked action.
 constexpr float QNET_FLOAT_MIN = -3.4e38f;
 
-// encoder MLP -> advantage / Q head (A * N outputs, linear) [-> value head (1 output)].
+// [conv stage ->] encoder MLP -> advantage / Q head (A * N outputs, linear) [-> value head (1 output)].
 struct QNet {
     int obs_dim = 0;
-    PackedMLP enc;         // may be empty (the heads read the observation)
+    // The encoder's conv stage (null: none), the policy step's ConvStack: the observation row is
+    // an H x W x C image (HWC), the MLP (or, when it is empty, the heads) reads its flattened output.
+    std::shared_ptr<const ConvStack> conv;
+    PackedMLP enc;         // may be empty (the heads read the observation or the conv features)
     PackedMLP af;          // A * N outputs
     bool vf_on = false;    // dueling: Q = V + A - mean(A) (N == 1; with N > 1 V cancels in the softmax)
     PackedMLP vf;
@@ -29,6 +33,8 @@ struct QNet {
 // 32 bits pick the random action among the row's valid ones.
 struct QStepIO {
     const float* obs = nullptr; int64_t ldobs = 0; int B = 0;
+    const uint8_t* obs_u8 = nullptr;  // uint8 observations instead of obs (conv stage only), same ldobs
+    const float* feat = nullptr; int64_t ldfeat = 0;  // conv features (set inside qnet_step): read instead of obs
     const float* mask = nullptr; int64_t ldmask = 0;  // [B, A], 1 = valid, 0 = masked; nullptr: none
     double eps = 0.0;
     bool det = false;

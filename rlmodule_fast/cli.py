@@ -4,7 +4,7 @@
                          [--module-id ID] [--rllib] [--no-verify]
 
 reads a checkpoint written by ``module.save_to_path()`` (a MultiRLModule checkpoint: the module
-``--module-id``; ``--rllib``: an RLlib PPO module / Algorithm checkpoint, read by
+``--module-id``; ``--rllib``: an RLlib PPO / APPO / DQN / SAC module or Algorithm checkpoint, read by
 ``rlmodule_fast.rllib.load_rllib_checkpoint``), writes its policy step as ONNX
 (``rlmodule_fast.export.export_onnx``), then, when onnxruntime is installed, runs the file once
 on example inputs against the module and prints the largest difference of each deterministic
@@ -45,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--no-value", action="store_true", help="leave out the vf_preds output")
     e.add_argument("--module-id", default=None, help="the module of a multi-module checkpoint "
                                                      "(default: default_policy)")
-    e.add_argument("--rllib", action="store_true", help="CHECKPOINT is an RLlib PPO module or Algorithm checkpoint")
+    e.add_argument("--rllib", action="store_true", help="CHECKPOINT is an RLlib PPO / APPO / DQN / SAC module or Algorithm checkpoint")
     e.add_argument("--no-verify", action="store_true", help="skip running the file in ONNX Runtime")
     return p
 

@@ -39,3 +39,34 @@ def _no_env_leaks():
     for k, v in before.items():
         if os.environ.get(k) != v:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a test module, as RLlib's env-runner actors run
+    (OMP_NUM_THREADS=1): on a busy machine two intra-op threads stall small convs for
+    milliseconds. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _triton_device_params() -> list:
+    import rlmodule_fast as rf
+
+    tri = rf.backend_info()["triton"]
+    return [
+        pytest.param("cpu", id="cpu", marks=pytest.mark.skipif(
+            not tri.get("interpreter"), reason="CPU tensors need the Triton interpreter (TRITON_INTERPRET=1)")),
+        pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+            not torch.cuda.is_available(), reason="no CUDA device")]),
+    ]
+
+
+@pytest.fixture(params=_triton_device_params())
+def triton_device(request, monkeypatch):
+    """The device a Triton test runs on ("cpu" under TRITON_INTERPRET=1, "cuda" where present),
+    with RLMODULE_FAST_BACKEND=triton for the test."""
+    monkeypatch.setenv("RLMODULE_FAST_BACKEND", "triton")
+    return request.param

@@ -32,13 +32,8 @@ def pong():
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # As RLlib's env-runner actors (OMP_NUM_THREADS=1): on a busy machine two intra-op threads
-    # stall small convs for milliseconds.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):  # conftest.one_torch_thread
     yield
-    torch.set_num_threads(n)
 
 
 def test_pong_steps_with_our_cnn_policy():

@@ -60,11 +60,8 @@ RNN_CASES = {
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):  # conftest.one_torch_thread
     yield
-    torch.set_num_threads(n)
 
 
 def build(name: str, dtype=np.float32, seed: int = 0) -> PPOTorchRLModule:

@@ -25,15 +25,9 @@ pytestmark = [
 BOX5 = gym.spaces.Box(-1.0, 1.0, (5,), np.float32)
 
 
-@pytest.fixture(params=[
-    pytest.param("cpu", id="cpu", marks=pytest.mark.skipif(
-        not TRI.get("interpreter"), reason="CPU tensors need the Triton interpreter (TRITON_INTERPRET=1)")),
-    pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="no CUDA device")]),
-])
-def device(request, monkeypatch):
-    monkeypatch.setenv("RLMODULE_FAST_BACKEND", "triton")
-    return request.param
+@pytest.fixture
+def device(triton_device):  # conftest.triton_device
+    return triton_device
 
 
 def tol(device):

@@ -211,6 +211,57 @@ def test_plan_sees_inplace_weight_updates():
     _close(out["vf_preds"], want_v)
 
 
+@pytest.mark.parametrize("rnn", ["lstm", "gru"])
+def test_plan_sees_critic_rnn_updates_without_the_value_head(rnn):
+    """A separate critic's rnn advances state_out["critic"] in every step, also without the value
+    head: in-place updates of only the critic's encoder must be seen by such a step (it watched
+    the actor's weights alone and stepped the critic's state with the first weights it packed)."""
+    L = make_layers(rnn=rnn, shared=False)
+    plan = PolicyPlan(L)
+    obs = torch.randn(4, 5)
+    state = plan.step(obs, deterministic=True)["state_out"]
+    for part in (L.critic.rnn, L.critic.mlp[0]):
+        with torch.no_grad():
+            for p in part.parameters():
+                p.mul_(1.5)
+        out = plan.step(obs, state, deterministic=True)
+        _, _, want = reference_step(L, obs, state)
+        for k in want["critic"]:
+            _close(out["state_out"]["critic"][k], want["critic"][k])
+
+
+def _odd_address(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous float32 copy of ``x`` starting at an odd address."""
+    raw = bytearray(x.nbytes + 1)
+    y = np.frombuffer(raw, dtype=np.float32, offset=1, count=x.size).reshape(x.shape)
+    y[...] = x
+    assert not y.flags.aligned and y.flags.c_contiguous
+    return y
+
+
+def test_plan_unaligned_state_reaches_the_kernels_aligned():
+    """State rows at an odd address: the rnn kernels load them as floats (UBSan: misaligned loads
+    in rnn.h). The plan copies them aligned (numpy and tensors); _C.Policy.step refuses them."""
+    L = make_layers(rnn="lstm", shared=False)
+    plan = PolicyPlan(L)
+    obs = np.random.default_rng(0).standard_normal((9, 5)).astype(np.float32)
+    H = {"actor": L.actor.rnn.hidden_size, "critic": L.critic.rnn.hidden_size}
+    state = {p: {k: np.random.default_rng(i).standard_normal((9, 1, H[p])).astype(np.float32) for i, k in
+                 enumerate(("h", "c"))} for p in H}
+    want = plan.step(obs, state, deterministic=True)
+    for wrap in (lambda a: a, torch.from_numpy):
+        odd = {p: {k: wrap(_odd_address(v)) for k, v in s.items()} for p, s in state.items()}
+        got = plan.step(obs, odd, deterministic=True)
+        for k in ("action_dist_inputs", "actions", "action_logp"):
+            np.testing.assert_array_equal(np.asarray(got[k]), want[k])
+        for p in state:
+            for k in state[p]:
+                np.testing.assert_array_equal(np.asarray(got["state_out"][p][k]), want["state_out"][p][k])
+    h = _odd_address(state["actor"]["h"][:, 0])
+    with pytest.raises(ValueError, match="state h: expected a 4-byte aligned"):
+        plan.impl._net.step(obs, 9, 0, (h, None, None, None), True, False, None)
+
+
 def test_plan_free_log_std_updates():
     L = make_layers(**CONFIGS["gauss-freelogstd-relu"])
     plan = PolicyPlan(L)

@@ -338,6 +338,31 @@ def test_gru_step_many_steps(isa, B, I, H):
         _tol(h, h64, h32)
 
 
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_rnn_step_rows_equal_single_rows_bitwise(isa, kind):
+    """Row tiling never changes a row's result: a batch step equals each row stepped alone, bit
+    for bit, for every tail of the register tile (B mod 6 / 3) and an odd number of 32-column
+    panels (H=70: LSTM 9 panels, GRU [r|z] 5); B=61 spans two row blocks of 48."""
+    torch.manual_seed(7)
+    I, H = 37, 70
+    cell = torch.nn.LSTMCell(I, H) if kind == "lstm" else torch.nn.GRUCell(I, H)
+
+    def step(x, h, c):
+        if kind == "lstm":
+            return rf.ops.lstm_step(x, h, c, cell.weight_ih, cell.weight_hh, cell.bias_ih + cell.bias_hh,
+                                    backend="cpp")
+        return (rf.ops.gru_step(x, h, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh, backend="cpp"),)
+
+    for B in list(range(2, 14)) + [16, 61]:
+        x, h, c = torch.randn(B, I), torch.randn(B, H), torch.randn(B, H)
+        whole = step(x, h, c)
+        for r in range(B):
+            one = step(x[r:r + 1], h[r:r + 1], c[r:r + 1])
+            for w, o in zip(whole, one):
+                assert torch.equal(w[r:r + 1], o), f"B={B} row {r}: batch step differs from the row alone"
+
+
 def test_rnn_steps_no_bias_numpy_float64_and_bad_shapes():
     torch.manual_seed(0)
     x, h, c = torch.randn(4, 3), torch.randn(4, 9), torch.randn(4, 9)
@@ -388,6 +413,21 @@ def test_fused_mlp_narrow_output_layers(isa, K):
         ws, bs = _mlp([5, K, N], seed=N)
         for B in (5, 131):
             _check_close(rf.ops.fused_mlp(x[:B], ws, bs, "tanh", "silu", backend="cpp"), x[:B], ws, bs, "tanh", "silu")
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("B", [7, 13, 131])
+def test_packed_mlp_wide_k_runs_k_blocked_with_the_one_pass_bits(isa, B):
+    """A layer whose packed weights exceed the cache budget (here 2100 x 97: 4 panels of 32,
+    268800 floats) runs K in chunks continuing each output's sum in order: the same bits as the
+    one-pass product of a block too small to be chunked (row by row), and the reference's values."""
+    ws, bs = _mlp([2100, 97, 40], seed=B)
+    x = torch.randn(B, 2100, generator=torch.Generator().manual_seed(B))
+    mlp = cpp_ops.PackedMLP(ws, bs, "tanh", "silu")
+    y = mlp(x)
+    _check_close(y, x, ws, bs, "tanh", "silu")
+    for r in (0, B // 2, B - 1):  # one row: the unchunked path
+        assert torch.equal(mlp(x[r:r + 1])[0], y[r]), f"row {r}"
 
 
 # ------------------------------------------------------------------ hardening (bugs-cpp.md)

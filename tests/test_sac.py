@@ -203,8 +203,11 @@ def test_model_config_keys():
     with pytest.raises(ValueError, match="action_space"):
         SACCatalog(OBS, gym.spaces.MultiDiscrete([2, 3]), {})
     masking = gym.spaces.Dict({"action_mask": gym.spaces.Box(0, 1, (4,)), "observations": OBS})
-    with pytest.raises(ValueError, match="observation_space.*action masking"):
-        SACCatalog(masking, DISC, {})  # not silently ignoring the mask
+    assert SACCatalog(masking, DISC, {}).action_mask_dim == 4  # discrete SAC masks (test_sac_masking.py)
+    with pytest.raises(ValueError, match=r"observation_space\['action_mask'\]: masking needs a Discrete"):
+        SACCatalog(masking, BOX, {})  # a continuous policy has no logits to mask: never silently ignored
+    with pytest.raises(ValueError, match=r"observation_space\['action_mask'\]: expected shape \(5,\)"):
+        SACCatalog(masking, gym.spaces.Discrete(5), {})
 
 
 # ------------------------------------------------------------------------- the fused step

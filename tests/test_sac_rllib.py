@@ -110,6 +110,14 @@ def test_convert_both_ways_same_outputs(act):
         assert set(o) == set(outs[0])
         for k in outs[0]:
             torch.testing.assert_close(o[k], outs[0][k], msg=k)
+    # the generic entry points pick SAC by class, as for PPO / APPO / DQN
+    generic = rr.from_rllib_module(rl)
+    assert type(generic) is type(ours) and all(torch.equal(generic.state_dict()[k], v) for k, v in ours.state_dict().items())
+    generic_back = rr.to_rllib_module(generic)
+    assert type(generic_back) is DefaultSACTorchRLModule
+    state = rr.to_rllib_state(generic)
+    for k, v in generic_back.state_dict().items():
+        assert np.array_equal(state[k], v.numpy()), k
     inf = rr.from_rllib_sac_module(rl, inference_only=True)
     assert not hasattr(inf, "qf")
     with pytest.raises(ValueError, match="DefaultSACTorchRLModule"):
@@ -185,6 +193,10 @@ def test_load_rllib_sac_checkpoint(act, tmp_path):
     got = ours.forward_train(dict(batch))
     for k in want:
         torch.testing.assert_close(got[k], want[k], msg=k)
+    generic = rr.load_rllib_checkpoint(tmp_path / "sac")  # the one loader: picks SAC by the ctor file's class
+    assert type(generic) is type(ours) and hasattr(generic, "target_qf_twin")
+    for k, v in ours.state_dict().items():
+        assert torch.equal(generic.state_dict()[k], v), k
     inf = rr.load_rllib_sac_checkpoint(tmp_path / "sac", inference_only=True)
     assert not hasattr(inf, "qf")
     torch.testing.assert_close(inf.forward_inference({"obs": batch["obs"]})["action_dist_inputs"],

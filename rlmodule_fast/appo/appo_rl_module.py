@@ -53,13 +53,6 @@ class APPOTorchRLModule(PPOTorchRLModule, TargetNetworkAPI):
     def get_non_inference_attributes(self) -> List[str]:
         return super().get_non_inference_attributes() + list(_TARGETS)
 
-    def set_state(self, state) -> None:
-        """As PPO's; a state holding the target nets (an APPO learner's) creates them first."""
-        if not self.inference_only and not self._has_targets() and hasattr(state, "keys") and any(
-                isinstance(k, str) and k.startswith(tuple(t + "." for t in _TARGETS)) for k in state.keys()):
-            self.make_target_networks()
-        super().set_state(state)
-
     def _require_targets(self, what: str) -> None:
         if not self._has_targets():
             raise RuntimeError(f"{what}: the target networks do not exist yet; call make_target_networks() "

@@ -872,6 +872,15 @@ _VISION_CONFIGS = [
 ]
 
 
+#: Vision DQN steps (issues 14 + 15): the Nature CNN DQN on the same frames (bench/dqn_cases.py,
+#: ``vision_dqn_setup``): (label, config id, conv_filters, model config). Batches VISION_BATCHES,
+#: not under --quick.
+_VISION_DQN_CONFIGS = [
+    ("Atari 84x84x4 Nature CNN DQN [[32,8,4],[64,4,2],[64,3,1]] -> [512] dueling -> 6, eps-greedy", "NatureCNNDQN",
+     NATURE_FILTERS, (("head_fcnet_hiddens", [512]), ("head_fcnet_activation", "relu"))),
+]
+
+
 def image_module(obs_shape=ATARI_OBS_SHAPE, n_actions: int = 6, conv_filters=None, seed: int = 0, **model_config):
     """Our PPOTorchRLModule for [H, W, C] float32 frames in [-1, 1] and Discrete(n_actions)
     (``conv_filters`` None: RLlib's default stack for the size), seeded weights."""
@@ -899,9 +908,16 @@ def _vision_policy_step(case: Case, ctx: Context) -> dict:
     return module_policy_step(module, {"obs": obs}, ctx, cuda_module=on_cuda)
 
 
+def _vision_dqn_step(case: Case, ctx: Context) -> dict:
+    from .dqn_cases import vision_dqn_setup
+
+    return vision_dqn_setup(case, ctx)
+
+
 def config_ids() -> list:
     """Every config id of the registry (the middle part of a case id)."""
-    return list(dict.fromkeys([c[2] for c in _CONFIGS] + [c[1] for c in _VISION_CONFIGS]))
+    return list(dict.fromkeys([c[2] for c in _CONFIGS] + [c[1] for c in _VISION_CONFIGS]
+                              + [c[1] for c in _VISION_DQN_CONFIGS]))
 
 
 def cases(ops=None, batches=None, quick: bool = False, configs=None) -> list:
@@ -927,6 +943,11 @@ def cases(ops=None, batches=None, quick: bool = False, configs=None) -> list:
         for label, cid, filters in _VISION_CONFIGS:
             for b in (VISION_BATCHES if given is None else batches):
                 out.append(Case("policy_step", label, cid, int(b), POLICY_PROVIDERS, _vision_policy_step, (filters,)))
+    if "dqn_step" in ops and not quick:
+        for label, cid, filters, extra in _VISION_DQN_CONFIGS:
+            for b in (VISION_BATCHES if given is None else batches):
+                out.append(Case("dqn_step", label, cid, int(b), OP_PROVIDERS["dqn_step"], _vision_dqn_step,
+                                (ATARI_OBS_SHAPE, 6, filters, extra)))
     if configs is not None:
         out = [c for c in out if c.config_id in set(configs)]
     return out

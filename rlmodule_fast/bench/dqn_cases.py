@@ -19,6 +19,12 @@ combine, argmax and epsilon-greedy draw) on the same weights everywhere, numpy o
 
 The timestep ``t`` is 5 000 with RLlib's default schedule [(0, 1.0), (10000, 0.05)]: epsilon
 0.525, so about half the rows take the random branch.
+
+Vision cases (``vision_dqn_setup``): the Nature CNN DQN on RLlib's Atari frames (84x84x4 float32
+in [-1, 1], what ``wrap_atari_for_new_api_stack(dim=84, framestack=4)`` gives), Pong's 6 actions:
+RLlib's CNN encoder (the convs, no dense layer after) and the Nature paper's 512-unit layer as
+``head_fcnet_hiddens=[512]`` (relu) on both dueling heads; the same providers (the cpp row is the
+fused conv + heads + draw step).
 """
 from __future__ import annotations
 
@@ -26,6 +32,19 @@ import numpy as np
 import torch
 
 T = 5000
+
+
+def image_dqn_module(obs_shape, n_actions: int, conv_filters, seed: int = 0, **cfg):
+    """rf.dqn.DQNTorchRLModule for [H, W, C] float32 frames in [-1, 1] (RLlib's CNN encoder with
+    ``conv_filters``; None: RLlib's default stack for the size), seeded weights, inference-only."""
+    import gymnasium as gym
+
+    from ..dqn import DQNTorchRLModule
+
+    torch.manual_seed(seed)
+    return DQNTorchRLModule(observation_space=gym.spaces.Box(-1.0, 1.0, tuple(obs_shape), np.float32),
+                            action_space=gym.spaces.Discrete(n_actions),
+                            model_config={"conv_filters": conv_filters, **cfg}, inference_only=True)
 
 
 def dqn_module(env_id: str, seed: int = 0, **cfg):
@@ -45,8 +64,12 @@ class _QGreedy(torch.nn.Module):
     """obs [B, O] -> (Q [B, A], greedy actions [B]): the module's layers, for export / eager."""
 
     def __init__(self, m):
+        from ..models.cnn import is_cnn_encoder
+
         super().__init__()
-        self.enc, self.af = m.encoder.net.mlp, m.af.net.mlp
+        # a CNN encoder reads the [B, H, W, C] frames itself (permute, convs, HWC flatten)
+        self.enc = m.encoder if is_cnn_encoder(m.encoder) else m.encoder.net.mlp
+        self.af = m.af.net.mlp
         self.vf = m.vf.net.mlp if m.uses_dueling else None
 
     def forward(self, obs):
@@ -57,15 +80,31 @@ class _QGreedy(torch.nn.Module):
 
 
 def dqn_setup(case, ctx) -> dict:
-    """{provider: factory of its Bench} for a ``dqn_step`` registry case."""
+    """{provider: factory of its Bench} for a ``dqn_step`` registry case (a gymnasium env's
+    DQN module, standard-normal [B, O] observations)."""
+    env_id, extra = case._params
+    m = ctx.cached(("dqn-module", case.config_id, ctx.seed), lambda: dqn_module(env_id, seed=ctx.seed, **dict(extra)))
+    obs = np.random.default_rng(ctx.seed).standard_normal((case.batch, m.observation_space.shape[0]), dtype=np.float32)
+    return dqn_providers(m, obs, case, ctx)
+
+
+def vision_dqn_setup(case, ctx) -> dict:
+    """``dqn_setup`` for a vision case: ``case._params`` = (obs_shape, n_actions, conv_filters,
+    model config); frames uniform in [-1, 1]."""
+    shape, n, filters, extra = case._params
+    m = ctx.cached(("dqn-module", case.config_id, ctx.seed),
+                   lambda: image_dqn_module(shape, n, filters, seed=ctx.seed, **dict(extra)))
+    obs = np.random.default_rng(ctx.seed).uniform(-1, 1, (case.batch, *shape)).astype(np.float32)
+    return dqn_providers(m, obs, case, ctx)
+
+
+def dqn_providers(m, obs: np.ndarray, case, ctx) -> dict:
+    """{provider: factory of its Bench}: module ``m``'s epsilon-greedy step on ``obs`` (its
+    observation batch, [B, O] or [B, H, W, C]) by every provider of the module docstring."""
     from . import cases as C
     from .timing import Bench
 
-    env_id, extra = case._params
-    m = ctx.cached(("dqn-module", case.config_id, ctx.seed), lambda: dqn_module(env_id, seed=ctx.seed, **dict(extra)))
-    rng = np.random.default_rng(ctx.seed)
-    O, A, B = m.observation_space.shape[0], int(m.action_space.n), case.batch
-    obs = rng.standard_normal((B, O), dtype=np.float32)
+    A, B = int(m.action_space.n), case.batch
     batch = {"obs": obs}
     eps = m.epsilon_schedule.at(T)
     qg = _QGreedy(m)

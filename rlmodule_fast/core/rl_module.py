@@ -101,6 +101,9 @@ def _default_forward(fn):
 
 #: RLlib's files in its own module checkpoints (``Checkpointable.save_to_path``) and in
 #: Algorithm checkpoints; ours are JSON + safetensors (core/checkpoint.py).
+#: Where a module keeps its armed fast lane (``fastpath.lane``; a ``_C.Lane`` or absent).
+_LANE_ATTR = "_rf_lane"
+
 _RLLIB_CHECKPOINT_FILES = ("class_and_ctor_args.pkl", "module_state.pkl", "module_state.pt",
                            "rllib_checkpoint.json", "algorithm_state.pkl")
 
@@ -333,6 +336,11 @@ class RLModule(abc.ABC):
         also return ``"actions"`` ``[B, *action_shape]`` (the deterministic action) and
         ``"action_logp"`` ``[B]``; recurrent modules ``"state_out"`` (the layout of ``state_in``).
         ValueError naming the key on a missing or mis-shaped input."""
+        lane = self.__dict__.get(_LANE_ATTR)  # fastpath.lane: the fused step at one C++ call
+        if lane is not None and not kwargs:
+            out = lane(batch, True)
+            if out is not None:
+                return out
         return self._run("inference", batch, kwargs)
 
     def forward_exploration(self, batch: Mapping[str, Any], **kwargs) -> dict:
@@ -344,6 +352,13 @@ class RLModule(abc.ABC):
         ``[B, *action_shape]`` and their ``"action_logp"`` ``[B]`` (RLlib's env runners use them
         when present); recurrent modules ``"state_out"``. No gradient is recorded by the
         default ``_forward`` path of a TorchRLModule."""
+        lane = self.__dict__.get(_LANE_ATTR)
+        # RLlib's env runners pass t= (env steps so far); the modules that arm a lane here (PPO,
+        # SAC) ignore it, as their _forward_exploration does (DQN, which reads it, has its own)
+        if lane is not None and (not kwargs or (len(kwargs) == 1 and "t" in kwargs)):
+            out = lane(batch, False)
+            if out is not None:
+                return out
         return self._run("exploration", batch, kwargs)
 
     def forward_train(self, batch: Mapping[str, Any], **kwargs) -> dict:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .rl_module import RLModule, _default_forward
+from .rl_module import _LANE_ATTR, RLModule, _default_forward
 
 
 def _matches(name: str, prefixes: Sequence[str]) -> bool:
@@ -91,6 +91,15 @@ class WeightsLockMixin:
         with self.weights_lock():
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Any attribute set (a replaced method, layer or flag) drops the fast lane: the next call
+        # takes the Python path, which re-arms one only if the module still qualifies. Dropped
+        # after the write: a lane another thread armed before the write lands must not survive it.
+        try:
+            super().__setattr__(name, value)
+        finally:
+            self.__dict__.pop(_LANE_ATTR, None)
+
     def _apply(self, fn, *args, **kwargs):
         with self.weights_lock():  # .to(device / dtype) swaps every parameter's storage or object
             try:
@@ -102,6 +111,7 @@ class WeightsLockMixin:
         state = dict(super().__getstate__())
         state.pop("_weights_lock", None)  # locks do not pickle; a copy gets its own
         state.pop("_rf_plans", None)      # fused plans (fastpath) are rebuilt where the copy runs
+        state.pop(_LANE_ATTR, None)       # and so is the fast lane
         return state
 
 
@@ -178,8 +188,37 @@ class TorchRLModule(WeightsLockMixin, nn.Module, RLModule):
         }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
+        """Load a ``get_state()`` dict (tensors or numpy arrays), all or nothing; ValueError
+        naming the key for unexpected / missing keys, shapes or dtypes. A state holding target
+        networks this module has not made yet (a learner's module, as ``RLModule.from_checkpoint``
+        reads it) makes them first, as RLlib's learner does before it restores; a refused state
+        leaves the module without them."""
         if not isinstance(state, Mapping):
             raise ValueError(f"state: expected a dict of tensors, got {type(state).__name__}")
+        made = self._make_targets_for(state)
+        try:
+            self._set_state_checked(state)
+        except BaseException:
+            for name in made:
+                delattr(self, name)
+            raise
+
+    def _make_targets_for(self, state: Mapping[str, Any]) -> list:
+        """When ``state`` has keys this module lacks and it is a (non inference-only)
+        ``TargetNetworkAPI`` module: ``make_target_networks()``; the names of the submodules that
+        made (none otherwise)."""
+        from ..apis import TargetNetworkAPI
+
+        if self.inference_only or not isinstance(self, TargetNetworkAPI):
+            return []
+        own = self.state_dict()
+        if all(k in own for k in state):
+            return []
+        before = set(self._modules)
+        self.make_target_networks()
+        return [n for n in self._modules if n not in before]
+
+    def _set_state_checked(self, state: Mapping[str, Any]) -> None:
         own = self.state_dict()
         optional = self.get_non_inference_attributes()
         if self.inference_only:  # a learner's full state pushed to an inference-only copy

@@ -6,7 +6,7 @@ when dueling, else the Q head; ``A * num_atoms`` outputs), ``vf`` (dueling value
 after ``make_target_networks()``: ``_target_encoder``, ``_target_af`` (, ``_target_vf``).
 
 Shapes: obs [B, *obs_shape] (Discrete obs: [B] indices, one-hot encoded; [H, W, C] image Boxes:
-RLlib's CNN encoder, channel-last, run by the torch layers: the fused step has no conv stage);
+RLlib's CNN encoder, channel-last; the fused step runs its convs too, on float32 or uint8 frames);
 action-masking Dict observations {"action_mask": [B, A] of 0/1, "observations": [B, ...]}.
 
 - ``compute_q_values(batch)`` -> {"qf_preds": [B, A]} (distributional, num_atoms N > 1: also
@@ -33,8 +33,12 @@ distributional expectation, mask, argmax, epsilon coin and random action run in 
 (``fastpath.qnet_plan``): for CPU inputs one ``_C`` call, drawing from rlmodule_fast's own stream
 (``rf.manual_seed``, ``rf.get_rng_state``); for CUDA inputs one Triton launch (``kernels/qnet.py``,
 layer widths up to 256), drawing Philox numbers seeded from torch's CUDA generator (same
-distribution, other numbers). ``RLMODULE_FAST_BACKEND=torch`` (or no usable backend under "auto")
-runs the torch layers; a forced backend that cannot run the step raises RuntimeError.
+distribution, other numbers). Image observations: RLlib's CNN encoder is the step's conv stage
+(the PPO step's: csrc/conv.h; ``[B, H, W, C]`` float32 or uint8 frames, uint8 cast in-kernel); on
+Triton one ``kernels/conv.py`` launch per conv layer first, for conv stages flattening to at most
+256 features (wider ones run the torch layers, as ``fast_path_info()`` says).
+``RLMODULE_FAST_BACKEND=torch`` (or no usable backend under "auto") runs the torch layers; a forced
+backend that cannot run the step raises RuntimeError.
 """
 from __future__ import annotations
 
@@ -49,7 +53,8 @@ from ..apis import InferenceOnlyAPI, QNetAPI, TargetNetworkAPI, make_target_netw
 from ..core.columns import Columns
 from ..core.specs import TensorSpec, to_torch
 from ..core.torch_rl_module import TorchRLModule
-from ..fastpath import refresh
+from ..core.rl_module import _LANE_ATTR
+from ..fastpath import lane, refresh
 from ..fastpath.qnet_plan import QNetLayers, fused_qnet_plan, qnet_fast_path_info, support
 from ..models.encoders import TorchMLPEncoder, flatten_obs, obs_lead_dims
 from ..models.flatten import first_leaf, flatten, is_structured, lead_dims
@@ -65,6 +70,13 @@ QF_NEXT_PREDS = "qf_next_preds"
 QF_PROBS = "qf_probs"
 QF_TARGET_NEXT_PREDS = "qf_target_next_preds"
 QF_TARGET_NEXT_PROBS = "qf_target_next_probs"
+
+# The fast lane (fastpath.lane): the columns of the fused step's (q, actions, logp), the methods
+# besides the forwards a subclass must keep for it (the step and the observation split it reads
+# the obs through), and the keyword it takes.
+_LANE_KEYS = (Columns.ACTION_DIST_INPUTS, Columns.ACTIONS, Columns.ACTION_LOGP)
+_LANE_EXTRA = ("_step", "_split_obs")
+_T_ONLY = frozenset({"t"})
 
 #: RLlib's FLOAT_MIN (ray.rllib.utils.torch_utils): the Q-value of a masked action.
 FLOAT_MIN = -3.4e38
@@ -281,25 +293,39 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
     # ---- exploration / inference: the fast path ----------------------------------------------------
     def qnet_layers(self) -> QNetLayers:
         """The Q-network described for the fused step (the layers themselves: in-place weight
-        updates are seen). ValueError when a layer is not one the fused step runs (a catalog
-        subclass's own encoder or heads): the torch layers run then."""
+        updates are seen). RLlib's CNN encoder ([H, W, C] image observations) is the step's conv
+        stage (its convs, then the (H, W, C) flatten the heads read; no encoder MLP). ValueError
+        when a layer is not one the fused step runs (a catalog subclass's own encoder or heads):
+        the torch layers run then."""
+        from ..fastpath.layers import conv_layers
+        from ..models.cnn import TorchCNNEncoder, is_cnn_encoder
+
         cfg = self.catalog.model_config_dict
-        if not isinstance(self.encoder, TorchMLPEncoder):
-            raise ValueError(f"encoder: a {type(self.encoder).__name__} is not an encoder the fused step runs "
-                             "(DQNCatalog's MLP encoder; conv encoders are not fused in this build)")
+        enc = self.encoder
+        image = {}
+        if is_cnn_encoder(enc):
+            if not (isinstance(enc, TorchCNNEncoder) and len(enc.net) == 2 and isinstance(enc.net[1], nn.Flatten)):
+                raise ValueError(f"encoder: a {type(enc).__name__} is not a CNN encoder the fused step runs "
+                                 "(DQNCatalog's TorchCNNEncoder: convs, then a flatten)")
+            # uint8 frames go into the kernels uncast; obs_scale=None keeps their values as the
+            # torch layers do (a float cast, no scaling)
+            image = dict(conv=conv_layers(enc, "encoder"), image_shape=enc.obs_shape)
+        elif not isinstance(enc, TorchMLPEncoder):
+            raise ValueError(f"encoder: a {type(enc).__name__} is not an encoder the fused step runs "
+                             "(DQNCatalog's MLP or CNN encoder)")
         for name in ("af", "vf") if self.uses_dueling else ("af",):
             h = getattr(self, name)
             if type(h) is not TorchMLPHead or h.clip_log_std:
                 raise ValueError(f"{name}: a {type(h).__name__} head is not a head the fused step runs "
                                  "(DQNCatalog's MLP heads)")
         return QNetLayers(
-            encoder=self.encoder.net.linears, enc_activation=self.encoder.activation,
+            encoder=[] if image else enc.net.linears, enc_activation=enc.activation,
             af=self.af.net.linears,
             vf=self.vf.net.linears if self.uses_dueling and self.num_atoms == 1 else None,
             head_activation=cfg["head_fcnet_activation"], num_actions=self._num_actions,
             num_atoms=self.num_atoms, v_min=getattr(self, "v_min", -10.0), v_max=getattr(self, "v_max", 10.0),
-            enc_norms=self.encoder.net.norms, af_norms=self.af.net.norms,
-            vf_norms=self.vf.net.norms if self.uses_dueling and self.num_atoms == 1 else None)
+            enc_norms=None if image else enc.net.norms, af_norms=self.af.net.norms,
+            vf_norms=self.vf.net.norms if self.uses_dueling and self.num_atoms == 1 else None, **image)
 
     def _example(self):
         return next(self.parameters(), None)
@@ -348,16 +374,43 @@ class DQNTorchRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAP
         if plan is None:
             with torch.no_grad():
                 return self._explore_torch(batch, epsilon, deterministic)
-        if not (self._flat_box and getattr(obs, "ndim", 0) == 2):
+        if self._image:
+            pass  # [B, H, W, C] images (float or uint8, numpy or tensor) as they are: the plan reads HWC rows
+        elif not (self._flat_box and getattr(obs, "ndim", 0) == 2):
             obs = self._features(obs)  # Discrete (one-hot), multi-dim Box, Dict / Tuple (flattened)
         q, actions, logp = plan.step(obs, mask, epsilon, deterministic)
-        return {Columns.ACTIONS: actions, Columns.ACTION_DIST_INPUTS: q, Columns.ACTION_LOGP: logp}
+        if mask is None and self._flat_box and plan.backend == "cpp":
+            lane.arm_qnet(self, plan, batch, DQNTorchRLModule, _LANE_EXTRA, _LANE_KEYS)
+        return {Columns.ACTION_DIST_INPUTS: q, Columns.ACTIONS: actions, Columns.ACTION_LOGP: logp}
+
+    def forward_exploration(self, batch: Any, **kwargs) -> dict:
+        """``RLModule.forward_exploration``; ``t`` (keyword): the env steps sampled so far, which
+        set epsilon on the schedule (None: keep the current epsilon)."""
+        fast = self.__dict__.get(_LANE_ATTR)  # fastpath.lane: the step at one C++ call
+        t = kwargs.get("t")
+        if fast is not None and kwargs.keys() <= _T_ONLY and (t is None or type(t) is int):
+            # epsilon moves as on the Python path: only for a batch its spec check passes (the
+            # batches a lane takes), before the step (which may still raise: NaN obs)
+            sched = self.epsilon_schedule
+            eps = sched.peek(t)
+            try:
+                out = fast(batch, False, eps)
+            except BaseException:
+                sched.update(t)
+                raise
+            if out is not None:
+                sched.update(t)
+                return out
+        return self._run("exploration", batch, kwargs)
 
     def _forward_exploration(self, batch: dict, t: Optional[int] = None, **kwargs) -> dict:
         return self._step(batch, self.epsilon_schedule.update(t), deterministic=False)
 
     def _forward_inference(self, batch: dict, **kwargs) -> dict:
         return self._step(batch, 0.0, deterministic=True)
+
+
+lane.register(DQNTorchRLModule, _LANE_EXTRA)
 
 
 def _export_forward(module: "DQNTorchRLModule", batch: dict, with_value: bool) -> dict:

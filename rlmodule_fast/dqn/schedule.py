@@ -56,6 +56,10 @@ class EpsilonSchedule:
                 return l_v + float(t - l_t) / (r_t - l_t) * (r_v - l_v)
         return self.value[-1][1]
 
+    def peek(self, t: Optional[int]) -> float:
+        """What ``update(t)`` would return, without updating."""
+        return self.current if t is None or t == self._t else self.at(int(t))
+
     def update(self, t: Optional[int]) -> float:
         if t is not None and t != self._t:
             self.current, self._t = self.at(int(t)), t

@@ -25,6 +25,52 @@ _NO_STATE = (None, None, None, None)
 _NULL_LOCK = contextlib.nullcontext()
 
 
+def conv_stack_spec(cpp, enc, what: str, f32) -> tuple:
+    """(``_C``'s conv stage description, column permutation for the layer reading its output) of
+    an encoder with conv layers (anything ``conv_geometry`` reads: ``EncoderLayers``, the DQN
+    step's ``QNetLayers``), or (None, None) without. The description is bindings.cpp's
+    ``ConvStackDesc`` (H, W, C, has_scale, scale, [conv_desc...]); the permutation is None for
+    RLlib's (H, W, C) flatten, else the LongTensor [Ho * Wo * Co] such that HWC feature j is the
+    next layer's column perm[j] (a channels-first flatten: the kernels always write HWC).
+    ``f32(t)``: the caller's float32 contiguous copy of a tensor, kept alive while ``_C`` packs.
+    ValueError naming ``what`` for a conv stage the kernels cannot run."""
+    geo = conv_geometry(enc, what)
+    if not geo:
+        return None, None
+    descs = []
+    for c, stride, pad, act, _, _ in geo:
+        w = f32(c.weight)
+        b = f32(c.bias) if c.bias is not None else None
+        descs.append(cpp.conv_desc(w, b, stride, pad, cpp.ACT_CODES[act]))
+    H, W, C = enc.image_shape
+    scale = enc.obs_scale
+    perm = None
+    if enc.conv_flatten == "chw":  # HWC position j reads CHW column perm[j] of the next layer
+        Ho, Wo, Co = geo[-1][5]
+        perm = torch.arange(Ho * Wo * Co).reshape(Co, Ho, Wo).permute(1, 2, 0).reshape(-1)
+    return (H, W, C, scale is not None, 0.0 if scale is None else float(scale), descs), perm
+
+
+def image_rows(obs, image: tuple, D: int, u8_ok: bool) -> np.ndarray:
+    """An observation batch as the 2-D array a conv-stage plan hands to ``_C``: obs [B, D] or,
+    with ``image`` = (H, W, C), [B, H, W, C] images (rows in HWC order); uint8 kept when
+    ``u8_ok`` (converted inside the kernels), anything else as float32; C-contiguous and aligned
+    (the kernels load float32 rows: 4-byte aligned). (CPU
+    tensors are read through a numpy view.) ValueError naming obs, the expected and the received
+    shape otherwise."""
+    x = np.asarray(obs)
+    if image is not None and x.ndim == 4 and tuple(x.shape[1:]) == tuple(image):
+        x = x.reshape(x.shape[0], D)  # [B, H, W, C] images: rows in HWC order
+    if x.ndim != 2 or x.shape[1] != D:
+        raise ValueError(f"obs: expected shape [B, {D}]" + (f" or [B, {', '.join(map(str, image))}]"
+                                                            if image else "") + f", got {tuple(x.shape)}")
+    if not (x.dtype == _U8 and u8_ok):  # uint8 images go to the kernels as they are
+        x = x.astype(np.float32, copy=False)
+    if not (x.flags.c_contiguous and x.flags.aligned):  # sliced, transposed, zero strides, odd address
+        x = np.require(x, requirements=("C", "A"))
+    return x
+
+
 class CppPolicyPlan:
     """One policy step per ``_C`` call, weights packed once (see ``fastpath.PolicyPlan`` for
     ``step``'s arguments and results, ``out=`` buffers included).
@@ -119,22 +165,7 @@ class CppPolicyPlan:
                     for n in ns]
 
         def conv(enc, what):
-            """(conv stack description, column permutation for the layer reading its output)."""
-            geo = conv_geometry(enc, what)
-            if not geo:
-                return None, None
-            descs = []
-            for c, stride, pad, act, _, _ in geo:
-                w = f32(c.weight)
-                b = f32(c.bias) if c.bias is not None else None
-                descs.append(self._cpp.conv_desc(w, b, stride, pad, self._cpp.ACT_CODES[act]))
-            H, W, C = enc.image_shape
-            scale = enc.obs_scale
-            perm = None
-            if enc.conv_flatten == "chw":  # HWC position j reads CHW column perm[j] of the next layer
-                Ho, Wo, Co = geo[-1][5]
-                perm = torch.arange(Ho * Wo * Co).reshape(Co, Ho, Wo).permute(1, 2, 0).reshape(-1)
-            return (H, W, C, scale is not None, 0.0 if scale is None else float(scale), descs), perm
+            return conv_stack_spec(self._cpp, enc, what, f32)
 
         a_conv, a_perm = conv(L.actor, "actor")
         # the first layer that reads the actor's conv output: its mlp, else its rnn, else pi (and a shared vf)
@@ -203,6 +234,8 @@ class CppPolicyPlan:
 
     # -- the hot path ------------------------------------------------------------------------------
     def _state_arg(self, st, H: int, B: int, what: str):
+        """(keep-alive, what _C reads) for one state leaf [B, H] or [B, 1, H]: C-contiguous, 4-byte
+        aligned float32 (converted or copied only when needed); ValueError naming ``what``."""
         if st is None:
             return None
         if isinstance(st, torch.Tensor):
@@ -213,13 +246,15 @@ class CppPolicyPlan:
                 t = t.float().contiguous()
             if tuple(t.shape) != (B, H) or t.device.type != "cpu":
                 raise ValueError(f"{what}: expected a CPU [{B}, {H}] array, got {tuple(st.shape)} on {st.device}")
+            if t.data_ptr() % 4:  # e.g. from_numpy of a buffer at an odd address
+                t = t.clone()
             return t, t.data_ptr()
         a = np.asarray(st)
         if a.ndim == 3 and a.shape[1] == 1:
             a = a[:, 0]
         if a.shape != (B, H):
             raise ValueError(f"{what}: expected shape [{B}, {H}], got {tuple(np.shape(st))}")
-        a = np.ascontiguousarray(a, dtype=np.float32)
+        a = np.require(a, np.float32, ("C", "A"))
         return a, a
 
     def _states(self, state, B: int):
@@ -253,22 +288,7 @@ class CppPolicyPlan:
             if obs.device.type != "cpu":
                 raise ValueError(f"obs: the cpp plan needs a CPU tensor, got device {obs.device}")
             obs = obs.numpy() if not obs.requires_grad else obs.detach().numpy()  # a view, no copy
-        x = obs
-        if type(x) is not np.ndarray or x.ndim != 2 or not (x.dtype == _F32 or (x.dtype == _U8 and self.u8_ok)):
-            x = np.asarray(obs)
-            if self._image is not None and x.ndim == 4 and tuple(x.shape[1:]) == self._image:
-                x = x.reshape(x.shape[0], D)  # [B, H, W, C] images: rows in HWC order
-            if x.ndim != 2:
-                raise ValueError(f"obs: expected shape [B, {D}]" + (f" or [B, {', '.join(map(str, self._image))}]"
-                                                                    if self._image else "") + f", got {tuple(x.shape)}")
-            if not (x.dtype == _U8 and self.u8_ok):  # uint8 images go to the kernels as they are
-                # copy=False: a float32 [B, H, W, C] batch (every env runner's) is only reshaped;
-                # a copy here was a serial 3.6 MB pass per 32 Atari frames (~300 us)
-                x = x.astype(np.float32, copy=False)
-        if x.shape[1] != D:
-            raise ValueError(f"obs: expected shape [B, {D}], got {tuple(x.shape)}")
-        if not x.flags.c_contiguous:  # sliced, transposed, negative or zero strides
-            x = np.ascontiguousarray(x)
+        x = image_rows(obs, self._image, D, self.u8_ok)
         return x, x.shape[0], 0, as_tensor, x
 
     def _mask(self, mask, B: int):
@@ -283,7 +303,8 @@ class CppPolicyPlan:
         ``mask``: None or the action mask [B, D] (0/1; masked logits become RLlib's FLOAT_MIN)."""
         if self._stamp_of(self._watch_policy) != self._packed_policy:
             self._repack()
-        if type(obs) is np.ndarray and obs.dtype == _F32 and obs.ndim == 2 and obs.flags.c_contiguous:
+        if type(obs) is np.ndarray and obs.dtype == _F32 and obs.ndim == 2 and obs.flags.c_contiguous \
+                and obs.flags.aligned:
             if obs.shape[1] != self.obs_dim:
                 raise ValueError(f"obs: expected shape [B, {self.obs_dim}], got {tuple(obs.shape)}")
             obs_arg, B, ld = obs, obs.shape[0], 0
@@ -304,7 +325,8 @@ class CppPolicyPlan:
                 self._repack()
         elif self._stamp_of(self._watch_policy) != self._packed_policy:
             self._repack()
-        if type(obs) is np.ndarray and obs.dtype == _F32 and obs.ndim == 2 and obs.flags.c_contiguous:
+        if type(obs) is np.ndarray and obs.dtype == _F32 and obs.ndim == 2 and obs.flags.c_contiguous \
+                and obs.flags.aligned:
             # the common case (an env's float32 batch), as _obs would return it; _C checks the width
             obs_arg, B, ld, as_tensor, keep_obs = obs, obs.shape[0], 0, False, None
             if obs.shape[1] != self.obs_dim:

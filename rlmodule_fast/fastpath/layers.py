@@ -113,15 +113,24 @@ def _encoder_params(enc: EncoderLayers) -> list:
             + (list(enc.rnn.parameters()) if enc.rnn is not None else []))
 
 
+def _critic_steps(layers: PolicyLayers) -> bool:
+    """Whether a step without the value head runs the critic encoder too: it has an rnn, whose
+    state the step advances (``state_out["critic"]``)."""
+    return layers.critic is not None and layers.critic.rnn is not None
+
+
 def _step_params(layers: PolicyLayers) -> list:
-    """The parameters a step without the value head reads: actor encoder, pi head, log-std."""
+    """The parameters a step without the value head reads: actor encoder, pi head, log-std, and
+    the critic encoder when it has an rnn (``_critic_steps``)."""
     fls = [layers.free_log_std] if layers.free_log_std is not None else []
-    return (_encoder_params(layers.actor) + _linear_params(layers.pi) + _norm_params(getattr(layers, "pi_norms", None)) + fls)
+    critic = _encoder_params(layers.critic) if _critic_steps(layers) else []
+    return (_encoder_params(layers.actor) + _linear_params(layers.pi) + _norm_params(getattr(layers, "pi_norms", None))
+            + fls + critic)
 
 
 def _params(layers: PolicyLayers) -> list:
     """Every parameter of the description: the step's (``_step_params``), then critic and vf."""
-    critic = _encoder_params(layers.critic) if layers.critic is not None else []
+    critic = _encoder_params(layers.critic) if layers.critic is not None and not _critic_steps(layers) else []
     return _step_params(layers) + critic + _linear_params(layers.vf or []) + _norm_params(getattr(layers, "vf_norms", None))
 
 

@@ -37,6 +37,7 @@ import warnings
 import weakref
 from typing import Optional
 
+from ..core.rl_module import _LANE_ATTR
 from ..core.torch_rl_module import WeightsLockMixin
 from ..ops import dispatch
 from .layers import _STRUCTURE_GEN, PolicyLayers, _params
@@ -129,20 +130,24 @@ class PolicyPlan:
     def _reread_layers(self, force: bool = False) -> bool:
         """After a parameter / submodule registration somewhere: take the module's current
         layers when their parameters are not the ones this plan holds (validated again).
-        True when the layers were replaced."""
-        self._gen = _STRUCTURE_GEN[0]
+        True when the layers were replaced. The generation is taken only once they were read and
+        accepted: layers the plan refuses raise again at every step (never the old weights)."""
+        gen = _STRUCTURE_GEN[0]  # read first: a registration while re-reading is seen next step
         get_layers = self._source() if self._source is not None else None
         if get_layers is None:  # no module to re-read (a plan built from bare layers)
+            self._gen = gen
             return False
         layers = get_layers()
         params = _params(layers)
         if not force and len(params) == len(self._params) and all(map(operator.is_, params, self._params)):
+            self._gen = gen
             return False
         if self.backend == "triton":
             self.impl = self._build(layers)
         else:
             self.impl.set_layers(layers, params)
         self.layers, self._params = layers, params
+        self._gen = gen
         return True
 
     def _repack(self) -> None:
@@ -276,7 +281,8 @@ fused_plan = refusing(plan_for, "fused_plan")
 def fast_path_info_for(module, example, op: str = "policy_step", fused=None) -> dict:
     """{"backend": "cpp" | "triton" | "torch", "active": bool, "reason": str}: which path a
     module's exploration / inference step takes for inputs like ``example``: ``op``'s dispatch,
-    then ``fused(module, example)`` (default ``fused_plan``; None: the module's torch layers)."""
+    then ``fused(module, example)`` (default ``fused_plan``; None: the module's torch layers).
+    (Whether the next call takes the fast lane over that path: ``fastpath.lane.armed``.)"""
     fused = fused_plan if fused is None else fused
     try:
         name, reason = dispatch.explain(op, example)
@@ -292,6 +298,7 @@ def fast_path_info_for(module, example, op: str = "policy_step", fused=None) -> 
 def mark_unfusable(module, reason: str) -> None:
     """Make ``fused_plan`` return None for ``module`` (until ``refresh``), warning once."""
     module.__dict__[_UNFUSABLE_ATTR] = reason
+    module.__dict__.pop(_LANE_ATTR, None)
     warnings.warn(f"{type(module).__name__}: the fused step cannot run this module ({reason}); "
                   "forward_exploration / forward_inference run its torch layers", UserWarning, stacklevel=4)
 
@@ -306,6 +313,7 @@ def refresh(module) -> None:
     writes a step cannot detect; see the module docstring); layers refused before are tried
     again."""
     module.__dict__.pop(_UNFUSABLE_ATTR, None)
+    module.__dict__.pop(_LANE_ATTR, None)
     for plan in {id(p): p for p in (_plan_cache(module, False) or {}).values() if p is not None}.values():
         plan.refresh()
 

@@ -1,9 +1,10 @@
 """The epsilon-greedy step of a DQN module as ONE backend call: ``QNetPlan``.
 
-A DQN module describes its Q-network once (``QNetLayers``: encoder MLP, advantage / Q head,
-optional dueling value head, atoms); the plan packs it into ``_C.QNet`` and each step runs
-encoder, heads, the dueling combine or the distributional expectation, the action mask, the
-argmax, the epsilon coin and the random action in one C++ call (csrc/qnet.h).
+A DQN module describes its Q-network once (``QNetLayers``: [conv stage,] encoder MLP, advantage /
+Q head, optional dueling value head, atoms); the plan packs it into ``_C.QNet`` and each step runs
+the conv stage (the policy step's: csrc/conv.h, RLlib's CNN encoder over [B, H, W, C] images,
+float32 or uint8), encoder, heads, the dueling combine or the distributional expectation, the
+action mask, the argmax, the epsilon coin and the random action in one C++ call (csrc/qnet.h).
 
 Freshness is the policy plan's (see ``fastpath.plan``): before every step the plan compares
 ``_C.weights_stamp`` of the parameters it packed (version counters and data pointers) and the
@@ -19,14 +20,14 @@ Draws: row r of a step uses counter ``ctr0 + r`` of rlmodule_fast's own stream (
 ``rf.manual_seed`` / ``rf.get_rng_state``): its high 32 bits are the epsilon coin
 (``u < epsilon``), its low 32 bits pick the random action uniformly among the row's valid actions.
 
-Shape legend: B batch, O flattened obs dim, A actions, N atoms.
+Shape legend: B batch, O flattened obs dim (H * W * C for images), H, W, C image, A actions, N atoms.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -34,7 +35,8 @@ import torch
 
 from ..ops import dispatch
 from ..ops.reference import canonical_activation
-from .layers import _STRUCTURE_GEN, _check_norms, _linear_params, _linears, _norm_params, has_norms
+from .cpp_plan import conv_stack_spec, image_rows
+from .layers import _STRUCTURE_GEN, _check_norms, _conv_params, _linear_params, _linears, _norm_params, conv_geometry, has_norms
 from .plan import _PLANS_LOCK, UnfusableLayers, _plan_cache, fast_path_info_for, refusing
 
 _F32 = np.dtype(np.float32)
@@ -56,6 +58,15 @@ class QNetLayers:
     enc_norms: Optional[list] = None  # None, or per encoder layer an nn.LayerNorm (before its activation) or None
     af_norms: Optional[list] = None   # the same for the af layers
     vf_norms: Optional[list] = None   # the same for the vf layers
+    # The encoder's conv stage before `encoder` (empty: none), as fastpath.EncoderLayers holds it:
+    # the observation row is an image_shape (H, W, C) image, channels last; the conv output is
+    # flattened in `conv_flatten` order ("hwc": RLlib's TorchCNNEncoder; "chw": folded into the
+    # next layer's columns at pack time). With a conv stage, uint8 observations are accepted and
+    # converted (times obs_scale when not None) inside the kernels.
+    conv: list = field(default_factory=list)  # list[fastpath.layers.ConvLayer]
+    image_shape: Optional[tuple] = None       # (H, W, C), required with conv
+    conv_flatten: str = "hwc"
+    obs_scale: Optional[float] = None
 
 
 def support(num_atoms: int, v_min: float, v_max: float, device=None) -> torch.Tensor:
@@ -65,26 +76,34 @@ def support(num_atoms: int, v_min: float, v_max: float, device=None) -> torch.Te
 
 
 def qnet_params(L: QNetLayers) -> list:
-    return (_linear_params(L.encoder) + _norm_params(L.enc_norms) + _linear_params(L.af) + _norm_params(L.af_norms)
+    """Every parameter the step reads (conv stage, encoder, af, vf, their norms), in one order."""
+    return (_conv_params(L) + _linear_params(L.encoder) + _norm_params(L.enc_norms) + _linear_params(L.af) + _norm_params(L.af_norms)
             + _linear_params(L.vf or []) + _norm_params(L.vf_norms))
 
 
 def reread_layers(plan) -> None:
     """A Q-network plan (cpp or triton) after a structure change: ask its module for the layers
     again (``plan._source``, a weak reference to the module's ``qnet_layers``) and, when they are
-    other parameters than ``plan._params``, rebuild with ``plan._set_layers``."""
+    other parameters than ``plan._params``, rebuild with ``plan._set_layers``. The generation is
+    taken only once they were read and accepted: layers the plan refuses raise again at every
+    step (never the old weights)."""
+    gen = _STRUCTURE_GEN[0]  # read first: a registration while re-reading is seen next step
     get_layers = plan._source() if plan._source is not None else None
-    plan._gen = _STRUCTURE_GEN[0]
     if get_layers is not None:
         layers = get_layers()
         new = qnet_params(layers)
         if len(new) != len(plan._params) or any(a is not b for a, b in zip(new, plan._params)):
             plan._set_layers(layers)
+    plan._gen = gen
 
 
 def validate(L: QNetLayers) -> int:
-    """Check a description; returns the obs dim. ValueError naming the bad field."""
+    """Check a description; returns the obs dim (H * W * C with a conv stage). ValueError naming
+    the bad field."""
     enc, af = _linears(L.encoder, "encoder"), _linears(L.af, "af")
+    geo = conv_geometry(L, "encoder")
+    if not geo and L.obs_scale is not None:
+        raise ValueError(f"obs_scale: only with a conv stage, got {L.obs_scale!r}")
     canonical_activation(L.enc_activation, what="enc_activation")
     canonical_activation(L.head_activation, what="head_activation")
     A, N = int(L.num_actions), int(L.num_atoms)
@@ -92,7 +111,12 @@ def validate(L: QNetLayers) -> int:
         raise ValueError(f"num_actions / num_atoms: expected >= 1, got {A} / {N}")
     if not af:
         raise ValueError("af: expected at least one nn.Linear")
-    obs_dim = enc[0].in_features if enc else af[0].in_features
+    if geo:
+        H, W, C = L.image_shape
+        Ho, Wo, Co = geo[-1][5]
+        obs_dim, feat = H * W * C, Ho * Wo * Co
+    else:
+        obs_dim = feat = enc[0].in_features if enc else af[0].in_features
 
     def chain(lins, d, what):
         for i, lin in enumerate(lins):
@@ -101,7 +125,7 @@ def validate(L: QNetLayers) -> int:
             d = lin.out_features
         return d
 
-    lat = chain(enc, obs_dim, "encoder")
+    lat = chain(enc, feat, "encoder")
     if chain(af, lat, "af") != A * N:
         raise ValueError(f"af: last layer has {af[-1].out_features} outputs, expected num_actions * num_atoms = {A * N}")
     if L.vf is not None:
@@ -125,6 +149,7 @@ class QNetPlan:
 
     ``step(obs, mask, epsilon, deterministic) -> (q, actions, logp)``:
     obs [B, O] float32 numpy array or CPU tensor (other float dtypes / strides are converted);
+    with a conv stage also [B, H, W, C] images, and uint8 ones go to the kernels unconverted;
     mask None or [B, A] of 0 / 1 (ValueError for other values or an all-masked row);
     returns fresh torch tensors q [B, A] float32 (the Q-values; masked entries RLlib's FLOAT_MIN),
     actions [B] int64 (greedy when ``deterministic`` or with probability 1 - epsilon, else
@@ -158,6 +183,8 @@ class QNetPlan:
             if p.device.type != "cpu":
                 raise ValueError(f"layers: the cpp backend needs CPU parameters, got a parameter on {p.device}")
         self.obs_dim = validate(layers)
+        self._image = tuple(layers.image_shape) if layers.conv else None
+        self.u8_ok = bool(layers.conv)  # the conv kernels convert uint8 frames
         self.layers, self._params = layers, tuple(params)
         self._gen = _STRUCTURE_GEN[0]
         self._packed = None
@@ -165,10 +192,18 @@ class QNetPlan:
     def _spec(self):
         L, keep = self.layers, []
 
-        def mlp(lins):
+        def f32(t):
+            t = t.detach().float().contiguous()
+            keep.append(t)
+            return t
+
+        conv, perm = conv_stack_spec(self._cpp, L, "encoder", f32)
+
+        def mlp(lins, perm=None):
+            """perm: None, or the column order of the first layer (it reads channels-first conv features)."""
             out = []
-            for lin in lins:
-                w = lin.weight.detach().float().contiguous()
+            for i, lin in enumerate(lins):
+                w = (lin.weight.detach() if perm is None or i else lin.weight.detach()[:, perm]).float().contiguous()
                 b = lin.bias.detach().float().contiguous() if lin.bias is not None else None
                 keep.extend([w, b])
                 out.append((w.data_ptr(), w.shape[0], w.shape[1], w.shape[1], b.data_ptr() if b is not None else 0, 1))
@@ -192,11 +227,12 @@ class QNetPlan:
         codes = self._cpp.ACT_CODES
         head = codes[canonical_activation(L.head_activation)]
         N = int(L.num_atoms)
+        head_perm = None if L.encoder else perm  # the layers that read the conv features
         spec = {
-            "obs_dim": self.obs_dim, "num_actions": int(L.num_actions), "num_atoms": N,
-            "enc": mlp(L.encoder), "enc_acts": [codes[canonical_activation(L.enc_activation)]] * len(L.encoder),
-            "af": mlp(L.af), "af_acts": [head] * (len(L.af) - 1) + [0],
-            "vf": None if L.vf is None else mlp(L.vf),
+            "obs_dim": self.obs_dim, "num_actions": int(L.num_actions), "num_atoms": N, "conv": conv,
+            "enc": mlp(L.encoder, perm), "enc_acts": [codes[canonical_activation(L.enc_activation)]] * len(L.encoder),
+            "af": mlp(L.af, head_perm), "af_acts": [head] * (len(L.af) - 1) + [0],
+            "vf": None if L.vf is None else mlp(L.vf, head_perm),
             "vf_acts": [] if L.vf is None else [head] * (len(L.vf) - 1) + [0],
             "z": support(N, L.v_min, L.v_max).tolist() if N > 1 else [],
             "enc_norms": norms(L.enc_norms), "af_norms": norms(L.af_norms),
@@ -235,19 +271,16 @@ class QNetPlan:
         self._repack(force=True)
 
     def _obs(self, obs) -> np.ndarray:
-        """obs as a float32 [B, O] numpy array with unit column stride (a view where possible)."""
+        """obs as a C-contiguous [B, O] numpy array (a view where possible): float32, or uint8
+        with a conv stage; [B, H, W, C] images (conv stage) as their HWC rows."""
         if isinstance(obs, torch.Tensor):
             if obs.device.type != "cpu":
                 raise ValueError(f"obs: the cpp plan needs a CPU tensor, got device {obs.device}")
             obs = obs.detach()
-            obs = (obs if obs.dtype == torch.float32 else obs.float()).numpy()
-        elif type(obs) is not np.ndarray or obs.dtype != _F32:
-            obs = np.asarray(obs, dtype=np.float32)
-        if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
-            raise ValueError(f"obs: expected shape [B, {self.obs_dim}], got {tuple(obs.shape)}")
-        if not obs.flags.c_contiguous:  # sliced, transposed, negative or zero strides
-            obs = np.ascontiguousarray(obs)
-        return obs
+            if obs.dtype != torch.float32 and not (obs.dtype == torch.uint8 and self.u8_ok):
+                obs = obs.float()
+            obs = obs.numpy()
+        return image_rows(obs, self._image, self.obs_dim, self.u8_ok)
 
     @staticmethod
     def _mask(mask) -> np.ndarray:
@@ -261,7 +294,8 @@ class QNetPlan:
     def step(self, obs, mask, epsilon: float, deterministic: bool) -> tuple:
         if self._gen != _STRUCTURE_GEN[0] or self._stamp_of(self._params) != self._packed:
             self._repack()
-        if type(obs) is not np.ndarray or obs.dtype != _F32 or obs.ndim != 2 or not obs.flags.c_contiguous:
+        if (type(obs) is not np.ndarray or obs.dtype != _F32 or obs.ndim != 2 or not obs.flags.c_contiguous
+                or not obs.flags.aligned):
             obs = self._obs(obs)
         elif obs.shape[1] != self.obs_dim:  # the common case: an env's contiguous float32 batch
             raise ValueError(f"obs: expected shape [B, {self.obs_dim}], got {tuple(obs.shape)}")

@@ -2,6 +2,14 @@
 distributional expectation, mask, argmax and the epsilon-greedy draw in ONE kernel launch
 (``kernels/qnet.py``) for layer widths up to 256 (RLlib's default [256, 256] included).
 
+Image observations (RLlib's CNN encoder, ``QNetLayers.conv``): the conv stage runs first, one
+``kernels/conv.py`` launch per layer as the triton policy step runs it (``triton_plan.conv_stage``:
+float32 or uint8 frames, the cast in-kernel), then the one DQN kernel over the flattened features,
+when those features and every layer width pad to <= 256 (small images or small explicit
+``conv_filters``). RLlib's default stacks flatten wider (e.g. 11 * 11 * 256 for 84x84 Atari frames):
+those layers are refused (ValueError), so CUDA steps of such a module run its torch layers and
+``fast_path_info()`` says why.
+
 Built by ``fastpath.qnet_plan.qnet_plan_for`` when ``ops.dispatch`` picks triton (CUDA inputs, or
 ``RLMODULE_FAST_BACKEND=triton`` under ``TRITON_INTERPRET=1``). Same contract as the cpp
 ``QNetPlan``: ``step(obs, mask, epsilon, deterministic) -> (q, actions, logp)``, same errors
@@ -20,8 +28,9 @@ import torch
 
 from ..ops import triton as tri
 from ..ops.reference import canonical_activation
-from .layers import _STRUCTURE_GEN, has_norms
+from .layers import _STRUCTURE_GEN, conv_geometry, has_norms
 from .qnet_plan import QNetLayers, qnet_params, reread_layers, support, validate
+from .triton_plan import conv_stage, pack_conv_stage
 
 
 class TritonQNetPlan:
@@ -56,7 +65,17 @@ class TritonQNetPlan:
             return list(ns) if has_norms(ns) else [None] * len(lins)
         self._ns = aligned(layers.enc_norms, enc) + aligned(layers.af_norms, af) + aligned(layers.vf_norms, vf)
         A, N = int(layers.num_actions), int(layers.num_atoms)
-        widths = [self.obs_dim] + [w.shape[0] for w in ws] + [w.shape[1] for w in ws]
+        self._geo = conv_geometry(layers, "encoder")
+        self._image = tuple(layers.image_shape) if self._geo else None
+        feat = self.obs_dim  # the width of the rows the one kernel reads: the obs or the conv features
+        if self._geo:
+            Ho, Wo, Co = self._geo[-1][5]
+            feat = Ho * Wo * Co
+            if mlp.fused_tile_plan([feat]) is None:
+                raise ValueError(f"encoder.conv: the conv stage flattens to {feat} features ({Ho}x{Wo}x{Co}); the "
+                                 f"triton DQN step runs its heads in one kernel over at most "
+                                 f"{mlp.MAX_FUSED_WIDTH} (this module's steps then run its torch layers)")
+        widths = [feat] + [w.shape[0] for w in ws] + [w.shape[1] for w in ws]
         plan = mlp.fused_tile_plan(widths)
         if plan is None:
             raise ValueError(f"layers: widths up to {max(widths)}: the triton DQN step runs nets whose every "
@@ -91,7 +110,7 @@ class TritonQNetPlan:
             if stamp != self._stamp:
                 packed = mlp.pack_mlp(self._ws, self._bs, self.D, device=self.device)
                 ln = mlp.pack_norms(self._ns, self.D, self.device)[0] if self.meta["NORM_MASK"] else None
-                self._packed = (*packed, ln)
+                self._packed = (*packed, ln, pack_conv_stage(self._geo, self.device))
                 self._stamp = stamp
 
     def refresh(self) -> None:
@@ -105,12 +124,18 @@ class TritonQNetPlan:
         from ..kernels import qnet, sampling
 
         x = tri._to_tensor(obs, "obs")
+        if self._image is not None and x.dim() == 4 and tuple(x.shape[1:]) == self._image:
+            x = x.reshape(x.shape[0], self.obs_dim)  # [B, H, W, C] images: rows in HWC order
         if x.dim() != 2 or x.shape[1] != self.obs_dim:
-            raise tri._shape_err("obs", f"[B, {self.obs_dim}]", x.shape)
-        x = x.to(self.device, torch.float32)
-        finite = torch.isfinite(x).all(dim=-1)
-        if x.shape[0] and not bool(finite.all()):
-            raise ValueError(f"obs: contains NaN or inf (row {int((~finite).nonzero()[0, 0])})")
+            raise tri._shape_err("obs", f"[B, {self.obs_dim}]" + (f" or [B, {', '.join(map(str, self._image))}]"
+                                                                  if self._image else ""), x.shape)
+        if x.dtype == torch.uint8 and self._geo:
+            x = x.to(self.device)  # uint8 frames: cast (and scaled) inside the first conv kernel
+        else:
+            x = x.to(self.device, torch.float32)
+            finite = torch.isfinite(x).all(dim=-1)
+            if x.shape[0] and not bool(finite.all()):
+                raise ValueError(f"obs: contains NaN or inf (row {int((~finite).nonzero()[0, 0])})")
         A = self.meta["A"]
         m = None
         if mask is not None:
@@ -125,7 +150,8 @@ class TritonQNetPlan:
             if bool(empty.any()):
                 raise ValueError(f"action_mask: every action is masked (row {int(empty.nonzero()[0, 0])})")
         self._refresh()
-        wp, bp, ln = self._packed
+        wp, bp, ln, conv_packed = self._packed
+        x = conv_stage(x, self.layers, self._geo, conv_packed)
         explore = not deterministic and epsilon > 0.0
         seed = sampling.draw_seed(self.device) if explore else self.dims
         q, actions, logp, flag = qnet.qnet_step(x, wp, bp, self.dims, self.meta, seed=seed, z=self.z, mask=m,

@@ -17,6 +17,37 @@ from ..ops.reference import canonical_activation
 from .layers import _params, conv_geometry, has_norms, validate
 
 
+def pack_conv_stage(geo: list, device) -> list:
+    """Per conv layer of ``geo`` (``conv_geometry``'s list) the (filters [K, N] float32,
+    bias [N] float32 or None) ``kernels.conv.conv2d_nhwc`` reads, on ``device``."""
+    from ..kernels import conv as ck
+
+    return [(ck.pack_filters(c.weight).to(device), None if c.bias is None else c.bias.detach().float().contiguous())
+            for c, *_ in geo]
+
+
+def conv_stage(x: torch.Tensor, enc, geo: list, packed: list) -> torch.Tensor:
+    """An encoder's conv stage on the triton backend (the policy step's and the DQN step's): obs
+    rows x [B, H*W*C] (float or uint8, HWC) through ``geo``'s layers (``conv_geometry`` of
+    ``enc``: an ``EncoderLayers`` or ``QNetLayers``), one ``kernels.conv`` launch per layer
+    (uint8 cast and ``enc.obs_scale`` in the first); the last writes the flattened features
+    [B, F] float32 in ``enc.conv_flatten`` order. x itself when ``geo`` is empty."""
+    from ..kernels import conv as ck
+
+    if not geo:
+        return x
+    H, W, C = enc.image_shape
+    y = x.reshape(x.shape[0], H, W, C)
+    if y.dtype not in (torch.uint8, torch.float32):
+        y = y.float()
+    scale = enc.obs_scale
+    for i, ((conv, stride, pad, act, _, _), (wk, b)) in enumerate(zip(geo, packed)):
+        last = i == len(geo) - 1
+        y = ck.conv2d_nhwc(y, wk, b, conv.kernel_size[0], conv.kernel_size[1], stride, pad, ck.ACT_CODES[act],
+                           tri._precision, scale if i == 0 else None, chw=last and enc.conv_flatten == "chw")
+    return y.reshape(y.shape[0], -1)
+
+
 class TritonPolicyPlan:
     """The whole policy step on the triton backend, built from a ``fastpath.PolicyLayers``
     description (read duck-typed: ``actor``/``critic`` = EncoderLayers(mlp, activation, rnn),
@@ -177,25 +208,9 @@ class TritonPolicyPlan:
         return g[-1][5][0] * g[-1][5][1] * g[-1][5][2] if g else self.obs_dim
 
     def _conv_stage(self, which: str, x: torch.Tensor) -> torch.Tensor:
-        """An encoder's conv layers over obs rows x [B, H*W*C] (float or uint8): one kernel per
-        layer; the last writes the flattened features [B, F] in the encoder's flatten order."""
-        from ..kernels import conv as ck
-
-        geo = self._geo[which]
-        if not geo:
-            return x
+        """An encoder's conv layers over obs rows x [B, H*W*C] (float or uint8) (``conv_stage``)."""
         enc = self.actor if which == "actor" else self.critic
-        H, W, C = enc.image_shape
-        y = x.reshape(x.shape[0], H, W, C)
-        if y.dtype not in (torch.uint8, torch.float32):
-            y = y.float()
-        scale = enc.obs_scale
-        packed = self._conv_packed[which]
-        for i, ((conv, stride, pad, act, _, _), (wk, b)) in enumerate(zip(geo, packed)):
-            last = i == len(geo) - 1
-            y = ck.conv2d_nhwc(y, wk, b, conv.kernel_size[0], conv.kernel_size[1], stride, pad, ck.ACT_CODES[act],
-                               tri._precision, scale if i == 0 else None, chw=last and enc.conv_flatten == "chw")
-        return y.reshape(y.shape[0], -1)
+        return conv_stage(x, enc, self._geo[which], self._conv_packed[which])
 
     def _refresh(self) -> None:
         from ..kernels import mlp
@@ -206,17 +221,13 @@ class TritonPolicyPlan:
         with self._lock:  # steps from several threads: one repack, never a half-written buffer
             if stamp == self._stamp:
                 return
-            from ..kernels import conv as ck
-
             packed = None
             if self.mode != "sequence":
                 packed = mlp.pack_mlp(self._ws, self._bs, self.D, device=self.device)
                 ln = mlp.pack_norms(self._ns, self.D, self.device)[0] if self.meta["NORM_MASK"] else None
                 packed = (*packed, ln)
             self._packed = packed
-            self._conv_packed = {k: [(ck.pack_filters(c.weight).to(self.device),
-                                      None if c.bias is None else c.bias.detach().float().contiguous())
-                                     for c, *_ in g] for k, g in self._geo.items()}
+            self._conv_packed = {k: pack_conv_stage(g, self.device) for k, g in self._geo.items()}
             self._lstm_bias = {}
             self._stamp = stamp
 

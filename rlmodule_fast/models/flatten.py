@@ -131,10 +131,17 @@ def flatten(obs, space: gym.Space, n_lead: int, dtype: torch.dtype) -> torch.Ten
 
 
 def first_leaf(obs, space: gym.Space):
-    """The first leaf array of a nested batch (for its lead dims and device)."""
+    """The first leaf array of a nested batch (for its lead dims and device); ValueError naming
+    the path when ``obs`` does not have the space's structure (e.g. a flat array for a Dict)."""
+    path = "obs"
     while isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        if not isinstance(obs, (dict, tuple, list)) and not hasattr(obs, "keys"):
+            raise ValueError(f"{path}: expected a nested batch matching the {type(space).__name__} observation "
+                             f"space (a {'dict' if isinstance(space, gym.spaces.Dict) else 'tuple'}), "
+                             f"got a {type(obs).__name__}")
         key = sorted(space.spaces)[0] if isinstance(space, gym.spaces.Dict) else 0
-        obs, space = obs[key], space.spaces[key] if isinstance(space, gym.spaces.Dict) else space.spaces[0]
+        path = f"{path}[{key!r}]"
+        obs, space = _item(obs, key, path), space.spaces[key]
     return obs
 
 

@@ -4,7 +4,8 @@ step of ``forward_exploration`` / ``forward_inference`` sent to a fused backend.
 Batches are batch-major. MLP: obs [B, *obs_shape]. LSTM/GRU (``use_lstm`` / ``use_gru``):
 ``forward_train`` takes obs [B, T, *obs_shape] and ``state_in`` {"h": [B, 1, H](, "c")}
 (nested {"actor": ..., "critic": ...} with ``vf_share_layers=False``); stepping takes obs
-[B, 1, *obs_shape] or [B, *obs_shape] (read as T=1; outputs then have no T axis).
+[B, 1, *obs_shape] or [B, *obs_shape] (read as T=1; outputs then have no T axis; ``state_out``
+leaves are [B, 1, H] either way).
 Image observations (a [H, W, C] Box) go to RLlib's CNN encoder channel-last, unflattened; uint8
 frames are cast to float (values kept, no scaling: RLlib's Atari wrappers scale in the env).
 The fused step runs the conv stack too (NHWC, RLlib's padding and (H, W, C) flatten; CNN -> LSTM /
@@ -42,12 +43,17 @@ import torch
 from ..apis import InferenceOnlyAPI, ValueFunctionAPI
 from ..core.columns import Columns
 from ..core.specs import TensorSpec, to_torch
-from ..fastpath import fast_path_info_for, fused_plan, refresh
+from ..fastpath import fast_path_info_for, fused_plan, lane, refresh
 from ..core.torch_rl_module import TorchRLModule
 from ..models.encoders import flatten_obs, obs_lead_dims
 from ..models.flatten import ACTION_MASK, OBSERVATIONS, first_leaf, flatten, is_structured, lead_dims
 from ..ops.reference import mask_logits
 from .ppo_catalog import PPOCatalog
+
+# The fast lane (fastpath.lane): the columns of the fused step's (dist inputs, actions, logp), and
+# the methods besides the forwards a subclass must keep for the lane to stand in for them.
+_LANE_KEYS = (Columns.ACTION_DIST_INPUTS, Columns.ACTIONS, Columns.ACTION_LOGP)
+_LANE_EXTRA = ("_forward_fast_or_torch",)
 
 
 class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
@@ -82,6 +88,10 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         # [B, H, W, C] image batches (float or uint8) of a feed-forward CNN module go to the plan
         # as they are too: it reads HWC rows and converts uint8 inside the kernels
         self._image_step = self._image and not self._recurrent
+        # [B, 1, D] batches of a recurrent module with a 1-D Box observation (the stepping layout)
+        # go to the plan as they are too, with their state
+        self._seq_step = isinstance(self._enc_space, gym.spaces.Box) and self._obs_rank == 1 \
+            and bool(self._recurrent) and not self._image
 
     # ---- distributions & state --------------------------------------------------------------
     def get_inference_action_dist_cls(self):
@@ -402,7 +412,28 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             adi, actions, logp = plan.step_flat(obs, deterministic, mask)
             if self._action_struct:
                 actions = _regroup_actions(actions, self.action_space)
+            elif mask is None and not self._structured:
+                lane.arm_policy(self, plan, full, PPOTorchRLModule, _LANE_EXTRA, _LANE_KEYS)
             return {Columns.ACTION_DIST_INPUTS: adi, Columns.ACTIONS: actions, Columns.ACTION_LOGP: logp}
+        if plan.backend == "cpp" and self._seq_step and (obs.ndim == 2 or (obs.ndim == 3 and obs.shape[1] == 1)):
+            # The recurrent hot path: obs [B, 1, D] (or [B, D]) and the state leaves ([B, 1, H] or
+            # [B, H], numpy or tensors) go to the plan as they are, which converts what it must
+            # exactly as the general branch below would (no torch round trip of the batch, no
+            # re-flattening). Besides the Python work, this halves what runs between two steps: at
+            # H=256 each step streams 2 MB of LSTM weights through L2, and every line the Python
+            # code around it touches is a cache miss after that.
+            with_t = obs.ndim == 3
+            res = plan.step(obs[:, 0] if with_t else obs, batch[Columns.STATE_IN], deterministic=deterministic,
+                            mask=mask)
+            wrap = _with_t if with_t else _as_tensor  # the general branch's layout: T axis as in obs
+            out = {k: wrap(res[k]) for k in (Columns.ACTION_DIST_INPUTS, Columns.ACTIONS, Columns.ACTION_LOGP)}
+            out[Columns.STATE_OUT] = _map_state(res["state_out"], _with_t)
+            if self._action_struct:
+                out[Columns.ACTIONS] = _regroup_actions(out[Columns.ACTIONS], self.action_space)
+            elif mask is None:
+                # the fast lane (fastpath.lane) answers the next such call at one C++ call
+                lane.arm_policy(self, plan, full, PPOTorchRLModule, _LANE_EXTRA, _LANE_KEYS)
+            return out
         batch = to_torch(self._split_mask(batch)[0])
         x, added_t = self._features(batch[Columns.OBS], cast_images=False)
         if added_t:
@@ -435,6 +466,9 @@ class PPOTorchRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
 
     def _forward_inference(self, batch: dict, **kwargs) -> dict:
         return self._forward_fast_or_torch(batch, deterministic=True)
+
+
+lane.register(PPOTorchRLModule, _LANE_EXTRA)
 
 
 def _discrete_leaf_sizes(space: gym.Space) -> list:
@@ -515,6 +549,19 @@ def _check_finite_obs(obs: torch.Tensor) -> None:
 
 def _map_state(state: dict, fn) -> dict:
     return {k: (_map_state(v, fn) if isinstance(v, dict) else fn(v)) for k, v in state.items()}
+
+
+def _with_t(v):
+    """[B, ...] -> a [B, 1, ...] tensor view (a plan's fresh numpy output: reshaped in numpy, then
+    shared with torch; the same shape and strides as torch.from_numpy(v).unsqueeze(1), for less work)."""
+    if isinstance(v, np.ndarray):
+        return torch.from_numpy(v.reshape(v.shape[0], 1, *v.shape[1:]))
+    return v.unsqueeze(1)
+
+
+def _as_tensor(v):
+    """A plan's fresh numpy output as a tensor sharing its memory (a tensor as it is)."""
+    return torch.from_numpy(v) if isinstance(v, np.ndarray) else v
 
 
 def _as_tensors(out: dict) -> dict:

@@ -10,10 +10,14 @@ DefaultSACTorchRLModule, fused squashed-Gaussian / categorical step) and the con
 ``sac_convert.py`` (:func:`from_rllib_sac_module`, :func:`to_rllib_sac_module`, ...). DQN:
 :class:`FastDQNTorchRLModule` (RLlib's DQN module, its epsilon-greedy step fused);
 :func:`load_rllib_checkpoint` / :func:`from_rllib_module` / :func:`to_rllib_state` /
-:func:`to_rllib_module` take DQN modules too (``dqn_convert``: the ``*_dqn_*`` functions).
+:func:`to_rllib_module` take DQN modules too (``dqn_convert``: the ``*_dqn_*`` functions). APPO:
+:class:`FastAPPOTorchRLModule` (RLlib's DefaultAPPOTorchRLModule, PPO's fused step); the same
+four functions take APPO modules and checkpoints (target networks included; ``appo_convert``:
+:func:`load_rllib_appo_checkpoint`, :func:`from_rllib_appo_module`, :func:`to_rllib_appo_module`).
 ``import rlmodule_fast`` never imports ray.
 """
 from ._pickle import UnsafeCheckpointError
+from .appo_convert import from_rllib_appo_module, load_rllib_appo_checkpoint, to_rllib_appo_module
 from .convert import (
     from_rllib_module,
     load_rllib_checkpoint,
@@ -41,10 +45,11 @@ from .sac_convert import (
 __all__ = [
     "FastAPPOTorchRLModule", "FastDQNTorchRLModule", "FastEnvRunner", "FastPPOTorchRLModule", "FastSACTorchRLModule",
     "UnsafeCheckpointError",
-    "from_rllib_dqn_module", "from_rllib_module", "from_rllib_sac_module", "load_rllib_checkpoint",
-    "load_rllib_dqn_checkpoint", "load_rllib_sac_checkpoint", "rllib_dqn_module_kwargs", "rllib_model_config",
-    "rllib_module_kwargs", "rllib_sac_model_config", "rllib_sac_module_kwargs", "to_rllib_dqn_module",
-    "to_rllib_dqn_state", "to_rllib_module", "to_rllib_sac_module", "to_rllib_sac_state", "to_rllib_state",
+    "from_rllib_appo_module", "from_rllib_dqn_module", "from_rllib_module", "from_rllib_sac_module",
+    "load_rllib_appo_checkpoint", "load_rllib_checkpoint", "load_rllib_dqn_checkpoint", "load_rllib_sac_checkpoint",
+    "rllib_dqn_module_kwargs", "rllib_model_config", "rllib_module_kwargs", "rllib_sac_model_config",
+    "rllib_sac_module_kwargs", "to_rllib_appo_module", "to_rllib_dqn_module", "to_rllib_dqn_state", "to_rllib_module",
+    "to_rllib_sac_module", "to_rllib_sac_state", "to_rllib_state",
 ]
 
 

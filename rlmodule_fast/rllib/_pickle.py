@@ -295,6 +295,9 @@ CLASS_REFS = frozenset({
     "ray.rllib.algorithms.ppo.torch.ppo_torch_rl_module.PPOTorchRLModule",
     "ray.rllib.algorithms.ppo.ppo_catalog.PPOCatalog",
     "rlmodule_fast.rllib.module.FastPPOTorchRLModule",
+    "ray.rllib.algorithms.appo.torch.default_appo_torch_rl_module.DefaultAPPOTorchRLModule",
+    "ray.rllib.algorithms.appo.torch.appo_torch_rl_module.APPOTorchRLModule",
+    "rlmodule_fast.rllib.appo_module.FastAPPOTorchRLModule",
     "ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module.DefaultDQNTorchRLModule",
     "ray.rllib.algorithms.dqn.dqn_catalog.DQNCatalog",
     "rlmodule_fast.rllib.dqn_module.FastDQNTorchRLModule",
@@ -519,7 +522,8 @@ class _RestrictedUnpickler(_U):
             return ClassRef(path)
         raise UnsafeCheckpointError(
             f"{self.source}: refusing to load {_describe(path)}: only numpy arrays, gymnasium spaces, plain "
-            "builtins and RLlib's PPO / DQN / SAC module and catalog names are admitted (nothing from the file was run)"
+            "builtins and RLlib's PPO / APPO / DQN / SAC module and catalog names are admitted (nothing from the "
+            "file was run)"
         )
 
     def persistent_load(self, pid: Any) -> Any:

@@ -24,9 +24,9 @@ import torch
 from ..core.columns import DEFAULT_MODULE_ID
 from ..dqn import DQNCatalog, DQNTorchRLModule
 from ..dqn.dqn_catalog import resolve_dqn_config
-from ._pickle import ClassRef, _describe, restricted_load, space_from_record
-from .convert import (CTOR_FILE, STATE_FILE, PathLike, _as_tensors, _cut, _find_module_dir, _name, _names,
-                      rllib_model_config)
+from ._pickle import restricted_load
+from .convert import (CTOR_FILE, STATE_FILE, PathLike, RLlibCtor, RLlibModuleKind, _as_tensors, _cut, _name, _names,
+                      _pickle_module_dir, read_rllib_ctor, rllib_model_config)
 
 #: RLlib module classes whose layers are those of DefaultDQNTorchRLModule.
 RLLIB_DQN_CLASSES = frozenset({
@@ -47,6 +47,9 @@ def _config(model_config: Any, source: str) -> dict:
         model_config = rllib_model_config(model_config, source=source)  # a DefaultModelConfig: its dict
     dqn, rest = resolve_dqn_config(model_config or {})
     return {**rllib_model_config(rest, source=source), **dqn}
+
+
+DQN_KIND = RLlibModuleKind("DQN", RLLIB_DQN_CLASSES, RLLIB_DQN_CATALOGS, _config)
 
 
 def _build(obs_space, act_space, cfg: dict, inference_only: bool, source: str, *, meta: bool = False) -> DQNTorchRLModule:
@@ -91,41 +94,21 @@ def load_rllib_dqn_checkpoint(path: PathLike, *, module_id: str = DEFAULT_MODULE
     (see ``convert.load_rllib_checkpoint`` for ``path``, ``module_id`` and the safety rules).
     A learner's checkpoint carries the target networks: they are loaded too (``make_target_networks``
     is called first) unless ``inference_only``."""
-    mdir = _find_module_dir(pathlib.Path(path), module_id)
-    if not (mdir / STATE_FILE).is_file():
-        raise ValueError(f"{mdir / 'module_state.msgpack'}: msgpack module checkpoints are not supported")
-    ctor_file = mdir / CTOR_FILE
-    src = str(ctor_file)
-    info = restricted_load(ctor_file)
-    if not isinstance(info, dict) or "class" not in info or "ctor_args_and_kwargs" not in info:
-        raise ValueError(f"{src}: expected RLlib's {{'class', 'ctor_args_and_kwargs'}} dict")
-    cls = info["class"]
-    if not isinstance(cls, ClassRef) or cls.path not in RLLIB_DQN_CLASSES:
-        raise ValueError(f"{src}: module class {_describe(cls)} is not a DQN module this loader knows "
-                         f"({sorted(RLLIB_DQN_CLASSES)})")
-    try:
-        args, kwargs = info["ctor_args_and_kwargs"]
-    except (TypeError, ValueError):
-        raise ValueError(f"{src}: 'ctor_args_and_kwargs' must be (args, kwargs)") from None
-    if type(args) not in (tuple, list) or len(args) or not isinstance(kwargs, dict):
-        raise ValueError(f"{src}: expected keyword constructor arguments only")
-    cat = kwargs.get("catalog_class")
-    if cat is not None and (not isinstance(cat, ClassRef) or cat.path not in RLLIB_DQN_CATALOGS):
-        raise ValueError(f"{src}: catalog class {_describe(cat)} is not RLlib's DQNCatalog")
-    obs_space = space_from_record(kwargs.get("observation_space"), f"{src}: observation_space")
-    act_space = space_from_record(kwargs.get("action_space"), f"{src}: action_space")
-    cfg = _config(kwargs.get("model_config"), f"{src}: model_config")
-    inf = kwargs.get("inference_only", False) if inference_only is None else inference_only
-    if type(inf) not in (bool, np.bool_) and inf is not None:
-        raise ValueError(f"{src}: inference_only must be a bool, got {_describe(inf)}")
-    inf = bool(inf)
-    preview = _build(obs_space, act_space, cfg, inf, src, meta=True)
+    mdir = _pickle_module_dir(path, module_id)
+    return _load_dqn(mdir, read_rllib_ctor(mdir / CTOR_FILE, (DQN_KIND,), inference_only=inference_only))
+
+
+def _load_dqn(mdir: pathlib.Path, ctor: RLlibCtor) -> DQNTorchRLModule:
+    """The module of ``mdir`` whose constructor file :func:`read_rllib_ctor` read as ``ctor``."""
+    preview = _build(ctor.observation_space, ctor.action_space, ctor.model_config,
+                     ctor.inference_only, ctor.source, meta=True)
     state_file = mdir / STATE_FILE
     arrays = _as_tensors(restricted_load(state_file), str(state_file))
-    _fit(preview, arrays, str(state_file), src)
+    _fit(preview, arrays, str(state_file), ctor.source)
     del preview
-    module = _build(obs_space, act_space, cfg, inf, src)
-    module.set_state(_fit(module, arrays, str(state_file), src))
+    module = _build(ctor.observation_space, ctor.action_space, ctor.model_config,
+                    ctor.inference_only, ctor.source)
+    module.set_state(_fit(module, arrays, str(state_file), ctor.source))
     module.eval()
     return module
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -22,9 +21,9 @@ import torch
 from ..sac import SACTorchRLModule
 from ..sac.sac_catalog import SAC_DEFAULTS
 from ..core.columns import DEFAULT_MODULE_ID
-from ._pickle import ClassRef, Record, _describe, restricted_load, space_from_record
-from .convert import (CTOR_FILE, STATE_FILE, PathLike, _as_tensors, _check_fits, _cut, _find_module_dir, _set_weights,
-                      rllib_model_config)
+from ._pickle import Record, restricted_load
+from .convert import (CTOR_FILE, STATE_FILE, PathLike, RLlibModuleKind, _as_tensors, _check_fits, _cut,
+                      _pickle_module_dir, _set_weights, read_rllib_ctor, rllib_model_config)
 
 #: RLlib module classes whose layers are those of DefaultSACTorchRLModule.
 RLLIB_SAC_CLASSES = frozenset({
@@ -53,6 +52,9 @@ def rllib_sac_model_config(cfg: Any, *, source: str = "model_config") -> dict:
         if k in cfg:
             out[k] = list(cfg[k]) if isinstance(cfg[k], tuple) else cfg[k]
     return out
+
+
+SAC_KIND = RLlibModuleKind("SAC", RLLIB_SAC_CLASSES, RLLIB_SAC_CATALOGS, rllib_sac_model_config)
 
 
 def _is_rllib_sac(m: Any) -> bool:
@@ -94,6 +96,7 @@ def rllib_sac_module_kwargs(module: SACTorchRLModule) -> dict:
     our values and ``twin_q``; needs ray[rllib]."""
     if not isinstance(module, SACTorchRLModule):
         raise ValueError(f"rllib_sac_module_kwargs: expected a SACTorchRLModule, got {type(module).__name__}")
+    _check_rllib_convertible(module, "rllib_sac_module_kwargs")
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
     cfg = dict(module.catalog.model_config_dict)
@@ -102,6 +105,19 @@ def rllib_sac_module_kwargs(module: SACTorchRLModule) -> dict:
     full.update({k: v for k, v in cfg.items() if k in full or k == "twin_q"})
     return {"observation_space": module.observation_space, "action_space": module.action_space,
             "inference_only": bool(module.inference_only), "model_config": full}
+
+
+def _check_rllib_convertible(module: SACTorchRLModule, who: str) -> None:
+    """ValueError for a module RLlib's ``DefaultSACTorchRLModule`` cannot be built for."""
+    if getattr(module, "_mask_dim", None) is not None:
+        raise ValueError(f"{who}: an action-masking SACTorchRLModule (observation_space "
+                         f"{module.observation_space!r}) cannot be converted: RLlib's DefaultSACTorchRLModule has no "
+                         "action masking (no 'action_mask' handling; its catalog refuses Dict observation spaces)")
+    if getattr(module, "_structured", False):
+        raise ValueError(f"{who}: RLlib's DefaultSACTorchRLModule takes no Dict / Tuple observation space (its "
+                         f"catalog raises), got {module.observation_space!r}; RLlib flattens such observations with "
+                         "its FlattenObservations connector and builds the module on Box(-inf, inf, (D,), float32): "
+                         "build that module yourself and load to_rllib_sac_state(module) into it")
 
 
 def to_rllib_sac_module(module: SACTorchRLModule, module_class: Any = None):
@@ -142,42 +158,21 @@ def load_rllib_sac_checkpoint(path: PathLike, *, module_id: str = DEFAULT_MODULE
     :func:`~rlmodule_fast.rllib.load_rllib_checkpoint`: restricted unpickler, module built on the
     meta device and checked against the weights before it is built for real; missing files ->
     FileNotFoundError, anything else wrong -> ValueError naming the file."""
-    mdir = _find_module_dir(pathlib.Path(path), module_id)
-    if not (mdir / STATE_FILE).is_file():
-        raise ValueError(f"{mdir / 'module_state.msgpack'}: msgpack module checkpoints are not supported")
-    ctor_file = mdir / CTOR_FILE
-    src = str(ctor_file)
-    info = restricted_load(ctor_file)
-    if not isinstance(info, dict) or "class" not in info or "ctor_args_and_kwargs" not in info:
-        raise ValueError(f"{src}: expected RLlib's {{'class', 'ctor_args_and_kwargs'}} dict")
-    cls = info["class"]
-    if not isinstance(cls, ClassRef) or cls.path not in RLLIB_SAC_CLASSES:
-        raise ValueError(f"{src}: module class {_describe(cls)} is not a SAC module this loader knows "
-                         f"({sorted(RLLIB_SAC_CLASSES)})")
-    try:
-        args, kwargs = info["ctor_args_and_kwargs"]
-    except (TypeError, ValueError):
-        raise ValueError(f"{src}: 'ctor_args_and_kwargs' must be (args, kwargs)") from None
-    if type(args) not in (tuple, list) or len(args) or not isinstance(kwargs, dict):
-        raise ValueError(f"{src}: expected keyword constructor arguments only, got args={_describe(args)}")
-    cat = kwargs.get("catalog_class")
-    if cat is not None and (not isinstance(cat, ClassRef) or cat.path not in RLLIB_SAC_CATALOGS):
-        raise ValueError(f"{src}: catalog class {_describe(cat)} is not RLlib's SACCatalog")
-    obs_space = space_from_record(kwargs.get("observation_space"), f"{src}: observation_space")
-    act_space = space_from_record(kwargs.get("action_space"), f"{src}: action_space")
-    cfg = rllib_sac_model_config(kwargs.get("model_config"), source=f"{src}: model_config")
-    inf = kwargs.get("inference_only", False) if inference_only is None else inference_only
-    inf = False if inf is None else inf  # RLlib writes None for "not given"
-    if type(inf) not in (bool, np.bool_):
-        raise ValueError(f"{src}: inference_only must be a bool, got {_describe(inf)}")
-    inf = bool(inf)
+    mdir = _pickle_module_dir(path, module_id)
+    return _load_sac(mdir, read_rllib_ctor(mdir / CTOR_FILE, (SAC_KIND,), inference_only=inference_only))
+
+
+def _load_sac(mdir: pathlib.Path, ctor: RLlibCtor) -> SACTorchRLModule:
+    """The module of ``mdir`` whose constructor file :func:`read_rllib_ctor` read as ``ctor``."""
     state_file = mdir / STATE_FILE
     arrays = _as_tensors(restricted_load(state_file), str(state_file))
-    targets = not inf and any(k.startswith("target_") for k in arrays)
-    preview = _build_sac(obs_space, act_space, cfg, inf, targets, src, meta=True)
-    _check_fits(preview, arrays, str(state_file), src)
+    targets = not ctor.inference_only and any(k.startswith("target_") for k in arrays)
+    preview = _build_sac(ctor.observation_space, ctor.action_space, ctor.model_config,
+                         ctor.inference_only, targets, ctor.source, meta=True)
+    _check_fits(preview, arrays, str(state_file), ctor.source)
     del preview
-    module = _build_sac(obs_space, act_space, cfg, inf, targets, src)
+    module = _build_sac(ctor.observation_space, ctor.action_space, ctor.model_config,
+                        ctor.inference_only, targets, ctor.source)
     _set_weights(module, arrays, str(state_file))
     module.eval()
     return module

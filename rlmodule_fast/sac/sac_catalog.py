@@ -9,6 +9,7 @@ import gymnasium as gym
 from ..models.catalog import Catalog, check_framework
 from ..models.config import _bool
 from ..models.encoders import TorchMLPEncoder
+from ..models.flatten import split_action_mask
 from ..models.heads import TorchMLPHead
 from ..models.initializers import stack_initializers
 from .encoders import TorchMultiStreamEncoder
@@ -42,6 +43,11 @@ class SACCatalog(Catalog):
     (-> 1 Q-value, or n for discrete actions). Action distribution: ``TorchSquashedGaussian``
     for a 1-D Box (actions in [-1, 1]), ``TorchCategorical`` for Discrete.
 
+    Observations: the base ``Catalog``'s (Box, Discrete, images; Dict / Tuple flattened as RLlib's
+    FlattenObservations connector, ``models.flatten``) and RLlib's action-masking Dict
+    ``{"action_mask": Box(0, 1, (n,)), "observations": <space>}`` with Discrete actions (n of them):
+    the encoders read ``encoder_observation_space`` (the "observations"), ``action_mask_dim`` is n.
+
     Model config: the base keys (``models.config``, ``fusionnet_*`` included) plus ``twin_q``. As
     RLlib 2.60's SACCatalog, the pi / Q heads and the action stream get torch's default init and
     no layer norm (its head configs are built without those keys); the obs encoder follows
@@ -52,12 +58,14 @@ class SACCatalog(Catalog):
         sac, rest = split_sac_model_config(model_config_dict)
         if not isinstance(action_space, (gym.spaces.Box, gym.spaces.Discrete)):
             raise ValueError(f"action_space: SAC supports Box and Discrete action spaces, got {action_space!r}")
-        if not isinstance(observation_space, (gym.spaces.Box, gym.spaces.Discrete)):
-            # Dict / Tuple observations and RLlib's action-masking Dict: not wired into SAC's
-            # forwards yet (a mask would otherwise be ignored): refused, never half-supported
-            raise ValueError(f"observation_space: rf.sac supports Box and Discrete observations (Dict / Tuple "
-                             f"observations and action masking are not implemented for SAC yet), got "
-                             f"{type(observation_space).__name__}")
+        inner, n_mask = split_action_mask(observation_space)
+        if n_mask is not None:
+            if not isinstance(action_space, gym.spaces.Discrete):
+                raise ValueError(f"observation_space['action_mask']: masking needs a Discrete action space "
+                                 f"(discrete SAC), got action_space {action_space!r}")
+            if n_mask != int(action_space.n):
+                raise ValueError(f"observation_space['action_mask']: expected shape ({int(action_space.n)},) "
+                                 f"(one entry per action), got ({n_mask},)")
         super().__init__(observation_space, action_space, rest, **kwargs)
         cfg = self._model_config_dict
         if cfg["use_lstm"] or cfg["use_gru"]:

@@ -11,11 +11,12 @@ Run as a script (the CI runs a few seconds of it through tests/test_fuzz_loaders
 Seeds. tests/data holds no pickles (only JSON), so the harness writes RLlib-layout seeds itself,
 with the opcodes RLlib's ``save_to_path`` writes for these objects (cloudpickle pickles
 importable classes by reference, as pickle does): ``class_and_ctor_args.pkl`` dicts naming
-``DefaultPPOTorchRLModule`` / ``PPOCatalog`` (placeholder classes that pickle under RLlib's
-names; ray is not imported) with gymnasium Box / Discrete / MultiDiscrete spaces (one seeded, so
-its numpy Generator is pickled), a dict or ``DefaultModelConfig`` model config; and matching
-``module_state.pkl`` OrderedDicts of float32 arrays (names and shapes of the module that config
-builds), in protocols 5 (RLlib's), 4 and 2. ``--seeds DIR`` adds the real pairs found in
+``DefaultPPOTorchRLModule`` or ``DefaultAPPOTorchRLModule`` and ``PPOCatalog`` (placeholder
+classes that pickle under RLlib's names; ray is not imported) with gymnasium Box / Discrete /
+MultiDiscrete spaces (one seeded, so its numpy Generator is pickled), a dict or
+``DefaultModelConfig`` model config; and matching ``module_state.pkl`` OrderedDicts of float32
+arrays (names and shapes of the module that config builds; an APPO learner's ``_old_encoder`` /
+``_old_pi`` target networks in one APPO seed), in protocols 5 (RLlib's), 4 and 2. ``--seeds DIR`` adds the real pairs found in
 directories under DIR, ``--rllib-seeds`` writes some with ray[rllib] first.
 
 Mutators, one per input (a pure function of ``--seed`` and the input index, so ``--replay I``
@@ -68,6 +69,7 @@ MAX_MESSAGE_CHARS = 4000  # a longer error message repeats the file's data (its 
 SEED_REFUSED = 4  # child exit status: an unmutated seed did not load (a loader regression)
 MUTATORS = ["bitflip", "bytes", "splice", "opstream"]
 MODULE_REF = "ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module.DefaultPPOTorchRLModule"
+APPO_REF = "ray.rllib.algorithms.appo.torch.default_appo_torch_rl_module.DefaultAPPOTorchRLModule"
 CATALOG_REF = "ray.rllib.algorithms.ppo.ppo_catalog.PPOCatalog"
 CONFIG_REF = "ray.rllib.core.rl_module.default_model_config.DefaultModelConfig"
 CTOR, STATE = "class_and_ctor_args.pkl", "module_state.pkl"
@@ -111,6 +113,8 @@ def synthetic_seeds() -> list[tuple[str, str, bytes, bytes]]:
     import gymnasium as gym
     import numpy as np
 
+    from rlmodule_fast.appo import APPOTorchRLModule
+    from rlmodule_fast.ppo import PPOTorchRLModule
     from rlmodule_fast.rllib.convert import _build_ours, rllib_model_config, to_rllib_state
 
     Pickler = _seed_pickler()
@@ -123,6 +127,7 @@ def synthetic_seeds() -> list[tuple[str, str, bytes, bytes]]:
     seeded = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
     seeded.seed(7)
     obs = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+    # name -> (obs, action space, model config, config as DefaultModelConfig?[, module ref, targets])
     layouts = {
         "discrete-mlp": (obs, gym.spaces.Discrete(3), {"fcnet_hiddens": [8, 6]}, False),
         "box-separate": (obs, gym.spaces.Box(-2.0, 2.0, (2,), np.float32),
@@ -131,10 +136,17 @@ def synthetic_seeds() -> list[tuple[str, str, bytes, bytes]]:
                                            {"fcnet_hiddens": [6], "fcnet_activation": "relu"}, True),
         "discrete-lstm": (obs, gym.spaces.Discrete(2), {"fcnet_hiddens": [4], "use_lstm": True, "lstm_cell_size": 3},
                           False),
+        # APPO: a learner's module (target networks in the state) and one without them
+        "appo-discrete-targets": (obs, gym.spaces.Discrete(3), {"fcnet_hiddens": [6, 5], "vf_share_layers": False},
+                                  False, APPO_REF, True),
+        "appo-box-shared": (obs, gym.spaces.Box(-1.0, 1.0, (2,), np.float32), {"fcnet_hiddens": [5]}, True,
+                            APPO_REF, False),
     }
-    module_cls, catalog_cls, config_cls = _ref(MODULE_REF), _ref(CATALOG_REF), _ref(CONFIG_REF)
+    catalog_cls, config_cls = _ref(CATALOG_REF), _ref(CONFIG_REF)
     out = []
-    for name, (o, a, cfg, dataclass_cfg) in layouts.items():
+    for name, (o, a, cfg, dataclass_cfg, *appo) in layouts.items():
+        ref, targets = appo or (MODULE_REF, False)
+        module_cls = _ref(ref)
         if dataclass_cfg:
             model_config = config_cls.__new__(config_cls)
             model_config.__dict__.update(cfg)
@@ -145,7 +157,8 @@ def synthetic_seeds() -> list[tuple[str, str, bytes, bytes]]:
             "model_config": model_config, "catalog_class": catalog_cls})}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module = _build_ours(o, a, rllib_model_config(cfg), False, name)
+            module = _build_ours(o, a, rllib_model_config(cfg), False, name, targets=targets,
+                                 module_class=APPOTorchRLModule if ref == APPO_REF else PPOTorchRLModule)
         state = collections.OrderedDict(to_rllib_state(module))
         for protocol in (5, 4, 2):
             c, s = dumps(ctor, protocol), dumps(state, protocol)
@@ -174,6 +187,7 @@ def rllib_seed_dir() -> str:
     import gymnasium as gym
     import numpy as np
     from ray.rllib.algorithms.ppo.ppo_catalog import PPOCatalog
+    from ray.rllib.algorithms.appo.torch.default_appo_torch_rl_module import DefaultAPPOTorchRLModule
     from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
@@ -185,13 +199,22 @@ def rllib_seed_dir() -> str:
                            ("multidiscrete", gym.spaces.MultiDiscrete([3, 2]), {"vf_share_layers": False})]:
         DefaultPPOTorchRLModule(observation_space=obs, action_space=act, model_config=cfg,
                                 catalog_class=PPOCatalog).save_to_path(os.path.join(root, name))
+    # APPO: a learner's module (with target networks) and an env runner's (inference-only)
+    for name, inference_only in [("appo-learner", False), ("appo-runner", True)]:
+        m = DefaultAPPOTorchRLModule(observation_space=obs, action_space=gym.spaces.Discrete(3),
+                                     model_config={"fcnet_hiddens": [6], "vf_share_layers": False},
+                                     catalog_class=PPOCatalog, inference_only=inference_only)
+        if not inference_only:
+            m.make_target_networks()
+        m.save_to_path(os.path.join(root, name))
     return root
 
 
 # =============================================================================================
 def rllib_load(rr, d: str):
     """``load_rllib_sac_checkpoint`` when the ctor file names a SAC class, else
-    ``load_rllib_checkpoint`` (so SAC seeds, e.g. ``--seeds`` of RLlib SAC checkpoints, are fuzzed)."""
+    ``load_rllib_checkpoint`` (so SAC seeds, e.g. ``--seeds`` of RLlib SAC checkpoints, are fuzzed;
+    an APPO file goes to ``load_rllib_checkpoint``, which picks the APPO loader by its class)."""
     try:
         with open(os.path.join(d, CTOR), "rb") as f:
             head = f.read(1 << 20)
@@ -280,6 +303,9 @@ _ADMITTED_GLOBALS = [
     ("ray.rllib.algorithms.sac.torch.default_sac_torch_rl_module", "DefaultSACTorchRLModule"),
     ("ray.rllib.algorithms.sac.sac_catalog", "SACCatalog"), ("rlmodule_fast.rllib.sac_module", "FastSACTorchRLModule"),
     ("gymnasium.spaces.dict", "Dict"),
+    # APPO's (load_rllib_checkpoint picks the APPO loader by them)
+    tuple(APPO_REF.rsplit(".", 1)), ("ray.rllib.algorithms.appo.torch.appo_torch_rl_module", "APPOTorchRLModule"),
+    ("rlmodule_fast.rllib.appo_module", "FastAPPOTorchRLModule"),
 ]
 _FOREIGN_GLOBALS = [("os", "system"), ("builtins", "eval"), ("builtins", "getattr"),
                     ("torch._utils", "_rebuild_tensor"), ("copyreg", "_reconstructor")]
