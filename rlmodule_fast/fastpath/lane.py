@@ -73,14 +73,10 @@ def _class_tag(cls: type, base: type, extra: tuple) -> int:
     return tag if hit[1] else 0
 
 
-def eligible(module, base: type, extra: tuple = ()) -> bool:
-    """Whether a lane may stand in for ``module``'s forwards: its class resolves every forward
-    method (and the ``extra`` names) to the objects ``register(base, extra)`` recorded, and its
-    instance shadows none of them."""
-    return _eligible_tag(module, base, extra) != 0
-
-
 def _eligible_tag(module, base: type, extra: tuple) -> int:
+    """Whether a lane may stand in for ``module``'s forwards: its class's version tag when the
+    class resolves every forward method (and the ``extra`` names) to the objects
+    ``register(base, extra)`` recorded and its instance shadows none of them, else 0."""
     tag = _class_tag(type(module), base, extra)
     d = module.__dict__
     return 0 if not tag or any(n in d for n in _FORWARD_NAMES + extra) else tag
@@ -98,15 +94,15 @@ def takes(batch, net) -> bool:
 
 def _arm(module, batch, net, params: tuple, stamp, gen, base: type, extra: tuple, out_keys: tuple) -> None:
     """Re-arm the module's lane over ``net`` (cheap: one call), or build one when the module has
-    none for this net (or its class changed since it was built) and qualifies (``eligible``);
+    none for this net (or its class changed since it was built) and qualifies (``_eligible_tag``);
     none when the batch is not one a lane takes."""
-    d = module.__dict__
     if stamp is None:  # the weights moved while packing: the next step repacks
-        d.pop(ATTR, None)
+        drop(module)
         return
+    d = module.__dict__
     lane = d.get(ATTR)
     if lane is not None and (lane.net is not net or not lane.class_fresh):
-        d.pop(ATTR, None)  # another net, or the class changed since it was built: build again
+        drop(module)  # another net, or the class changed since it was built: build again
         lane = None
     if lane is None:
         cpp = _cpp()
@@ -126,7 +122,7 @@ def _arm(module, batch, net, params: tuple, stamp, gen, base: type, extra: tuple
 
 def arm_policy(module, plan, batch: dict, base: type, extra: tuple, out_keys: tuple) -> None:
     """After ``plan`` (a cpp ``PolicyPlan``) ran ``module``'s step without the value head on
-    ``batch`` with no action mask: arm its lane. ``base``/``extra``: see ``eligible``; ``out_keys``:
+    ``batch`` with no action mask: arm its lane. ``base``/``extra``: see ``_eligible_tag``; ``out_keys``:
     the columns of the step's (action_dist_inputs, actions, action_logp), in that order. A
     recurrent plan's lane also returns ``"state_out"`` (every leaf [B, 1, H]; the other outputs
     with a T axis when obs had one), as PPO's recurrent branch does."""

@@ -37,9 +37,9 @@ import warnings
 import weakref
 from typing import Optional
 
-from ..core.rl_module import _LANE_ATTR
 from ..core.torch_rl_module import WeightsLockMixin
 from ..ops import dispatch
+from . import lane
 from .layers import _STRUCTURE_GEN, PolicyLayers, _params
 
 _NULL_LOCK = contextlib.nullcontext()
@@ -298,7 +298,7 @@ def fast_path_info_for(module, example, op: str = "policy_step", fused=None) -> 
 def mark_unfusable(module, reason: str) -> None:
     """Make ``fused_plan`` return None for ``module`` (until ``refresh``), warning once."""
     module.__dict__[_UNFUSABLE_ATTR] = reason
-    module.__dict__.pop(_LANE_ATTR, None)
+    lane.drop(module)
     warnings.warn(f"{type(module).__name__}: the fused step cannot run this module ({reason}); "
                   "forward_exploration / forward_inference run its torch layers", UserWarning, stacklevel=4)
 
@@ -313,7 +313,7 @@ def refresh(module) -> None:
     writes a step cannot detect; see the module docstring); layers refused before are tried
     again."""
     module.__dict__.pop(_UNFUSABLE_ATTR, None)
-    module.__dict__.pop(_LANE_ATTR, None)
+    lane.drop(module)
     for plan in {id(p): p for p in (_plan_cache(module, False) or {}).values() if p is not None}.values():
         plan.refresh()
 

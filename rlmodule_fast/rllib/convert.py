@@ -79,6 +79,21 @@ def _cut(e: BaseException) -> str:
     return msg if len(msg) <= _MAX_CAUSE_CHARS else msg[:_MAX_CAUSE_CHARS] + "..."
 
 
+def config_dict(cfg: Any, source: str) -> Mapping:
+    """An RLlib model config as the checkpoint or module holds it -- a dict, a pickled
+    ``DefaultModelConfig`` record, the dataclass itself, or None -- as a mapping; ValueError naming
+    ``source`` for anything else."""
+    if isinstance(cfg, Record):
+        cfg = cfg.state
+    elif dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        cfg = dataclasses.asdict(cfg)
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"{source}: expected a dict, got {type(cfg).__name__}")
+    return cfg
+
+
 def rllib_model_config(cfg: Any, *, source: str = "model_config") -> dict:
     """Our model config from RLlib's (a dict, a ``DefaultModelConfig``, or its pickle record).
 
@@ -89,14 +104,7 @@ def rllib_model_config(cfg: Any, *, source: str = "model_config") -> dict:
     ValueError unless they hold RLlib's default; any other key (RLlib ignores unknown keys) is
     dropped with a warning naming it.
     """
-    if isinstance(cfg, Record):
-        cfg = cfg.state
-    elif dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        cfg = dataclasses.asdict(cfg)
-    if cfg is None:
-        cfg = {}
-    if not isinstance(cfg, Mapping):
-        raise ValueError(f"{source}: expected a dict, got {type(cfg).__name__}")
+    cfg = config_dict(cfg, source)
     out: dict = {}
     ignored = []
     for key, value in cfg.items():

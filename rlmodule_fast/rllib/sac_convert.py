@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional
+import pathlib
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -21,9 +22,9 @@ import torch
 from ..sac import SACTorchRLModule
 from ..sac.sac_catalog import SAC_DEFAULTS
 from ..core.columns import DEFAULT_MODULE_ID
-from ._pickle import Record, restricted_load
-from .convert import (CTOR_FILE, STATE_FILE, PathLike, RLlibModuleKind, _as_tensors, _check_fits, _cut,
-                      _pickle_module_dir, _set_weights, read_rllib_ctor, rllib_model_config)
+from ._pickle import restricted_load
+from .convert import (CTOR_FILE, STATE_FILE, PathLike, RLlibCtor, RLlibModuleKind, _as_tensors, _check_fits, _cut,
+                      _pickle_module_dir, _set_weights, config_dict, read_rllib_ctor, rllib_model_config)
 
 #: RLlib module classes whose layers are those of DefaultSACTorchRLModule.
 RLLIB_SAC_CLASSES = frozenset({
@@ -38,14 +39,7 @@ def rllib_sac_model_config(cfg: Any, *, source: str = "model_config") -> dict:
     """Our SAC model config from RLlib's. ``twin_q`` and the fusion net's shape are kept; its
     initializer keys are dropped (weights are loaded, not initialised); everything else goes
     through :func:`~rlmodule_fast.rllib.rllib_model_config` (same rules as for PPO)."""
-    if isinstance(cfg, Record):
-        cfg = cfg.state
-    elif dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        cfg = dataclasses.asdict(cfg)
-    if cfg is None:
-        cfg = {}
-    if not isinstance(cfg, Mapping):
-        raise ValueError(f"{source}: expected a dict, got {type(cfg).__name__}")
+    cfg = config_dict(cfg, source)
     rest = {k: v for k, v in cfg.items() if k not in SAC_DEFAULTS}
     out = rllib_model_config(rest, source=source)
     for k in _SAC_KEPT:
